@@ -1,0 +1,138 @@
+//! `status.conditions` helpers, following the Kubernetes API conventions for conditions
+//! (`metav1.Condition`, as `meta.SetStatusCondition` in apimachinery does it):
+//! one entry per `type`, `lastTransitionTime` changes only when `status` flips, reasons are
+//! PascalCase, `observedGeneration` is the spec generation the condition was computed from.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The query's workers are running the current spec and committing batches.
+pub const READY: &str = "Ready";
+/// A rollout, scale or start is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// The spec cannot be run as written (invalid spec, refused upgrade) or the workers keep failing.
+pub const DEGRADED: &str = "Degraded";
+/// The checkpoint location is unusable (credentials, ownership) or commits stopped advancing.
+pub const CHECKPOINT_STALE: &str = "CheckpointStale";
+/// The autoscaler wanted more replicas than the query can use.
+pub const SCALING_LIMITED: &str = "ScalingLimited";
+
+/// `"True"` / `"False"` as conditions spell them.
+pub fn status_str(value: bool) -> &'static str {
+    if value { "True" } else { "False" }
+}
+
+/// The condition of `type_`, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of `type_` is present with status `"True"`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Sets (adds or replaces) the condition of `type_`.
+///
+/// `last_transition_time` is `now` when the condition is new or its status changed, and is kept
+/// otherwise, so a condition re-asserted every reconcile does not look freshly changed.
+/// Returns whether anything (status, reason, message or generation) changed.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> bool {
+    let status = status_str(status).to_string();
+    if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        let changed = existing.status != status
+            || existing.reason != reason
+            || existing.message != message
+            || existing.observed_generation != observed_generation;
+        if existing.status != status {
+            existing.last_transition_time = now;
+        }
+        existing.status = status;
+        existing.reason = reason.to_string();
+        existing.message = message.to_string();
+        existing.observed_generation = observed_generation;
+        changed
+    } else {
+        conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            observed_generation,
+            last_transition_time: now,
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).expect("valid timestamp"))
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut conditions = Vec::new();
+        assert!(set(
+            &mut conditions,
+            READY,
+            false,
+            "Starting",
+            "",
+            Some(1),
+            at(10)
+        ));
+        assert!(!set(
+            &mut conditions,
+            READY,
+            false,
+            "Starting",
+            "",
+            Some(1),
+            at(20)
+        ));
+        assert_eq!(conditions[0].last_transition_time, at(10));
+        assert!(set(
+            &mut conditions,
+            READY,
+            false,
+            "Waiting",
+            "pods",
+            Some(2),
+            at(30)
+        ));
+        assert_eq!(
+            conditions[0].last_transition_time,
+            at(10),
+            "same status keeps the time"
+        );
+        assert!(set(
+            &mut conditions,
+            READY,
+            true,
+            "Running",
+            "",
+            Some(2),
+            at(40)
+        ));
+        assert_eq!(conditions[0].last_transition_time, at(40));
+        assert_eq!(conditions.len(), 1);
+        assert!(is_true(&conditions, READY));
+        assert!(!is_true(&conditions, DEGRADED));
+        assert_eq!(
+            find(&conditions, READY).map(|c| c.reason.as_str()),
+            Some("Running")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! `StreamingQuery` custom resource (`sluice.dev/v1alpha1`): types, manifest parsing and validation.
+//!
+//! Shared by the operator (which reconciles it) and the worker (which runs it), so both read a
+//! manifest the same way and reject the same mistakes with the same messages.
+
+pub mod conditions;
+pub mod crd;
+pub mod duration;
+pub mod error;
+pub mod manifest;
+pub mod spec;
+pub mod status;
+pub mod validate;
+
+pub use error::CrdError;
+pub use manifest::{parse_manifest, parse_manifests};
+pub use spec::*;
+pub use status::*;
+pub use validate::{ValidationError, validate_spec};

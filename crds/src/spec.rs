@@ -1,0 +1,649 @@
+//! `StreamingQuery` spec types (group `sluice.dev`, version `v1alpha1`).
+//!
+//! Field names follow Spark Structured Streaming's options where one exists
+//! (`maxFilesPerTrigger`, `startingOffsets`, `outputMode`, `processingTime`, ...),
+//! so a Spark user can read a manifest without a dictionary. Every struct denies
+//! unknown fields: a typo in a manifest is an error naming the field path, never
+//! a silently ignored option.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::StreamingQueryStatus;
+
+/// CEL rule (apiserver-side) for a duration string: one or more `<number><unit>` terms with the
+/// units [`crate::duration::parse_duration`] accepts (`10s`, `500ms`, `1m 30s`, `10 minutes`).
+/// The text is capped at 64 characters so the rule's estimated CEL cost stays bounded.
+const DURATION_RULE: &str = r"self.matches('^\\s*([0-9]+\\s*(nanos|nsec|ns|usec|us|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\\s*)+$')";
+const DURATION_MESSAGE: &str =
+    "must be a duration such as `10s`, `500ms`, `1m 30s` or `10 minutes`";
+
+/// A continuously running SQL query over one or more unbounded sources, written to one sink.
+///
+/// The query runs as micro-batches: each trigger reads the new rows of every source (per task),
+/// runs `sql` over them and writes the result to `sink`, with offsets and commits kept in the
+/// checkpoint so that a restarted query continues exactly where it stopped.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "StreamingQuery",
+    namespaced,
+    shortname = "sq",
+    status = "StreamingQueryStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Input/s","type":"number","jsonPath":".status.inputRowsPerSecond"}"#,
+    printcolumn = r#"{"name":"Processed/s","type":"number","jsonPath":".status.processedRowsPerSecond"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
+    printcolumn = r#"{"name":"Batch","type":"integer","jsonPath":".status.lastCommittedBatchId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamingQuerySpec {
+    /// Named input streams; each name is a table name in `sql`.
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub sources: Vec<SourceSpec>,
+    /// Static tables for enrichment joins (stream–static), reloaded periodically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableSpec>,
+    /// The query, in DataFusion SQL with Spark-compatible identifier rules
+    /// (unquoted identifiers keep their case: `deviceId` resolves to column `deviceId`).
+    #[schemars(length(min = 1))]
+    pub sql: String,
+    /// Whether `sql` sees the whole stream (`stream`, Structured Streaming semantics: aggregations
+    /// keep state across batches) or each micro-batch alone (`microBatch`, DStream / `foreachBatch`
+    /// semantics: a GROUP BY counts within one batch and keeps no state).
+    #[serde(default)]
+    pub sql_scope: SqlScope,
+    /// Where result rows go.
+    pub sink: SinkSpec,
+    /// Which rows of the result table are written each batch (Spark's output modes).
+    #[serde(default)]
+    pub output_mode: OutputMode,
+    /// When micro-batches run.
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    /// Where offsets, commits and state are kept.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// Replica count and autoscaling.
+    #[serde(default)]
+    pub parallelism: ParallelismSpec,
+    /// How a spec change is rolled out: keep state (`lastState`) or start afresh (`stateless`).
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+    /// Worker container image; the chart's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Worker pod resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment variables for the worker (e.g. credentials from secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Secret holding `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_ENDPOINT_URL` for `s3://` paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_secret_ref: Option<String>,
+    /// Stop all workers at a batch boundary and keep the checkpoint.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// One named input stream. Exactly one of `file`, `kafka`, `socket`, `rate` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.socket) ? 1 : 0) + (has(self.rate) ? 1 : 0) == 1").message("exactly one of file, kafka, socket, rate must be set"))]
+pub struct SourceSpec {
+    /// Table name in SQL.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSourceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSourceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketSourceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateSourceSpec>,
+    /// Columns of the decoded records. Required for `file` and for `kafka` with a decoding `format`
+    /// (a stream's schema cannot be inferred, as in Spark).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema: Vec<ColumnSpec>,
+    /// Event-time watermark: `max(column) - delay`, advanced at the end of each batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkSpec>,
+    /// The key the source is partitioned by (Kafka message key); enables parallel stateful queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// What to do with a record that does not decode against `schema`.
+    #[serde(default)]
+    pub on_bad_record: BadRecordPolicy,
+}
+
+/// The kind of a source, for messages and dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    File,
+    Kafka,
+    Socket,
+    Rate,
+}
+
+impl SourceSpec {
+    /// The configured kinds (exactly one in a valid spec).
+    pub fn kinds(&self) -> Vec<SourceKind> {
+        let mut kinds = Vec::new();
+        if self.file.is_some() {
+            kinds.push(SourceKind::File);
+        }
+        if self.kafka.is_some() {
+            kinds.push(SourceKind::Kafka);
+        }
+        if self.socket.is_some() {
+            kinds.push(SourceKind::Socket);
+        }
+        if self.rate.is_some() {
+            kinds.push(SourceKind::Rate);
+        }
+        kinds
+    }
+}
+
+/// Files appearing under a directory (local path, `file://` or `s3://` URL).
+/// Only files not seen before are read; a file is read once, whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSourceSpec {
+    /// Directory URL or local path; listed recursively.
+    pub path: String,
+    /// Record format of the files.
+    pub format: FileFormat,
+    /// At most this many new files per task per batch (Spark's `maxFilesPerTrigger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files_per_trigger: Option<u32>,
+    /// Number of virtual partitions (= tasks) the files are hashed into by path. Fixed when the
+    /// checkpoint is created; later changes are refused.
+    #[serde(default = "default_file_partitions")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("file.partitions is fixed when the checkpoint is created; start a new query to change it"))]
+    #[schemars(range(min = 1))]
+    pub partitions: u32,
+    /// CSV only: the first line of each file is a header (default true).
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// CSV only: field delimiter (default `,`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+}
+
+fn default_file_partitions() -> u32 {
+    2
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A record format for files and Kafka values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// JSON lines: one object per line.
+    Json,
+    Csv,
+    Parquet,
+}
+
+/// Kafka topic(s) as a stream: one task per partition; offsets are kept in the checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(has(self.topic) ? 1 : 0) + (has(self.topics) && size(self.topics) > 0 ? 1 : 0) + (has(self.topicPattern) ? 1 : 0) == 1").message("exactly one of topic, topics, topicPattern must be set"))]
+pub struct KafkaSourceSpec {
+    /// `host:port[,host:port]`.
+    pub bootstrap_servers: String,
+    /// One topic; or use `topics` / `topicPattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Regular expression over topic names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<String>,
+    /// `earliest`, `latest`, or JSON `{"topic":{"0":23,"1":-2}}` (-2 earliest, -1 latest), as in Spark.
+    #[serde(default = "default_starting_offsets")]
+    pub starting_offsets: String,
+    /// At most this many records per batch over all partitions of the replica (Spark's option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_offsets_per_trigger: Option<u64>,
+    /// Decoding of `value` into `schema` columns; `raw` keeps key/value bytes.
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Extra librdkafka properties.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_starting_offsets() -> String {
+    "earliest".to_string()
+}
+
+/// How Kafka record values are decoded or encoded.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaFormat {
+    #[default]
+    Raw,
+    Json,
+    Csv,
+}
+
+/// Text lines from a TCP server (for testing, as Spark's socket source: not fault tolerant).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SocketSourceSpec {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Generated rows `(timestamp, value)` at a fixed rate, as Spark's `rate` source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateSourceSpec {
+    /// Rows per second over all partitions.
+    pub rows_per_second: u64,
+    /// Number of partitions (= tasks).
+    #[serde(default = "default_one")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("rate.partitions is fixed when the checkpoint is created; start a new query to change it"))]
+    #[schemars(range(min = 1))]
+    pub partitions: u32,
+}
+
+fn default_one() -> u32 {
+    1
+}
+
+/// One column of a source schema.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    /// `string`, `double`, `float`, `long`/`bigint`, `int`/`integer`, `short`, `boolean`,
+    /// `timestamp` (UTC, microseconds), `date`, `binary`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+/// Event-time watermark of a source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// A timestamp column of the schema.
+    pub column: String,
+    /// How late an event may arrive, e.g. `10m`, `30 seconds`.
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub delay: String,
+}
+
+/// Handling of records that do not decode (Spark's PERMISSIVE/DROPMALFORMED/FAILFAST).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRecordPolicy {
+    /// Write the record with its origin to the bad-records location and count it.
+    #[default]
+    Quarantine,
+    /// Count it and drop it.
+    Drop,
+    /// Stop the query with an error naming the file and line.
+    Fail,
+}
+
+/// A static table for enrichment joins. Exactly one of `file`, `postgres` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(has(self.file) ? 1 : 0) + (has(self.postgres) ? 1 : 0) == 1").message("exactly one of file, postgres must be set"))]
+pub struct TableSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<StaticFileSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresTableSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema: Vec<ColumnSpec>,
+    /// Reload period, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub refresh_interval: Option<String>,
+}
+
+/// A static table read whole from one file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticFileSpec {
+    pub path: String,
+    pub format: FileFormat,
+}
+
+/// A large static table in PostgreSQL, looked up per batch by the join keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresTableSpec {
+    pub connection: PostgresConnectionSpec,
+    pub table: String,
+    pub key_columns: Vec<String>,
+}
+
+/// Where result rows go. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(has(self.console) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.memory) ? 1 : 0) == 1").message("exactly one of console, file, kafka, postgres, memory must be set"))]
+pub struct SinkSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySinkSpec>,
+}
+
+/// The kind of a sink, for messages and dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    Console,
+    File,
+    Kafka,
+    Postgres,
+    Memory,
+}
+
+impl SinkSpec {
+    /// The configured kinds (exactly one in a valid spec).
+    pub fn kinds(&self) -> Vec<SinkKind> {
+        let mut kinds = Vec::new();
+        if self.console.is_some() {
+            kinds.push(SinkKind::Console);
+        }
+        if self.file.is_some() {
+            kinds.push(SinkKind::File);
+        }
+        if self.kafka.is_some() {
+            kinds.push(SinkKind::Kafka);
+        }
+        if self.postgres.is_some() {
+            kinds.push(SinkKind::Postgres);
+        }
+        if self.memory.is_some() {
+            kinds.push(SinkKind::Memory);
+        }
+        kinds
+    }
+}
+
+/// Prints each batch as a table on stdout, like Spark's console sink.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsoleSinkSpec {
+    /// Rows shown per batch (Spark's `numRows`, default 20).
+    #[serde(default = "default_num_rows")]
+    pub num_rows: usize,
+}
+
+fn default_num_rows() -> usize {
+    20
+}
+
+/// Files under a directory, one or more per task and batch, named deterministically.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSinkSpec {
+    /// Directory URL or local path.
+    pub path: String,
+    pub format: FileFormat,
+    /// Columns written as Hive-style `col=value/` directories (and left out of the files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// Where undecodable source records go instead of `<checkpoint>/bad-records/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_records_path: Option<String>,
+}
+
+/// Records to a Kafka topic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    /// `raw`: rows carry `key`/`value` (and optional `headers`, `partition`) columns; `json`/`csv`
+    /// encode the whole row as the value.
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Column whose value is the record key when `format` encodes the row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_column: Option<String>,
+    /// Use Kafka transactions (exactly once) where the broker supports them.
+    #[serde(default)]
+    pub exactly_once: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Connection to PostgreSQL. The password is read from an environment variable, never from the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresConnectionSpec {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// Environment variable holding the password (default `PGPASSWORD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// Rows into a PostgreSQL table, one transaction per (task, batch) with a `sluice_commits` row.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresSinkSpec {
+    pub connection: PostgresConnectionSpec,
+    pub table: String,
+    #[serde(default)]
+    pub mode: PostgresWriteMode,
+    /// Key columns for `upsert` and `accumulate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_columns: Vec<String>,
+}
+
+/// How rows are written to PostgreSQL.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresWriteMode {
+    #[default]
+    Insert,
+    /// `INSERT ... ON CONFLICT (keys) DO UPDATE SET` the new values.
+    Upsert,
+    /// `INSERT ... ON CONFLICT (keys) DO UPDATE SET v = table.v + excluded.v` (running counters).
+    Accumulate,
+}
+
+/// Rows kept in process memory, for tests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemorySinkSpec {
+    /// Name under which the rows can be read back.
+    pub name: String,
+}
+
+/// What table the SQL runs over; see [`StreamingQuerySpec::sql_scope`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SqlScope {
+    /// The unbounded input table (Structured Streaming).
+    #[default]
+    Stream,
+    /// Each micro-batch on its own (DStreams, `foreachBatch`).
+    MicroBatch,
+}
+
+/// Spark's output modes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// Only rows that will never change: new rows of a stateless query, windows closed by the watermark.
+    #[default]
+    Append,
+    /// Rows of the result table changed in this batch.
+    Update,
+    /// The whole result table every batch.
+    Complete,
+}
+
+/// When micro-batches run. At most one field is set; none means the default trigger
+/// (next batch as soon as the previous one ends).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(has(self.processingTime) ? 1 : 0) + (has(self.once) && self.once ? 1 : 0) + (has(self.availableNow) && self.availableNow ? 1 : 0) + (has(self.continuous) ? 1 : 0) <= 1").message("at most one of processingTime, once, availableNow, continuous may be set"))]
+pub struct TriggerSpec {
+    /// Fixed interval between batch starts, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub processing_time: Option<String>,
+    /// One batch over everything available, then stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once: Option<bool>,
+    /// Everything available at start, in rate-limited batches, then stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_now: Option<bool>,
+    /// Continuous processing with this checkpoint interval, e.g. `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub continuous: Option<String>,
+}
+
+/// Checkpoint location and its fate when the query is deleted.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(oldSelf.location) || (has(self.location) && self.location == oldSelf.location)").message("checkpoint.location cannot change once set: the checkpoint would be orphaned; create a new query instead"))]
+pub struct CheckpointSpec {
+    /// URL or local path; the operator appends `<namespace>/<name>/<uid>/`. Defaults to the chart's value
+    /// (operator) or `./checkpoints/<name>` (local run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// What happens to the checkpoint when the query is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Retention {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// Replica count and autoscaling.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParallelismSpec {
+    /// Replicas when autoscaling is off; the starting count when it is on.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+impl Default for ParallelismSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            autoscale: None,
+        }
+    }
+}
+
+/// Autoscaler settings (Flink autoscaler / DS2 adapted to micro-batches).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct AutoscaleSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `apply` scales; `recommend` only records decisions in status.
+    #[serde(default)]
+    pub mode: AutoscaleMode,
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: u32,
+    #[serde(default = "default_max_replicas")]
+    pub max_replicas: u32,
+    /// Target busy ratio per replica, in (0, 1].
+    #[serde(default = "default_target_utilization")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("targetUtilization must be in (0, 1]"))]
+    pub target_utilization: f64,
+    /// Time to drain the backlog after a scale-up, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub catch_up_duration: Option<String>,
+    /// How long the load must stay high before a scale-up, e.g. `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub scale_up_stabilization: Option<String>,
+    /// Window whose max recommendation a scale-down uses, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub scale_down_window: Option<String>,
+    /// No new decision for this long after a rescale, e.g. `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub cooldown: Option<String>,
+}
+
+fn default_max_replicas() -> u32 {
+    8
+}
+
+fn default_target_utilization() -> f64 {
+    0.7
+}
+
+/// Whether autoscaling decisions are applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscaleMode {
+    #[default]
+    Apply,
+    Recommend,
+}
+
+/// How a spec change is rolled out (Flink operator's upgrade modes).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UpgradeMode {
+    /// Stop at a batch boundary and continue from the checkpoint with its state.
+    #[default]
+    LastState,
+    /// Start a new checkpoint generation (no state carried over).
+    Stateless,
+}

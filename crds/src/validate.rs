@@ -1,0 +1,365 @@
+//! Spec rules that the schema alone cannot express. Shared by the operator (admission of a new spec)
+//! and the worker (start-up), so both refuse the same manifests with the same words.
+//!
+//! Rules that need the SQL plan (output mode vs. aggregation, Spark's rules) live in the worker's
+//! planner, which is the only place that can see the plan.
+
+use std::collections::HashSet;
+
+use crate::duration::parse_duration;
+use crate::spec::{ColumnSpec, SourceKind, StreamingQuerySpec};
+
+/// A broken rule, with the path of the field that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{path}`: {message}")]
+pub struct ValidationError {
+    /// Field path such as `spec.sources[0].watermark.column`.
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Column types a schema may name, as Spark's DDL type names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Double,
+    Float,
+    Long,
+    Int,
+    Short,
+    Boolean,
+    /// UTC, microsecond precision (as Spark's `TimestampType`).
+    Timestamp,
+    Date,
+    Binary,
+}
+
+impl ColumnType {
+    /// Parses a type name (case-insensitive; `bigint`, `integer`, `bool`, `str` are aliases).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "string" | "str" | "varchar" | "text" => Self::String,
+            "double" | "float64" => Self::Double,
+            "float" | "float32" | "real" => Self::Float,
+            "long" | "bigint" | "int64" => Self::Long,
+            "int" | "integer" | "int32" => Self::Int,
+            "short" | "smallint" | "int16" => Self::Short,
+            "boolean" | "bool" => Self::Boolean,
+            "timestamp" => Self::Timestamp,
+            "date" => Self::Date,
+            "binary" | "bytes" => Self::Binary,
+            _ => return None,
+        })
+    }
+}
+
+/// Checks a spec's cross-field rules.
+///
+/// # Errors
+/// The first broken rule, with the field path, e.g. ``"`spec.sources[0]`: exactly one of file,
+/// kafka, socket, rate must be set"``.
+pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
+    if spec.sources.is_empty() {
+        return Err(err("spec.sources", "at least one source is required"));
+    }
+    if spec.sql.trim().is_empty() {
+        return Err(err("spec.sql", "the query is empty"));
+    }
+    let mut names = HashSet::new();
+    for (i, source) in spec.sources.iter().enumerate() {
+        let path = format!("spec.sources[{i}]");
+        check_name(&format!("{path}.name"), &source.name)?;
+        if !names.insert(source.name.as_str()) {
+            return Err(err(
+                format!("{path}.name"),
+                format!("duplicate name `{}`", source.name),
+            ));
+        }
+        let kinds = source.kinds();
+        if kinds.len() != 1 {
+            return Err(err(
+                path,
+                "exactly one of file, kafka, socket, rate must be set",
+            ));
+        }
+        check_schema(&format!("{path}.schema"), &source.schema)?;
+        match kinds[0] {
+            SourceKind::File => {
+                if source.schema.is_empty() {
+                    return Err(err(
+                        format!("{path}.schema"),
+                        "a file source needs a schema (a stream's schema is not inferred)",
+                    ));
+                }
+                let file = source.file.as_ref().ok_or_else(|| err(&path, "file"))?;
+                if file.path.trim().is_empty() {
+                    return Err(err(format!("{path}.file.path"), "empty path"));
+                }
+                if file.partitions == 0 {
+                    return Err(err(format!("{path}.file.partitions"), "must be at least 1"));
+                }
+                if file.max_files_per_trigger == Some(0) {
+                    return Err(err(
+                        format!("{path}.file.maxFilesPerTrigger"),
+                        "must be at least 1",
+                    ));
+                }
+                if let Some(d) = &file.delimiter
+                    && d.len() != 1
+                {
+                    return Err(err(format!("{path}.file.delimiter"), "must be one byte"));
+                }
+            }
+            SourceKind::Rate => {
+                let rate = source.rate.as_ref().ok_or_else(|| err(&path, "rate"))?;
+                if rate.rows_per_second == 0 {
+                    return Err(err(
+                        format!("{path}.rate.rowsPerSecond"),
+                        "must be positive",
+                    ));
+                }
+                if rate.partitions == 0 {
+                    return Err(err(format!("{path}.rate.partitions"), "must be at least 1"));
+                }
+            }
+            SourceKind::Kafka => {
+                let kafka = source.kafka.as_ref().ok_or_else(|| err(&path, "kafka"))?;
+                let topic_kinds = usize::from(kafka.topic.is_some())
+                    + usize::from(!kafka.topics.is_empty())
+                    + usize::from(kafka.topic_pattern.is_some());
+                if topic_kinds != 1 {
+                    return Err(err(
+                        format!("{path}.kafka"),
+                        "exactly one of topic, topics, topicPattern must be set",
+                    ));
+                }
+            }
+            SourceKind::Socket => {}
+        }
+        if let Some(watermark) = &source.watermark {
+            let column = source.schema.iter().find(|c| c.name == watermark.column);
+            let is_timestamp = column
+                .and_then(|c| ColumnType::parse(&c.data_type))
+                .is_some_and(|t| t == ColumnType::Timestamp);
+            // The rate source has a built-in `timestamp` column.
+            let builtin = source.rate.is_some() && watermark.column == "timestamp";
+            if !is_timestamp && !builtin {
+                return Err(err(
+                    format!("{path}.watermark.column"),
+                    format!(
+                        "`{}` is not a timestamp column of the schema",
+                        watermark.column
+                    ),
+                ));
+            }
+            parse_duration(&watermark.delay)
+                .map_err(|m| err(format!("{path}.watermark.delay"), m))?;
+        }
+    }
+    for (i, table) in spec.tables.iter().enumerate() {
+        let path = format!("spec.tables[{i}]");
+        check_name(&format!("{path}.name"), &table.name)?;
+        if !names.insert(table.name.as_str()) {
+            return Err(err(
+                format!("{path}.name"),
+                format!("duplicate name `{}`", table.name),
+            ));
+        }
+        if usize::from(table.file.is_some()) + usize::from(table.postgres.is_some()) != 1 {
+            return Err(err(path, "exactly one of file, postgres must be set"));
+        }
+        check_schema(&format!("{path}.schema"), &table.schema)?;
+        if let Some(interval) = &table.refresh_interval {
+            parse_duration(interval).map_err(|m| err(format!("{path}.refreshInterval"), m))?;
+        }
+    }
+    if spec.sink.kinds().len() != 1 {
+        return Err(err(
+            "spec.sink",
+            "exactly one of console, file, kafka, postgres, memory must be set",
+        ));
+    }
+    if let Some(file) = &spec.sink.file
+        && file.path.trim().is_empty()
+    {
+        return Err(err("spec.sink.file.path", "empty path"));
+    }
+    let trigger = &spec.trigger;
+    let set = usize::from(trigger.processing_time.is_some())
+        + usize::from(trigger.once == Some(true))
+        + usize::from(trigger.available_now == Some(true))
+        + usize::from(trigger.continuous.is_some());
+    if set > 1 {
+        return Err(err(
+            "spec.trigger",
+            "at most one of processingTime, once, availableNow, continuous may be set",
+        ));
+    }
+    if let Some(interval) = &trigger.processing_time {
+        parse_duration(interval).map_err(|m| err("spec.trigger.processingTime", m))?;
+    }
+    if let Some(interval) = &trigger.continuous {
+        parse_duration(interval).map_err(|m| err("spec.trigger.continuous", m))?;
+    }
+    let parallelism = &spec.parallelism;
+    if parallelism.replicas == 0 {
+        return Err(err("spec.parallelism.replicas", "must be at least 1"));
+    }
+    if let Some(auto) = &parallelism.autoscale {
+        if auto.min_replicas == 0 {
+            return Err(err(
+                "spec.parallelism.autoscale.minReplicas",
+                "must be at least 1",
+            ));
+        }
+        if auto.min_replicas > auto.max_replicas {
+            return Err(err(
+                "spec.parallelism.autoscale.minReplicas",
+                format!(
+                    "minReplicas {} > maxReplicas {}",
+                    auto.min_replicas, auto.max_replicas
+                ),
+            ));
+        }
+        if !(auto.target_utilization > 0.0 && auto.target_utilization <= 1.0) {
+            return Err(err(
+                "spec.parallelism.autoscale.targetUtilization",
+                "must be in (0, 1]",
+            ));
+        }
+        for (field, value) in [
+            ("catchUpDuration", &auto.catch_up_duration),
+            ("scaleUpStabilization", &auto.scale_up_stabilization),
+            ("scaleDownWindow", &auto.scale_down_window),
+            ("cooldown", &auto.cooldown),
+        ] {
+            if let Some(text) = value {
+                parse_duration(text)
+                    .map_err(|m| err(format!("spec.parallelism.autoscale.{field}"), m))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), ValidationError> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` is not a SQL identifier ([A-Za-z_][A-Za-z0-9_]*)"),
+        ))
+    }
+}
+
+fn check_schema(path: &str, schema: &[ColumnSpec]) -> Result<(), ValidationError> {
+    let mut seen = HashSet::new();
+    for (i, column) in schema.iter().enumerate() {
+        if ColumnType::parse(&column.data_type).is_none() {
+            return Err(err(
+                format!("{path}[{i}].type"),
+                format!("unknown type `{}`", column.data_type),
+            ));
+        }
+        if !seen.insert(column.name.as_str()) {
+            return Err(err(
+                format!("{path}[{i}].name"),
+                format!("duplicate column `{}`", column.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::parse_manifest;
+
+    fn manifest(spec_tail: &str) -> String {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {{name: q}}\nspec:\n  sql: SELECT * FROM events\n{spec_tail}"
+        )
+    }
+
+    const SOURCES: &str = "  sources:\n    - name: events\n      file: {path: /in, format: json}\n      schema: [{name: ts, type: timestamp}, {name: v, type: long}]\n";
+
+    fn error_of(tail: &str) -> String {
+        parse_manifest(&manifest(tail))
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn two_sink_kinds_are_rejected() {
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{console: {{}}, memory: {{name: m}}}}\n"
+        ));
+        assert!(e.contains("spec.sink") && e.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn watermark_must_name_a_timestamp_column() {
+        let e = error_of(&format!(
+            "{SOURCES}      watermark: {{column: v, delay: 10m}}\n  sink: {{console: {{}}}}\n"
+        ));
+        assert!(e.contains("spec.sources[0].watermark.column"), "{e}");
+    }
+
+    #[test]
+    fn bad_delay_is_named() {
+        let e = error_of(&format!(
+            "{SOURCES}      watermark: {{column: ts, delay: soon}}\n  sink: {{console: {{}}}}\n"
+        ));
+        assert!(e.contains("spec.sources[0].watermark.delay"), "{e}");
+    }
+
+    #[test]
+    fn file_source_needs_schema() {
+        let e = error_of(
+            "  sources:\n    - name: events\n      file: {path: /in, format: json}\n  sink: {console: {}}\n",
+        );
+        assert!(e.contains("spec.sources[0].schema"), "{e}");
+    }
+
+    #[test]
+    fn unknown_column_type_is_named() {
+        let e = error_of(
+            "  sources:\n    - name: events\n      file: {path: /in, format: json}\n      schema: [{name: a, type: decimalish}]\n  sink: {console: {}}\n",
+        );
+        assert!(e.contains("spec.sources[0].schema[0].type"), "{e}");
+    }
+
+    #[test]
+    fn two_triggers_are_rejected() {
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{console: {{}}}}\n  trigger: {{once: true, processingTime: 1s}}\n"
+        ));
+        assert!(e.contains("spec.trigger"), "{e}");
+    }
+
+    #[test]
+    fn min_above_max_replicas_is_rejected() {
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{console: {{}}}}\n  parallelism: {{autoscale: {{enabled: true, minReplicas: 5, maxReplicas: 2}}}}\n"
+        ));
+        assert!(e.contains("minReplicas 5 > maxReplicas 2"), "{e}");
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        parse_manifest(&manifest(&format!("{SOURCES}  sink: {{console: {{}}}}\n"))).expect("valid");
+    }
+}
