@@ -1,0 +1,371 @@
+//! The checkpoint: write-ahead offsets and commits per task on an object store (DESIGN §4).
+//!
+//! Layout under the checkpoint location:
+//! ```text
+//! metadata.json                      query id, source partition counts, created (ms)
+//! tasks/<task>/offsets/<batchId>     planned input range per source, written BEFORE processing
+//! tasks/<task>/commits/<batchId>     written AFTER the sink accepted the batch
+//! bad-records/task-<task>/batch-<batchId>.jsonl
+//! ```
+//! Batch ids are zero-padded to 20 digits so a listing sorts numerically. Offsets and commits are
+//! created with `PutMode::Create`: if the object exists, another writer owns the task and this one is
+//! fenced (as Spark's `HDFSMetadataLog` refuses to overwrite a batch). On start, an offsets entry
+//! without a commit is the batch that was in flight: it is replayed with exactly its recorded range,
+//! and the sinks' idempotent writes make the replay overwrite identical output.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::storage::Location;
+
+/// `metadata.json`: fixed when the checkpoint is created.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointMetadata {
+    /// Stable id of the query across restarts (Spark's `id`).
+    pub query_id: String,
+    /// Partition (task) count per source name; a later run must see the same counts.
+    pub partitions: BTreeMap<String, u32>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// One `offsets/<batchId>` entry: the exact input of a batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetsEntry {
+    pub batch_id: u64,
+    /// When the batch was planned, ms since the Unix epoch.
+    pub planned_ms: i64,
+    /// Source name → source-specific range (e.g. `{"files": [...]}`, `{"start": 0, "end": 100}`).
+    pub sources: BTreeMap<String, serde_json::Value>,
+}
+
+/// One `commits/<batchId>` entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitEntry {
+    pub batch_id: u64,
+    /// When the sink accepted the batch, ms since the Unix epoch.
+    pub committed_ms: i64,
+    /// Rows read, rows written.
+    pub input_rows: u64,
+    pub output_rows: u64,
+}
+
+/// What a task's log says at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct TaskLog {
+    /// All offsets entries, in batch order.
+    pub offsets: Vec<OffsetsEntry>,
+    /// Highest committed batch id.
+    pub last_committed: Option<u64>,
+}
+
+impl TaskLog {
+    /// The batch to replay: the last planned batch when it has no commit.
+    pub fn uncommitted(&self) -> Option<&OffsetsEntry> {
+        let last = self.offsets.last()?;
+        match self.last_committed {
+            Some(committed) if committed >= last.batch_id => None,
+            _ => Some(last),
+        }
+    }
+
+    /// The id the next newly planned batch gets.
+    pub fn next_batch_id(&self) -> u64 {
+        let planned = self.offsets.last().map(|o| o.batch_id + 1).unwrap_or(0);
+        let committed = self.last_committed.map(|c| c + 1).unwrap_or(0);
+        planned.max(committed)
+    }
+}
+
+/// A checkpoint location with typed reads and writes.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    location: Location,
+}
+
+fn batch_name(batch_id: u64) -> String {
+    format!("{batch_id:020}")
+}
+
+impl Checkpoint {
+    pub fn new(location: Location) -> Self {
+        Self { location }
+    }
+
+    /// The location (for bad records and messages).
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Reads `metadata.json`, or creates it from `fresh` if absent.
+    ///
+    /// # Errors
+    /// [`EngineError::Checkpoint`] when the stored partition counts differ from `fresh`'s (the query's
+    /// partitioning changed: state and offsets would no longer line up);
+    /// [`EngineError::Storage`] when the store fails.
+    pub async fn open_metadata(&self, fresh: CheckpointMetadata) -> Result<CheckpointMetadata> {
+        let path = self.location.child("metadata.json");
+        let stored = match self.get_json::<CheckpointMetadata>(&path).await? {
+            Some(stored) => stored,
+            None => {
+                let body = serde_json::to_vec_pretty(&fresh)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                match self.create(&path, body).await {
+                    Ok(()) => return Ok(fresh),
+                    // Someone created it between our read and write: use theirs.
+                    Err(EngineError::Fenced(_)) => self
+                        .get_json::<CheckpointMetadata>(&path)
+                        .await?
+                        .ok_or_else(|| self.corrupt("metadata.json vanished"))?,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        for (source, count) in &fresh.partitions {
+            if let Some(existing) = stored.partitions.get(source)
+                && existing != count
+            {
+                return Err(EngineError::Checkpoint {
+                    location: self.location.url.clone(),
+                    message: format!(
+                        "source `{source}` has {count} partitions but the checkpoint was created with {existing}; \
+                         partition counts are fixed for the life of a checkpoint (use a new checkpoint location)"
+                    ),
+                });
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Reads a task's offsets and commits.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure, [`EngineError::Checkpoint`] on unreadable entries.
+    pub async fn read_task_log(&self, task: u32) -> Result<TaskLog> {
+        let offsets_dir = self.location.child(&format!("tasks/{task}/offsets"));
+        let mut offset_paths: Vec<_> = self.list(&offsets_dir).await?;
+        offset_paths.sort();
+        let mut offsets = Vec::with_capacity(offset_paths.len());
+        for path in offset_paths {
+            let entry: OffsetsEntry = self
+                .get_json(&path)
+                .await?
+                .ok_or_else(|| self.corrupt(&format!("{path} vanished")))?;
+            offsets.push(entry);
+        }
+        let commits_dir = self.location.child(&format!("tasks/{task}/commits"));
+        let last_committed = self
+            .list(&commits_dir)
+            .await?
+            .iter()
+            .filter_map(|p| p.filename().and_then(|f| f.parse::<u64>().ok()))
+            .max();
+        Ok(TaskLog {
+            offsets,
+            last_committed,
+        })
+    }
+
+    /// Writes `tasks/<task>/offsets/<batchId>` if absent.
+    ///
+    /// # Errors
+    /// [`EngineError::Fenced`] when the entry exists (another writer planned this batch).
+    pub async fn write_offsets(&self, task: u32, entry: &OffsetsEntry) -> Result<()> {
+        let path = self.location.child(&format!(
+            "tasks/{task}/offsets/{}",
+            batch_name(entry.batch_id)
+        ));
+        let body = serde_json::to_vec(entry).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.create(&path, body).await
+    }
+
+    /// Writes `tasks/<task>/commits/<batchId>` if absent.
+    ///
+    /// # Errors
+    /// [`EngineError::Fenced`] when the entry exists.
+    pub async fn write_commit(&self, task: u32, entry: &CommitEntry) -> Result<()> {
+        let path = self.location.child(&format!(
+            "tasks/{task}/commits/{}",
+            batch_name(entry.batch_id)
+        ));
+        let body = serde_json::to_vec(entry).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.create(&path, body).await
+    }
+
+    /// Overwrites an object (bad records: a replay writes the same content).
+    pub async fn put(&self, relative: &str, body: Vec<u8>) -> Result<()> {
+        let path = self.location.child(relative);
+        self.location
+            .store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| EngineError::storage(path.to_string(), e))?;
+        Ok(())
+    }
+
+    /// Creates `path` with `body`; if it exists with the same bytes (our own earlier write whose
+    /// answer was lost), that is success too.
+    async fn create(&self, path: &object_store::path::Path, body: Vec<u8>) -> Result<()> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .location
+            .store
+            .put_opts(path, PutPayload::from(body.clone()), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                let existing = self.get_bytes(path).await?;
+                if existing.as_deref() == Some(body.as_slice()) {
+                    return Ok(());
+                }
+                Err(EngineError::Fenced(format!(
+                    "{}/{path} already exists: another worker is writing this task (or the checkpoint is shared)",
+                    self.location.url
+                )))
+            }
+            Err(e) => Err(EngineError::storage(path.to_string(), e)),
+        }
+    }
+
+    async fn list(&self, dir: &object_store::path::Path) -> Result<Vec<object_store::path::Path>> {
+        self.location
+            .store
+            .list(Some(dir))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| EngineError::storage(dir.to_string(), e))
+    }
+
+    async fn get_bytes(&self, path: &object_store::path::Path) -> Result<Option<bytes::Bytes>> {
+        match self.location.store.get(path).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| EngineError::storage(path.to_string(), e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(EngineError::storage(path.to_string(), e)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &object_store::path::Path,
+    ) -> Result<Option<T>> {
+        let Some(bytes) = self.get_bytes(path).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| self.corrupt(&format!("{path}: {e}")))
+    }
+
+    fn corrupt(&self, message: &str) -> EngineError {
+        EngineError::Checkpoint {
+            location: self.location.url.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(batch_id: u64) -> OffsetsEntry {
+        OffsetsEntry {
+            batch_id,
+            planned_ms: 0,
+            sources: BTreeMap::from([("events".to_string(), serde_json::json!({"end": batch_id}))]),
+        }
+    }
+
+    #[tokio::test]
+    async fn uncommitted_batch_is_found_and_second_writer_is_fenced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint =
+            Checkpoint::new(Location::parse(dir.path().to_str().expect("utf8")).expect("loc"));
+        checkpoint
+            .write_offsets(0, &entry(0))
+            .await
+            .expect("offsets 0");
+        let commit = CommitEntry {
+            batch_id: 0,
+            committed_ms: 1,
+            input_rows: 1,
+            output_rows: 1,
+        };
+        checkpoint.write_commit(0, &commit).await.expect("commit 0");
+        checkpoint
+            .write_offsets(0, &entry(1))
+            .await
+            .expect("offsets 1");
+
+        let log = checkpoint.read_task_log(0).await.expect("log");
+        assert_eq!(log.last_committed, Some(0));
+        assert_eq!(log.uncommitted().map(|o| o.batch_id), Some(1));
+        assert_eq!(log.next_batch_id(), 2);
+
+        // Writing the identical entry again is our own retry: fine. A different one is fenced.
+        checkpoint
+            .write_offsets(0, &entry(1))
+            .await
+            .expect("idempotent retry");
+        let mut other = entry(1);
+        other.planned_ms = 99;
+        let again = checkpoint.write_offsets(0, &other).await;
+        assert!(matches!(again, Err(EngineError::Fenced(_))), "{again:?}");
+        // Another task's log is independent.
+        assert_eq!(
+            checkpoint
+                .read_task_log(1)
+                .await
+                .expect("log")
+                .next_batch_id(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn partition_count_change_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint =
+            Checkpoint::new(Location::parse(dir.path().to_str().expect("utf8")).expect("loc"));
+        let meta = |n| CheckpointMetadata {
+            query_id: "q".into(),
+            partitions: BTreeMap::from([("events".to_string(), n)]),
+            created_ms: 0,
+        };
+        checkpoint.open_metadata(meta(4)).await.expect("create");
+        assert_eq!(
+            checkpoint
+                .open_metadata(meta(4))
+                .await
+                .expect("reopen")
+                .partitions["events"],
+            4
+        );
+        let err = checkpoint
+            .open_metadata(meta(8))
+            .await
+            .expect_err("changed")
+            .to_string();
+        assert!(
+            err.contains("8 partitions") && err.contains("created with 4"),
+            "{err}"
+        );
+    }
+}

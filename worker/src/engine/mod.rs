@@ -1,0 +1,567 @@
+//! The micro-batch engine: builds a query's sources, sink and per-task runners from a manifest, and
+//! runs triggers until the trigger says stop or someone asks it to.
+//!
+//! A worker replica `i` of `n` runs the tasks `t` with `t % n == i` (DESIGN §4). Each trigger runs
+//! one batch on every assigned task in parallel (one tokio task each), then reports one
+//! [`StreamingQueryProgress`]. Retryable failures (a store or server down) leave the batch pending and
+//! are retried with backoff, reported in metrics and progress, never a crash loop; user errors stop
+//! the query with the error.
+
+mod stop;
+pub mod task;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use sluice_crds::{StreamingQuery, StreamingQuerySpec, duration::parse_duration};
+
+pub use self::stop::StopHandle;
+use self::task::{BatchOutcome, TaskInput, TaskRunner, TaskTargets};
+use crate::checkpoint::{Checkpoint, CheckpointMetadata};
+use crate::error::{EngineError, Result, backoff};
+use crate::metrics::{Metrics, TaskLabels};
+use crate::progress::{DurationMs, SinkProgress, SourceProgress, StreamingQueryProgress};
+use crate::source::{PlanLimit, Source};
+use crate::sql::BatchQuery;
+use crate::storage::Location;
+
+/// How many progress entries `/progress` keeps.
+pub const PROGRESS_HISTORY: usize = 100;
+/// Pause between polls of an idle source under the default trigger.
+pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Longest pause between retries of a failing batch.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
+/// When triggers fire (Spark's `Trigger`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trigger {
+    /// Next batch as soon as the previous one ends.
+    Default,
+    /// A batch every interval (late batches start at once).
+    ProcessingTime(Duration),
+    /// Everything available at start in one unbounded batch per task, then stop.
+    Once,
+    /// Everything available at start, in per-trigger-limited batches, then stop.
+    AvailableNow,
+}
+
+impl Trigger {
+    /// The trigger a spec asks for.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] for `continuous` (not in this build) or a bad interval.
+    pub fn from_spec(spec: &StreamingQuerySpec) -> Result<Self> {
+        let trigger = &spec.trigger;
+        if trigger.continuous.is_some() {
+            return Err(EngineError::InvalidQuery(
+                "trigger `continuous` is not supported yet".into(),
+            ));
+        }
+        if trigger.once == Some(true) {
+            return Ok(Self::Once);
+        }
+        if trigger.available_now == Some(true) {
+            return Ok(Self::AvailableNow);
+        }
+        match &trigger.processing_time {
+            Some(text) => parse_duration(text).map(Self::ProcessingTime).map_err(|m| {
+                EngineError::InvalidQuery(format!("spec.trigger.processingTime: {m}"))
+            }),
+            None => Ok(Self::Default),
+        }
+    }
+
+    fn is_bounded(self) -> bool {
+        matches!(self, Self::Once | Self::AvailableNow)
+    }
+}
+
+/// Everything needed to run a query in this process.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    pub query: StreamingQuery,
+    /// Resolved checkpoint location (URL or local path).
+    pub checkpoint_location: String,
+    /// This replica's index, `0..replicas`.
+    pub replica: u32,
+    pub replicas: u32,
+}
+
+impl QueryConfig {
+    /// Config for a local run: checkpoint from the spec, else `./checkpoints/<name>`; one replica.
+    pub fn local(query: StreamingQuery) -> Self {
+        let name = query
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "query".into());
+        let checkpoint_location = query
+            .spec
+            .checkpoint
+            .location
+            .clone()
+            .unwrap_or_else(|| format!("checkpoints/{name}"));
+        Self {
+            query,
+            checkpoint_location,
+            replica: 0,
+            replicas: 1,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.query
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "query".into())
+    }
+
+    fn namespace(&self) -> String {
+        self.query
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    /// Batches committed by this run.
+    pub batches: u64,
+    pub input_rows: u64,
+    pub output_rows: u64,
+    pub bad_records: u64,
+}
+
+/// State shared with the HTTP endpoints.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub progress: Mutex<VecDeque<StreamingQueryProgress>>,
+    pub stop: StopHandle,
+    /// The last retryable error, cleared by the next committed batch.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            metrics: Metrics::new(),
+            progress: Mutex::new(VecDeque::new()),
+            stop: StopHandle::default(),
+            last_error: Mutex::new(None),
+        })
+    }
+}
+
+/// A query ready to run.
+pub struct Engine {
+    config: QueryConfig,
+    trigger: Trigger,
+    query_id: String,
+    run_id: String,
+    sink_description: String,
+    source_descriptions: BTreeMap<String, String>,
+    runners: Vec<TaskRunner>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Builds sources, sink and the runners of this replica's tasks, opening (or creating) the
+    /// checkpoint and finding each task's uncommitted batch.
+    ///
+    /// # Errors
+    /// User errors for an invalid spec or SQL, a checkpoint that does not fit; external errors when
+    /// the checkpoint store is unreachable.
+    pub async fn start(config: QueryConfig, shared: Arc<Shared>) -> Result<Self> {
+        let spec = &config.query.spec;
+        sluice_crds::validate_spec(spec).map_err(sluice_crds::CrdError::from)?;
+        let trigger = Trigger::from_spec(spec)?;
+        let sources: Vec<Box<dyn Source>> = spec
+            .sources
+            .iter()
+            .map(crate::source::build)
+            .collect::<Result<_>>()?;
+        let sink: Arc<dyn crate::sink::Sink> = Arc::from(crate::sink::build(&spec.sink)?);
+        let inputs: Vec<(String, arrow::datatypes::SchemaRef)> = sources
+            .iter()
+            .map(|s| (s.name().to_string(), s.schema()))
+            .collect();
+        // Plan once up front so a bad query fails before anything is written.
+        BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode).await?;
+
+        let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
+        let metadata = checkpoint
+            .open_metadata(CheckpointMetadata {
+                query_id: uuid::Uuid::new_v4().to_string(),
+                partitions: sources
+                    .iter()
+                    .map(|s| (s.name().to_string(), s.partitions()))
+                    .collect(),
+                created_ms: chrono::Utc::now().timestamp_millis(),
+            })
+            .await?;
+        let bad_records = match spec
+            .sink
+            .file
+            .as_ref()
+            .and_then(|f| f.bad_records_path.as_deref())
+        {
+            Some(path) => Location::parse(path)?,
+            None => checkpoint.location().sub("bad-records"),
+        };
+        let targets = TaskTargets {
+            sink,
+            checkpoint: checkpoint.clone(),
+            bad_records,
+        };
+        let task_count = sources.iter().map(|s| s.partitions()).max().unwrap_or(1);
+        let replicas = config.replicas.max(1);
+        let mut runners = Vec::new();
+        for task in (0..task_count).filter(|t| t % replicas == config.replica) {
+            let log = checkpoint.read_task_log(task).await?;
+            let mut task_inputs = Vec::new();
+            for (source, spec_source) in sources.iter().zip(&spec.sources) {
+                if task >= source.partitions() {
+                    continue;
+                }
+                let logged: Vec<_> = log
+                    .offsets
+                    .iter()
+                    .filter_map(|o| o.sources.get(source.name()).cloned())
+                    .collect();
+                task_inputs.push(TaskInput {
+                    name: source.name().to_string(),
+                    reader: source.open(task, &logged).await?,
+                    on_bad_record: spec_source.on_bad_record,
+                });
+            }
+            let query =
+                BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode)
+                    .await?;
+            if let Some(entry) = log.uncommitted() {
+                tracing::info!(
+                    task,
+                    batch_id = entry.batch_id,
+                    "replaying uncommitted batch"
+                );
+            }
+            runners.push(TaskRunner::new(
+                task,
+                task_inputs,
+                query,
+                targets.clone(),
+                &log,
+            ));
+        }
+        let source_descriptions = spec
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), describe_source(s)))
+            .collect();
+        Ok(Self {
+            sink_description: describe_sink(&spec.sink),
+            source_descriptions,
+            trigger,
+            query_id: metadata.query_id,
+            run_id: uuid::Uuid::new_v4().to_string(),
+            runners,
+            shared,
+            config,
+        })
+    }
+
+    /// Task ids this replica runs.
+    pub fn tasks(&self) -> Vec<u32> {
+        self.runners.iter().map(|r| r.task).collect()
+    }
+
+    /// Runs triggers until the trigger is exhausted (`once`, `availableNow`) or a stop is requested.
+    /// `on_progress` sees each trigger that processed data.
+    ///
+    /// # Errors
+    /// The first non-retryable error (user or internal); retryable ones are retried.
+    pub async fn run(
+        mut self,
+        mut on_progress: impl FnMut(&StreamingQueryProgress),
+    ) -> Result<RunSummary> {
+        let limit = if self.trigger == Trigger::Once {
+            PlanLimit::Unbounded
+        } else {
+            PlanLimit::PerTrigger
+        };
+        if self.trigger.is_bounded() {
+            for runner in &mut self.runners {
+                runner.freeze().await?;
+            }
+        }
+        let mut summary = RunSummary::default();
+        let mut previous_start: Option<Instant> = None;
+        let mut failures: u32 = 0;
+        let stop = self.shared.stop.clone();
+        while !stop.is_requested() {
+            let started = Instant::now();
+            let trigger_time = chrono::Utc::now();
+            let results = self.run_round(limit).await;
+            let mut outcomes = Vec::new();
+            let mut retryable = None;
+            for result in results {
+                match result {
+                    Ok(Some(outcome)) => outcomes.push(outcome),
+                    Ok(None) => {}
+                    Err(e) if e.is_retryable() => retryable = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.record_backlog();
+            if !outcomes.is_empty() {
+                let progress = self.progress(&outcomes, started, previous_start, trigger_time);
+                summary.batches += outcomes.len() as u64;
+                summary.input_rows += progress.num_input_rows;
+                summary.output_rows += progress.sink.num_output_rows;
+                summary.bad_records += progress.num_bad_records;
+                self.record_metrics(&outcomes);
+                on_progress(&progress);
+                if let Ok(mut history) = self.shared.progress.lock() {
+                    history.push_back(progress);
+                    while history.len() > PROGRESS_HISTORY {
+                        history.pop_front();
+                    }
+                }
+                previous_start = Some(started);
+            }
+            if let Some(error) = retryable {
+                failures += 1;
+                let wait = backoff(failures, MAX_RETRY_BACKOFF);
+                tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "batch failed; will replay it");
+                if let Ok(mut last) = self.shared.last_error.lock() {
+                    *last = Some(error.to_string());
+                }
+                stop.sleep(wait).await;
+                continue;
+            }
+            if failures > 0 {
+                failures = 0;
+                if let Ok(mut last) = self.shared.last_error.lock() {
+                    *last = None;
+                }
+            }
+            let idle = outcomes.is_empty();
+            match self.trigger {
+                Trigger::Once | Trigger::AvailableNow if idle => break,
+                Trigger::Once | Trigger::AvailableNow => {}
+                Trigger::Default if idle => stop.sleep(IDLE_POLL).await,
+                Trigger::Default => {}
+                Trigger::ProcessingTime(interval) => {
+                    stop.sleep(interval.saturating_sub(started.elapsed())).await;
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// One batch on every task, in parallel.
+    async fn run_round(&mut self, limit: PlanLimit) -> Vec<Result<Option<BatchOutcome>>> {
+        let runners = std::mem::take(&mut self.runners);
+        let handles = runners.into_iter().map(|mut runner| {
+            tokio::spawn(async move {
+                let result = runner.run_once(limit).await;
+                (runner, result)
+            })
+        });
+        let mut results = Vec::new();
+        for joined in join_all(handles).await {
+            match joined {
+                Ok((runner, result)) => {
+                    if let Err(e) = &result
+                        && e.is_retryable()
+                    {
+                        self.shared
+                            .metrics
+                            .batch_retries
+                            .get_or_create(&self.labels(runner.task))
+                            .inc();
+                    }
+                    self.runners.push(runner);
+                    results.push(result);
+                }
+                Err(e) => results.push(Err(EngineError::Internal(format!("task panicked: {e}")))),
+            }
+        }
+        self.runners.sort_by_key(|r| r.task);
+        results
+    }
+
+    fn labels(&self, task: u32) -> TaskLabels {
+        TaskLabels {
+            query: self.config.name(),
+            namespace: self.config.namespace(),
+            task: task.to_string(),
+        }
+    }
+
+    fn record_metrics(&self, outcomes: &[BatchOutcome]) {
+        let metrics = &self.shared.metrics;
+        for outcome in outcomes {
+            let p = &outcome.progress;
+            let labels = self.labels(p.task);
+            metrics
+                .input_rows
+                .get_or_create(&labels)
+                .inc_by(p.num_input_rows);
+            metrics
+                .processed_rows
+                .get_or_create(&labels)
+                .inc_by(p.num_input_rows);
+            metrics
+                .sink_rows_written
+                .get_or_create(&labels)
+                .inc_by(p.num_output_rows);
+            metrics
+                .bad_records
+                .get_or_create(&labels)
+                .inc_by(p.num_bad_records);
+            let seconds = p.duration_ms.trigger_execution as f64 / 1000.0;
+            metrics
+                .batch_duration
+                .get_or_create(&labels)
+                .observe(seconds);
+            metrics.busy_seconds.get_or_create(&labels).inc_by(seconds);
+            metrics
+                .last_committed_batch_id
+                .get_or_create(&labels)
+                .set(p.batch_id as i64);
+        }
+    }
+
+    fn record_backlog(&self) {
+        for runner in &self.runners {
+            let backlog: u64 = runner.backlog().values().sum();
+            self.shared
+                .metrics
+                .source_backlog
+                .get_or_create(&self.labels(runner.task))
+                .set(backlog as i64);
+        }
+    }
+
+    fn progress(
+        &self,
+        outcomes: &[BatchOutcome],
+        started: Instant,
+        previous_start: Option<Instant>,
+        trigger_time: chrono::DateTime<chrono::Utc>,
+    ) -> StreamingQueryProgress {
+        let elapsed = started.elapsed().as_secs_f64().max(1e-6);
+        let since_previous = previous_start
+            .map(|p| started.duration_since(p).as_secs_f64())
+            .unwrap_or(elapsed)
+            .max(1e-6);
+        let input: u64 = outcomes.iter().map(|o| o.progress.num_input_rows).sum();
+        let mut duration = DurationMs {
+            trigger_execution: elapsed_ms(started),
+            ..DurationMs::default()
+        };
+        for o in outcomes {
+            let d = &o.progress.duration_ms;
+            duration.wal_commit = duration.wal_commit.max(d.wal_commit);
+            duration.get_batch = duration.get_batch.max(d.get_batch);
+            duration.query_planning_and_execution = duration
+                .query_planning_and_execution
+                .max(d.query_planning_and_execution);
+            duration.add_batch = duration.add_batch.max(d.add_batch);
+            duration.commit = duration.commit.max(d.commit);
+        }
+        let sources = self
+            .source_descriptions
+            .iter()
+            .map(|(name, description)| {
+                let rows: u64 = outcomes
+                    .iter()
+                    .filter_map(|o| o.rows_per_source.get(name))
+                    .sum();
+                let backlog: u64 = self
+                    .runners
+                    .iter()
+                    .filter_map(|r| r.backlog().get(name).copied())
+                    .sum();
+                SourceProgress {
+                    description: description.clone(),
+                    num_input_rows: rows,
+                    input_rows_per_second: rows as f64 / since_previous,
+                    processed_rows_per_second: rows as f64 / elapsed,
+                    backlog,
+                }
+            })
+            .collect();
+        StreamingQueryProgress {
+            id: self.query_id.clone(),
+            run_id: self.run_id.clone(),
+            name: self.config.name(),
+            timestamp: trigger_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            batch_id: outcomes
+                .iter()
+                .map(|o| o.progress.batch_id)
+                .max()
+                .unwrap_or(0),
+            num_input_rows: input,
+            input_rows_per_second: input as f64 / since_previous,
+            processed_rows_per_second: input as f64 / elapsed,
+            duration_ms: duration,
+            event_time: Default::default(),
+            state_operators: Vec::new(),
+            sources,
+            sink: SinkProgress {
+                description: self.sink_description.clone(),
+                num_output_rows: outcomes.iter().map(|o| o.progress.num_output_rows).sum(),
+            },
+            num_bad_records: outcomes.iter().map(|o| o.progress.num_bad_records).sum(),
+            tasks: outcomes.iter().map(|o| o.progress.clone()).collect(),
+        }
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+fn describe_source(source: &sluice_crds::SourceSpec) -> String {
+    if let Some(file) = &source.file {
+        format!("FileSource[{}]", file.path)
+    } else if let Some(rate) = &source.rate {
+        format!(
+            "RateSource[rowsPerSecond={}, partitions={}]",
+            rate.rows_per_second, rate.partitions
+        )
+    } else if let Some(socket) = &source.socket {
+        format!(
+            "TextSocketSource[host: {}, port: {}]",
+            socket.host, socket.port
+        )
+    } else if let Some(kafka) = &source.kafka {
+        format!("KafkaSource[{}]", kafka.bootstrap_servers)
+    } else {
+        source.name.clone()
+    }
+}
+
+/// A short description of a sink, e.g. `FileSink[s3://lake/out]`.
+pub fn describe_sink(sink: &sluice_crds::SinkSpec) -> String {
+    if let Some(file) = &sink.file {
+        format!("FileSink[{}]", file.path)
+    } else if sink.console.is_some() {
+        "ConsoleSink".into()
+    } else if let Some(memory) = &sink.memory {
+        format!("MemorySink[{}]", memory.name)
+    } else if let Some(kafka) = &sink.kafka {
+        format!("KafkaSink[{}]", kafka.topic)
+    } else if let Some(pg) = &sink.postgres {
+        format!("PostgresSink[{}]", pg.table)
+    } else {
+        "Sink".into()
+    }
+}

@@ -1,0 +1,267 @@
+//! One task's micro-batch: the write-ahead protocol of DESIGN §4.
+//!
+//! 1. plan the next range of every source and write `offsets/<batchId>` (or take the logged,
+//!    uncommitted batch to replay);
+//! 2. read exactly that range; set aside bad records;
+//! 3. run the SQL;
+//! 4. write the sink, idempotently for (task, batchId);
+//! 5. write `commits/<batchId>`.
+//!
+//! A failure anywhere after step 1 leaves the batch pending: the next attempt (or the next process)
+//! replays the same range, so nothing is lost and the sink's idempotence means nothing is doubled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use object_store::ObjectStoreExt;
+use sluice_crds::BadRecordPolicy;
+
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry, TaskLog};
+use crate::error::{EngineError, Result};
+use crate::progress::{DurationMs, TaskProgress};
+use crate::sink::Sink;
+use crate::source::decode::{BadRecord, bad_records_jsonl, fail_on};
+use crate::source::{PlanLimit, SourceTask};
+use crate::sql::BatchQuery;
+use crate::storage::Location;
+
+/// One source of a task: its name, reader and bad-record policy.
+pub struct TaskInput {
+    pub name: String,
+    pub reader: Box<dyn SourceTask>,
+    pub on_bad_record: BadRecordPolicy,
+}
+
+/// Where a task's batches go: shared by all tasks of a query.
+#[derive(Clone)]
+pub struct TaskTargets {
+    pub sink: Arc<dyn Sink>,
+    pub checkpoint: Checkpoint,
+    /// Location for records that did not decode.
+    pub bad_records: Location,
+}
+
+/// What a finished batch reports.
+#[derive(Debug, Clone)]
+pub struct BatchOutcome {
+    pub progress: TaskProgress,
+    /// Input rows per source name.
+    pub rows_per_source: BTreeMap<String, u64>,
+    /// Backlog per source name after planning.
+    pub backlog_per_source: BTreeMap<String, u64>,
+}
+
+/// The batch a task has planned but not committed.
+struct Pending {
+    entry: OffsetsEntry,
+    /// Whether `entry` is in the offsets log already.
+    logged: bool,
+}
+
+/// Runs micro-batches of one task.
+pub struct TaskRunner {
+    pub task: u32,
+    inputs: Vec<TaskInput>,
+    query: BatchQuery,
+    sink: Arc<dyn Sink>,
+    checkpoint: Checkpoint,
+    bad_records: Location,
+    next_batch_id: u64,
+    pending: Option<Pending>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+impl TaskRunner {
+    /// A runner continuing after the task's log: the uncommitted batch (if any) is replayed first.
+    pub fn new(
+        task: u32,
+        inputs: Vec<TaskInput>,
+        query: BatchQuery,
+        targets: TaskTargets,
+        log: &TaskLog,
+    ) -> Self {
+        Self {
+            task,
+            inputs,
+            query,
+            sink: targets.sink,
+            checkpoint: targets.checkpoint,
+            bad_records: targets.bad_records,
+            next_batch_id: log.next_batch_id(),
+            pending: log.uncommitted().cloned().map(|entry| Pending {
+                entry,
+                logged: true,
+            }),
+        }
+    }
+
+    /// Freezes every source at what is available now (`availableNow`, `once`).
+    pub async fn freeze(&mut self) -> Result<()> {
+        for input in &mut self.inputs {
+            input.reader.freeze().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one batch: the pending one if any, else a newly planned one. `Ok(None)` when there is
+    /// no new input.
+    ///
+    /// # Errors
+    /// Any step's error; the batch stays pending and is replayed by the next call.
+    pub async fn run_once(&mut self, limit: PlanLimit) -> Result<Option<BatchOutcome>> {
+        let started = Instant::now();
+        let mut durations = DurationMs::default();
+        let replayed = self.pending.as_ref().is_some_and(|p| p.logged);
+        if self.pending.is_none() {
+            let mut sources = BTreeMap::new();
+            for input in &mut self.inputs {
+                if let Some(range) = input.reader.plan(limit).await? {
+                    sources.insert(input.name.clone(), range);
+                }
+            }
+            if sources.is_empty() {
+                return Ok(None);
+            }
+            let entry = OffsetsEntry {
+                batch_id: self.next_batch_id,
+                planned_ms: now_ms(),
+                sources,
+            };
+            self.pending = Some(Pending {
+                entry,
+                logged: false,
+            });
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(EngineError::Internal("no pending batch".into()));
+        };
+        if !pending.logged {
+            self.checkpoint
+                .write_offsets(self.task, &pending.entry)
+                .await?;
+            pending.logged = true;
+        }
+        let entry = pending.entry.clone();
+        durations.wal_commit = elapsed_ms(started);
+
+        // Read.
+        let phase = Instant::now();
+        let mut rows = Vec::with_capacity(self.inputs.len());
+        let mut rows_per_source = BTreeMap::new();
+        let mut bad_total = 0u64;
+        for input in &mut self.inputs {
+            let Some(range) = entry.sources.get(&input.name) else {
+                rows.push(Vec::new());
+                continue;
+            };
+            let output = input.reader.read(range).await?;
+            let count: u64 = output.batches.iter().map(|b| b.num_rows() as u64).sum();
+            rows_per_source.insert(input.name.clone(), count);
+            bad_total += output.bad_records.len() as u64;
+            handle_bad_records(
+                &self.bad_records,
+                self.task,
+                &input.name,
+                input.on_bad_record,
+                entry.batch_id,
+                &output.bad_records,
+            )
+            .await?;
+            rows.push(output.batches);
+        }
+        durations.get_batch = elapsed_ms(phase);
+
+        // Process.
+        let phase = Instant::now();
+        let output = self.query.run(rows).await?;
+        durations.query_planning_and_execution = elapsed_ms(phase);
+
+        // Sink.
+        let phase = Instant::now();
+        let written = self.sink.write(self.task, entry.batch_id, &output).await?;
+        durations.add_batch = elapsed_ms(phase);
+
+        // Commit.
+        let phase = Instant::now();
+        let input_rows: u64 = rows_per_source.values().sum();
+        let commit = CommitEntry {
+            batch_id: entry.batch_id,
+            committed_ms: now_ms(),
+            input_rows,
+            output_rows: written,
+        };
+        self.checkpoint.write_commit(self.task, &commit).await?;
+        durations.commit = elapsed_ms(phase);
+        for input in &mut self.inputs {
+            if let Some(range) = entry.sources.get(&input.name) {
+                input.reader.committed(range);
+            }
+        }
+        self.pending = None;
+        self.next_batch_id = entry.batch_id + 1;
+        durations.trigger_execution = elapsed_ms(started);
+
+        let backlog_per_source = self
+            .inputs
+            .iter()
+            .filter_map(|i| i.reader.backlog().map(|b| (i.name.clone(), b)))
+            .collect();
+        Ok(Some(BatchOutcome {
+            progress: TaskProgress {
+                task: self.task,
+                batch_id: entry.batch_id,
+                num_input_rows: input_rows,
+                num_output_rows: written,
+                num_bad_records: bad_total,
+                replayed,
+                duration_ms: durations,
+            },
+            rows_per_source,
+            backlog_per_source,
+        }))
+    }
+
+    /// Backlog of each source now (rows or files), for metrics when no batch ran.
+    pub fn backlog(&self) -> BTreeMap<String, u64> {
+        self.inputs
+            .iter()
+            .filter_map(|i| i.reader.backlog().map(|b| (i.name.clone(), b)))
+            .collect()
+    }
+}
+
+/// Applies a source's bad-record policy to the records of one batch.
+async fn handle_bad_records(
+    location: &Location,
+    task: u32,
+    source: &str,
+    policy: BadRecordPolicy,
+    batch_id: u64,
+    records: &[BadRecord],
+) -> Result<()> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
+    match policy {
+        BadRecordPolicy::Fail => Err(fail_on(first)),
+        BadRecordPolicy::Drop => Ok(()),
+        BadRecordPolicy::Quarantine => {
+            // Deterministic name: a replay rewrites the same object.
+            let path = location.child(&format!("{source}/task-{task}/batch-{batch_id:020}.jsonl"));
+            location
+                .store
+                .put(&path, bad_records_jsonl(records).into())
+                .await
+                .map_err(|e| EngineError::storage(path.to_string(), e))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The engine's one error type, classified the way an operator needs it:
+//! *user* errors need a spec or data change, *external* errors come from a server or store and are
+//! usually worth retrying, *internal* errors are bugs.
+
+use std::time::Duration;
+
+/// Where an error comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The manifest, SQL or data must change; retrying won't help.
+    User,
+    /// A store, broker or database failed; retrying may help.
+    External,
+    /// A bug in Sluice.
+    Internal,
+}
+
+/// Errors of the engine, its sources, sinks and checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The manifest is invalid (field path in the message).
+    #[error(transparent)]
+    Manifest(#[from] sluice_crds::CrdError),
+    /// A rule broken by the query itself, e.g. an unsupported SQL construct.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// DataFusion refused to plan or run the SQL.
+    #[error("SQL error: {0}")]
+    Sql(#[from] datafusion::error::DataFusionError),
+    /// A record that does not decode, with the policy `fail`.
+    #[error("bad record in {file} line {line}: {message}")]
+    BadRecord {
+        file: String,
+        line: u64,
+        message: String,
+    },
+    /// Object store (local disk or S3) failed.
+    #[error("storage error at {location}: {source}")]
+    Storage {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The checkpoint belongs to something else, or another writer got there first.
+    #[error("checkpoint conflict: {0}")]
+    Fenced(String),
+    /// The checkpoint is unreadable or does not fit this query.
+    #[error("checkpoint {location}: {message}")]
+    Checkpoint { location: String, message: String },
+    /// A source failed to read (connection, protocol).
+    #[error("source `{source_name}`: {message}")]
+    Source {
+        source_name: String,
+        message: String,
+    },
+    /// A sink failed to write.
+    #[error("sink: {0}")]
+    Sink(String),
+    /// Arrow or Parquet failed on data Sluice produced.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Anything that should not happen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// The error's class (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Manifest(_) | Self::InvalidQuery(_) | Self::BadRecord { .. } => ErrorClass::User,
+            Self::Sql(e) => match e {
+                datafusion::error::DataFusionError::Plan(_)
+                | datafusion::error::DataFusionError::SQL(..)
+                | datafusion::error::DataFusionError::SchemaError(..)
+                | datafusion::error::DataFusionError::NotImplemented(_) => ErrorClass::User,
+                _ => ErrorClass::Internal,
+            },
+            Self::Fenced(_) | Self::Checkpoint { .. } => ErrorClass::User,
+            Self::Storage { .. } | Self::Source { .. } | Self::Sink(_) => ErrorClass::External,
+            Self::Arrow(_) | Self::Parquet(_) | Self::Internal(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// Whether running the same batch again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::External
+    }
+
+    /// Wraps an object_store error with the location it concerns.
+    pub fn storage(location: impl Into<String>, source: object_store::Error) -> Self {
+        Self::Storage {
+            location: location.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`EngineError`].
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Exponential backoff for retryable errors: 100 ms doubling to `max`, as attempt `n` (0-based).
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let millis = 100u64.saturating_mul(1u64 << attempt.min(16));
+    Duration::from_millis(millis).min(max)
+}

@@ -1,0 +1,79 @@
+//! The worker's HTTP endpoints: `GET /metrics` (Prometheus text), `GET /healthz`, `GET /progress`
+//! (latest `StreamingQueryProgress` and recent history), `POST /stop` (stop at the next batch
+//! boundary; the response comes back at once, the process exits after its commit).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::engine::Shared;
+
+/// The router over the shared engine state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/progress", get(progress))
+        .route("/stop", post(stop))
+        .with_state(shared)
+}
+
+/// Binds `addr` and serves in the background; returns the bound address (port 0 picks one).
+///
+/// # Errors
+/// The bind error.
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(shared)).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let last_error = shared.last_error.lock().ok().and_then(|e| e.clone());
+    // Retryable errors keep the worker alive (it is waiting for a server), so still 200.
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ok", "lastError": last_error})),
+    )
+}
+
+async fn progress(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let history: Vec<_> = shared
+        .progress
+        .lock()
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    let last_error = shared.last_error.lock().ok().and_then(|e| e.clone());
+    Json(json!({
+        "latest": history.last(),
+        "recent": history,
+        "lastError": last_error,
+        "stopRequested": shared.stop.is_requested(),
+    }))
+}
+
+async fn stop(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared.stop.request();
+    (StatusCode::ACCEPTED, Json(json!({"stopping": true})))
+}

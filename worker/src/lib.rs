@@ -1,0 +1,21 @@
+//! Sluice's micro-batch streaming engine.
+//!
+//! A `StreamingQuery` manifest names sources, a SQL query and a sink. The [`engine`] runs it as
+//! micro-batches in Spark Structured Streaming's model: each trigger plans the new input of every
+//! task, logs it in the [`checkpoint`], reads it from the [`source`]s, runs the [`sql`] with
+//! DataFusion, writes the [`sink`] idempotently and commits. See DESIGN §4.
+
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod progress;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod sql;
+pub mod storage;
+
+pub use engine::{Engine, QueryConfig, RunSummary, Shared, StopHandle, Trigger};
+pub use error::{EngineError, ErrorClass, Result};

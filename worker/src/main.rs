@@ -1,0 +1,208 @@
+//! `sluice-worker`: runs a StreamingQuery manifest.
+//!
+//! - `sluice-worker run <manifest>`: locally, no cluster; prints one progress line per trigger and
+//!   stops cleanly on Ctrl-C after the current batch (a second Ctrl-C exits at once).
+//! - `sluice-worker pod --manifest <path>`: inside Kubernetes; replica index from the pod name's
+//!   ordinal (or `SLUICE_REPLICA_INDEX`), replica count from `SLUICE_REPLICA_COUNT`, checkpoint from
+//!   `SLUICE_CHECKPOINT_LOCATION`.
+//!
+//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_worker::engine::describe_sink;
+use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
+
+#[derive(Parser)]
+#[command(name = "sluice-worker", version, about = "Run a Sluice StreamingQuery")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Checkpoint location (path or URL); overrides the manifest's.
+    #[arg(long)]
+    checkpoint: Option<String>,
+    /// Serve /metrics, /progress, /healthz, /stop on this address (port 0: any free port).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// This replica's index (0-based).
+    #[arg(long, default_value_t = 0)]
+    replica: u32,
+    /// Number of replicas sharing the query's tasks.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a manifest locally.
+    Run {
+        /// StreamingQuery manifest (YAML).
+        manifest: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Run inside a Kubernetes pod (replica from the environment).
+    Pod {
+        #[arg(long, default_value = "/etc/sluice/query.yaml")]
+        manifest: PathBuf,
+        #[arg(long, default_value_t = 9464)]
+        http_port: u16,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(Cli::parse())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let manifest_error = e
+                .downcast_ref::<sluice_worker::EngineError>()
+                .is_some_and(|e| matches!(e, sluice_worker::EngineError::Manifest(_)));
+            std::process::ExitCode::from(if manifest_error { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (manifest, args) = match cli.command {
+        Command::Run { manifest, args } => (manifest, args),
+        Command::Pod {
+            manifest,
+            http_port,
+        } => {
+            let args = RunArgs {
+                checkpoint: std::env::var("SLUICE_CHECKPOINT_LOCATION").ok(),
+                http: Some(SocketAddr::from(([0, 0, 0, 0], http_port))),
+                replica: replica_index_from_env()?,
+                replicas: std::env::var("SLUICE_REPLICA_COUNT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+            };
+            (manifest, args)
+        }
+    };
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
+    let sink = describe_sink(&query.spec.sink);
+    let mut config = QueryConfig::local(query);
+    if let Some(checkpoint) = args.checkpoint {
+        config.checkpoint_location = checkpoint;
+    }
+    config.replica = args.replica;
+    config.replicas = args.replicas.max(1);
+    anyhow::ensure!(
+        config.replica < config.replicas,
+        "--replica {} must be below --replicas {}",
+        config.replica,
+        config.replicas
+    );
+
+    let shared = Shared::new();
+    if let Some(addr) = args.http {
+        let bound = sluice_worker::http::serve(addr, shared.clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("serving /metrics /progress /healthz /stop on http://{bound}");
+    }
+    let stop = shared.stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping after the current batch (Ctrl-C again to exit now)");
+            stop.request();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    #[cfg(unix)]
+    {
+        // Kubernetes sends SIGTERM: stop at a batch boundary as for Ctrl-C.
+        let stop = shared.stop.clone();
+        tokio::spawn(async move {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                term.recv().await;
+                stop.request();
+            }
+        });
+    }
+
+    let checkpoint = config.checkpoint_location.clone();
+    let engine = match Engine::start(config, shared).await {
+        Ok(engine) => engine,
+        Err(e) => return Err(classify(e)),
+    };
+    eprintln!(
+        "running tasks {:?} (replica {} of {}), checkpoint {checkpoint}",
+        engine.tasks(),
+        args.replica,
+        args.replicas.max(1),
+    );
+    let summary = engine
+        .run(|progress| eprintln!("{}", progress.line()))
+        .await
+        .map_err(classify)?;
+    eprintln!(
+        "query stopped: {} batches, {} input rows, {} rows written to {sink}{}",
+        summary.batches,
+        summary.input_rows,
+        summary.output_rows,
+        if summary.bad_records > 0 {
+            format!(", {} bad records set aside", summary.bad_records)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn classify(e: sluice_worker::EngineError) -> anyhow::Error {
+    let hint = match e.class() {
+        ErrorClass::User => "fix the manifest, SQL or data",
+        ErrorClass::External => "a store or server failed",
+        ErrorClass::Internal => "this is a bug in Sluice",
+    };
+    anyhow::Error::new(e).context(hint)
+}
+
+/// Replica index: `SLUICE_REPLICA_INDEX`, else the ordinal suffix of the StatefulSet pod name
+/// (`HOSTNAME=my-query-3` → 3).
+fn replica_index_from_env() -> anyhow::Result<u32> {
+    if let Ok(index) = std::env::var("SLUICE_REPLICA_INDEX") {
+        return index
+            .parse()
+            .context("SLUICE_REPLICA_INDEX must be a number");
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    Ok(host
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}

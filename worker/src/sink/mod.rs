@@ -1,0 +1,45 @@
+//! Sinks: where a batch's result rows go.
+//!
+//! Every sink write is **idempotent per (task, batch id)**: a batch replayed after a crash writes the
+//! same rows to the same place (deterministic file names, keyed rows), so output stays exactly-once
+//! even though the commit is written after the sink. Each sink lives in its own folder.
+
+pub mod console;
+pub mod file;
+pub mod memory;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use sluice_crds::SinkSpec;
+
+use crate::error::{EngineError, Result};
+
+/// A configured sink.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Writes the result rows of batch `batch_id` of task `task`; returns rows written.
+    ///
+    /// # Errors
+    /// Retryable ([`EngineError::Storage`], [`EngineError::Sink`]) when the target failed; the engine
+    /// then does not commit the batch and replays it.
+    async fn write(&self, task: u32, batch_id: u64, batches: &[RecordBatch]) -> Result<u64>;
+}
+
+/// Builds the sink a spec describes.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] for a sink kind this build does not support or a bad path.
+pub fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>> {
+    if let Some(console) = &spec.console {
+        return Ok(Box::new(console::ConsoleSink::new(console.num_rows)));
+    }
+    if let Some(file) = &spec.file {
+        return Ok(Box::new(file::FileSink::new(file)?));
+    }
+    if let Some(memory) = &spec.memory {
+        return Ok(Box::new(memory::MemorySink::new(&memory.name)));
+    }
+    Err(EngineError::InvalidQuery(
+        "this sink kind is not supported yet".into(),
+    ))
+}

@@ -1,0 +1,281 @@
+//! File source: new files under a directory (local or `s3://`), JSON lines, CSV or Parquet.
+//!
+//! As Spark's `FileStreamSource`: every file is read once, whole; which files were read is the
+//! offsets log itself (each range lists its files). Files are hashed by their path (FNV-1a, stable
+//! across versions and machines) into `partitions` virtual partitions, one task each, so several
+//! replicas split a directory without coordination. Within a task, new files are taken oldest first
+//! (by modification time, then path), at most `maxFilesPerTrigger` per batch.
+//!
+//! Names starting with `.` or `_` are ignored, so writers can create a file under a hidden name and
+//! rename it when complete (the usual way to publish files atomically).
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+use sluice_crds::{FileFormat, FileSourceSpec, SourceSpec};
+
+use crate::error::{EngineError, Result};
+use crate::schema::arrow_schema;
+use crate::source::decode::{TextFormat, decode_parquet, decode_text};
+use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask};
+use crate::storage::Location;
+
+/// One file of a range, by its path relative to the source directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FileEntry {
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// A file source range: the files of one batch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct FileRange {
+    pub files: Vec<FileEntry>,
+}
+
+/// The configured file source.
+pub struct FileSource {
+    name: String,
+    location: Location,
+    format: FileFormat,
+    text_format: TextFormat,
+    schema: SchemaRef,
+    partitions: u32,
+    max_files_per_trigger: Option<usize>,
+}
+
+impl FileSource {
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] for a bad path or schema.
+    pub fn new(spec: &SourceSpec, file: &FileSourceSpec) -> Result<Self> {
+        let delimiter = file
+            .delimiter
+            .as_deref()
+            .and_then(|d| d.bytes().next())
+            .unwrap_or(b',');
+        Ok(Self {
+            name: spec.name.clone(),
+            location: Location::parse(&file.path)?,
+            format: file.format,
+            text_format: match file.format {
+                FileFormat::Csv => TextFormat::Csv {
+                    header: file.header,
+                    delimiter,
+                },
+                _ => TextFormat::Json,
+            },
+            schema: arrow_schema(&spec.schema)?,
+            partitions: file.partitions,
+            max_files_per_trigger: file.max_files_per_trigger.map(|n| n as usize),
+        })
+    }
+}
+
+/// FNV-1a, 64 bit: the partition of a relative path is `fnv1a(path) % partitions`.
+pub fn partition_of(path: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in path.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+#[async_trait]
+impl Source for FileSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
+        let mut seen = HashSet::new();
+        for range in logged {
+            let range: FileRange =
+                serde_json::from_value(range.clone()).map_err(|e| self.error(e))?;
+            seen.extend(range.files.into_iter().map(|f| f.path));
+        }
+        Ok(Box::new(FileTask {
+            source: FileSourceTaskConfig {
+                name: self.name.clone(),
+                location: self.location.clone(),
+                format: self.format,
+                text_format: self.text_format.clone(),
+                schema: self.schema.clone(),
+                partitions: self.partitions,
+                max_files_per_trigger: self.max_files_per_trigger,
+            },
+            task,
+            seen,
+            frozen: None,
+            backlog: 0,
+        }))
+    }
+}
+
+impl FileSource {
+    fn error(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Source {
+            source_name: self.name.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+struct FileSourceTaskConfig {
+    name: String,
+    location: Location,
+    format: FileFormat,
+    text_format: TextFormat,
+    schema: SchemaRef,
+    partitions: u32,
+    max_files_per_trigger: Option<usize>,
+}
+
+struct FileTask {
+    source: FileSourceTaskConfig,
+    task: u32,
+    /// Relative paths already planned (from the log and from this run).
+    seen: HashSet<String>,
+    /// Files available when frozen (`availableNow` / `once`).
+    frozen: Option<Vec<FileEntryWithTime>>,
+    backlog: u64,
+}
+
+#[derive(Clone)]
+struct FileEntryWithTime {
+    entry: FileEntry,
+    modified_ms: i64,
+}
+
+impl FileTask {
+    fn relative(&self, meta: &ObjectMeta) -> Option<String> {
+        let prefix = self.source.location.prefix.as_ref();
+        let full = meta.location.as_ref();
+        let relative = if prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(prefix)?.trim_start_matches('/')
+        };
+        let hidden = relative
+            .split('/')
+            .any(|part| part.starts_with('.') || part.starts_with('_'));
+        (!hidden && !relative.is_empty()).then(|| relative.to_string())
+    }
+
+    /// This task's files in the directory now, oldest first.
+    async fn list(&self) -> Result<Vec<FileEntryWithTime>> {
+        let location = &self.source.location;
+        let prefix = (!location.prefix.as_ref().is_empty()).then_some(&location.prefix);
+        let metas: Vec<ObjectMeta> = location
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(|e| EngineError::storage(location.url.clone(), e))?;
+        let mut files: Vec<FileEntryWithTime> = metas
+            .iter()
+            .filter_map(|meta| {
+                let path = self.relative(meta)?;
+                (partition_of(&path, self.source.partitions) == self.task).then(|| {
+                    FileEntryWithTime {
+                        entry: FileEntry {
+                            path,
+                            size: meta.size,
+                        },
+                        modified_ms: meta.last_modified.timestamp_millis(),
+                    }
+                })
+            })
+            .collect();
+        files.sort_by(|a, b| (a.modified_ms, &a.entry.path).cmp(&(b.modified_ms, &b.entry.path)));
+        Ok(files)
+    }
+}
+
+#[async_trait]
+impl SourceTask for FileTask {
+    async fn freeze(&mut self) -> Result<()> {
+        self.frozen = Some(self.list().await?);
+        Ok(())
+    }
+
+    async fn plan(&mut self, limit: PlanLimit) -> Result<Option<Range>> {
+        let available = match &self.frozen {
+            Some(frozen) => frozen.clone(),
+            None => self.list().await?,
+        };
+        let new: Vec<FileEntry> = available
+            .into_iter()
+            .filter(|f| !self.seen.contains(&f.entry.path))
+            .map(|f| f.entry)
+            .collect();
+        let take = match (limit, self.source.max_files_per_trigger) {
+            (PlanLimit::PerTrigger, Some(max)) => max.min(new.len()),
+            _ => new.len(),
+        };
+        self.backlog = (new.len() - take) as u64;
+        if take == 0 {
+            return Ok(None);
+        }
+        let files: Vec<FileEntry> = new.into_iter().take(take).collect();
+        self.seen.extend(files.iter().map(|f| f.path.clone()));
+        serde_json::to_value(FileRange { files })
+            .map(Some)
+            .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
+        let range: FileRange =
+            serde_json::from_value(range.clone()).map_err(|e| EngineError::Source {
+                source_name: self.source.name.clone(),
+                message: format!("unreadable range in the offsets log: {e}"),
+            })?;
+        let mut output = ReadOutput::default();
+        for file in &range.files {
+            let location = &self.source.location;
+            let path = location.child(&file.path);
+            let data = location
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| EngineError::storage(path.to_string(), e))?
+                .bytes()
+                .await
+                .map_err(|e| EngineError::storage(path.to_string(), e))?;
+            let schema = self.source.schema.clone();
+            let format = self.source.format;
+            let text_format = self.source.text_format.clone();
+            let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
+            // Decoding is CPU-bound: keep it off the async worker threads.
+            let (batches, bad) = tokio::task::spawn_blocking(move || match format {
+                FileFormat::Parquet => decode_parquet(&schema, &origin, data),
+                _ => decode_text(&schema, &text_format, &origin, &data),
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("decoder task failed: {e}")))??;
+            output.batches.extend(batches);
+            output.bad_records.extend(bad);
+        }
+        Ok(output)
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        Some(self.backlog)
+    }
+}

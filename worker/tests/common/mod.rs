@@ -1,0 +1,200 @@
+//! Helpers shared by the integration tests: data, manifests, reading output back, S3 access.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use sluice_worker::storage::Location;
+
+/// One output row of the IoT query, comparable and sortable: (deviceId, temperature × 100, level, µs).
+pub type Row = (String, i64, String, i64);
+
+/// The HIGH rows of a generated data set, sorted.
+pub fn expected_high(seed: u64, files: u64, rows: u64) -> Vec<Row> {
+    let mut out: Vec<Row> = sluice_bench::events(seed, files, rows)
+        .filter(|e| e.danger_level == "HIGH")
+        .map(|e| {
+            (
+                e.device_id,
+                (e.temperature * 100.0).round() as i64,
+                e.danger_level.to_string(),
+                e.timestamp_ms * 1000,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Rows of IoT batches (columns by name; `danger_level` may be absent when partitioned by it).
+pub fn rows_of(batches: &[RecordBatch], level_from_dir: Option<&str>) -> Vec<Row> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let ids = batch.column_by_name("deviceId").expect("deviceId");
+        let ids = ids.as_any().downcast_ref::<StringArray>().expect("utf8");
+        let temps = batch.column_by_name("temperature").expect("temperature");
+        let temps = temps.as_any().downcast_ref::<Float64Array>().expect("f64");
+        let times = batch.column_by_name("timestamp").expect("timestamp");
+        let times = times
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("ts");
+        let levels = batch.column_by_name("danger_level").map(|l| {
+            l.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8")
+                .clone()
+        });
+        for i in 0..batch.num_rows() {
+            let level = match (&levels, level_from_dir) {
+                (Some(l), _) => l.value(i).to_string(),
+                (None, Some(dir)) => dir.to_string(),
+                (None, None) => panic!("no danger_level"),
+            };
+            out.push((
+                ids.value(i).to_string(),
+                (temps.value(i) * 100.0).round() as i64,
+                level,
+                times.value(i),
+            ));
+        }
+    }
+    out
+}
+
+/// Reads every `part-*.parquet` under `location`: relative path → batches.
+pub async fn read_parquet_dir(location: &Location) -> BTreeMap<String, Vec<RecordBatch>> {
+    let prefix = (!location.prefix.as_ref().is_empty()).then_some(&location.prefix);
+    let metas: Vec<_> = location
+        .store
+        .list(prefix)
+        .try_collect()
+        .await
+        .expect("list output");
+    let mut out = BTreeMap::new();
+    for meta in metas {
+        let path = meta.location.as_ref().to_string();
+        let relative = path
+            .strip_prefix(location.prefix.as_ref())
+            .unwrap_or(&path)
+            .trim_start_matches('/')
+            .to_string();
+        let name = relative.rsplit('/').next().unwrap_or_default();
+        if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+            continue;
+        }
+        let bytes = location
+            .store
+            .get(&meta.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        out.insert(
+            relative,
+            reader.collect::<Result<Vec<_>, _>>().expect("batches"),
+        );
+    }
+    out
+}
+
+/// All IoT rows under an output location (Hive `danger_level=` directories understood), sorted.
+pub async fn output_rows(location: &Location) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (relative, batches) in read_parquet_dir(location).await {
+        let level = relative
+            .split('/')
+            .find_map(|part| part.strip_prefix("danger_level="))
+            .map(str::to_string);
+        rows.extend(rows_of(&batches, level.as_deref()));
+    }
+    rows.sort();
+    rows
+}
+
+/// The IoT filter manifest over `input`, writing Parquet to `output`.
+pub fn iot_manifest(
+    name: &str,
+    input: &str,
+    output: &str,
+    checkpoint: &str,
+    extra_sink: &str,
+    trigger: &str,
+) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: {name}}}
+spec:
+  sources:
+    - name: events
+      file: {{path: "{input}", format: json, maxFilesPerTrigger: 1, partitions: 2}}
+      schema:
+        - {{name: deviceId, type: string}}
+        - {{name: temperature, type: double}}
+        - {{name: danger_level, type: string}}
+        - {{name: timestamp, type: timestamp}}
+  sql: SELECT * FROM events WHERE danger_level = 'HIGH'
+  sink:
+    file: {{path: "{output}", format: parquet{extra_sink}}}
+  trigger: {trigger}
+  checkpoint: {{location: "{checkpoint}"}}
+"#
+    )
+}
+
+/// S3 settings from the environment `.ci/run` sets up, or `None` (the test then skips loudly).
+/// With `SLUICE_REQUIRE_SERVERS=1` a missing server is a failure, not a skip.
+pub fn s3_bucket(test: &str) -> Option<String> {
+    match std::env::var("SLUICE_TEST_S3_ENDPOINT") {
+        Ok(_) => {
+            Some(std::env::var("SLUICE_TEST_S3_BUCKET").unwrap_or_else(|_| "sluice-test".into()))
+        }
+        Err(_) => {
+            assert!(
+                std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"),
+                "{test}: SLUICE_TEST_S3_ENDPOINT is not set but SLUICE_REQUIRE_SERVERS=1"
+            );
+            eprintln!(
+                "SKIPPED {test}: no S3 server (run `bash .ci/run`, or source /tmp/sluice-servers/env.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// Uploads the files of a local directory to `location`.
+pub async fn upload_dir(dir: &Path, location: &Location) {
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
+        let bytes = std::fs::read(&path).expect("read");
+        location
+            .store
+            .put(&location.child(&name), bytes.into())
+            .await
+            .expect("put");
+    }
+}
+
+/// A fresh, unique prefix name for a test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}
