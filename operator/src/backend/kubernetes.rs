@@ -1,0 +1,484 @@
+//! Kubernetes backend: a [`DesiredWorkers`] becomes four children of the `StreamingQuery`, all
+//! named `sluice-<query>` and owned by it (garbage-collected with it), applied with server-side
+//! apply under the single field manager [`FIELD_MANAGER`]:
+//!
+//! * `ConfigMap` with the resolved query under key `query.yaml`;
+//! * headless `Service` exposing the workers' `metrics` port (9464) for Prometheus;
+//! * `StatefulSet`: `replicas` pods, replica index = pod ordinal (from the pod name, which the
+//!   worker reads from `POD_NAME`), env `SLUICE_REPLICA_COUNT` and `SLUICE_GENERATION`, container
+//!   `sluice-worker pod --manifest /etc/sluice/query.yaml --http-port 9464`, probes on `/healthz`,
+//!   non-root with a read-only root filesystem and an `emptyDir` on `/tmp`;
+//! * `PodDisruptionBudget` with `maxUnavailable: 1`.
+//!
+//! The builders are pure functions (tested on their exact output); [`KubernetesBackend`] does
+//! the I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use sluice_crds::{StreamingQuery, StreamingQueryStatus};
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::plan::{DesiredWorkers, EventSeverity, PlannedEvent, WorkersObservation, child_name};
+
+/// The one server-side-apply field manager of the operator.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+/// Annotation: deployment generation of the pod template.
+pub const GENERATION_ANNOTATION: &str = "sluice.dev/generation";
+/// Annotation: hash of the restart-relevant spec sections.
+pub const RESTART_HASH_ANNOTATION: &str = "sluice.dev/restart-hash";
+/// Annotation: JSON map of per-section hashes.
+pub const SECTIONS_ANNOTATION: &str = "sluice.dev/section-hashes";
+/// Label naming the query on every child and pod.
+pub const QUERY_LABEL: &str = "sluice.dev/query";
+/// ConfigMap key of the resolved query.
+pub const MANIFEST_KEY: &str = "query.yaml";
+/// Where the ConfigMap is mounted in the worker container.
+pub const MANIFEST_DIR: &str = "/etc/sluice";
+/// Name of the worker HTTP port (metrics, health, progress).
+pub const METRICS_PORT_NAME: &str = "metrics";
+/// Non-root UID of the worker image (distroless `nonroot`).
+pub const WORKER_UID: i64 = 65532;
+
+fn name_and_namespace(query: &StreamingQuery) -> Result<(String, String)> {
+    let name = query
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("name"))?;
+    let namespace = query
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("namespace"))?;
+    Ok((name, namespace))
+}
+
+/// Selector labels (immutable on a StatefulSet: never add to them).
+pub fn selector_labels(query_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-worker".to_string(),
+        ),
+        (QUERY_LABEL.to_string(), query_name.to_string()),
+    ])
+}
+
+fn labels(query_name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(query_name);
+    labels.insert("app.kubernetes.io/instance".into(), query_name.into());
+    labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
+    labels
+}
+
+fn metadata(query: &StreamingQuery) -> Result<ObjectMeta> {
+    let (name, namespace) = name_and_namespace(query)?;
+    let owner = query
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("uid"))?;
+    Ok(ObjectMeta {
+        name: Some(child_name(&name)),
+        namespace: Some(namespace),
+        labels: Some(labels(&name)),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn deployment_annotations(desired: &DesiredWorkers) -> Result<BTreeMap<String, String>> {
+    let sections = serde_json::to_string(&desired.section_hashes)
+        .map_err(|e| Error::Serialization(e.to_string()))?;
+    Ok(BTreeMap::from([
+        (
+            GENERATION_ANNOTATION.to_string(),
+            desired.generation.to_string(),
+        ),
+        (
+            RESTART_HASH_ANNOTATION.to_string(),
+            desired.restart_hash.clone(),
+        ),
+        (SECTIONS_ANNOTATION.to_string(), sections),
+    ]))
+}
+
+/// The ConfigMap holding the resolved query.
+///
+/// # Errors
+/// [`Error::MissingField`] when the query lacks name, namespace or uid.
+pub fn config_map(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<ConfigMap> {
+    Ok(ConfigMap {
+        metadata: metadata(query)?,
+        data: Some(BTreeMap::from([(
+            MANIFEST_KEY.to_string(),
+            desired.manifest_yaml.clone(),
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The headless Service of the workers (stable DNS per pod, Prometheus target).
+///
+/// # Errors
+/// As [`config_map`].
+pub fn service(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<Service> {
+    let (name, _) = name_and_namespace(query)?;
+    Ok(Service {
+        metadata: metadata(query)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(&name)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some(METRICS_PORT_NAME.into()),
+                port: i32::from(desired.http_port),
+                target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+fn env_var(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn health_probe(initial_delay: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String(METRICS_PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The worker StatefulSet.
+///
+/// # Errors
+/// As [`config_map`], plus [`Error::Serialization`] for the annotations.
+pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<StatefulSet> {
+    let (name, namespace) = name_and_namespace(query)?;
+    let child = child_name(&name);
+    let annotations = deployment_annotations(desired)?;
+    let mut meta = metadata(query)?;
+    meta.annotations = Some(annotations.clone());
+    let mut env = vec![
+        env_var("SLUICE_QUERY", name.clone()),
+        env_var("SLUICE_NAMESPACE", namespace),
+        env_var("SLUICE_REPLICA_COUNT", desired.replicas.to_string()),
+        env_var("SLUICE_GENERATION", desired.generation.to_string()),
+        env_var(
+            "SLUICE_CHECKPOINT_LOCATION",
+            desired.checkpoint_location.clone(),
+        ),
+        field_env("POD_NAME", "metadata.name"),
+    ];
+    env.extend(desired.env.iter().cloned());
+    let env_from = desired.storage_secret_ref.as_ref().map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]
+    });
+    let container = Container {
+        name: "worker".into(),
+        image: Some(desired.image.clone()),
+        command: Some(vec!["sluice-worker".into()]),
+        args: Some(vec![
+            "pod".into(),
+            "--manifest".into(),
+            format!("{MANIFEST_DIR}/{MANIFEST_KEY}"),
+            "--http-port".into(),
+            desired.http_port.to_string(),
+        ]),
+        env: Some(env),
+        env_from,
+        ports: Some(vec![ContainerPort {
+            name: Some(METRICS_PORT_NAME.into()),
+            container_port: i32::from(desired.http_port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(health_probe(2, 5, 3)),
+        liveness_probe: Some(health_probe(15, 10, 6)),
+        resources: desired.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "query".into(),
+                mount_path: MANIFEST_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let mut pod_labels = labels(&name);
+    pod_labels.insert(GENERATION_ANNOTATION.into(), desired.generation.to_string());
+    Ok(StatefulSet {
+        metadata: meta,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(desired.replicas),
+            service_name: Some(child.clone()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // Time for the worker to finish its batch and commit after SIGTERM.
+                    termination_grace_period_seconds: Some(60),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(WORKER_UID),
+                        run_as_group: Some(WORKER_UID),
+                        fs_group: Some(WORKER_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "query".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: child,
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+/// The PodDisruptionBudget: voluntary evictions take at most one worker at a time.
+///
+/// # Errors
+/// As [`config_map`].
+pub fn pod_disruption_budget(query: &StreamingQuery) -> Result<PodDisruptionBudget> {
+    let (name, _) = name_and_namespace(query)?;
+    Ok(PodDisruptionBudget {
+        metadata: metadata(query)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// Reads the deployment's generation, hashes and readiness back from a StatefulSet.
+pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
+    let annotations = set.metadata.annotations.clone().unwrap_or_default();
+    let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = set.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let observed_current =
+        status.observed_generation.unwrap_or(0) >= set.metadata.generation.unwrap_or(0);
+    let revision_current = match (&status.current_revision, &status.update_revision) {
+        (Some(current), Some(update)) => current == update,
+        _ => true,
+    };
+    let rollout_complete = observed_current
+        && if replicas == 0 {
+            status.replicas == 0
+        } else {
+            ready == replicas && updated == replicas && revision_current
+        };
+    WorkersObservation {
+        generation: annotations
+            .get(GENERATION_ANNOTATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+        restart_hash: annotations
+            .get(RESTART_HASH_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+        section_hashes: annotations
+            .get(SECTIONS_ANNOTATION)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default(),
+        replicas,
+        ready_replicas: ready,
+        rollout_complete,
+    }
+}
+
+/// Applies and observes children through the Kubernetes API.
+#[derive(Clone)]
+pub struct KubernetesBackend {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubernetesBackend {
+    /// `reporter` names the controller (and pod) in events.
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self { client, recorder }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn apply<K>(&self, namespace: &str, object: &K) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let name = object
+            .meta()
+            .name
+            .clone()
+            .ok_or(Error::MissingField("name"))?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&name, &params, &Patch::Apply(object)).await?;
+        Ok(())
+    }
+}
+
+impl Backend for KubernetesBackend {
+    async fn observe_workers(&self, query: &StreamingQuery) -> Result<Option<WorkersObservation>> {
+        let (name, namespace) = name_and_namespace(query)?;
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &namespace);
+        Ok(api
+            .get_opt(&child_name(&name))
+            .await?
+            .as_ref()
+            .map(observe_stateful_set))
+    }
+
+    async fn apply_workers(&self, query: &StreamingQuery, desired: &DesiredWorkers) -> Result<()> {
+        let (_, namespace) = name_and_namespace(query)?;
+        self.apply(&namespace, &config_map(query, desired)?).await?;
+        self.apply(&namespace, &service(query, desired)?).await?;
+        self.apply(&namespace, &stateful_set(query, desired)?)
+            .await?;
+        self.apply(&namespace, &pod_disruption_budget(query)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_status(
+        &self,
+        query: &StreamingQuery,
+        status: &StreamingQueryStatus,
+    ) -> Result<()> {
+        let (name, namespace) = name_and_namespace(query)?;
+        let api: Api<StreamingQuery> = Api::namespaced(self.client.clone(), &namespace);
+        let body = serde_json::json!({
+            "apiVersion": StreamingQuery::api_version(&()),
+            "kind": StreamingQuery::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(&name, &params, &Patch::Apply(body))
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, query: &StreamingQuery, event: &PlannedEvent) -> Result<()> {
+        let reference = query.object_ref(&());
+        let event = Event {
+            type_: match event.severity {
+                EventSeverity::Normal => EventType::Normal,
+                EventSeverity::Warning => EventType::Warning,
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: event.action.clone(),
+            secondary: None,
+        };
+        self.recorder.publish(&event, &reference).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+//! Sluice operator: runs `StreamingQuery` resources as worker pods.
+//!
+//! Reconcile = observe → validate → plan (pure, [`plan`]) → apply ([`backend`]) → status, shared
+//! by the Kubernetes backend and the local backend to come. Modules:
+//!
+//! * [`plan`] — pure decisions: spec change classification, desired workers, status, events.
+//! * [`reconcile`] — one backend-independent pass over a live query.
+//! * [`backend`] — [`backend::kubernetes`] builds and server-side-applies the children.
+//! * [`checkpoint`] — checkpoint location resolution, ownership claim, retention.
+//! * [`controller`] — the kube-runtime controller, finalizer, error policy.
+//! * [`leader`] — Lease-based leader election.
+//! * [`metrics`] — the operator's own `/metrics` and `/healthz`.
+//! * [`error`] — the error type, classified user / external / internal.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod controller;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,123 @@
+//! One reconcile of a live query, independent of the backend:
+//! observe → validate → claim checkpoint → plan (pure) → apply → events → status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use sluice_crds::{StreamingQuery, validate_spec};
+
+use crate::backend::Backend;
+use crate::checkpoint::{CheckpointManager, Claim, Owner};
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::{self, CheckpointObservation, Observation, OperatorConfig, Plan, WorkersAction};
+
+/// Claims the query's checkpoint location and reports the outcome as an observation.
+///
+/// User problems (no location, bad URL, owned by another query) become `Refused`; store failures
+/// become `Unreachable`; internal errors are returned.
+///
+/// # Errors
+/// Internal errors only (missing metadata, serialization).
+pub async fn observe_checkpoint(
+    query: &StreamingQuery,
+    config: &OperatorConfig,
+    checkpoints: &CheckpointManager,
+) -> Result<CheckpointObservation> {
+    let location = match plan::checkpoint_location(query, config) {
+        Ok(location) => location,
+        Err(e @ Error::CheckpointLocation { .. }) => {
+            return Ok(CheckpointObservation::Refused {
+                location: None,
+                reason: "CheckpointLocationInvalid",
+                message: e.to_string(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let owner = Owner {
+        namespace: query
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingField("namespace"))?,
+        name: query
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingField("name"))?,
+        uid: query
+            .metadata
+            .uid
+            .clone()
+            .ok_or(Error::MissingField("uid"))?,
+        claimed_at: Timestamp::now().to_string(),
+    };
+    Ok(match checkpoints.claim(&location, &owner).await {
+        Ok(claim) => CheckpointObservation::Ready {
+            location,
+            claimed_now: claim == Claim::Created,
+        },
+        Err(e @ Error::CheckpointOwned { .. }) => CheckpointObservation::Refused {
+            location: Some(location),
+            reason: "CheckpointOwned",
+            message: e.to_string(),
+        },
+        Err(e @ Error::CheckpointLocation { .. }) => CheckpointObservation::Refused {
+            location: Some(location),
+            reason: "CheckpointLocationInvalid",
+            message: e.to_string(),
+        },
+        Err(e) if e.kind() == ErrorKind::External => CheckpointObservation::Unreachable {
+            location,
+            message: e.to_string(),
+        },
+        Err(e) => return Err(e),
+    })
+}
+
+/// Reconciles a live (not deleting) query with `backend` and returns the plan that was carried
+/// out. Events are published best-effort (a failed event never fails the reconcile); status is
+/// written last so it describes what was applied.
+///
+/// # Errors
+/// External errors from the backend (retried by the caller with backoff) and internal errors.
+pub async fn reconcile_live<B: Backend>(
+    backend: &B,
+    checkpoints: &CheckpointManager,
+    query: &StreamingQuery,
+    config: &OperatorConfig,
+) -> Result<Plan> {
+    let workers = backend.observe_workers(query).await?;
+    let validation = validate_spec(&query.spec);
+    let checkpoint = if validation.is_ok() {
+        observe_checkpoint(query, config, checkpoints).await?
+    } else {
+        CheckpointObservation::NotChecked
+    };
+    let observation = Observation {
+        workers,
+        checkpoint,
+        progress: None,
+    };
+    let plan = plan::plan(
+        query,
+        validation,
+        &observation,
+        config,
+        Time(Timestamp::now()),
+    )?;
+    if let WorkersAction::Apply(desired) = &plan.workers {
+        backend.apply_workers(query, desired).await?;
+    }
+    for event in &plan.events {
+        if let Err(e) = backend.publish(query, event).await {
+            tracing::warn!(reason = %event.reason, error = %e, "could not publish event");
+        }
+    }
+    if query.status.as_ref() != Some(&plan.status) {
+        backend.write_status(query, &plan.status).await?;
+    }
+    if let CheckpointObservation::Unreachable { location, message } = observation.checkpoint {
+        return Err(Error::CheckpointUnreachable { location, message });
+    }
+    Ok(plan)
+}
