@@ -9,10 +9,11 @@
 #   SLUICE_CACHE         where install.sh put things (default $HOME/.cache/sluice)
 #   SLUICE_RUN_DIR       data, logs, PID files (default /tmp/sluice-servers)
 #   SLUICE_S3_PORT       (19000)  SeaweedFS S3 API; SeaweedFS's internal
-#                        ports are fixed: 19001 (s3 grpc), 19333/19334
-#                        (master), 19340/19341 (volume), 19888/19889
-#                        (filer), 19646/29646 (admin; its plugin worker
-#                        dials admin.port+10000 whatever -admin.port.grpc says)
+#                        ports follow it: +1 (s3 grpc), +2/+3 (master),
+#                        +4/+5 (volume), +6/+7 (filer), +8 and +8+10000
+#                        (admin; its plugin worker dials admin.port+10000
+#                        whatever -admin.port.grpc says). Another SLUICE_S3_PORT
+#                        (and SLUICE_RUN_DIR) runs a second, independent set.
 #   SLUICE_KAFKA_PORT    (19092)  tansu Kafka broker
 #   SLUICE_PROM_PORT     (19090)  Prometheus
 #   SLUICE_PG_PORT       (15432)  PostgreSQL
@@ -202,7 +203,9 @@ start_s3() {
     dir=$(server_dir s3)
     data="$dir/data"
     [ -x "$WEED_BIN" ] || die "s3: weed not found at $WEED_BIN (run e2e/servers/install.sh)"
-    require_free_ports s3 "$S3_PORT" $((S3_PORT + 1)) 19333 19334 19340 19341 19888 19889 19646 29646
+    local p=$S3_PORT
+    require_free_ports s3 "$p" $((p + 1)) $((p + 2)) $((p + 3)) $((p + 4)) $((p + 5)) \
+        $((p + 6)) $((p + 7)) $((p + 8)) $((p + 10008))
     mkdir -p "$data"
     cat >"$dir/identities.json" <<EOF
 {
@@ -221,11 +224,11 @@ EOF
         -s3.port.iceberg=0 -s3.port.lance=0 \
         -s3.config="$dir/identities.json" \
         -s3.localSocket="$dir/s3.sock" \
-        -master.port=19333 -master.port.grpc=19334 \
-        -volume.port=19340 -volume.port.grpc=19341 \
-        -filer.port=19888 -filer.port.grpc=19889 \
+        -master.port=$((p + 2)) -master.port.grpc=$((p + 3)) \
+        -volume.port=$((p + 4)) -volume.port.grpc=$((p + 5)) \
+        -filer.port=$((p + 6)) -filer.port.grpc=$((p + 7)) \
         -filer.localSocket="$dir/filer.sock" \
-        -admin.ui=false -admin.port=19646 -admin.port.grpc=29646 \
+        -admin.ui=false -admin.port=$((p + 8)) -admin.port.grpc=$((p + 10008)) \
         -webdav=false
     wait_ready s3 s3_list_ok
     local b
