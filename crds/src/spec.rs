@@ -41,7 +41,11 @@ const DURATION_MESSAGE: &str =
     printcolumn = r#"{"name":"Processed/s","type":"number","jsonPath":".status.processedRowsPerSecond"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
     printcolumn = r#"{"name":"Batch","type":"integer","jsonPath":".status.lastCommittedBatchId"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Watermark","type":"string","priority":1,"jsonPath":".status.watermark"}"#,
+    printcolumn = r#"{"name":"Generation","type":"integer","priority":1,"jsonPath":".status.generation"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","priority":1,"jsonPath":".status.restarts"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingQuerySpec {

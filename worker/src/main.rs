@@ -8,6 +8,8 @@
 //!
 //! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest.
 
+mod display;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -164,11 +166,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         args.replica,
         args.replicas.max(1),
     );
-    let summary = engine
-        .run(|progress| eprintln!("{}", progress.line()))
-        .await
-        .map_err(classify)?;
-    eprintln!(
+    let drain_total = if engine.trigger().is_bounded() {
+        engine.backlog()
+    } else {
+        None
+    };
+    let display = display::Display::new(drain_total);
+    let summary = engine.run(|progress| display.update(progress)).await;
+    display.finish();
+    let summary = summary.map_err(classify)?;
+    display.println(&format!(
         "query stopped: {} batches, {} input rows, {} rows written to {sink}{}",
         summary.batches,
         summary.input_rows,
@@ -178,7 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } else {
             String::new()
         }
-    );
+    ));
     Ok(())
 }
 

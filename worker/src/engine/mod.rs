@@ -73,7 +73,8 @@ impl Trigger {
         }
     }
 
-    fn is_bounded(self) -> bool {
+    /// True for triggers that stop when the input available at start is drained.
+    pub fn is_bounded(self) -> bool {
         matches!(self, Self::Once | Self::AvailableNow)
     }
 }
@@ -258,6 +259,12 @@ impl Engine {
                 &log,
             ));
         }
+        if trigger.is_bounded() {
+            // `once` / `availableNow`: what exists now is what this run drains.
+            for runner in &mut runners {
+                runner.freeze().await?;
+            }
+        }
         let source_descriptions = spec
             .sources
             .iter()
@@ -273,6 +280,22 @@ impl Engine {
             shared,
             config,
         })
+    }
+
+    /// The trigger this query runs with.
+    pub fn trigger(&self) -> Trigger {
+        self.trigger
+    }
+
+    /// Unplanned input over all tasks (files for file sources, rows otherwise), when the sources
+    /// know it. For `availableNow`/`once` this is, before the first batch, what the run will drain.
+    pub fn backlog(&self) -> Option<u64> {
+        let per_task: Vec<u64> = self
+            .runners
+            .iter()
+            .flat_map(|r| r.backlog().into_values())
+            .collect();
+        (!per_task.is_empty()).then(|| per_task.iter().sum())
     }
 
     /// Task ids this replica runs.

@@ -211,7 +211,12 @@ impl FileTask {
 #[async_trait]
 impl SourceTask for FileTask {
     async fn freeze(&mut self) -> Result<()> {
-        self.frozen = Some(self.list().await?);
+        let files = self.list().await?;
+        self.backlog = files
+            .iter()
+            .filter(|f| !self.seen.contains(&f.entry.path))
+            .count() as u64;
+        self.frozen = Some(files);
         Ok(())
     }
 
