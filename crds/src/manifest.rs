@@ -15,8 +15,8 @@ use crate::validate::validate_spec;
 /// unknown/missing/mistyped field or a wrong `apiVersion`/`kind`, [`CrdError::Invalid`] for a
 /// broken rule (see [`validate_spec`]).
 pub fn parse_manifest(yaml: &str) -> Result<StreamingQuery, CrdError> {
-    let value: serde_json::Value =
-        serde_saphyr::from_str(yaml).map_err(|e| CrdError::Yaml(e.to_string()))?;
+    let value: serde_json::Value = serde_saphyr::from_str_with_options(yaml, yaml_options())
+        .map_err(|e| CrdError::Yaml(e.to_string()))?;
     from_value(value)
 }
 
@@ -26,12 +26,21 @@ pub fn parse_manifest(yaml: &str) -> Result<StreamingQuery, CrdError> {
 /// As [`parse_manifest`], for the first document that fails.
 pub fn parse_manifests(yaml: &str) -> Result<Vec<StreamingQuery>, CrdError> {
     let values: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(yaml).map_err(|e| CrdError::Yaml(e.to_string()))?;
+        serde_saphyr::from_multiple_with_options(yaml, yaml_options())
+            .map_err(|e| CrdError::Yaml(e.to_string()))?;
     values
         .into_iter()
         .filter(|v| !v.is_null())
         .map(from_value)
         .collect()
+}
+
+/// YAML 1.2 Core booleans only: `y`, `n`, `yes`, `on` stay strings (a column named `y` is a
+/// column, not `true` — YAML 1.1's "Norway problem").
+fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options
 }
 
 fn from_value(value: serde_json::Value) -> Result<StreamingQuery, CrdError> {
@@ -125,6 +134,13 @@ spec:
         let yaml = VALID.replace("kind: StreamingQuery", "kind: Deployment");
         let err = parse_manifest(&yaml).expect_err("kind").to_string();
         assert!(err.contains("`kind`"), "{err}");
+    }
+
+    #[test]
+    fn yaml_1_1_boolean_spellings_stay_strings() {
+        let yaml = VALID.replace("{name: deviceId, type: string}", "{name: y, type: string}");
+        let query = parse_manifest(&yaml).expect("valid");
+        assert_eq!(query.spec.sources[0].schema[0].name, "y");
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct StreamingQuerySpec {
     /// Static tables for enrichment joins (stream–static), reloaded periodically.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableSpec>,
+    /// Machine-learning models usable in SQL: trained offline (`file`) or learned from the stream
+    /// (`streamingKMeans`, `streamingLinearRegression`, as MLlib's streaming algorithms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelSpec>,
     /// The query, in DataFusion SQL with Spark-compatible identifier rules
     /// (unquoted identifiers keep their case: `deviceId` resolves to column `deviceId`).
     #[schemars(length(min = 1))]
@@ -650,4 +654,96 @@ pub enum UpgradeMode {
     LastState,
     /// Start a new checkpoint generation (no state carried over).
     Stateless,
+}
+
+/// A model usable in SQL. Exactly one of `file`, `streamingKMeans`, `streamingLinearRegression`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Name used in SQL, e.g. `predict('risk', temperature)`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<ModelFileSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming_k_means: Option<StreamingKMeansSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming_linear_regression: Option<StreamingLinearRegressionSpec>,
+}
+
+/// A model trained offline, in a JSON or ONNX file (local path or `s3://`), reloaded when it changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelFileSpec {
+    pub path: String,
+}
+
+/// MLlib's `StreamingKMeans`: k centers updated every micro-batch with a forgetting factor.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamingKMeansSpec {
+    /// Source whose rows train the model.
+    pub source: String,
+    /// Numeric feature columns of that source.
+    pub features: Vec<String>,
+    pub k: u32,
+    /// Weight of the past per time unit, in [0, 1] (1 = remember everything).
+    #[serde(default = "default_decay")]
+    pub decay_factor: f64,
+    /// Alternative to `decayFactor`: time units after which a point counts half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_life: Option<f64>,
+    /// `batches` (decay once per batch) or `points` (decay per point), as MLlib.
+    #[serde(default)]
+    pub time_unit: KMeansTimeUnit,
+    /// Initial centers (k rows of `features.len()` values); random when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initial_centers: Vec<Vec<f64>>,
+    /// Weight of each initial center (default 0: the first batch replaces them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initial_weights: Vec<f64>,
+    /// Seed for random initial centers (MLlib's `setRandomCenters(dim, weight, seed)`).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_decay() -> f64 {
+    1.0
+}
+
+/// Unit of the k-means forgetting factor.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KMeansTimeUnit {
+    #[default]
+    Batches,
+    Points,
+}
+
+/// MLlib's `StreamingLinearRegressionWithSGD`: least squares by mini-batch SGD on every micro-batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamingLinearRegressionSpec {
+    pub source: String,
+    pub features: Vec<String>,
+    pub label: String,
+    /// SGD step size; iteration i uses `stepSize / sqrt(i)` (MLlib's SimpleUpdater).
+    #[serde(default = "default_step_size")]
+    pub step_size: f64,
+    /// SGD iterations per micro-batch.
+    #[serde(default = "default_iterations")]
+    pub num_iterations: u32,
+    /// Learn an intercept as an extra weight on a constant 1.
+    #[serde(default)]
+    pub fit_intercept: bool,
+    /// Starting weights (zeros when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initial_weights: Vec<f64>,
+}
+
+fn default_step_size() -> f64 {
+    0.1
+}
+
+fn default_iterations() -> u32 {
+    50
 }

@@ -180,6 +180,59 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             parse_duration(interval).map_err(|m| err(format!("{path}.refreshInterval"), m))?;
         }
     }
+    for (i, model) in spec.models.iter().enumerate() {
+        let path = format!("spec.models[{i}]");
+        check_name(&format!("{path}.name"), &model.name)?;
+        let kinds = usize::from(model.file.is_some())
+            + usize::from(model.streaming_k_means.is_some())
+            + usize::from(model.streaming_linear_regression.is_some());
+        if kinds != 1 {
+            return Err(err(
+                path,
+                "exactly one of file, streamingKMeans, streamingLinearRegression must be set",
+            ));
+        }
+        let source_of = |name: &str| spec.sources.iter().find(|s| s.name == name);
+        if let Some(km) = &model.streaming_k_means {
+            let p = format!("{path}.streamingKMeans");
+            if source_of(&km.source).is_none() {
+                return Err(err(
+                    format!("{p}.source"),
+                    format!("no source named `{}`", km.source),
+                ));
+            }
+            if km.k == 0 || km.features.is_empty() {
+                return Err(err(p, "k and features must be non-empty"));
+            }
+            if !(0.0..=1.0).contains(&km.decay_factor) {
+                return Err(err(format!("{p}.decayFactor"), "must be in [0, 1]"));
+            }
+            if !km.initial_centers.is_empty()
+                && (km.initial_centers.len() != km.k as usize
+                    || km
+                        .initial_centers
+                        .iter()
+                        .any(|c| c.len() != km.features.len()))
+            {
+                return Err(err(
+                    format!("{p}.initialCenters"),
+                    format!("need {} centers of {} values", km.k, km.features.len()),
+                ));
+            }
+        }
+        if let Some(lr) = &model.streaming_linear_regression {
+            let p = format!("{path}.streamingLinearRegression");
+            if source_of(&lr.source).is_none() {
+                return Err(err(
+                    format!("{p}.source"),
+                    format!("no source named `{}`", lr.source),
+                ));
+            }
+            if lr.features.is_empty() || lr.step_size <= 0.0 {
+                return Err(err(p, "features must be non-empty and stepSize positive"));
+            }
+        }
+    }
     if spec.sink.kinds().len() != 1 {
         return Err(err(
             "spec.sink",

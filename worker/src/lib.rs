@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod ml;
 pub mod progress;
 pub mod schema;
 pub mod sink;

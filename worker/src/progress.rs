@@ -87,6 +87,10 @@ pub struct StreamingQueryProgress {
     pub sources: Vec<SourceProgress>,
     pub sink: SinkProgress,
     pub num_bad_records: u64,
+    /// Learned models per task: `{name, task, state}` (k-means centers and weights, regression
+    /// weights).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<serde_json::Value>,
     pub tasks: Vec<TaskProgress>,
 }
 

@@ -199,6 +199,40 @@ impl Checkpoint {
         self.create(&path, body).await
     }
 
+    /// Saves the learned models' state of a batch as `tasks/<task>/models/<batchId>` (before the
+    /// batch's commit, so the state of every committed batch is on record).
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails.
+    pub async fn write_models<T: Serialize>(
+        &self,
+        task: u32,
+        batch_id: u64,
+        state: &T,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(state).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.put(
+            &format!("tasks/{task}/models/{}", batch_name(batch_id)),
+            body,
+        )
+        .await
+    }
+
+    /// The models' state saved with batch `batch_id`, if any.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails, [`EngineError::Checkpoint`] when unreadable.
+    pub async fn read_models<T: serde::de::DeserializeOwned>(
+        &self,
+        task: u32,
+        batch_id: u64,
+    ) -> Result<Option<T>> {
+        let path = self
+            .location
+            .child(&format!("tasks/{task}/models/{}", batch_name(batch_id)));
+        self.get_json(&path).await
+    }
+
     /// Overwrites an object (bad records: a replay writes the same content).
     pub async fn put(&self, relative: &str, body: Vec<u8>) -> Result<()> {
         let path = self.location.child(relative);

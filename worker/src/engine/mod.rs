@@ -22,9 +22,10 @@ use self::task::{BatchOutcome, TaskInput, TaskRunner, TaskTargets};
 use crate::checkpoint::{Checkpoint, CheckpointMetadata};
 use crate::error::{EngineError, Result, backoff};
 use crate::metrics::{Metrics, TaskLabels};
+use crate::ml::TaskModels;
 use crate::progress::{DurationMs, SinkProgress, SourceProgress, StreamingQueryProgress};
 use crate::source::{PlanLimit, Source};
-use crate::sql::BatchQuery;
+use crate::sql::{BatchQuery, Extensions};
 use crate::storage::Location;
 
 /// How many progress entries `/progress` keeps.
@@ -193,7 +194,15 @@ impl Engine {
             .map(|s| (s.name().to_string(), s.schema()))
             .collect();
         // Plan once up front so a bad query fails before anything is written.
-        BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode).await?;
+        let models = TaskModels::new(&spec.models, None)?;
+        BatchQuery::new(
+            &spec.sql,
+            inputs.clone(),
+            spec.sql_scope,
+            spec.output_mode,
+            extensions(&models),
+        )
+        .await?;
 
         let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
         let metadata = checkpoint
@@ -241,9 +250,19 @@ impl Engine {
                     on_bad_record: spec_source.on_bad_record,
                 });
             }
-            let query =
-                BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode)
-                    .await?;
+            let restored = match log.last_committed {
+                Some(batch_id) => checkpoint.read_models(task, batch_id).await?,
+                None => None,
+            };
+            let models = TaskModels::new(&spec.models, restored)?;
+            let query = BatchQuery::new(
+                &spec.sql,
+                inputs.clone(),
+                spec.sql_scope,
+                spec.output_mode,
+                extensions(&models),
+            )
+            .await?;
             if let Some(entry) = log.uncommitted() {
                 tracing::info!(
                     task,
@@ -257,6 +276,7 @@ impl Engine {
                 query,
                 targets.clone(),
                 &log,
+                models,
             ));
         }
         if trigger.is_bounded() {
@@ -543,8 +563,25 @@ impl Engine {
                 num_output_rows: outcomes.iter().map(|o| o.progress.num_output_rows).sum(),
             },
             num_bad_records: outcomes.iter().map(|o| o.progress.num_bad_records).sum(),
+            models: self
+                .runners
+                .iter()
+                .filter_map(|r| r.models().learned_state().ok().map(|m| (r.task, m)))
+                .flat_map(|(task, models)| {
+                    models.into_iter().map(move |(name, state)| {
+                        serde_json::json!({"name": name, "task": task, "state": state})
+                    })
+                })
+                .collect(),
             tasks: outcomes.iter().map(|o| o.progress.clone()).collect(),
         }
+    }
+}
+
+fn extensions(models: &TaskModels) -> Extensions {
+    Extensions {
+        functions: models.functions(),
+        tables: models.table_schemas(),
     }
 }
 

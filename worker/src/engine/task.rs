@@ -19,6 +19,7 @@ use sluice_crds::BadRecordPolicy;
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry, TaskLog};
 use crate::error::{EngineError, Result};
+use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
 use crate::source::decode::{BadRecord, bad_records_jsonl, fail_on};
@@ -69,6 +70,7 @@ pub struct TaskRunner {
     bad_records: Location,
     next_batch_id: u64,
     pending: Option<Pending>,
+    models: TaskModels,
 }
 
 fn now_ms() -> i64 {
@@ -87,6 +89,7 @@ impl TaskRunner {
         query: BatchQuery,
         targets: TaskTargets,
         log: &TaskLog,
+        models: TaskModels,
     ) -> Self {
         Self {
             task,
@@ -100,6 +103,7 @@ impl TaskRunner {
                 entry,
                 logged: true,
             }),
+            models,
         }
     }
 
@@ -117,6 +121,21 @@ impl TaskRunner {
     /// # Errors
     /// Any step's error; the batch stays pending and is replayed by the next call.
     pub async fn run_once(&mut self, limit: PlanLimit) -> Result<Option<BatchOutcome>> {
+        // A failed batch must leave learned models as they were: its replay trains them again.
+        let models_before = self.models.learned_state()?;
+        let result = self.run_batch(limit).await;
+        if result.is_err() {
+            self.models.restore(models_before)?;
+        }
+        result
+    }
+
+    /// The learned models of this task (for progress).
+    pub fn models(&self) -> &TaskModels {
+        &self.models
+    }
+
+    async fn run_batch(&mut self, limit: PlanLimit) -> Result<Option<BatchOutcome>> {
         let started = Instant::now();
         let mut durations = DurationMs::default();
         let replayed = self.pending.as_ref().is_some_and(|p| p.logged);
@@ -179,9 +198,26 @@ impl TaskRunner {
         }
         durations.get_batch = elapsed_ms(phase);
 
-        // Process.
+        // Process: models are scored as they stood before this batch, then trained on it.
         let phase = Instant::now();
+        self.models.refresh_files().await?;
+        for (name, table) in self.models.tables()? {
+            self.query.set_table(&name, table)?;
+        }
+        let training: Vec<(String, Vec<arrow::record_batch::RecordBatch>)> =
+            if self.models.has_learned_models() {
+                self.inputs
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .zip(rows.iter().cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let output = self.query.run(rows).await?;
+        for (source, batches) in &training {
+            self.models.train(source, batches)?;
+        }
         durations.query_planning_and_execution = elapsed_ms(phase);
 
         // Sink.
@@ -189,8 +225,13 @@ impl TaskRunner {
         let written = self.sink.write(self.task, entry.batch_id, &output).await?;
         durations.add_batch = elapsed_ms(phase);
 
-        // Commit.
+        // Commit (the learned models' state first, so every committed batch has it on record).
         let phase = Instant::now();
+        if self.models.has_learned_models() {
+            self.checkpoint
+                .write_models(self.task, entry.batch_id, &self.models.learned_state()?)
+                .await?;
+        }
         let input_rows: u64 = rows_per_source.values().sum();
         let commit = CommitEntry {
             batch_id: entry.batch_id,

@@ -26,11 +26,21 @@ use sluice_crds::{OutputMode, SqlScope};
 
 use crate::error::{EngineError, Result};
 
+/// Extra functions and tables a query can use besides its sources (e.g. the models of
+/// [`crate::ml`]).
+#[derive(Default, Clone)]
+pub struct Extensions {
+    pub functions: Vec<datafusion::logical_expr::ScalarUDF>,
+    /// Tables whose content is set before each batch with [`BatchQuery::set_table`].
+    pub tables: Vec<(String, SchemaRef)>,
+}
+
 /// A planned query for one task: a DataFusion session with the query's statement parsed once.
 pub struct BatchQuery {
     ctx: SessionContext,
     statement: Statement,
     inputs: Vec<(String, SchemaRef)>,
+    extra_tables: Vec<(String, SchemaRef)>,
 }
 
 impl BatchQuery {
@@ -46,10 +56,20 @@ impl BatchQuery {
         inputs: Vec<(String, SchemaRef)>,
         scope: SqlScope,
         output_mode: OutputMode,
+        extensions: Extensions,
     ) -> Result<Self> {
         let mut config = SessionConfig::new().with_target_partitions(1);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let ctx = SessionContext::new_with_config(config);
+        for function in extensions.functions {
+            ctx.register_udf(function);
+        }
+        for (name, schema) in &extensions.tables {
+            ctx.register_table(
+                name.as_str(),
+                Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
+            )?;
+        }
         let mut statement = ctx
             .state()
             .sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
@@ -58,6 +78,7 @@ impl BatchQuery {
             ctx,
             statement,
             inputs,
+            extra_tables: extensions.tables,
         };
         let plan = query.plan(Vec::new()).await?;
         let stateful = stateful_operators(&plan);
@@ -96,6 +117,22 @@ impl BatchQuery {
     pub async fn run(&self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
         let plan = self.plan(rows).await?;
         Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
+    }
+
+    /// Replaces the content of an extension table (see [`Extensions::tables`]).
+    ///
+    /// # Errors
+    /// [`EngineError::Internal`] for a table that was not declared; DataFusion errors.
+    pub fn set_table(&self, name: &str, batch: RecordBatch) -> Result<()> {
+        let Some((_, schema)) = self.extra_tables.iter().find(|(n, _)| n == name) else {
+            return Err(EngineError::Internal(format!(
+                "table `{name}` was not declared"
+            )));
+        };
+        let table = MemTable::try_new(schema.clone(), vec![vec![batch]])?;
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        Ok(())
     }
 
     async fn plan(&self, mut rows: Vec<Vec<RecordBatch>>) -> Result<LogicalPlan> {

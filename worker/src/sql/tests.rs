@@ -23,7 +23,14 @@ fn events() -> RecordBatch {
 }
 
 async fn query(sql: &str, scope: SqlScope, mode: OutputMode) -> Result<BatchQuery> {
-    BatchQuery::new(sql, vec![("events".into(), events_schema())], scope, mode).await
+    BatchQuery::new(
+        sql,
+        vec![("events".into(), events_schema())],
+        scope,
+        mode,
+        Extensions::default(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -113,6 +120,7 @@ async fn word_count_per_micro_batch_with_spark_split_and_explode() {
         vec![("lines".into(), lines.clone())],
         SqlScope::MicroBatch,
         OutputMode::Update,
+        Extensions::default(),
     )
     .await
     .expect("plan");

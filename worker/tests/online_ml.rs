@@ -1,0 +1,364 @@
+//! Online machine learning in SQL: `predict` with a model file gives the hand-computed scores;
+//! streaming k-means over a stream equals a Lloyd step of batch k-means (decay 1, 1 batch or many)
+//! and converges to the true centers; streaming linear regression recovers known coefficients; a
+//! worker killed with SIGKILL mid-run ends with the same centers as an uninterrupted run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Float64Array, Int64Array};
+use sluice_worker::checkpoint::Checkpoint;
+use sluice_worker::ml::ModelState;
+use sluice_worker::sink::memory::read_table;
+use sluice_worker::storage::Location;
+use sluice_worker::{Engine, QueryConfig, Shared};
+
+const TRUE_CENTERS: [[f64; 2]; 3] = [[0.0, 0.0], [10.0, 10.0], [-10.0, 8.0]];
+const START: &str = "[[1.0, -1.0], [8.0, 9.0], [-7.0, 6.0]]";
+
+/// Writes `files` JSON files of points around the true centers (deterministic, radius ≤ 0.5).
+fn write_points(dir: &Path, files: usize, per_file: usize) -> Vec<[f64; 2]> {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let mut all = Vec::new();
+    for f in 0..files {
+        let mut text = String::new();
+        for i in 0..per_file {
+            let n = f * per_file + i;
+            let c = TRUE_CENTERS[n % 3];
+            let angle = n as f64 * 2.399963;
+            let r = 0.5 * ((n % 7) as f64 / 7.0);
+            let p = [c[0] + r * angle.cos(), c[1] + r * angle.sin()];
+            text.push_str(&format!("{{\"x\":{},\"y\":{}}}\n", p[0], p[1]));
+            all.push(p);
+        }
+        std::fs::write(dir.join(format!("points-{f:04}.json")), text).expect("write");
+    }
+    all
+}
+
+fn kmeans_manifest(
+    name: &str,
+    input: &Path,
+    checkpoint: &Path,
+    max_files: usize,
+    decay: f64,
+) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: {name}}}
+spec:
+  sources:
+    - name: points
+      file: {{path: "{}", format: json, partitions: 1, maxFilesPerTrigger: {max_files}}}
+      schema: [{{name: x, type: double}}, {{name: y, type: double}}]
+  models:
+    - name: km
+      streamingKMeans: {{source: points, features: [x, y], k: 3, decayFactor: {decay}, initialCenters: {START}}}
+  sql: SELECT x, y, kmeans_cluster('km', x, y) AS cluster, kmeans_distance('km', x, y) AS distance FROM points
+  sink: {{memory: {{name: {name}}}}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{}"}}
+"#,
+        input.display(),
+        checkpoint.display()
+    )
+}
+
+/// Runs a manifest in-process to the end; returns the learned state of model `km` (task 0).
+async fn run_to_end(manifest: &str) -> BTreeMap<String, ModelState> {
+    let query = sluice_crds::parse_manifest(manifest).expect("manifest");
+    let mut last = None;
+    Engine::start(QueryConfig::local(query), Shared::new())
+        .await
+        .expect("start")
+        .run(|p| last = Some(p.models.clone()))
+        .await
+        .expect("run");
+    let models = last.expect("at least one batch");
+    models
+        .into_iter()
+        .map(|m| {
+            (
+                m["name"].as_str().expect("name").to_string(),
+                serde_json::from_value(m["state"].clone()).expect("state"),
+            )
+        })
+        .collect()
+}
+
+fn centers(models: &BTreeMap<String, ModelState>) -> Vec<Vec<f64>> {
+    match &models["km"] {
+        ModelState::KMeans { state } => state.centers.clone(),
+        other => panic!("not k-means: {other:?}"),
+    }
+}
+
+fn lloyd_step(points: &[[f64; 2]]) -> Vec<Vec<f64>> {
+    let start: Vec<Vec<f64>> = serde_json::from_str(START).expect("start");
+    let mut sums = [[0.0f64; 2]; 3];
+    let mut counts = [0.0f64; 3];
+    for p in points {
+        let nearest = (0..3)
+            .min_by(|&a, &b| {
+                let da = (start[a][0] - p[0]).powi(2) + (start[a][1] - p[1]).powi(2);
+                let db = (start[b][0] - p[0]).powi(2) + (start[b][1] - p[1]).powi(2);
+                da.total_cmp(&db)
+            })
+            .expect("k > 0");
+        counts[nearest] += 1.0;
+        sums[nearest][0] += p[0];
+        sums[nearest][1] += p[1];
+    }
+    (0..3)
+        .map(|i| vec![sums[i][0] / counts[i], sums[i][1] / counts[i]])
+        .collect()
+}
+
+fn assert_close(actual: &[Vec<f64>], expected: &[Vec<f64>], tolerance: f64, what: &str) {
+    for (a, e) in actual.iter().zip(expected) {
+        for (x, y) in a.iter().zip(e) {
+            assert!(
+                (x - y).abs() <= tolerance,
+                "{what}: {actual:?} vs {expected:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn kmeans_one_batch_or_many_equals_a_lloyd_step_and_finds_the_true_centers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let points = write_points(&dir.path().join("in"), 30, 60);
+    let expected = lloyd_step(&points);
+
+    let one = run_to_end(&kmeans_manifest(
+        "km_one",
+        &dir.path().join("in"),
+        &dir.path().join("c1"),
+        1000,
+        1.0,
+    ))
+    .await;
+    let many = run_to_end(&kmeans_manifest(
+        "km_many",
+        &dir.path().join("in"),
+        &dir.path().join("c2"),
+        1,
+        1.0,
+    ))
+    .await;
+    assert_eq!(read_table("km_one").len(), 1, "one batch");
+    assert_eq!(read_table("km_many").len(), 30, "thirty batches");
+    assert_close(&centers(&one), &expected, 1e-9, "1 batch vs Lloyd");
+    assert_close(&centers(&many), &expected, 1e-9, "30 batches vs Lloyd");
+    let truth: Vec<Vec<f64>> = TRUE_CENTERS.iter().map(|c| c.to_vec()).collect();
+    assert_close(&centers(&many), &truth, 0.05, "true centers");
+
+    // Each output row carries its cluster and distance; the last batch used the trained model.
+    let table = read_table("km_many");
+    let last = table.values().last().expect("batches");
+    let clusters = last[0]
+        .column(2)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("cluster");
+    let distances = last[0]
+        .column(3)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("distance");
+    assert!((0..clusters.len()).all(|i| (0..3).contains(&clusters.value(i))));
+    assert!(
+        (0..distances.len()).all(|i| distances.value(i) < 0.6),
+        "points are near their centers"
+    );
+}
+
+#[tokio::test]
+async fn predict_with_a_linear_model_file_gives_the_hand_computed_scores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::write(
+        input.join("rows.json"),
+        "{\"a\":1.0,\"b\":2.0}\n{\"a\":-3.5,\"b\":0.25}\n",
+    )
+    .expect("write");
+    let model = dir.path().join("model.json");
+    std::fs::write(
+        &model,
+        r#"{"type":"linear","coefficients":[2.0,-4.0],"intercept":0.5}"#,
+    )
+    .expect("model");
+    let manifest = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: scored}}
+spec:
+  sources:
+    - name: rows
+      file: {{path: "{}", format: json, partitions: 1}}
+      schema: [{{name: a, type: double}}, {{name: b, type: double}}]
+  models:
+    - {{name: lin, file: {{path: "{}"}}}}
+  sql: SELECT a, b, predict('lin', a, b) AS score FROM rows
+  sink: {{memory: {{name: scored}}}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{}"}}
+"#,
+        input.display(),
+        model.display(),
+        dir.path().join("ckpt").display()
+    );
+    let query = sluice_crds::parse_manifest(&manifest).expect("manifest");
+    Engine::start(QueryConfig::local(query), Shared::new())
+        .await
+        .expect("start")
+        .run(|_| {})
+        .await
+        .expect("run");
+    let table = read_table("scored");
+    let batch = &table.values().next().expect("batch")[0];
+    let scores = batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("score");
+    assert_eq!(
+        scores.values().to_vec(),
+        vec![2.0 * 1.0 - 4.0 * 2.0 + 0.5, 2.0 * -3.5 - 4.0 * 0.25 + 0.5]
+    );
+}
+
+#[tokio::test]
+async fn streaming_linear_regression_recovers_the_coefficients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let mut state = 0x9e37_79b9u64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 20_001) as f64 / 10_000.0 - 1.0
+    };
+    for f in 0..40 {
+        let mut text = String::new();
+        for _ in 0..100 {
+            let (x1, x2, noise) = (uniform(), uniform(), uniform() * 0.05);
+            text.push_str(&format!(
+                "{{\"x1\":{x1},\"x2\":{x2},\"y\":{}}}\n",
+                2.0 * x1 - 3.0 * x2 + 0.5 + noise
+            ));
+        }
+        std::fs::write(input.join(format!("f{f:03}.json")), text).expect("write");
+    }
+    let manifest = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: regression}}
+spec:
+  sources:
+    - name: rows
+      file: {{path: "{}", format: json, partitions: 1, maxFilesPerTrigger: 1}}
+      schema: [{{name: x1, type: double}}, {{name: x2, type: double}}, {{name: y, type: double}}]
+  models:
+    - name: trend
+      streamingLinearRegression: {{source: rows, features: [x1, x2], label: y, stepSize: 0.5, numIterations: 50, fitIntercept: true}}
+  sql: SELECT y, predict('trend', x1, x2) AS predicted FROM rows
+  sink: {{memory: {{name: regression}}}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{}"}}
+"#,
+        input.display(),
+        dir.path().join("ckpt").display()
+    );
+    let models = run_to_end(&manifest).await;
+    let ModelState::Regression { state } = &models["trend"] else {
+        panic!("regression")
+    };
+    for (w, e) in state.weights.iter().zip([2.0, -3.0, 0.5]) {
+        assert!((w - e).abs() < 0.05, "weights {:?}", state.weights);
+    }
+}
+
+#[test]
+fn kmeans_state_survives_sigkill_and_ends_equal_to_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    write_points(&input, 120, 400);
+    let run = |checkpoint: &Path, kills: usize| {
+        let manifest = dir.path().join(format!("q-{kills}.yaml"));
+        std::fs::write(
+            &manifest,
+            kmeans_manifest("km_crash", &input, checkpoint, 1, 0.8),
+        )
+        .expect("manifest");
+        let mut rng = fastrand::Rng::with_seed(kills as u64 * 7 + 1);
+        let mut killed = 0;
+        for _ in 0..kills {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+                .arg("run")
+                .arg(&manifest)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn");
+            let deadline = Instant::now() + Duration::from_millis(rng.u64(40..400));
+            while Instant::now() < deadline && child.try_wait().expect("wait").is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if child.try_wait().expect("wait").is_none() {
+                child.kill().expect("SIGKILL");
+                killed += 1;
+            }
+            child.wait().expect("reap");
+        }
+        let status = Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+            .arg("run")
+            .arg(&manifest)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("final run");
+        assert!(status.success());
+        killed
+    };
+    let final_centers = |checkpoint: &Path| -> Vec<Vec<f64>> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let ckpt =
+                Checkpoint::new(Location::parse(checkpoint.to_str().expect("utf8")).expect("loc"));
+            let log = ckpt.read_task_log(0).await.expect("log");
+            let last = log.last_committed.expect("committed batches");
+            assert_eq!(last, 119, "one batch per file");
+            let models: BTreeMap<String, ModelState> = ckpt
+                .read_models(0, last)
+                .await
+                .expect("read")
+                .expect("models saved with the last batch");
+            centers(&models)
+        })
+    };
+    let killed = run(&dir.path().join("crashed"), 6);
+    assert!(
+        killed >= 2,
+        "the schedule must crash the worker ({killed} kills)"
+    );
+    run(&dir.path().join("clean"), 0);
+    let crashed = final_centers(&dir.path().join("crashed"));
+    let clean = final_centers(&dir.path().join("clean"));
+    assert_close(
+        &crashed,
+        &clean,
+        1e-12,
+        "centers after SIGKILLs vs uninterrupted",
+    );
+}
