@@ -73,6 +73,26 @@ pub trait SourceTask: Send {
     }
 }
 
+/// A source's typed range as the JSON stored in the offsets log.
+///
+/// # Errors
+/// [`EngineError::Internal`] when it does not serialize (a bug).
+pub fn encode_range<T: serde::Serialize>(range: &T) -> Result<Range> {
+    serde_json::to_value(range).map_err(|e| EngineError::Internal(format!("range: {e}")))
+}
+
+/// A range from the offsets log as the source's typed range.
+///
+/// # Errors
+/// [`EngineError::Checkpoint`]-like source error when the logged JSON is not this source's range
+/// (a checkpoint written by another source kind or a corrupt log).
+pub fn decode_range<T: serde::de::DeserializeOwned>(source: &str, range: &Range) -> Result<T> {
+    serde_json::from_value(range.clone()).map_err(|e| EngineError::Source {
+        source_name: source.to_string(),
+        message: format!("unreadable range in the offsets log: {e}"),
+    })
+}
+
 /// Builds the source a spec describes.
 ///
 /// # Errors

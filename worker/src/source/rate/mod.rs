@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sluice_crds::RateSourceSpec;
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::schema::timestamp_type;
-use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask};
+use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 
 /// A rate source range: this partition's rows `start..end` (k indices), and the stream's start.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -66,16 +66,12 @@ impl Source for RateSource {
         self.partitions
     }
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
-        let last = match logged.last() {
-            Some(range) => Some(serde_json::from_value::<RateRange>(range.clone()).map_err(
-                |e| EngineError::Source {
-                    source_name: self.name.clone(),
-                    message: format!("unreadable range in the offsets log: {e}"),
-                },
-            )?),
-            None => None,
-        };
+        let last = logged
+            .last()
+            .map(|range| decode_range::<RateRange>(&self.name, range))
+            .transpose()?;
         Ok(Box::new(RateTask {
+            name: self.name.clone(),
             schema: self.schema.clone(),
             rows_per_second: self.rows_per_second,
             partitions: u64::from(self.partitions),
@@ -92,6 +88,7 @@ fn now_ms() -> i64 {
 }
 
 struct RateTask {
+    name: String,
     schema: SchemaRef,
     rows_per_second: u64,
     partitions: u64,
@@ -133,14 +130,11 @@ impl SourceTask for RateTask {
             end,
         };
         self.next = end;
-        serde_json::to_value(range)
-            .map(Some)
-            .map_err(|e| EngineError::Internal(e.to_string()))
+        encode_range(&range).map(Some)
     }
 
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
-        let range: RateRange = serde_json::from_value(range.clone())
-            .map_err(|e| EngineError::Internal(format!("rate range: {e}")))?;
+        let range: RateRange = decode_range(&self.name, range)?;
         let values: Vec<i64> = (range.start..range.end)
             .map(|k| (self.task + k * self.partitions) as i64)
             .collect();

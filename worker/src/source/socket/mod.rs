@@ -19,7 +19,7 @@ use sluice_crds::SocketSourceSpec;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::error::{EngineError, Result, backoff};
-use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask};
+use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 
 /// A socket range: line numbers `start..end` since the worker started.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -150,14 +150,11 @@ impl SourceTask for SocketTask {
             end,
         };
         self.next = end;
-        serde_json::to_value(range)
-            .map(Some)
-            .map_err(|e| EngineError::Internal(e.to_string()))
+        encode_range(&range).map(Some)
     }
 
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
-        let range: SocketRange = serde_json::from_value(range.clone())
-            .map_err(|e| EngineError::Internal(format!("socket range: {e}")))?;
+        let range: SocketRange = decode_range(&self.name, range)?;
         let lines: Vec<String> = {
             let buffer = self.buffer.lock().map_err(|_| self.poisoned())?;
             if range.start < buffer.base {
