@@ -186,7 +186,11 @@ impl Engine {
             .iter()
             .map(crate::source::build)
             .collect::<Result<_>>()?;
-        let sink: Arc<dyn crate::sink::Sink> = Arc::from(crate::sink::build(&spec.sink)?);
+        let sink_context = crate::sink::SinkContext {
+            query: format!("{}/{}", config.namespace(), config.name()),
+        };
+        let sink: Arc<dyn crate::sink::Sink> =
+            Arc::from(crate::sink::build(&spec.sink, &sink_context)?);
         let inputs: Vec<(String, arrow::datatypes::SchemaRef)> = sources
             .iter()
             .map(|s| (s.name().to_string(), s.schema()))

@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod file;
+pub mod kafka;
 pub mod rate;
 pub mod socket;
 
@@ -83,6 +84,9 @@ pub fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
     }
     if let Some(rate) = &spec.rate {
         return Ok(Box::new(rate::RateSource::new(&spec.name, rate)));
+    }
+    if let Some(kafka) = &spec.kafka {
+        return Ok(Box::new(kafka::KafkaSource::new(spec, kafka)?));
     }
     if let Some(socket) = &spec.socket {
         return Ok(Box::new(socket::SocketSource::new(&spec.name, socket)));
