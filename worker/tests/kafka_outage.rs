@@ -205,14 +205,35 @@ spec:
     wait_for(&pg_url, &table, &expected(&events[..400]), "before outages").await;
 
     let retries_before = retries(&shared);
-    outage("postgres", &shared, &bootstrap, &topic, &waves[1], "postgres").await;
-    wait_for(&pg_url, &table, &expected(&events[..800]), "after the PostgreSQL outage").await;
-    assert!(retries(&shared) > retries_before, "retries counted in metrics");
+    outage(
+        "postgres", &shared, &bootstrap, &topic, &waves[1], "postgres",
+    )
+    .await;
+    wait_for(
+        &pg_url,
+        &table,
+        &expected(&events[..800]),
+        "after the PostgreSQL outage",
+    )
+    .await;
+    assert!(
+        retries(&shared) > retries_before,
+        "retries counted in metrics"
+    );
 
     let retries_before = retries(&shared);
     outage("s3", &shared, &bootstrap, &topic, &waves[2], "storage").await;
-    wait_for(&pg_url, &table, &expected(&events), "after the SeaweedFS outage").await;
-    assert!(retries(&shared) > retries_before, "retries counted in metrics");
+    wait_for(
+        &pg_url,
+        &table,
+        &expected(&events),
+        "after the SeaweedFS outage",
+    )
+    .await;
+    assert!(
+        retries(&shared) > retries_before,
+        "retries counted in metrics"
+    );
 
     // Settled: no error any more, and still exactly once after a few more triggers.
     tokio::time::sleep(Duration::from_secs(2)).await;

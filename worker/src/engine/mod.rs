@@ -7,6 +7,7 @@
 //! are retried with backoff, reported in metrics and progress, never a crash loop; user errors stop
 //! the query with the error.
 
+pub mod continuous;
 mod stop;
 pub mod task;
 
@@ -45,6 +46,9 @@ pub enum Trigger {
     Once,
     /// Everything available at start, in per-trigger-limited batches, then stop.
     AvailableNow,
+    /// Records flow as they arrive; offsets checkpointed every interval (one epoch), see
+    /// [`continuous`].
+    Continuous(Duration),
 }
 
 impl Trigger {
@@ -54,10 +58,10 @@ impl Trigger {
     /// [`EngineError::InvalidQuery`] for `continuous` (not in this build) or a bad interval.
     pub fn from_spec(spec: &StreamingQuerySpec) -> Result<Self> {
         let trigger = &spec.trigger;
-        if trigger.continuous.is_some() {
-            return Err(EngineError::InvalidQuery(
-                "trigger `continuous` is not supported yet".into(),
-            ));
+        if let Some(text) = &trigger.continuous {
+            return parse_duration(text)
+                .map(Self::Continuous)
+                .map_err(|m| EngineError::InvalidQuery(format!("spec.trigger.continuous: {m}")));
         }
         if trigger.once == Some(true) {
             return Ok(Self::Once);
@@ -293,6 +297,9 @@ impl Engine {
         mut self,
         mut on_progress: impl FnMut(&StreamingQueryProgress),
     ) -> Result<RunSummary> {
+        if let Trigger::Continuous(interval) = self.trigger {
+            return continuous::run(self, interval, on_progress).await;
+        }
         let limit = if self.trigger == Trigger::Once {
             PlanLimit::Unbounded
         } else {
@@ -360,7 +367,7 @@ impl Engine {
                 Trigger::Once | Trigger::AvailableNow => {}
                 Trigger::Default if idle => stop.sleep(IDLE_POLL).await,
                 Trigger::Default => {}
-                Trigger::ProcessingTime(interval) => {
+                Trigger::ProcessingTime(interval) | Trigger::Continuous(interval) => {
                     stop.sleep(interval.saturating_sub(started.elapsed())).await;
                 }
             }

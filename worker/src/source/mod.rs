@@ -68,6 +68,11 @@ pub trait SourceTask: Send {
     async fn read(&mut self, range: &Range) -> Result<ReadOutput>;
     /// The range was committed: resources for it may be released.
     fn committed(&mut self, _range: &Range) {}
+    /// One range covering `earlier` and the range planned right after it (the `continuous`
+    /// trigger checkpoints one merged range per epoch); `None` when the source cannot merge.
+    fn merge(&self, _earlier: &Range, _later: &Range) -> Option<Range> {
+        None
+    }
     /// Rows (or files) available but not planned yet, for lag metrics; `None` when unknown.
     fn backlog(&self) -> Option<u64> {
         None

@@ -674,16 +674,17 @@ fn raw_batch(schema: &SchemaRef, records: &[OwnedRecord]) -> Result<RecordBatch>
         records.iter().map(|r| r.timestamp_ms.map(|ms| ms * 1000)),
     )
     .with_timezone("UTC");
-    let header_keys = StringArray::from_iter_values(
-        records
-            .iter()
-            .flat_map(|r| r.headers.iter().map(|(k, _)| k.as_str())),
-    );
-    let header_values = BinaryArray::from_iter(
-        records
-            .iter()
-            .flat_map(|r| r.headers.iter().map(|(_, v)| v.as_deref())),
-    );
+    // Collected first: arrow's `from_iter_values` needs a sized iterator.
+    let header_keys: Vec<&str> = records
+        .iter()
+        .flat_map(|r| r.headers.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    let header_values: Vec<Option<&[u8]>> = records
+        .iter()
+        .flat_map(|r| r.headers.iter().map(|(_, v)| v.as_deref()))
+        .collect();
+    let header_keys = StringArray::from(header_keys);
+    let header_values = BinaryArray::from(header_values);
     let entries = StructArray::try_new(
         header_fields(),
         vec![Arc::new(header_keys) as ArrayRef, Arc::new(header_values)],
@@ -769,6 +770,17 @@ impl SourceTask for KafkaTask {
             }
         };
         self.to_batches(&records)
+    }
+
+    fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {
+        let mut merged: KafkaRange = serde_json::from_value(earlier.clone()).ok()?;
+        let later: KafkaRange = serde_json::from_value(later.clone()).ok()?;
+        for (key, [from, until]) in later.partitions {
+            let entry = merged.partitions.entry(key).or_insert([from, until]);
+            entry[0] = entry[0].min(from);
+            entry[1] = entry[1].max(until);
+        }
+        serde_json::to_value(merged).ok()
     }
 
     fn committed(&mut self, range: &Range) {
