@@ -600,44 +600,53 @@ impl KafkaTask {
     }
 
     fn to_batches(&self, records: &[OwnedRecord]) -> Result<ReadOutput> {
-        match &self.text_format {
-            None => Ok(ReadOutput {
-                batches: vec![raw_batch(&self.schema, records)?],
-                bad_records: Vec::new(),
-            }),
-            Some(format) => {
-                let mut output = ReadOutput::default();
-                // Decode per partition so bad records get their partition as origin.
-                let mut by_partition: BTreeMap<&TopicPartition, Vec<&OwnedRecord>> =
-                    BTreeMap::new();
-                for r in records {
-                    by_partition.entry(&r.partition).or_default().push(r);
-                }
-                for (tp, records) in by_partition {
-                    let mut text = Vec::new();
-                    for r in &records {
-                        // One record per line: a newline inside a value would split it.
-                        text.extend(
-                            r.value
-                                .as_deref()
-                                .unwrap_or_default()
-                                .iter()
-                                .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
-                        );
-                        text.push(b'\n');
-                    }
-                    let (batches, mut bad) = decode_text(&self.schema, format, &tp.key(), &text)?;
-                    for b in &mut bad {
-                        // Line n (1-based) is the n-th record of this partition.
-                        if let Some(r) = records.get(b.line.saturating_sub(1) as usize) {
-                            b.line = r.offset as u64;
-                        }
-                    }
-                    output.batches.extend(batches);
-                    output.bad_records.extend(bad);
-                }
-                Ok(output)
+        decode_records(&self.schema, self.text_format.as_ref(), records)
+    }
+}
+
+/// Rows of `records`: the raw columns, or the values decoded with `format` (bad records keep their
+/// `topic/partition` as origin and their offset as line).
+fn decode_records(
+    schema: &SchemaRef,
+    text_format: Option<&TextFormat>,
+    records: &[OwnedRecord],
+) -> Result<ReadOutput> {
+    match text_format {
+        None => Ok(ReadOutput {
+            batches: vec![raw_batch(schema, records)?],
+            bad_records: Vec::new(),
+        }),
+        Some(format) => {
+            let mut output = ReadOutput::default();
+            // Decode per partition so bad records get their partition as origin.
+            let mut by_partition: BTreeMap<&TopicPartition, Vec<&OwnedRecord>> = BTreeMap::new();
+            for r in records {
+                by_partition.entry(&r.partition).or_default().push(r);
             }
+            for (tp, records) in by_partition {
+                let mut text = Vec::new();
+                for r in &records {
+                    // One record per line: a newline inside a value would split it.
+                    text.extend(
+                        r.value
+                            .as_deref()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                    );
+                    text.push(b'\n');
+                }
+                let (batches, mut bad) = decode_text(schema, format, &tp.key(), &text)?;
+                for b in &mut bad {
+                    // Line n (1-based) is the n-th record of this partition.
+                    if let Some(r) = records.get(b.line.saturating_sub(1) as usize) {
+                        b.line = r.offset as u64;
+                    }
+                }
+                output.batches.extend(batches);
+                output.bad_records.extend(bad);
+            }
+            Ok(output)
         }
     }
 }
@@ -773,14 +782,7 @@ impl SourceTask for KafkaTask {
     }
 
     fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {
-        let mut merged: KafkaRange = serde_json::from_value(earlier.clone()).ok()?;
-        let later: KafkaRange = serde_json::from_value(later.clone()).ok()?;
-        for (key, [from, until]) in later.partitions {
-            let entry = merged.partitions.entry(key).or_insert([from, until]);
-            entry[0] = entry[0].min(from);
-            entry[1] = entry[1].max(until);
-        }
-        serde_json::to_value(merged).ok()
+        merge_ranges(earlier, later)
     }
 
     fn committed(&mut self, range: &Range) {
@@ -790,4 +792,16 @@ impl SourceTask for KafkaTask {
     fn backlog(&self) -> Option<u64> {
         self.backlog.map(|b| b + self.buffer.len() as u64)
     }
+}
+
+/// One range covering two consecutive ranges of the same task (per partition: min start, max end).
+pub fn merge_ranges(earlier: &Range, later: &Range) -> Option<Range> {
+    let mut merged: KafkaRange = serde_json::from_value(earlier.clone()).ok()?;
+    let later: KafkaRange = serde_json::from_value(later.clone()).ok()?;
+    for (key, [from, until]) in later.partitions {
+        let entry = merged.partitions.entry(key).or_insert([from, until]);
+        entry[0] = entry[0].min(from);
+        entry[1] = entry[1].max(until);
+    }
+    serde_json::to_value(merged).ok()
 }
