@@ -203,6 +203,14 @@ impl Engine {
         BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode).await?;
 
         let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
+        let mut sources = sources;
+        if let Some(stored) = checkpoint.stored_metadata().await? {
+            for source in &mut sources {
+                if let Some(&tasks) = stored.partitions.get(source.name()) {
+                    source.fit_task_count(tasks);
+                }
+            }
+        }
         let metadata = checkpoint
             .open_metadata(CheckpointMetadata {
                 query_id: uuid::Uuid::new_v4().to_string(),

@@ -52,6 +52,10 @@ pub trait Source: Send + Sync {
     fn schema(&self) -> SchemaRef;
     /// Number of partitions (= tasks); fixed for the life of the checkpoint.
     fn partitions(&self) -> u32;
+    /// The checkpoint was created with `tasks` tasks for this source; a source whose partitions can
+    /// grow (Kafka) keeps that task count and spreads the new partitions over the tasks. Others
+    /// ignore it (the checkpoint then refuses a changed count).
+    fn fit_task_count(&mut self, _tasks: u32) {}
     /// Opens the reader of partition `task`, given every range already logged for it (in batch
     /// order), so that it can continue after them.
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>>;

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, BinaryArray, Int32Array, ListArray, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, BinaryArray, Int32Array, ListArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
@@ -402,12 +402,4 @@ fn encoded_records(
         });
     }
     Ok(())
-}
-
-/// Strings in a column, for tests and tools.
-pub fn strings(array: &dyn Array) -> Vec<Option<String>> {
-    match array.as_any().downcast_ref::<StringArray>() {
-        Some(s) => s.iter().map(|v| v.map(str::to_string)).collect(),
-        None => Vec::new(),
-    }
 }

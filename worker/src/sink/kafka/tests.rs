@@ -1,5 +1,5 @@
 use super::*;
-use arrow::array::{ArrayRef, Float64Array};
+use arrow::array::{ArrayRef, Float64Array, StringArray};
 use arrow::datatypes::{Field, Schema};
 use std::sync::Arc as StdArc;
 
@@ -85,7 +85,9 @@ fn json_and_csv_encode_whole_rows_with_key_column() {
         Some(&br#"{"id":"d1","t":1.5}"#[..])
     );
     let sink = KafkaSink::new(&spec(KafkaFormat::Csv, None), "q");
-    let records = sink.records(0, 0, &[batch.clone()]).expect("csv");
+    let records = sink
+        .records(0, 0, std::slice::from_ref(&batch))
+        .expect("csv");
     assert_eq!(records[1].value.as_deref(), Some(&b"d2,2.0"[..]));
     assert_eq!(records[1].key, None);
     let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("missing")), "q");

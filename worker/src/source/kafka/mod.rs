@@ -16,9 +16,9 @@
 //! (`metadata.json`), so partitions added later are *not* new tasks: every
 //! [`METADATA_REFRESH`] a task re-reads the topic metadata and takes over each new partition
 //! `(topic, p)` with `p % tasks == task`, starting at its earliest offset. After a restart the
-//! source reports more partitions than the checkpoint was created with; the engine then keeps the
-//! checkpoint's task count ([`Source::partitions`] is clamped by the engine) and the same rule
-//! assigns the extra partitions.
+//! source finds more partitions than the checkpoint was created with; it keeps the checkpoint's
+//! task count ([`Source::fit_task_count`]): partitions at index `< tasks` of the sorted list keep
+//! their task, the others follow the same `p % tasks` rule.
 //!
 //! **Schema.** `format: raw` (default): `key: Binary?, value: Binary?, topic: Utf8, partition:
 //! Int32, offset: Int64, timestamp: Timestamp(µs, UTC), headers: List<Struct<key: Utf8, value:
@@ -165,6 +165,8 @@ pub struct KafkaSource {
     /// Partitions at start, sorted: index = task.
     initial: Vec<TopicPartition>,
     starting: StartingOffsets,
+    /// Task count: the partitions at start, or the checkpoint's count when the topic grew since.
+    tasks: u32,
 }
 
 /// Where a partition without a logged range starts.
@@ -297,6 +299,7 @@ impl KafkaSource {
             spec: kafka.clone(),
             schema,
             text_format,
+            tasks: initial.len() as u32,
             initial,
             starting,
         })
@@ -340,7 +343,18 @@ impl Source for KafkaSource {
         self.schema.clone()
     }
     fn partitions(&self) -> u32 {
-        self.initial.len() as u32
+        self.tasks
+    }
+    fn fit_task_count(&mut self, tasks: u32) {
+        if tasks > 0 && (tasks as usize) < self.initial.len() {
+            tracing::info!(
+                source = %self.name,
+                partitions = self.initial.len(),
+                tasks,
+                "kafka: more partitions than checkpoint tasks; spreading the new ones over the tasks"
+            );
+            self.tasks = tasks;
+        }
     }
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
         self.open_with_tasks(task, self.partitions(), logged).await
