@@ -408,3 +408,61 @@ spec:
     }
     assert_eq!(committed, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_back() {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use sluice_worker::sink::Sink;
+    let test = "kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_back";
+    let Some(bootstrap) = kafka(test) else {
+        return;
+    };
+    let topic = unique("eos-out");
+    create_topic(&bootstrap, &topic, 1).await;
+    let spec = sluice_crds::KafkaSinkSpec {
+        bootstrap_servers: bootstrap.clone(),
+        topic: topic.clone(),
+        format: sluice_crds::KafkaFormat::Raw,
+        key_column: None,
+        exactly_once: true,
+        options: Default::default(),
+    };
+    let sink = sluice_worker::sink::kafka::KafkaSink::new(&spec, "test/eos");
+    let batch = |values: Vec<&str>| {
+        RecordBatch::try_new(
+            std::sync::Arc::new(Schema::new(vec![Field::new(
+                "value",
+                DataType::Utf8,
+                false,
+            )])),
+            vec![std::sync::Arc::new(StringArray::from(values)) as ArrayRef],
+        )
+        .expect("batch")
+    };
+    assert_eq!(
+        sink.write(0, 0, &[batch(vec!["a", "b"])])
+            .await
+            .expect("batch 0"),
+        2
+    );
+    assert_eq!(
+        sink.write(0, 1, &[batch(vec!["c"])])
+            .await
+            .expect("batch 1"),
+        1
+    );
+    eprintln!(
+        "kafka sink on this broker: {}",
+        if sink.transactional() {
+            "transactions (exactly-once per batch)"
+        } else {
+            "no transactions: at-least-once with dedup headers"
+        }
+    );
+    let values: Vec<String> = read_topic(&bootstrap, &topic, 1, Duration::from_secs(2))
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(values, vec!["a", "b", "c"]);
+}

@@ -87,6 +87,15 @@ impl KafkaSink {
         }
     }
 
+    /// Whether writes use Kafka transactions: `exactlyOnce` was asked for and the broker has not
+    /// refused them (known after the first write).
+    pub fn transactional(&self) -> bool {
+        self.spec.exactly_once
+            && !self
+                .transactions_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn config(&self) -> rdkafka::ClientConfig {
         let mut config = client_config(&self.spec.bootstrap_servers, &self.spec.options);
         if !self.spec.options.contains_key("linger.ms") {
