@@ -466,3 +466,77 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_bac
         .collect();
     assert_eq!(values, vec!["a", "b", "c"]);
 }
+
+/// tansu refuses CreatePartitions (UnsupportedFeature), so the source's partitions grow through
+/// `topicPattern`: a second matching topic appears between two runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_after_start_are_read_after_a_restart_with_the_checkpoints_task_count() {
+    let test =
+        "partitions_added_after_start_are_read_after_a_restart_with_the_checkpoints_task_count";
+    let Some(bootstrap) = kafka(test) else {
+        return;
+    };
+    let prefix = unique("grow");
+    let topic_a = format!("{prefix}-a");
+    let topic_b = format!("{prefix}-b");
+    let output = unique("grow-out");
+    create_topic(&bootstrap, &topic_a, 2).await;
+    create_topic(&bootstrap, &output, 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("query.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: grow}}
+spec:
+  sources:
+    - name: events
+      kafka: {{bootstrapServers: "{bootstrap}", topicPattern: "{prefix}-.*"}}
+  sql: SELECT value FROM events
+  sink:
+    kafka: {{bootstrapServers: "{bootstrap}", topic: {output}}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{ckpt}"}}
+"#,
+            ckpt = dir.path().join("ckpt").display()
+        ),
+    )
+    .expect("manifest");
+    let first: Vec<_> = (0..20)
+        .map(|i| (None, format!("first-{i}"), Some(i % 2)))
+        .collect();
+    produce(&bootstrap, &topic_a, &first).await;
+    let status = spawn_worker(&manifest, &[]).wait().expect("worker");
+    assert!(status.success());
+
+    create_topic(&bootstrap, &topic_b, 1).await;
+    let more_a: Vec<_> = (0..10)
+        .map(|i| (None, format!("second-a-{i}"), Some(i % 2)))
+        .collect();
+    let more_b: Vec<_> = (0..10)
+        .map(|i| (None, format!("second-b-{i}"), Some(0)))
+        .collect();
+    produce(&bootstrap, &topic_a, &more_a).await;
+    produce(&bootstrap, &topic_b, &more_b).await;
+    let status = spawn_worker(&manifest, &[]).wait().expect("worker");
+    assert!(status.success(), "restart with more partitions than tasks");
+
+    let mut actual: Vec<String> = read_topic(&bootstrap, &output, 1, Duration::from_secs(2))
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    actual.sort();
+    let mut expected: Vec<String> = first
+        .iter()
+        .chain(&more_a)
+        .chain(&more_b)
+        .map(|(_, v, _)| v.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        actual, expected,
+        "every record once, including the new partition's"
+    );
+}
