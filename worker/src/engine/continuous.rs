@@ -61,7 +61,15 @@ pub async fn run(
             interval,
             sender: sender.clone(),
         };
-        handles.push(tokio::spawn(run_task(parts, context)));
+        let stop = context.stop.clone();
+        handles.push(tokio::spawn(async move {
+            let result = run_task(parts, context).await;
+            if result.is_err() {
+                // A non-retryable error ends the query: stop the other tasks too.
+                stop.request();
+            }
+            result
+        }));
     }
     drop(sender);
     let mut summary = RunSummary::default();

@@ -236,7 +236,7 @@ fn discover(
     .map_err(|e| source_error(name, format!("topic metadata: {e}")))?;
     let pattern = match &spec.topic_pattern {
         Some(p) => Some(
-            regex_lite_match(p)
+            anchored_regex(p)
                 .map_err(|e| EngineError::InvalidQuery(format!("kafka.topicPattern: {e}")))?,
         ),
         None => None,
@@ -262,8 +262,8 @@ fn discover(
     Ok(out)
 }
 
-/// `topicPattern` uses DataFusion's regex engine (the `regex` crate it already depends on).
-fn regex_lite_match(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
+/// `topicPattern` as a regex anchored at both ends (the `regex` crate DataFusion already uses).
+fn anchored_regex(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
@@ -488,6 +488,12 @@ impl KafkaTask {
             while out.len() < max {
                 match consumer.poll(wait) {
                     None => break,
+                    // Records already taken from the consumer must not be dropped: plan them and
+                    // let the next poll report the error again.
+                    Some(Err(e)) if !out.is_empty() => {
+                        tracing::warn!(source = %name, error = %e, "kafka consume error");
+                        break;
+                    }
                     Some(Err(e)) => return Err(source_error(&name, format!("consume: {e}"))),
                     Some(Ok(m)) => out.push(owned(&m)),
                 }
