@@ -107,6 +107,7 @@ spec:
             r.headers.get("sluice-query").map(String::as_str),
             Some("test/roundtrip")
         );
+        assert!(r.headers.contains_key("sluice-query-id"));
         assert!(r.headers.contains_key("sluice-task"));
         assert!(r.headers.contains_key("sluice-batch"));
         assert!(r.headers.contains_key("sluice-seq"));
@@ -320,8 +321,8 @@ spec:
     // Each batch was written once: the commit rows add up to the events.
     let committed: i64 = client
         .query_one(
-            "SELECT CAST(coalesce(sum(rows), 0) AS BIGINT) FROM sluice_commits WHERE query = $1",
-            &[&format!("default/pg-upsert-{suffix}")],
+            "SELECT CAST(coalesce(sum(rows), 0) AS BIGINT) FROM sluice_commits WHERE query LIKE $1",
+            &[&format!("default/pg-upsert-{suffix}#%")],
         )
         .await
         .expect("commits")
@@ -428,7 +429,7 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_bac
         exactly_once: true,
         options: Default::default(),
     };
-    let sink = sluice_worker::sink::kafka::KafkaSink::new(&spec, "test/eos");
+    let sink = sluice_worker::sink::kafka::KafkaSink::new(&spec, "test/eos", "id");
     let batch = |values: Vec<&str>| {
         RecordBatch::try_new(
             std::sync::Arc::new(Schema::new(vec![Field::new(

@@ -187,7 +187,17 @@ spec:
     let engine = Engine::start(QueryConfig::local(query), shared.clone())
         .await
         .expect("start");
-    let running = tokio::spawn(engine.run(|_| {}));
+    let running =
+        tokio::spawn(engine.run(|p| eprintln!("batch {} | {} rows", p.batch_id, p.num_input_rows)));
+    let watcher = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Some(e) = watcher.last_error.lock().expect("lock").clone() {
+                eprintln!("lastError: {e}");
+            }
+        }
+    });
 
     let events: Vec<sluice_bench::Event> = sluice_bench::events(SEED, 3, 400).collect();
     let waves: Vec<Vec<_>> = events

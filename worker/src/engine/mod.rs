@@ -190,11 +190,6 @@ impl Engine {
             .iter()
             .map(crate::source::build)
             .collect::<Result<_>>()?;
-        let sink_context = crate::sink::SinkContext {
-            query: format!("{}/{}", config.namespace(), config.name()),
-        };
-        let sink: Arc<dyn crate::sink::Sink> =
-            Arc::from(crate::sink::build(&spec.sink, &sink_context)?);
         let inputs: Vec<(String, arrow::datatypes::SchemaRef)> = sources
             .iter()
             .map(|s| (s.name().to_string(), s.schema()))
@@ -221,6 +216,13 @@ impl Engine {
                 created_ms: chrono::Utc::now().timestamp_millis(),
             })
             .await?;
+        // Built once the checkpoint's query id is known: sinks key their idempotence on it.
+        let sink_context = crate::sink::SinkContext {
+            query: format!("{}/{}", config.namespace(), config.name()),
+            query_id: metadata.query_id.clone(),
+        };
+        let sink: Arc<dyn crate::sink::Sink> =
+            Arc::from(crate::sink::build(&spec.sink, &sink_context)?);
         let bad_records = match spec
             .sink
             .file

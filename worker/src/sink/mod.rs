@@ -30,8 +30,11 @@ pub trait Sink: Send + Sync {
 /// What a sink may need to know about its query.
 #[derive(Debug, Clone, Default)]
 pub struct SinkContext {
-    /// `namespace/name` of the query: Kafka dedup headers, PostgreSQL `sluice_commits.query`.
+    /// `namespace/name` of the query (Kafka header `sluice-query`).
     pub query: String,
+    /// The checkpoint's query id (a UUID kept in `metadata.json`, Spark's query `id`): a new
+    /// checkpoint is a new query, so batch ids restarting at 0 do not collide with old ones.
+    pub query_id: String,
 }
 
 /// Builds the sink a spec describes.
@@ -40,7 +43,11 @@ pub struct SinkContext {
 /// [`EngineError::InvalidQuery`] for a sink kind this build does not support or a bad path.
 pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
     if let Some(kafka) = &spec.kafka {
-        return Ok(Box::new(kafka::KafkaSink::new(kafka, &context.query)));
+        return Ok(Box::new(kafka::KafkaSink::new(
+            kafka,
+            &context.query,
+            &context.query_id,
+        )));
     }
     if let Some(postgres) = &spec.postgres {
         return Ok(Box::new(postgres::PostgresSink::new(

@@ -6,9 +6,9 @@
 //! row as the value (JSON object / one CSV line without header) and takes the key from
 //! `keyColumn`.
 //!
-//! Every record carries the headers [`HEADER_QUERY`], [`HEADER_TASK`], [`HEADER_BATCH`] and
-//! [`HEADER_SEQ`] (row index within the batch), so a consumer can drop duplicates of a replayed
-//! batch: `(query, task, batch, seq)` is unique per logical output record.
+//! Every record carries the headers [`HEADER_QUERY`], [`HEADER_QUERY_ID`], [`HEADER_TASK`],
+//! [`HEADER_BATCH`] and [`HEADER_SEQ`] (row index within the batch), so a consumer can drop
+//! duplicates of a replayed batch: `(query id, task, batch, seq)` is unique per logical output record.
 //!
 //! **Delivery.** Without `exactlyOnce`: at-least-once (a batch replayed after a crash between the
 //! sink write and the checkpoint commit is written again, with the same dedup headers). With
@@ -42,6 +42,8 @@ use crate::source::kafka::client_config;
 
 /// Header naming the query (`namespace/name`).
 pub const HEADER_QUERY: &str = "sluice-query";
+/// Header with the checkpoint's query id (UUID): distinguishes runs of a query name on new checkpoints.
+pub const HEADER_QUERY_ID: &str = "sluice-query-id";
 /// Header with the task id.
 pub const HEADER_TASK: &str = "sluice-task";
 /// Header with the batch id.
@@ -64,6 +66,7 @@ pub struct OutRecord {
 pub struct KafkaSink {
     spec: KafkaSinkSpec,
     query: String,
+    query_id: String,
     /// Non-transactional producer, shared by all tasks.
     shared: Mutex<Option<Arc<FutureProducer>>>,
     /// Transactional producers per task (`exactlyOnce`); `None` once the broker refused them.
@@ -76,11 +79,13 @@ fn sink_error(message: impl std::fmt::Display) -> EngineError {
 }
 
 impl KafkaSink {
-    /// A sink for `spec`; `query` (`namespace/name`) goes into every record's headers.
-    pub fn new(spec: &KafkaSinkSpec, query: &str) -> Self {
+    /// A sink for `spec`; `query` (`namespace/name`) and `query_id` (the checkpoint's UUID) go
+    /// into every record's headers.
+    pub fn new(spec: &KafkaSinkSpec, query: &str, query_id: &str) -> Self {
         Self {
             spec: spec.clone(),
             query: query.to_string(),
+            query_id: query_id.to_string(),
             shared: Mutex::new(None),
             transactional: Mutex::new(HashMap::new()),
             transactions_refused: std::sync::atomic::AtomicBool::new(false),
@@ -186,6 +191,10 @@ impl KafkaSink {
                 (
                     HEADER_QUERY.to_string(),
                     Some(self.query.as_bytes().to_vec()),
+                ),
+                (
+                    HEADER_QUERY_ID.to_string(),
+                    Some(self.query_id.as_bytes().to_vec()),
                 ),
                 (HEADER_TASK.to_string(), Some(task.to_string().into_bytes())),
                 (

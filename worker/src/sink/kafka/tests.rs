@@ -36,7 +36,7 @@ fn raw_rows_take_key_value_partition_and_get_dedup_headers() {
         ],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q", "id-1");
     let records = sink.records(2, 17, &[batch]).expect("records");
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].key.as_deref(), Some(&b"a"[..]));
@@ -45,6 +45,7 @@ fn raw_rows_take_key_value_partition_and_get_dedup_headers() {
     assert_eq!(records[0].partition, Some(3));
     assert_eq!(records[1].partition, None);
     assert_eq!(header(&records[1], HEADER_QUERY), Some(&b"ns/q"[..]));
+    assert_eq!(header(&records[1], HEADER_QUERY_ID), Some(&b"id-1"[..]));
     assert_eq!(header(&records[1], HEADER_TASK), Some(&b"2"[..]));
     assert_eq!(header(&records[1], HEADER_BATCH), Some(&b"17"[..]));
     assert_eq!(header(&records[1], HEADER_SEQ), Some(&b"1"[..]));
@@ -57,7 +58,7 @@ fn raw_rows_without_value_are_a_user_error() {
         vec![StdArc::new(StringArray::from(vec!["a"])) as ArrayRef],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "q");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "q", "id");
     let err = sink.records(0, 0, &[batch]).expect_err("no value");
     assert!(matches!(err, EngineError::InvalidQuery(_)), "{err}");
 }
@@ -75,7 +76,7 @@ fn json_and_csv_encode_whole_rows_with_key_column() {
         ],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("id")), "q");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("id")), "q", "id");
     let records = sink
         .records(0, 0, std::slice::from_ref(&batch))
         .expect("json");
@@ -84,12 +85,12 @@ fn json_and_csv_encode_whole_rows_with_key_column() {
         records[0].value.as_deref(),
         Some(&br#"{"id":"d1","t":1.5}"#[..])
     );
-    let sink = KafkaSink::new(&spec(KafkaFormat::Csv, None), "q");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Csv, None), "q", "id");
     let records = sink
         .records(0, 0, std::slice::from_ref(&batch))
         .expect("csv");
     assert_eq!(records[1].value.as_deref(), Some(&b"d2,2.0"[..]));
     assert_eq!(records[1].key, None);
-    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("missing")), "q");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("missing")), "q", "id");
     assert!(sink.records(0, 0, &[batch]).is_err());
 }

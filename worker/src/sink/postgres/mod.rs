@@ -55,7 +55,8 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 impl PostgresSink {
-    /// A sink for `spec`; `query` (`namespace/name`) identifies the query in [`COMMITS_TABLE`].
+    /// A sink for `spec`; `query` (`namespace/name#<checkpoint query id>`) identifies the query in
+    /// [`COMMITS_TABLE`] (a new checkpoint is a new query whose batch ids start at 0 again).
     ///
     /// # Errors
     /// [`EngineError::InvalidQuery`] when `upsert`/`accumulate` has no key columns.
