@@ -52,7 +52,7 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
     if let Some(postgres) = &spec.postgres {
         return Ok(Box::new(postgres::PostgresSink::new(
             postgres,
-            &context.query,
+            &format!("{}#{}", context.query, context.query_id),
         )?));
     }
     if let Some(console) = &spec.console {
