@@ -104,6 +104,15 @@ impl Checkpoint {
         &self.location
     }
 
+    /// Reads `metadata.json` if it exists.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails; [`EngineError::Checkpoint`] when unreadable.
+    pub async fn stored_metadata(&self) -> Result<Option<CheckpointMetadata>> {
+        self.get_json::<CheckpointMetadata>(&self.location.child("metadata.json"))
+            .await
+    }
+
     /// Reads `metadata.json`, or creates it from `fresh` if absent.
     ///
     /// # Errors

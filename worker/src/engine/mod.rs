@@ -7,6 +7,7 @@
 //! are retried with backoff, reported in metrics and progress, never a crash loop; user errors stop
 //! the query with the error.
 
+pub mod continuous;
 mod stop;
 pub mod task;
 
@@ -46,6 +47,9 @@ pub enum Trigger {
     Once,
     /// Everything available at start, in per-trigger-limited batches, then stop.
     AvailableNow,
+    /// Records flow as they arrive; offsets checkpointed every interval (one epoch), see
+    /// [`continuous`].
+    Continuous(Duration),
 }
 
 impl Trigger {
@@ -55,10 +59,10 @@ impl Trigger {
     /// [`EngineError::InvalidQuery`] for `continuous` (not in this build) or a bad interval.
     pub fn from_spec(spec: &StreamingQuerySpec) -> Result<Self> {
         let trigger = &spec.trigger;
-        if trigger.continuous.is_some() {
-            return Err(EngineError::InvalidQuery(
-                "trigger `continuous` is not supported yet".into(),
-            ));
+        if let Some(text) = &trigger.continuous {
+            return parse_duration(text)
+                .map(Self::Continuous)
+                .map_err(|m| EngineError::InvalidQuery(format!("spec.trigger.continuous: {m}")));
         }
         if trigger.once == Some(true) {
             return Ok(Self::Once);
@@ -188,7 +192,6 @@ impl Engine {
             .iter()
             .map(crate::source::build)
             .collect::<Result<_>>()?;
-        let sink: Arc<dyn crate::sink::Sink> = Arc::from(crate::sink::build(&spec.sink)?);
         let inputs: Vec<(String, arrow::datatypes::SchemaRef)> = sources
             .iter()
             .map(|s| (s.name().to_string(), s.schema()))
@@ -205,6 +208,14 @@ impl Engine {
         .await?;
 
         let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
+        let mut sources = sources;
+        if let Some(stored) = checkpoint.stored_metadata().await? {
+            for source in &mut sources {
+                if let Some(&tasks) = stored.partitions.get(source.name()) {
+                    source.fit_task_count(tasks);
+                }
+            }
+        }
         let metadata = checkpoint
             .open_metadata(CheckpointMetadata {
                 query_id: uuid::Uuid::new_v4().to_string(),
@@ -215,6 +226,13 @@ impl Engine {
                 created_ms: chrono::Utc::now().timestamp_millis(),
             })
             .await?;
+        // Built once the checkpoint's query id is known: sinks key their idempotence on it.
+        let sink_context = crate::sink::SinkContext {
+            query: format!("{}/{}", config.namespace(), config.name()),
+            query_id: metadata.query_id.clone(),
+        };
+        let sink: Arc<dyn crate::sink::Sink> =
+            Arc::from(crate::sink::build(&spec.sink, &sink_context)?);
         let bad_records = match spec
             .sink
             .file
@@ -332,6 +350,9 @@ impl Engine {
         mut self,
         mut on_progress: impl FnMut(&StreamingQueryProgress),
     ) -> Result<RunSummary> {
+        if let Trigger::Continuous(interval) = self.trigger {
+            return continuous::run(self, interval, on_progress).await;
+        }
         let limit = if self.trigger == Trigger::Once {
             PlanLimit::Unbounded
         } else {
@@ -399,7 +420,7 @@ impl Engine {
                 Trigger::Once | Trigger::AvailableNow => {}
                 Trigger::Default if idle => stop.sleep(IDLE_POLL).await,
                 Trigger::Default => {}
-                Trigger::ProcessingTime(interval) => {
+                Trigger::ProcessingTime(interval) | Trigger::Continuous(interval) => {
                     stop.sleep(interval.saturating_sub(started.elapsed())).await;
                 }
             }

@@ -60,6 +60,19 @@ struct Pending {
     logged: bool,
 }
 
+/// A runner taken apart, for the `continuous` trigger (`engine/continuous.rs`).
+pub(crate) struct RunnerParts {
+    pub task: u32,
+    pub inputs: Vec<TaskInput>,
+    pub query: BatchQuery,
+    pub sink: Arc<dyn Sink>,
+    pub checkpoint: Checkpoint,
+    pub bad_records: Location,
+    pub next_batch_id: u64,
+    /// The logged, uncommitted batch.
+    pub pending: Option<OffsetsEntry>,
+}
+
 /// Runs micro-batches of one task.
 pub struct TaskRunner {
     pub task: u32,
@@ -104,6 +117,20 @@ impl TaskRunner {
                 logged: true,
             }),
             models,
+        }
+    }
+
+    /// Takes the runner apart (the `continuous` trigger drives the pieces itself).
+    pub(crate) fn into_parts(self) -> RunnerParts {
+        RunnerParts {
+            task: self.task,
+            inputs: self.inputs,
+            query: self.query,
+            sink: self.sink,
+            checkpoint: self.checkpoint,
+            bad_records: self.bad_records,
+            next_batch_id: self.next_batch_id,
+            pending: self.pending.filter(|p| p.logged).map(|p| p.entry),
         }
     }
 
@@ -280,7 +307,7 @@ impl TaskRunner {
 }
 
 /// Applies a source's bad-record policy to the records of one batch.
-async fn handle_bad_records(
+pub(crate) async fn handle_bad_records(
     location: &Location,
     task: u32,
     source: &str,

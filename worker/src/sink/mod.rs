@@ -6,7 +6,9 @@
 
 pub mod console;
 pub mod file;
+pub mod kafka;
 pub mod memory;
+pub mod postgres;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -25,11 +27,34 @@ pub trait Sink: Send + Sync {
     async fn write(&self, task: u32, batch_id: u64, batches: &[RecordBatch]) -> Result<u64>;
 }
 
+/// What a sink may need to know about its query.
+#[derive(Debug, Clone, Default)]
+pub struct SinkContext {
+    /// `namespace/name` of the query (Kafka header `sluice-query`).
+    pub query: String,
+    /// The checkpoint's query id (a UUID kept in `metadata.json`, Spark's query `id`): a new
+    /// checkpoint is a new query, so batch ids restarting at 0 do not collide with old ones.
+    pub query_id: String,
+}
+
 /// Builds the sink a spec describes.
 ///
 /// # Errors
 /// [`EngineError::InvalidQuery`] for a sink kind this build does not support or a bad path.
-pub fn build(spec: &SinkSpec) -> Result<Box<dyn Sink>> {
+pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
+    if let Some(kafka) = &spec.kafka {
+        return Ok(Box::new(kafka::KafkaSink::new(
+            kafka,
+            &context.query,
+            &context.query_id,
+        )));
+    }
+    if let Some(postgres) = &spec.postgres {
+        return Ok(Box::new(postgres::PostgresSink::new(
+            postgres,
+            &format!("{}#{}", context.query, context.query_id),
+        )?));
+    }
     if let Some(console) = &spec.console {
         return Ok(Box::new(console::ConsoleSink::new(console.num_rows)));
     }

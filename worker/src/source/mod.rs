@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod file;
+pub mod kafka;
 pub mod rate;
 pub mod socket;
 
@@ -51,6 +52,10 @@ pub trait Source: Send + Sync {
     fn schema(&self) -> SchemaRef;
     /// Number of partitions (= tasks); fixed for the life of the checkpoint.
     fn partitions(&self) -> u32;
+    /// The checkpoint was created with `tasks` tasks for this source; a source whose partitions can
+    /// grow (Kafka) keeps that task count and spreads the new partitions over the tasks. Others
+    /// ignore it (the checkpoint then refuses a changed count).
+    fn fit_task_count(&mut self, _tasks: u32) {}
     /// Opens the reader of partition `task`, given every range already logged for it (in batch
     /// order), so that it can continue after them.
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>>;
@@ -67,6 +72,11 @@ pub trait SourceTask: Send {
     async fn read(&mut self, range: &Range) -> Result<ReadOutput>;
     /// The range was committed: resources for it may be released.
     fn committed(&mut self, _range: &Range) {}
+    /// One range covering `earlier` and the range planned right after it (the `continuous`
+    /// trigger checkpoints one merged range per epoch); `None` when the source cannot merge.
+    fn merge(&self, _earlier: &Range, _later: &Range) -> Option<Range> {
+        None
+    }
     /// Rows (or files) available but not planned yet, for lag metrics; `None` when unknown.
     fn backlog(&self) -> Option<u64> {
         None
@@ -103,6 +113,9 @@ pub fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
     }
     if let Some(rate) = &spec.rate {
         return Ok(Box::new(rate::RateSource::new(&spec.name, rate)));
+    }
+    if let Some(kafka) = &spec.kafka {
+        return Ok(Box::new(kafka::KafkaSource::new(spec, kafka)?));
     }
     if let Some(socket) = &spec.socket {
         return Ok(Box::new(socket::SocketSource::new(&spec.name, socket)));

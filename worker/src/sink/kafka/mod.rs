@@ -1,0 +1,423 @@
+//! Kafka sink: result rows as records of one topic.
+//!
+//! `format: raw` takes the record from the columns `value` (required), `key`, `headers`
+//! (`List<Struct<key: Utf8, value: Binary>>`, the Kafka source's shape) and `partition` (Int32);
+//! `value`/`key` may be Binary or any type castable to Utf8. `format: json|csv` encodes the whole
+//! row as the value (JSON object / one CSV line without header) and takes the key from
+//! `keyColumn`.
+//!
+//! Every record carries the headers [`HEADER_QUERY`], [`HEADER_QUERY_ID`], [`HEADER_TASK`],
+//! [`HEADER_BATCH`] and [`HEADER_SEQ`] (row index within the batch), so a consumer can drop
+//! duplicates of a replayed batch: `(query id, task, batch, seq)` is unique per logical output record.
+//!
+//! **Delivery.** Without `exactlyOnce`: at-least-once (a batch replayed after a crash between the
+//! sink write and the checkpoint commit is written again, with the same dedup headers). With
+//! `exactlyOnce: true` each (task, batch) is one Kafka transaction (`transactional.id =
+//! sluice-<query>-<task>`, fencing zombies); readers with `isolation.level=read_committed` never see a
+//! partial or aborted batch. A batch replayed after its transaction committed is still written again
+//! (Spark's Kafka sink has the same limit), so dedup on the headers remains the rule for exactly-once
+//! consumption. When the broker refuses transactions (`init_transactions` fails) the sink logs a
+//! warning and falls back to at-least-once.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, BinaryArray, Int32Array, ListArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sluice_crds::{KafkaFormat, KafkaSinkSpec};
+use tokio::sync::Mutex;
+
+use crate::error::{EngineError, Result};
+use crate::sink::Sink;
+use crate::source::kafka::client_config;
+
+/// Header naming the query (`namespace/name`).
+pub const HEADER_QUERY: &str = "sluice-query";
+/// Header with the checkpoint's query id (UUID): distinguishes runs of a query name on new checkpoints.
+pub const HEADER_QUERY_ID: &str = "sluice-query-id";
+/// Header with the task id.
+pub const HEADER_TASK: &str = "sluice-task";
+/// Header with the batch id.
+pub const HEADER_BATCH: &str = "sluice-batch";
+/// Header with the row's index within the (task, batch) output.
+pub const HEADER_SEQ: &str = "sluice-seq";
+/// How long a delivery or transaction call may take before the batch fails (retryably).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One record to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub partition: Option<i32>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// The configured Kafka sink.
+pub struct KafkaSink {
+    spec: KafkaSinkSpec,
+    query: String,
+    query_id: String,
+    /// Non-transactional producer, shared by all tasks.
+    shared: Mutex<Option<Arc<FutureProducer>>>,
+    /// Transactional producers per task (`exactlyOnce`); `None` once the broker refused them.
+    transactional: Mutex<HashMap<u32, Arc<FutureProducer>>>,
+    transactions_refused: std::sync::atomic::AtomicBool,
+}
+
+fn sink_error(message: impl std::fmt::Display) -> EngineError {
+    EngineError::Sink(format!("kafka: {message}"))
+}
+
+impl KafkaSink {
+    /// A sink for `spec`; `query` (`namespace/name`) and `query_id` (the checkpoint's UUID) go
+    /// into every record's headers.
+    pub fn new(spec: &KafkaSinkSpec, query: &str, query_id: &str) -> Self {
+        Self {
+            spec: spec.clone(),
+            query: query.to_string(),
+            query_id: query_id.to_string(),
+            shared: Mutex::new(None),
+            transactional: Mutex::new(HashMap::new()),
+            transactions_refused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether writes use Kafka transactions: `exactlyOnce` was asked for and the broker has not
+    /// refused them (known after the first write).
+    pub fn transactional(&self) -> bool {
+        self.spec.exactly_once
+            && !self
+                .transactions_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn config(&self) -> rdkafka::ClientConfig {
+        let mut config = client_config(&self.spec.bootstrap_servers, &self.spec.options);
+        if !self.spec.options.contains_key("linger.ms") {
+            // Low latency by default: a micro-batch is sent at once anyway.
+            config.set("linger.ms", "1");
+        }
+        if !self.spec.options.contains_key("message.timeout.ms") {
+            config.set("message.timeout.ms", "30000");
+        }
+        config
+    }
+
+    async fn plain_producer(&self) -> Result<Arc<FutureProducer>> {
+        let mut guard = self.shared.lock().await;
+        if let Some(p) = guard.as_ref() {
+            return Ok(Arc::clone(p));
+        }
+        let producer: FutureProducer = self
+            .config()
+            .create()
+            .map_err(|e| sink_error(format!("producer: {e}")))?;
+        let producer = Arc::new(producer);
+        *guard = Some(Arc::clone(&producer));
+        Ok(producer)
+    }
+
+    /// The task's transactional producer, or `None` when the broker does not support transactions.
+    async fn transactional_producer(&self, task: u32) -> Result<Option<Arc<FutureProducer>>> {
+        use std::sync::atomic::Ordering;
+        if self.transactions_refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut guard = self.transactional.lock().await;
+        if let Some(p) = guard.get(&task) {
+            return Ok(Some(Arc::clone(p)));
+        }
+        let mut config = self.config();
+        config.set(
+            "transactional.id",
+            format!("sluice-{}-{task}", self.query.replace('/', ".")),
+        );
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| sink_error(format!("producer: {e}")))?;
+        let producer = Arc::new(producer);
+        let init = Arc::clone(&producer);
+        let result = tokio::task::spawn_blocking(move || init.init_transactions(SEND_TIMEOUT))
+            .await
+            .map_err(|e| EngineError::Internal(format!("kafka init task: {e}")))?;
+        match result {
+            Ok(()) => {
+                guard.insert(task, Arc::clone(&producer));
+                Ok(Some(producer))
+            }
+            Err(e) if is_unsupported(&e) => {
+                tracing::warn!(error = %e, "kafka sink: the broker does not support transactions; writing at-least-once with dedup headers");
+                self.transactions_refused.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(sink_error(format!("init transactions: {e}"))),
+        }
+    }
+
+    /// The records of a batch's rows, with the dedup headers.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] when the rows lack a `value` column (raw) or the key column.
+    pub fn records(
+        &self,
+        task: u32,
+        batch_id: u64,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<OutRecord>> {
+        let mut out = Vec::new();
+        for batch in batches {
+            match self.spec.format {
+                KafkaFormat::Raw => raw_records(batch, &mut out)?,
+                KafkaFormat::Json | KafkaFormat::Csv => encoded_records(
+                    batch,
+                    self.spec.format,
+                    self.spec.key_column.as_deref(),
+                    &mut out,
+                )?,
+            }
+        }
+        for (seq, record) in out.iter_mut().enumerate() {
+            record.headers.extend([
+                (
+                    HEADER_QUERY.to_string(),
+                    Some(self.query.as_bytes().to_vec()),
+                ),
+                (
+                    HEADER_QUERY_ID.to_string(),
+                    Some(self.query_id.as_bytes().to_vec()),
+                ),
+                (HEADER_TASK.to_string(), Some(task.to_string().into_bytes())),
+                (
+                    HEADER_BATCH.to_string(),
+                    Some(batch_id.to_string().into_bytes()),
+                ),
+                (HEADER_SEQ.to_string(), Some(seq.to_string().into_bytes())),
+            ]);
+        }
+        Ok(out)
+    }
+
+    async fn send_all(&self, producer: &FutureProducer, records: &[OutRecord]) -> Result<()> {
+        let sends = records.iter().map(|r| {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (key, value) in &r.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: value.as_deref(),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.spec.topic).headers(headers);
+            if let Some(k) = r.key.as_deref() {
+                record = record.key(k);
+            }
+            if let Some(v) = r.value.as_deref() {
+                record = record.payload(v);
+            }
+            if let Some(p) = r.partition {
+                record = record.partition(p);
+            }
+            producer.send(record, SEND_TIMEOUT)
+        });
+        for result in join_all(sends).await {
+            if let Err((e, _)) = result {
+                return Err(sink_error(format!("delivery: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_unsupported(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnsupportedVersion
+                | C::UnsupportedFeature
+                | C::UnsupportedForMessageFormat
+                | C::ClusterAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+        )
+    )
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&self, task: u32, batch_id: u64, batches: &[RecordBatch]) -> Result<u64> {
+        let records = self.records(task, batch_id, batches)?;
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let transactional = if self.spec.exactly_once {
+            self.transactional_producer(task).await?
+        } else {
+            None
+        };
+        match transactional {
+            None => {
+                let producer = self.plain_producer().await?;
+                self.send_all(&producer, &records).await?;
+            }
+            Some(producer) => {
+                producer
+                    .begin_transaction()
+                    .map_err(|e| sink_error(format!("begin transaction: {e}")))?;
+                let sent = self.send_all(&producer, &records).await;
+                let p = Arc::clone(&producer);
+                let finished = tokio::task::spawn_blocking(move || match sent {
+                    Ok(()) => p
+                        .commit_transaction(SEND_TIMEOUT)
+                        .map_err(|e| sink_error(format!("commit transaction: {e}"))),
+                    Err(e) => {
+                        let _ = p.abort_transaction(SEND_TIMEOUT);
+                        Err(e)
+                    }
+                })
+                .await
+                .map_err(|e| EngineError::Internal(format!("kafka commit task: {e}")))?;
+                if let Err(e) = finished {
+                    // A producer in an unknown transaction state is rebuilt next time.
+                    self.transactional.lock().await.remove(&task);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(records.len() as u64)
+    }
+}
+
+/// Bytes of a key/value column: Binary as is, anything else cast to Utf8.
+fn bytes_column(array: &dyn Array, name: &str) -> Result<Vec<Option<Vec<u8>>>> {
+    if let Some(binary) = array.as_any().downcast_ref::<BinaryArray>() {
+        return Ok(binary.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
+    }
+    let text = cast(array, &DataType::Utf8).map_err(|e| {
+        EngineError::InvalidQuery(format!("kafka sink: column `{name}` cannot be sent: {e}"))
+    })?;
+    let text = text.as_string::<i32>();
+    Ok(text
+        .iter()
+        .map(|v| v.map(|s| s.as_bytes().to_vec()))
+        .collect())
+}
+
+fn raw_records(batch: &RecordBatch, out: &mut Vec<OutRecord>) -> Result<()> {
+    let schema = batch.schema();
+    let value = schema.index_of("value").map_err(|_| {
+        EngineError::InvalidQuery(
+            "kafka sink with format raw: the query must return a `value` column (and optionally \
+             `key`, `headers`, `partition`)"
+                .into(),
+        )
+    })?;
+    let values = bytes_column(batch.column(value).as_ref(), "value")?;
+    let keys = match schema.index_of("key") {
+        Ok(i) => Some(bytes_column(batch.column(i).as_ref(), "key")?),
+        Err(_) => None,
+    };
+    let partitions = match schema.index_of("partition") {
+        Ok(i) => Some(
+            cast(batch.column(i), &DataType::Int32)
+                .map_err(|e| EngineError::InvalidQuery(format!("kafka sink: partition: {e}")))?,
+        ),
+        Err(_) => None,
+    };
+    let partitions = partitions
+        .as_ref()
+        .and_then(|a| a.as_any().downcast_ref::<Int32Array>());
+    let headers = schema
+        .index_of("headers")
+        .ok()
+        .and_then(|i| batch.column(i).as_any().downcast_ref::<ListArray>());
+    for row in 0..batch.num_rows() {
+        let mut record = OutRecord {
+            key: keys.as_ref().and_then(|k| k[row].clone()),
+            value: values[row].clone(),
+            partition: partitions.and_then(|p| p.is_valid(row).then(|| p.value(row))),
+            headers: Vec::new(),
+        };
+        if let Some(list) = headers
+            && list.is_valid(row)
+        {
+            let entries = list.value(row);
+            let entries = entries.as_struct();
+            if let (Some(k), Some(v)) = (
+                entries.column_by_name("key"),
+                entries.column_by_name("value"),
+            ) {
+                let keys = cast(k, &DataType::Utf8)?;
+                let keys = keys.as_string::<i32>();
+                let values = bytes_column(v.as_ref(), "headers.value")?;
+                for (i, value) in values.into_iter().enumerate() {
+                    record.headers.push((keys.value(i).to_string(), value));
+                }
+            }
+        }
+        out.push(record);
+    }
+    Ok(())
+}
+
+fn encoded_records(
+    batch: &RecordBatch,
+    format: KafkaFormat,
+    key_column: Option<&str>,
+    out: &mut Vec<OutRecord>,
+) -> Result<()> {
+    let keys = match key_column {
+        Some(name) => {
+            let i = batch.schema().index_of(name).map_err(|_| {
+                EngineError::InvalidQuery(format!(
+                    "kafka sink: keyColumn `{name}` is not a column of the query's result"
+                ))
+            })?;
+            Some(bytes_column(batch.column(i).as_ref(), name)?)
+        }
+        None => None,
+    };
+    let mut buffer = Vec::new();
+    match format {
+        KafkaFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(false)
+                .build(&mut buffer);
+            writer.write(batch)?;
+        }
+        _ => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
+            writer.write(batch)?;
+            writer.finish()?;
+        }
+    }
+    let lines: Vec<&[u8]> = buffer
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.len() != batch.num_rows() {
+        return Err(EngineError::Internal(format!(
+            "kafka sink: encoded {} lines for {} rows",
+            lines.len(),
+            batch.num_rows()
+        )));
+    }
+    for (row, line) in lines.into_iter().enumerate() {
+        out.push(OutRecord {
+            key: keys.as_ref().and_then(|k| k[row].clone()),
+            value: Some(line.to_vec()),
+            partition: None,
+            headers: Vec::new(),
+        });
+    }
+    Ok(())
+}
