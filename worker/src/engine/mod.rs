@@ -158,6 +158,29 @@ impl Shared {
     }
 }
 
+/// The sources' watermarks, with delays in ms.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] for a delay that is not a duration.
+fn source_watermarks(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::SourceWatermark>> {
+    spec.sources
+        .iter()
+        .enumerate()
+        .filter_map(|(input, source)| source.watermark.as_ref().map(|w| (input, source, w)))
+        .map(|(input, source, w)| {
+            let delay = parse_duration(&w.delay).map_err(|m| {
+                EngineError::InvalidQuery(format!("sources[{input}].watermark.delay: {m}"))
+            })?;
+            Ok(crate::sql::SourceWatermark {
+                input,
+                source: source.name.clone(),
+                column: w.column.clone(),
+                delay_ms: delay.as_millis() as i64,
+            })
+        })
+        .collect()
+}
+
 /// A query ready to run.
 pub struct Engine {
     config: QueryConfig,
@@ -191,8 +214,16 @@ impl Engine {
             .iter()
             .map(|s| (s.name().to_string(), s.schema()))
             .collect();
+        let watermarks = source_watermarks(spec)?;
         // Plan once up front so a bad query fails before anything is written.
-        BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode).await?;
+        let first = BatchQuery::with_watermarks(
+            &spec.sql,
+            inputs.clone(),
+            spec.sql_scope,
+            spec.output_mode,
+            watermarks.clone(),
+        )
+        .await?;
 
         let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
         let metadata = checkpoint
@@ -203,6 +234,7 @@ impl Engine {
                     .map(|s| (s.name().to_string(), s.partitions()))
                     .collect(),
                 created_ms: chrono::Utc::now().timestamp_millis(),
+                stateful_operators: first.stateful_fingerprint(),
             })
             .await?;
         let bad_records = match spec
@@ -240,9 +272,18 @@ impl Engine {
                     on_bad_record: spec_source.on_bad_record,
                 });
             }
-            let query =
-                BatchQuery::new(&spec.sql, inputs.clone(), spec.sql_scope, spec.output_mode)
-                    .await?;
+            let mut query = BatchQuery::with_watermarks(
+                &spec.sql,
+                inputs.clone(),
+                spec.sql_scope,
+                spec.output_mode,
+                watermarks.clone(),
+            )
+            .await?;
+            // State as of the last COMMITTED batch: a replayed batch re-applies its changes once.
+            query
+                .restore_state(&checkpoint, task, log.last_committed)
+                .await?;
             if let Some(entry) = log.uncommitted() {
                 tracing::info!(
                     task,
@@ -435,6 +476,22 @@ impl Engine {
                 .last_committed_batch_id
                 .get_or_create(&labels)
                 .set(p.batch_id as i64);
+            if let Some(state) = &outcome.state {
+                metrics
+                    .state_rows
+                    .get_or_create(&labels)
+                    .set(state.state_rows as i64);
+                metrics
+                    .late_rows_dropped
+                    .get_or_create(&labels)
+                    .inc_by(state.late_rows_dropped);
+                if let Some(w) = state.watermark_ms {
+                    metrics
+                        .watermark_seconds
+                        .get_or_create(&labels)
+                        .set(w as f64 / 1000.0);
+                }
+            }
         }
     }
 
@@ -512,8 +569,16 @@ impl Engine {
             input_rows_per_second: input as f64 / since_previous,
             processed_rows_per_second: input as f64 / elapsed,
             duration_ms: duration,
-            event_time: Default::default(),
-            state_operators: Vec::new(),
+            event_time: crate::progress::EventTime {
+                // The query's watermark is the lowest of its tasks' (Spark: one global watermark).
+                watermark: outcomes
+                    .iter()
+                    .filter_map(|o| o.state.as_ref()?.watermark_ms)
+                    .min()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            },
+            state_operators: state_operators(outcomes),
             sources,
             sink: SinkProgress {
                 description: self.sink_description.clone(),
@@ -523,6 +588,23 @@ impl Engine {
             tasks: outcomes.iter().map(|o| o.progress.clone()).collect(),
         }
     }
+}
+
+/// Spark's `stateOperators` entry of the aggregation, summed over the trigger's tasks.
+fn state_operators(outcomes: &[BatchOutcome]) -> Vec<serde_json::Value> {
+    let states: Vec<_> = outcomes.iter().filter_map(|o| o.state.as_ref()).collect();
+    if states.is_empty() {
+        return Vec::new();
+    }
+    let sum = |f: fn(&crate::sql::StateProgress) -> u64| states.iter().map(|s| f(s)).sum::<u64>();
+    vec![serde_json::json!({
+        "operatorName": "stateStoreSave",
+        "numRowsTotal": sum(|s| s.state_rows),
+        "numRowsUpdated": sum(|s| s.rows_updated),
+        "numRowsRemoved": sum(|s| s.rows_removed),
+        "numRowsDroppedByWatermark": sum(|s| s.late_rows_dropped),
+        "stateFileBytes": sum(|s| s.state_file_bytes),
+    })]
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -50,6 +50,8 @@ pub struct BatchOutcome {
     pub rows_per_source: BTreeMap<String, u64>,
     /// Backlog per source name after planning.
     pub backlog_per_source: BTreeMap<String, u64>,
+    /// State store figures of a stateful query.
+    pub state: Option<crate::sql::StateProgress>,
 }
 
 /// The batch a task has planned but not committed.
@@ -127,7 +129,9 @@ impl TaskRunner {
                     sources.insert(input.name.clone(), range);
                 }
             }
-            if sources.is_empty() {
+            // A stateful query also runs a batch without input when the watermark moved (Spark's
+            // no-data batch): append mode emits the windows it closed, state is evicted.
+            if sources.is_empty() && !self.query.wants_no_data_batch() {
                 return Ok(None);
             }
             let entry = OffsetsEntry {
@@ -189,6 +193,11 @@ impl TaskRunner {
         let written = self.sink.write(self.task, entry.batch_id, &output).await?;
         durations.add_batch = elapsed_ms(phase);
 
+        // State (before the commit: a restart loads the state of the last committed batch).
+        self.query
+            .write_state(&self.checkpoint, self.task, entry.batch_id)
+            .await?;
+
         // Commit.
         let phase = Instant::now();
         let input_rows: u64 = rows_per_source.values().sum();
@@ -199,6 +208,7 @@ impl TaskRunner {
             output_rows: written,
         };
         self.checkpoint.write_commit(self.task, &commit).await?;
+        self.query.commit_state();
         durations.commit = elapsed_ms(phase);
         for input in &mut self.inputs {
             if let Some(range) = entry.sources.get(&input.name) {
@@ -226,6 +236,7 @@ impl TaskRunner {
             },
             rows_per_source,
             backlog_per_source,
+            state: self.query.state_progress(),
         }))
     }
 

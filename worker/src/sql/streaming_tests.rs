@@ -1,0 +1,356 @@
+//! Streaming aggregation over micro-batches: Spark's documented examples, row for row.
+
+use super::*;
+use arrow::array::{Array, Int64Array, StringArray, StructArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+const MINUTE: i64 = 60_000;
+const NOON: i64 = 12 * 60 * MINUTE;
+
+fn words_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("word", DataType::Utf8, true),
+    ]))
+}
+
+/// Rows `("12:07", "owl")`.
+fn words(rows: &[(&str, &str)]) -> Vec<RecordBatch> {
+    let ts: Vec<i64> = rows
+        .iter()
+        .map(|(t, _)| {
+            let (h, m) = t.split_once(':').expect("hh:mm");
+            h.parse::<i64>().expect("h") * 60 * MINUTE + m.parse::<i64>().expect("m") * MINUTE
+        })
+        .collect();
+    let batch = RecordBatch::try_new(
+        words_schema(),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(ts).with_timezone("UTC")),
+            Arc::new(StringArray::from(
+                rows.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("batch");
+    vec![batch]
+}
+
+fn hhmm(ms: i64) -> String {
+    format!("{:02}:{:02}", ms / (60 * MINUTE), (ms / MINUTE) % 60)
+}
+
+/// Output rows as `"12:00-12:10 cat 2"`, sorted.
+fn lines(out: &[RecordBatch]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for batch in out {
+        let windows = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .expect("window struct");
+        let start = arrow::compute::cast(windows.column(0), &DataType::Int64).expect("start");
+        let start = start.as_any().downcast_ref::<Int64Array>().expect("i64");
+        let end = arrow::compute::cast(windows.column(1), &DataType::Int64).expect("end");
+        let end = end.as_any().downcast_ref::<Int64Array>().expect("i64");
+        let word = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("word");
+        let count = arrow::compute::cast(batch.column(2), &DataType::Int64).expect("count");
+        let count = count.as_any().downcast_ref::<Int64Array>().expect("i64");
+        for r in 0..batch.num_rows() {
+            lines.push(format!(
+                "{}-{} {} {}",
+                hhmm(start.value(r)),
+                hhmm(end.value(r)),
+                word.value(r),
+                count.value(r)
+            ));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+const WINDOWED_COUNTS: &str = "SELECT window(timestamp, '10 minutes', '5 minutes') AS window, word, count(*) AS count \
+     FROM words GROUP BY window(timestamp, '10 minutes', '5 minutes'), word";
+
+fn watermark(delay_minutes: i64) -> Vec<SourceWatermark> {
+    vec![SourceWatermark {
+        input: 0,
+        source: "words".into(),
+        column: "timestamp".into(),
+        delay_ms: delay_minutes * MINUTE,
+    }]
+}
+
+async fn windowed(mode: OutputMode, watermarks: Vec<SourceWatermark>) -> BatchQuery {
+    BatchQuery::with_watermarks(
+        WINDOWED_COUNTS,
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        mode,
+        watermarks,
+    )
+    .await
+    .expect("plan")
+}
+
+/// Runs one batch and commits its state (as the task runner does).
+async fn step(q: &mut BatchQuery, rows: &[(&str, &str)]) -> Vec<String> {
+    let out = q.run(vec![words(rows)]).await.expect("run");
+    q.commit_state();
+    lines(&out)
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Spark guide, "Window Operations on Event Time": late data updates old windows (update mode,
+/// no watermark). A word generated at 12:04 arriving in the third trigger updates the windows
+/// that contain 12:04 ([11:55, 12:05) and [12:00, 12:10) by Spark's window assignment), and a
+/// word at 12:09 updates [12:00, 12:10) and [12:05, 12:15).
+#[tokio::test]
+async fn late_data_updates_old_windows_in_update_mode() {
+    let mut q = windowed(OutputMode::Update, Vec::new()).await;
+    assert_eq!(
+        step(&mut q, &[("12:02", "cat"), ("12:02", "dog"), ("12:03", "dog"), ("12:03", "owl")]).await,
+        s(&[
+            "11:55-12:05 cat 1",
+            "11:55-12:05 dog 2",
+            "11:55-12:05 owl 1",
+            "12:00-12:10 cat 1",
+            "12:00-12:10 dog 2",
+            "12:00-12:10 owl 1",
+        ])
+    );
+    assert_eq!(
+        step(&mut q, &[("12:07", "owl"), ("12:07", "cat")]).await,
+        s(&[
+            "12:00-12:10 cat 2",
+            "12:00-12:10 owl 2",
+            "12:05-12:15 cat 1",
+            "12:05-12:15 owl 1",
+        ])
+    );
+    assert_eq!(
+        step(&mut q, &[("12:11", "dog"), ("12:13", "owl"), ("12:04", "dog"), ("12:09", "cat")]).await,
+        s(&[
+            "11:55-12:05 dog 3",
+            "12:00-12:10 cat 3",
+            "12:00-12:10 dog 3",
+            "12:05-12:15 cat 2",
+            "12:05-12:15 dog 1",
+            "12:05-12:15 owl 2",
+            "12:10-12:20 dog 1",
+            "12:10-12:20 owl 1",
+        ])
+    );
+}
+
+/// Spark guide, "Handling Late Data and Watermarking" (update mode, watermark 10 minutes): the
+/// watermark used by a trigger is max event time of the earlier triggers − 10 minutes; (12:09, cat)
+/// is late but above the watermark 12:04 and still counted; once the watermark is 12:11 the window
+/// [12:00, 12:10) is evicted and (12:04, donkey) is dropped and counted.
+#[tokio::test]
+async fn watermark_drops_and_counts_too_late_data() {
+    let mut q = windowed(OutputMode::Update, watermark(10)).await;
+    assert_eq!(
+        step(&mut q, &[("12:07", "dog"), ("12:08", "owl")]).await,
+        s(&[
+            "12:00-12:10 dog 1",
+            "12:00-12:10 owl 1",
+            "12:05-12:15 dog 1",
+            "12:05-12:15 owl 1",
+        ])
+    );
+    assert_eq!(
+        step(&mut q, &[("12:14", "dog"), ("12:09", "cat")]).await,
+        s(&[
+            "12:00-12:10 cat 1",
+            "12:05-12:15 cat 1",
+            "12:05-12:15 dog 2",
+            "12:10-12:20 dog 1",
+        ])
+    );
+    // Used watermark 12:04 (max 12:14 − 10 min); this batch raises it to 12:11.
+    assert_eq!(q.state_progress().expect("state").watermark_ms, Some(NOON + 4 * MINUTE));
+    assert_eq!(
+        step(&mut q, &[("12:15", "cat"), ("12:08", "dog"), ("12:13", "owl"), ("12:21", "owl")]).await,
+        s(&[
+            "12:00-12:10 dog 2",
+            "12:05-12:15 dog 3",
+            "12:05-12:15 owl 2",
+            "12:10-12:20 cat 1",
+            "12:10-12:20 owl 1",
+            "12:15-12:25 cat 1",
+            "12:15-12:25 owl 1",
+            "12:20-12:30 owl 1",
+        ])
+    );
+    assert_eq!(q.state_progress().expect("state").late_rows_dropped, 0);
+    // Watermark now 12:11: (12:04, donkey) belongs only to closed windows → dropped (2 pairs);
+    // (12:17, owl) counts.
+    assert_eq!(
+        step(&mut q, &[("12:04", "donkey"), ("12:17", "owl")]).await,
+        s(&["12:10-12:20 owl 2", "12:15-12:25 owl 2"])
+    );
+    let progress = q.state_progress().expect("state");
+    assert_eq!(progress.late_rows_dropped, 2);
+    // [12:00, 12:10) was evicted: 5 windows x words remain below.
+    assert_eq!(progress.rows_removed, 3, "cat, dog and owl of [12:00, 12:10)");
+}
+
+/// Append mode: each window exactly once, in the first batch whose watermark is past its end.
+#[tokio::test]
+async fn append_emits_each_window_once_after_the_watermark() {
+    let mut q = windowed(OutputMode::Append, watermark(10)).await;
+    assert!(step(&mut q, &[("12:07", "dog"), ("12:08", "owl")]).await.is_empty());
+    assert!(step(&mut q, &[("12:14", "dog"), ("12:09", "cat")]).await.is_empty());
+    // Watermark 12:04: nothing closed yet.
+    assert!(step(&mut q, &[("12:15", "cat"), ("12:21", "owl")]).await.is_empty());
+    // Watermark 12:11 closes [12:00, 12:10).
+    assert_eq!(
+        step(&mut q, &[("12:22", "cat")]).await,
+        s(&["12:00-12:10 cat 1", "12:00-12:10 dog 1", "12:00-12:10 owl 1"])
+    );
+    assert!(q.wants_no_data_batch(), "watermark moved to 12:12");
+    // No-data batch with watermark 12:12: nothing more closes ([12:05, 12:15) ends after it).
+    assert!(step(&mut q, &[]).await.is_empty());
+    assert!(!q.wants_no_data_batch());
+    // 12:40 moves the watermark to 12:30 for the next batch, which closes the rest.
+    assert!(step(&mut q, &[("12:40", "eel")]).await.is_empty());
+    assert_eq!(
+        step(&mut q, &[]).await,
+        s(&[
+            "12:05-12:15 cat 1",
+            "12:05-12:15 dog 2",
+            "12:05-12:15 owl 1",
+            "12:10-12:20 cat 1",
+            "12:10-12:20 dog 1",
+            "12:15-12:25 cat 2",
+            "12:15-12:25 owl 1",
+            "12:20-12:30 cat 1",
+            "12:20-12:30 owl 1",
+        ])
+    );
+    assert_eq!(q.state_progress().expect("state").state_rows, 2, "eel's two windows");
+}
+
+/// Complete mode: the whole result table each batch; same final table for 1 batch or 50.
+#[tokio::test]
+async fn one_batch_or_fifty_give_the_same_table() {
+    let mut rows = Vec::new();
+    let names = ["cat", "dog", "owl", "eel", "ant"];
+    for i in 0..200i64 {
+        let minute = (i * 7) % 60;
+        rows.push((format!("12:{minute:02}"), names[(i % 5) as usize]));
+    }
+    let owned: Vec<(&str, &str)> = rows.iter().map(|(t, w)| (t.as_str(), *w)).collect();
+    let mut one = windowed(OutputMode::Complete, Vec::new()).await;
+    let whole = step(&mut one, &owned).await;
+    let mut many = windowed(OutputMode::Complete, Vec::new()).await;
+    let mut last = Vec::new();
+    for chunk in owned.chunks(4) {
+        last = step(&mut many, chunk).await;
+    }
+    assert_eq!(owned.chunks(4).count(), 50);
+    assert_eq!(whole, last);
+    assert_eq!(whole.len(), 5 * 13, "13 windows between 11:55 and 13:00 per word");
+}
+
+#[tokio::test]
+async fn running_totals_and_mergeable_aggregates() {
+    let sql = "SELECT word, count(*) AS n, count(DISTINCT timestamp) AS d, min(timestamp) AS lo, \
+               max(timestamp) AS hi, avg(CAST(extract(minute FROM timestamp) AS DOUBLE)) AS a \
+               FROM words GROUP BY word HAVING count(*) > 1";
+    let mut q = BatchQuery::new(
+        sql,
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Update,
+    )
+    .await
+    .expect("plan");
+    let render = |out: &[RecordBatch]| -> Vec<String> {
+        let mut v = Vec::new();
+        for b in out {
+            let formatted = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(b))
+                .expect("fmt")
+                .to_string();
+            v.extend(formatted.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_string));
+        }
+        v.sort();
+        v
+    };
+    let out = q.run(vec![words(&[("12:01", "cat"), ("12:02", "cat"), ("12:02", "dog")])]).await.expect("run");
+    q.commit_state();
+    assert_eq!(
+        render(&out),
+        s(&["| cat  | 2 | 2 | 2026-01-01T12:01:00Z | 2026-01-01T12:02:00Z | 1.5 |"])
+            .iter()
+            .map(|l| l.replace("2026-01-01T", "1970-01-01T"))
+            .collect::<Vec<_>>()
+    );
+    let out = q.run(vec![words(&[("12:02", "cat"), ("12:09", "dog")])]).await.expect("run");
+    q.commit_state();
+    assert_eq!(
+        render(&out),
+        s(&[
+            "| cat  | 3 | 2 | 1970-01-01T12:01:00Z | 1970-01-01T12:02:00Z | 1.6666666666666667 |",
+            "| dog  | 2 | 2 | 1970-01-01T12:02:00Z | 1970-01-01T12:09:00Z | 5.5                |",
+        ])
+    );
+}
+
+#[tokio::test]
+async fn output_mode_rules_are_enforced_at_start() {
+    let err = BatchQuery::with_watermarks(
+        WINDOWED_COUNTS,
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Append,
+        Vec::new(),
+    )
+    .await
+    .err()
+    .expect("append without watermark is refused");
+    assert!(err.to_string().contains("without watermark"), "{err}");
+    let err = BatchQuery::new(
+        "SELECT word FROM words",
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Complete,
+    )
+    .await
+    .err()
+    .expect("complete without aggregation is refused");
+    assert!(err.to_string().contains("needs an aggregation"), "{err}");
+    let err = BatchQuery::new(
+        "SELECT word, count(*) FROM (SELECT word, count(*) AS c FROM words GROUP BY word) GROUP BY word",
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Update,
+    )
+    .await
+    .err()
+    .expect("two aggregations are refused");
+    assert!(err.to_string().contains("Multiple streaming aggregations"), "{err}");
+    let err = BatchQuery::new(
+        "SELECT session_window(timestamp, '5 minutes') AS s, count(*) FROM words GROUP BY session_window(timestamp, '5 minutes')",
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Update,
+    )
+    .await
+    .err()
+    .expect("session windows are refused");
+    assert!(err.to_string().contains("session_window"), "{err}");
+}
