@@ -31,7 +31,14 @@ fn same(a: &(i64, f64), b: &(i64, f64)) -> bool {
 
 const SQL: &str = "SELECT window(timestamp, '1 minute') AS window, deviceId, avg(temperature) AS avgTemp, count(*) AS n FROM events GROUP BY window(timestamp, '1 minute'), deviceId";
 
-fn manifest(name: &str, input: &str, output: &str, checkpoint: &str, sql: &str, mode: &str) -> String {
+fn manifest(
+    name: &str,
+    input: &str,
+    output: &str,
+    checkpoint: &str,
+    sql: &str,
+    mode: &str,
+) -> String {
     format!(
         r#"apiVersion: sluice.dev/v1alpha1
 kind: StreamingQuery
@@ -80,11 +87,17 @@ async fn output_table(location: &Location) -> Table {
     for (_, batches) in read_parquet_dir(location).await {
         for batch in batches {
             let windows = batch.column_by_name("window").expect("window");
-            let windows = windows.as_any().downcast_ref::<StructArray>().expect("struct");
+            let windows = windows
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .expect("struct");
             let starts = arrow::compute::cast(windows.column(0), &DataType::Int64).expect("i64");
             let starts = starts.as_any().downcast_ref::<Int64Array>().expect("i64");
             let devices = batch.column_by_name("deviceId").expect("deviceId");
-            let devices = devices.as_any().downcast_ref::<StringArray>().expect("utf8");
+            let devices = devices
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8");
             let avgs = batch.column_by_name("avgTemp").expect("avgTemp");
             let avgs = avgs.as_any().downcast_ref::<Float64Array>().expect("f64");
             let counts = batch.column_by_name("n").expect("n");
@@ -93,7 +106,10 @@ async fn output_table(location: &Location) -> Table {
                 // Timestamps are µs.
                 let key = (starts.value(r) / 1000, devices.value(r).to_string());
                 let value = (counts.value(r), avgs.value(r));
-                assert!(table.insert(key.clone(), value).is_none(), "{key:?} emitted twice");
+                assert!(
+                    table.insert(key.clone(), value).is_none(),
+                    "{key:?} emitted twice"
+                );
             }
         }
     }
@@ -170,7 +186,10 @@ fn run_with_crashes(manifest: &std::path::Path, kills: usize, max_delay_ms: u64)
     }
     let status = spawn(manifest).wait().expect("final run");
     assert!(status.success(), "final run failed: {status}");
-    assert!(killed >= 2, "the schedule must actually crash the worker ({killed} kills)");
+    assert!(
+        killed >= 2,
+        "the schedule must actually crash the worker ({killed} kills)"
+    );
 }
 
 const SEED: u64 = 21;
@@ -218,7 +237,10 @@ fn windowed_aggregation_s3_checkpoint_exact_after_sigkills() {
     let input = format!("s3://{bucket}/{prefix}/in");
     let output = format!("s3://{bucket}/{prefix}/out");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(upload_dir(&local_input, &Location::parse(&input).expect("s3")));
+    runtime.block_on(upload_dir(
+        &local_input,
+        &Location::parse(&input).expect("s3"),
+    ));
     let path = dir.path().join("query.yaml");
     std::fs::write(
         &path,
@@ -274,8 +296,14 @@ async fn state_stays_bounded_by_the_open_windows() {
         .expect("run");
     assert_eq!(summary.input_rows, FILES * ROWS);
     let open_windows_bound = (10 + 1 + 2) * 1_000;
-    assert!(peak > 10 * 1_000, "the state held the open windows ({peak})");
-    assert!(peak <= open_windows_bound, "state rows {peak} > bound {open_windows_bound}");
+    assert!(
+        peak > 10 * 1_000,
+        "the state held the open windows ({peak})"
+    );
+    assert!(
+        peak <= open_windows_bound,
+        "state rows {peak} > bound {open_windows_bound}"
+    );
     assert_eq!(dropped, 0, "nothing is later than 10 minutes in this data");
     let actual = output_table(&Location::parse(output.to_str().expect("utf8")).expect("loc")).await;
     assert_tables_eq(&actual, &expected(5, FILES, ROWS));
@@ -310,5 +338,8 @@ async fn restart_with_a_changed_aggregation_is_refused() {
         .expect("refused")
         .to_string();
     assert!(err.contains("stateful operators changed"), "{err}");
-    assert!(err.contains("avg(events.temperature)") && err.contains("max(events.temperature)"), "{err}");
+    assert!(
+        err.contains("avg(events.temperature)") && err.contains("max(events.temperature)"),
+        "{err}"
+    );
 }

@@ -146,7 +146,8 @@ impl Checkpoint {
             }
         }
         if stored.stateful_operators != fresh.stateful_operators {
-            let describe = |f: &Option<String>| f.clone().unwrap_or_else(|| "no stateful operator".into());
+            let describe =
+                |f: &Option<String>| f.clone().unwrap_or_else(|| "no stateful operator".into());
             return Err(EngineError::Checkpoint {
                 location: self.location.url.clone(),
                 message: format!(

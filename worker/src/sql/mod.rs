@@ -233,7 +233,11 @@ impl BatchQuery {
             None => Vec::new(),
             Some(rows) => {
                 let upper = replace_aggregate(plan, rows, &planned)?;
-                self.ctx.execute_logical_plan(upper).await?.collect().await?
+                self.ctx
+                    .execute_logical_plan(upper)
+                    .await?
+                    .collect()
+                    .await?
             }
         };
         let state = self
@@ -277,7 +281,10 @@ impl BatchQuery {
     ) -> Result<()> {
         if let Some(state) = self.streaming.as_mut() {
             state.pending = None;
-            state.store.restore(checkpoint, task, last_committed).await?;
+            state
+                .store
+                .restore(checkpoint, task, last_committed)
+                .await?;
             state.last = StateProgress {
                 state_rows: state.store.len() as u64,
                 watermark_ms: state.store.event_time.watermark_ms,
@@ -298,10 +305,9 @@ impl BatchQuery {
         batch_id: u64,
     ) -> Result<()> {
         if let Some(state) = self.streaming.as_mut() {
-            let delta = state
-                .pending
-                .as_ref()
-                .ok_or_else(|| EngineError::Internal("state written before the batch ran".into()))?;
+            let delta = state.pending.as_ref().ok_or_else(|| {
+                EngineError::Internal("state written before the batch ran".into())
+            })?;
             state.last.state_file_bytes =
                 state.store.write(checkpoint, task, batch_id, delta).await?;
         }

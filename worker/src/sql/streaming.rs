@@ -157,8 +157,7 @@ impl AggregatePlan {
     }
 
     fn partial(&self, batches: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>> {
-        let source =
-            MemorySourceConfig::try_new_exec(&[batches], self.input.schema(), None)?;
+        let source = MemorySourceConfig::try_new_exec(&[batches], self.input.schema(), None)?;
         Ok(Arc::new(AggregateExec::try_new(
             AggregateMode::Partial,
             self.group_by.clone(),
@@ -215,9 +214,10 @@ fn find_event_key(
 fn millis(array: &ArrayRef) -> Result<Int64Array> {
     let ms = match array.data_type() {
         DataType::Timestamp(TimeUnit::Millisecond, _) => array.clone(),
-        DataType::Timestamp(_, tz) => {
-            cast(array, &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))?
-        }
+        DataType::Timestamp(_, tz) => cast(
+            array,
+            &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+        )?,
         other => {
             return Err(EngineError::InvalidQuery(format!(
                 "the watermark column must be a timestamp, not {other}"
@@ -333,7 +333,10 @@ pub async fn run_batch(
         match (plan.event_key, watermark) {
             (Some(key), Some(w)) => {
                 let times = key_millis(batch.column(key.input_column), key.kind)?;
-                let keep: BooleanArray = times.iter().map(|t| Some(t.is_none_or(|t| t > w))).collect();
+                let keep: BooleanArray = times
+                    .iter()
+                    .map(|t| Some(t.is_none_or(|t| t > w)))
+                    .collect();
                 let filtered = filter_record_batch(&batch, &keep)?;
                 late_rows += (batch.num_rows() - filtered.num_rows()) as u64;
                 if filtered.num_rows() > 0 {
@@ -483,5 +486,7 @@ fn final_rows(plan: &AggregatePlan, groups: &[(OwnedRow, StateRow)]) -> Result<R
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ));
-    Ok(RecordBatch::try_new_with_options(relaxed, columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        relaxed, columns, &options,
+    )?)
 }

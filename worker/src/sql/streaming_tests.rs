@@ -121,7 +121,16 @@ fn s(v: &[&str]) -> Vec<String> {
 async fn late_data_updates_old_windows_in_update_mode() {
     let mut q = windowed(OutputMode::Update, Vec::new()).await;
     assert_eq!(
-        step(&mut q, &[("12:02", "cat"), ("12:02", "dog"), ("12:03", "dog"), ("12:03", "owl")]).await,
+        step(
+            &mut q,
+            &[
+                ("12:02", "cat"),
+                ("12:02", "dog"),
+                ("12:03", "dog"),
+                ("12:03", "owl")
+            ]
+        )
+        .await,
         s(&[
             "11:55-12:05 cat 1",
             "11:55-12:05 dog 2",
@@ -141,7 +150,16 @@ async fn late_data_updates_old_windows_in_update_mode() {
         ])
     );
     assert_eq!(
-        step(&mut q, &[("12:11", "dog"), ("12:13", "owl"), ("12:04", "dog"), ("12:09", "cat")]).await,
+        step(
+            &mut q,
+            &[
+                ("12:11", "dog"),
+                ("12:13", "owl"),
+                ("12:04", "dog"),
+                ("12:09", "cat")
+            ]
+        )
+        .await,
         s(&[
             "11:55-12:05 dog 3",
             "12:00-12:10 cat 3",
@@ -181,9 +199,21 @@ async fn watermark_drops_and_counts_too_late_data() {
         ])
     );
     // Used watermark 12:04 (max 12:14 − 10 min); this batch raises it to 12:11.
-    assert_eq!(q.state_progress().expect("state").watermark_ms, Some(NOON + 4 * MINUTE));
     assert_eq!(
-        step(&mut q, &[("12:15", "cat"), ("12:08", "dog"), ("12:13", "owl"), ("12:21", "owl")]).await,
+        q.state_progress().expect("state").watermark_ms,
+        Some(NOON + 4 * MINUTE)
+    );
+    assert_eq!(
+        step(
+            &mut q,
+            &[
+                ("12:15", "cat"),
+                ("12:08", "dog"),
+                ("12:13", "owl"),
+                ("12:21", "owl")
+            ]
+        )
+        .await,
         s(&[
             "12:00-12:10 dog 2",
             "12:05-12:15 dog 3",
@@ -205,21 +235,40 @@ async fn watermark_drops_and_counts_too_late_data() {
     let progress = q.state_progress().expect("state");
     assert_eq!(progress.late_rows_dropped, 2);
     // [12:00, 12:10) was evicted: 5 windows x words remain below.
-    assert_eq!(progress.rows_removed, 3, "cat, dog and owl of [12:00, 12:10)");
+    assert_eq!(
+        progress.rows_removed, 3,
+        "cat, dog and owl of [12:00, 12:10)"
+    );
 }
 
 /// Append mode: each window exactly once, in the first batch whose watermark is past its end.
 #[tokio::test]
 async fn append_emits_each_window_once_after_the_watermark() {
     let mut q = windowed(OutputMode::Append, watermark(10)).await;
-    assert!(step(&mut q, &[("12:07", "dog"), ("12:08", "owl")]).await.is_empty());
-    assert!(step(&mut q, &[("12:14", "dog"), ("12:09", "cat")]).await.is_empty());
+    assert!(
+        step(&mut q, &[("12:07", "dog"), ("12:08", "owl")])
+            .await
+            .is_empty()
+    );
+    assert!(
+        step(&mut q, &[("12:14", "dog"), ("12:09", "cat")])
+            .await
+            .is_empty()
+    );
     // Watermark 12:04: nothing closed yet.
-    assert!(step(&mut q, &[("12:15", "cat"), ("12:21", "owl")]).await.is_empty());
+    assert!(
+        step(&mut q, &[("12:15", "cat"), ("12:21", "owl")])
+            .await
+            .is_empty()
+    );
     // Watermark 12:11 closes [12:00, 12:10).
     assert_eq!(
         step(&mut q, &[("12:22", "cat")]).await,
-        s(&["12:00-12:10 cat 1", "12:00-12:10 dog 1", "12:00-12:10 owl 1"])
+        s(&[
+            "12:00-12:10 cat 1",
+            "12:00-12:10 dog 1",
+            "12:00-12:10 owl 1"
+        ])
     );
     assert!(q.wants_no_data_batch(), "watermark moved to 12:12");
     // No-data batch with watermark 12:12: nothing more closes ([12:05, 12:15) ends after it).
@@ -241,7 +290,11 @@ async fn append_emits_each_window_once_after_the_watermark() {
             "12:20-12:30 owl 1",
         ])
     );
-    assert_eq!(q.state_progress().expect("state").state_rows, 2, "eel's two windows");
+    assert_eq!(
+        q.state_progress().expect("state").state_rows,
+        2,
+        "eel's two windows"
+    );
 }
 
 /// Complete mode: the whole result table each batch; same final table for 1 batch or 50.
@@ -263,7 +316,11 @@ async fn one_batch_or_fifty_give_the_same_table() {
     }
     assert_eq!(owned.chunks(4).count(), 50);
     assert_eq!(whole, last);
-    assert_eq!(whole.len(), 5 * 13, "13 windows between 11:55 and 13:00 per word");
+    assert_eq!(
+        whole.len(),
+        5 * 13,
+        "13 windows between 11:55 and 13:00 per word"
+    );
 }
 
 #[tokio::test]
@@ -285,12 +342,25 @@ async fn running_totals_and_mergeable_aggregates() {
             let formatted = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(b))
                 .expect("fmt")
                 .to_string();
-            v.extend(formatted.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_string));
+            v.extend(
+                formatted
+                    .lines()
+                    .skip(3)
+                    .filter(|l| !l.starts_with('+'))
+                    .map(str::to_string),
+            );
         }
         v.sort();
         v
     };
-    let out = q.run(vec![words(&[("12:01", "cat"), ("12:02", "cat"), ("12:02", "dog")])]).await.expect("run");
+    let out = q
+        .run(vec![words(&[
+            ("12:01", "cat"),
+            ("12:02", "cat"),
+            ("12:02", "dog"),
+        ])])
+        .await
+        .expect("run");
     q.commit_state();
     assert_eq!(
         render(&out),
@@ -299,7 +369,10 @@ async fn running_totals_and_mergeable_aggregates() {
             .map(|l| l.replace("2026-01-01T", "1970-01-01T"))
             .collect::<Vec<_>>()
     );
-    let out = q.run(vec![words(&[("12:02", "cat"), ("12:09", "dog")])]).await.expect("run");
+    let out = q
+        .run(vec![words(&[("12:02", "cat"), ("12:09", "dog")])])
+        .await
+        .expect("run");
     q.commit_state();
     assert_eq!(
         render(&out),
@@ -342,7 +415,10 @@ async fn output_mode_rules_are_enforced_at_start() {
     .await
     .err()
     .expect("two aggregations are refused");
-    assert!(err.to_string().contains("Multiple streaming aggregations"), "{err}");
+    assert!(
+        err.to_string().contains("Multiple streaming aggregations"),
+        "{err}"
+    );
     let err = BatchQuery::new(
         "SELECT session_window(timestamp, '5 minutes') AS s, count(*) FROM words GROUP BY session_window(timestamp, '5 minutes')",
         vec![("words".into(), words_schema())],

@@ -330,11 +330,7 @@ pub fn rewrite_window_grouping(
         WINDOW_LIST_COLUMN,
     ))
     .alias(original_name);
-    let rewritten = Aggregate::try_new(
-        Arc::new(expanded),
-        groups,
-        aggregate.aggr_expr.clone(),
-    )?;
+    let rewritten = Aggregate::try_new(Arc::new(expanded), groups, aggregate.aggr_expr.clone())?;
     let time_column = match call.args.first() {
         Some(Expr::Column(c)) => Some(c.name.clone()),
         _ => None,

@@ -155,7 +155,10 @@ impl StateStore {
             ("snapshot", self.encode(&rows, &[], &delta.event_time)?)
         } else {
             let rows: Vec<(&OwnedRow, &StateRow)> = delta.upserts.iter().collect();
-            ("delta", self.encode(&rows, &delta.deletes, &delta.event_time)?)
+            (
+                "delta",
+                self.encode(&rows, &delta.deletes, &delta.event_time)?,
+            )
         };
         let size = body.len() as u64;
         checkpoint
@@ -179,7 +182,9 @@ impl StateStore {
         let Some(last) = last_committed else {
             return Ok(());
         };
-        let files = checkpoint.list_names(&format!("tasks/{task}/state")).await?;
+        let files = checkpoint
+            .list_names(&format!("tasks/{task}/state"))
+            .await?;
         let mut parsed: Vec<(u64, bool)> = files
             .iter()
             .filter_map(|name| {
@@ -208,9 +213,9 @@ impl StateStore {
                 .get_relative(&path)
                 .await?
                 .ok_or_else(|| corrupt(checkpoint, task, &format!("{path} is missing")))?;
-            let delta = self.decode(&body).map_err(|e| {
-                corrupt(checkpoint, task, &format!("{path} is unreadable: {e}"))
-            })?;
+            let delta = self
+                .decode(&body)
+                .map_err(|e| corrupt(checkpoint, task, &format!("{path} is unreadable: {e}")))?;
             self.apply(delta);
         }
         Ok(())
@@ -252,7 +257,8 @@ impl StateStore {
         let deleted_keys: Vec<ArrayRef> = if deletes.is_empty() || self.num_keys == 0 {
             Vec::new()
         } else {
-            self.converter.convert_rows(deletes.iter().map(|r| r.row()))?
+            self.converter
+                .convert_rows(deletes.iter().map(|r| r.row()))?
         };
         for (c, field) in self.schema.fields().iter().enumerate() {
             let upserted = if upserts.is_empty() {
@@ -313,9 +319,7 @@ impl StateStore {
                 .ok_or_else(|| EngineError::Internal("deleted flags".into()))?
                 .clone();
             let key_columns: Vec<ArrayRef> = (0..self.num_keys)
-                .map(|c| {
-                    arrow::compute::cast(batch.column(c), self.schema.field(c).data_type())
-                })
+                .map(|c| arrow::compute::cast(batch.column(c), self.schema.field(c).data_type()))
                 .collect::<std::result::Result<_, _>>()?;
             let keys = self.keys(&key_columns, batch.num_rows())?;
             for (r, key) in keys.into_iter().enumerate() {
