@@ -10,7 +10,9 @@
 //! functions, `unnest`, `UNION ALL`) or has one streaming aggregation (`GROUP BY`, optionally over
 //! Spark's `window(ts, size[, slide])`), run incrementally with a per-task state store (see
 //! [`streaming`]). Joins, `DISTINCT`, window functions, `LIMIT` and sorts (other than above an
-//! aggregation in `complete` mode) are refused with a message, never answered wrongly. With
+//! aggregation in `complete` mode) are refused; `SELECT DISTINCT` is a streaming dedup
+//! (Spark's `dropDuplicates`: each distinct row is emitted once, state bounded by the watermark
+//! when the event-time column is among the columns). Other operators with a message, never answered wrongly. With
 //! `sqlScope: microBatch` the SQL runs over each batch alone, so anything DataFusion supports works.
 
 use std::ops::ControlFlow;
@@ -21,7 +23,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectNamePart, visit_expressions_mut};
@@ -43,6 +45,8 @@ pub struct BatchQuery {
     inputs: Vec<(String, SchemaRef)>,
     /// State of a streaming aggregation (`None` for stateless queries and `sqlScope: microBatch`).
     streaming: Option<StreamingState>,
+    /// Whether `SELECT DISTINCT` is planned as a grouping without aggregates (streaming dedup).
+    distinct_as_grouping: bool,
 }
 
 /// A streaming aggregation's per-task state and the running batch's changes.
@@ -121,6 +125,7 @@ impl BatchQuery {
             statement,
             inputs,
             streaming: None,
+            distinct_as_grouping: scope == SqlScope::Stream,
         };
         let plan = query.plan(Vec::new()).await?;
         let stateful = stateful_operators(&plan);
@@ -154,7 +159,8 @@ impl BatchQuery {
             if let Some(aggregate) = aggregates.first() {
                 let planned =
                     streaming::AggregatePlan::new(&query.ctx, aggregate, &watermarks).await?;
-                if output_mode == OutputMode::Append && planned.event_key.is_none() {
+                let dedup = planned.aggr.is_empty();
+                if output_mode == OutputMode::Append && planned.event_key.is_none() && !dedup {
                     return Err(EngineError::InvalidQuery(
                         "outputMode `append` with an aggregation needs a watermark (Spark: \"Append output mode \
                          not supported when there are streaming aggregations on streaming DataFrames/DataSets \
@@ -346,11 +352,31 @@ impl BatchQuery {
             self.ctx.deregister_table(name.as_str())?;
             self.ctx.register_table(name.as_str(), Arc::new(table))?;
         }
-        Ok(self
+        let plan = self
             .ctx
             .state()
             .statement_to_plan(self.statement.clone())
-            .await?)
+            .await?;
+        if !self.distinct_as_grouping {
+            return Ok(plan);
+        }
+        // Streaming dedup (Spark's dropDuplicates): DISTINCT is a grouping on every column whose
+        // state holds the keys seen; see `streaming::run_batch`.
+        let rewritten = plan.transform_up(|node| match node {
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                let keys: Vec<Expr> = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                Ok(Transformed::yes(LogicalPlan::Aggregate(
+                    Aggregate::try_new(input, keys, Vec::new())?,
+                )))
+            }
+            other => Ok(Transformed::no(other)),
+        })?;
+        Ok(rewritten.data)
     }
 }
 

@@ -11,7 +11,8 @@
 //! 4. an `AggregateExec` in `Partial` mode turns the rest into one partial-state row per group;
 //! 5. each partial row is merged into the group's stored state with `Accumulator::merge_batch`
 //!    (never recomputed from history), giving a [`StateDelta`];
-//! 6. the output mode picks rows: `update` the groups changed in this batch, `complete` all groups,
+//! 6. the output mode picks rows (a grouping without aggregates is `SELECT DISTINCT`, a dedup:
+//!    it emits the keys not seen before, in `append` and `update`): `update` the groups changed in this batch, `complete` all groups,
 //!    `append` the groups whose event-time key is at or below the watermark (then evicted); in
 //!    `update` and `append`, state at or below the watermark is evicted;
 //! 7. final values (`Accumulator::evaluate` over the merged state) fill the aggregate's output shape,
@@ -396,7 +397,18 @@ pub async fn run_batch(
         }
     };
     let mut emitted: Vec<(OwnedRow, StateRow)> = Vec::new();
+    let dedup = plan.aggr.is_empty();
     match mode {
+        // Dedup emits each key once: when first seen.
+        _ if dedup && mode != OutputMode::Complete => {
+            emitted.extend(
+                delta
+                    .upserts
+                    .iter()
+                    .filter(|(k, _)| store.get(k).is_none())
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
         OutputMode::Update => {
             emitted.extend(delta.upserts.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
@@ -427,7 +439,7 @@ pub async fn run_batch(
             if store.get(&key).is_some() {
                 delta.deletes.push(key.clone());
             }
-            if mode == OutputMode::Append {
+            if mode == OutputMode::Append && !dedup {
                 emitted.push((key, row));
             }
         }

@@ -62,7 +62,6 @@ async fn camel_case_columns_resolve_unquoted_and_filter_works() {
 async fn stateful_sql_over_a_stream_is_refused_with_the_operator_named() {
     for (sql, op) in [
         ("SELECT * FROM events ORDER BY temperature", "ORDER BY"),
-        ("SELECT DISTINCT deviceId FROM events", "DISTINCT"),
         (
             "SELECT a.deviceId FROM events a JOIN events b ON a.deviceId = b.deviceId",
             "join",
