@@ -1,6 +1,6 @@
 use super::*;
 use crate::storage::Location;
-use arrow::array::{Int64Array, StringArray};
+use arrow::array::StringArray;
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -8,6 +8,9 @@ fn schema() -> SchemaRef {
         Field::new("count(*)[count]", DataType::Int64, false),
     ]))
 }
+
+/// One batch: upserted (word, count) rows and deleted words.
+type BatchChanges<'a> = (&'a [(&'a str, i64)], &'a [&'a str]);
 
 fn delta(store: &StateStore, rows: &[(&str, i64)], deletes: &[&str], watermark: i64) -> StateDelta {
     let words: ArrayRef = Arc::new(StringArray::from(
@@ -54,7 +57,7 @@ async fn restore_applies_snapshot_then_deltas_up_to_the_committed_batch() {
     let checkpoint =
         Checkpoint::new(Location::parse(dir.path().to_str().expect("utf8")).expect("loc"));
     let mut store = StateStore::new(schema(), 1).expect("store");
-    let batches: Vec<(&[(&str, i64)], &[&str])> = vec![
+    let batches: Vec<BatchChanges> = vec![
         (&[("cat", 1), ("dog", 2)], &[]),
         (&[("cat", 3)], &[]),
         (&[("owl", 1)], &["dog"]),
