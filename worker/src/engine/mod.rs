@@ -158,6 +158,18 @@ impl Shared {
     }
 }
 
+/// Reads the spec's static tables (each task holds its own copy, refreshed on its own).
+///
+/// # Errors
+/// As [`crate::sql::StaticTable::open`].
+async fn open_tables(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::StaticTable>> {
+    let mut tables = Vec::with_capacity(spec.tables.len());
+    for table in &spec.tables {
+        tables.push(crate::sql::StaticTable::open(table).await?);
+    }
+    Ok(tables)
+}
+
 /// The sources' watermarks, with delays in ms.
 ///
 /// # Errors
@@ -216,12 +228,13 @@ impl Engine {
             .collect();
         let watermarks = source_watermarks(spec)?;
         // Plan once up front so a bad query fails before anything is written.
-        let first = BatchQuery::with_watermarks(
+        let first = BatchQuery::with_tables(
             &spec.sql,
             inputs.clone(),
             spec.sql_scope,
             spec.output_mode,
             watermarks.clone(),
+            open_tables(spec).await?,
         )
         .await?;
 
@@ -272,12 +285,13 @@ impl Engine {
                     on_bad_record: spec_source.on_bad_record,
                 });
             }
-            let mut query = BatchQuery::with_watermarks(
+            let mut query = BatchQuery::with_tables(
                 &spec.sql,
                 inputs.clone(),
                 spec.sql_scope,
                 spec.output_mode,
                 watermarks.clone(),
+                open_tables(spec).await?,
             )
             .await?;
             // State as of the last COMMITTED batch: a replayed batch re-applies its changes once.

@@ -34,7 +34,10 @@ use crate::error::{EngineError, Result};
 use crate::state::{StateDelta, StateStore};
 
 pub mod streaming;
+pub mod tables;
 pub mod window;
+
+pub use tables::StaticTable;
 
 pub use streaming::SourceWatermark;
 
@@ -47,6 +50,8 @@ pub struct BatchQuery {
     streaming: Option<StreamingState>,
     /// Whether `SELECT DISTINCT` is planned as a grouping without aggregates (streaming dedup).
     distinct_as_grouping: bool,
+    /// Static tables for stream–static joins, registered under their names.
+    tables: Vec<StaticTable>,
 }
 
 /// A streaming aggregation's per-task state and the running batch's changes.
@@ -108,6 +113,23 @@ impl BatchQuery {
         output_mode: OutputMode,
         watermarks: Vec<SourceWatermark>,
     ) -> Result<Self> {
+        Self::with_tables(sql, inputs, scope, output_mode, watermarks, Vec::new()).await
+    }
+
+    /// As [`BatchQuery::with_watermarks`], with static tables the SQL may join a stream with
+    /// (Spark's stream–static joins: inner, or outer with the stream on the preserved side).
+    ///
+    /// # Errors
+    /// As [`BatchQuery::with_watermarks`]; [`EngineError::InvalidQuery`] for a join of two streams
+    /// or an outer join that would need the static side's unmatched rows.
+    pub async fn with_tables(
+        sql: &str,
+        inputs: Vec<(String, SchemaRef)>,
+        scope: SqlScope,
+        output_mode: OutputMode,
+        watermarks: Vec<SourceWatermark>,
+        tables: Vec<StaticTable>,
+    ) -> Result<Self> {
         let mut config = SessionConfig::new().with_target_partitions(1);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let ctx = SessionContext::new_with_config(config);
@@ -126,9 +148,19 @@ impl BatchQuery {
             inputs,
             streaming: None,
             distinct_as_grouping: scope == SqlScope::Stream,
+            tables,
         };
+        query.register_tables()?;
         let plan = query.plan(Vec::new()).await?;
-        let stateful = stateful_operators(&plan);
+        let mut stateful = stateful_operators(&plan);
+        if scope == SqlScope::Stream && stateful.contains(&"join") {
+            let stream_names: Vec<&str> = query.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            let problems = unsupported_joins(&plan, &stream_names);
+            if let Some(problem) = problems.first() {
+                return Err(EngineError::InvalidQuery(problem.clone()));
+            }
+            stateful.retain(|op| *op != "join");
+        }
         let aggregates = aggregates_of(&plan);
         if scope == SqlScope::Stream && !stateful.is_empty() {
             let unsupported: Vec<&str> = stateful
@@ -207,6 +239,13 @@ impl BatchQuery {
     /// # Errors
     /// [`EngineError::Sql`] for runtime failures (e.g. a cast that fails on a value).
     pub async fn run(&mut self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+        let mut reloaded = false;
+        for table in &mut self.tables {
+            reloaded |= table.refresh_if_due().await?;
+        }
+        if reloaded {
+            self.register_tables()?;
+        }
         if self.streaming.is_some() {
             return self.run_aggregation(rows).await;
         }
@@ -268,6 +307,16 @@ impl BatchQuery {
         };
         state.pending = Some(outcome.delta);
         Ok(output)
+    }
+
+    fn register_tables(&self) -> Result<()> {
+        for table in &self.tables {
+            let mem = MemTable::try_new(table.schema.clone(), vec![table.rows.clone()])?;
+            self.ctx.deregister_table(table.name.as_str())?;
+            self.ctx
+                .register_table(table.name.as_str(), Arc::new(mem))?;
+        }
+        Ok(())
     }
 
     /// Fingerprint of the stateful operators, for the checkpoint's `metadata.json`.
@@ -461,6 +510,63 @@ fn replace_aggregate(
         }
     })?;
     Ok(transformed.data)
+}
+
+/// Whether `plan` reads one of the stream inputs.
+fn reads_stream(plan: &LogicalPlan, streams: &[&str]) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && streams.contains(&scan.table_name.table())
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Joins Spark does not support over a stream (without join state): stream–stream joins, and
+/// outer joins whose preserved side is the static one (Spark's `UnsupportedOperationChecker`).
+fn unsupported_joins(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
+    use datafusion::logical_expr::JoinType;
+    let mut problems = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Join(join) = node {
+            let left = reads_stream(&join.left, streams);
+            let right = reads_stream(&join.right, streams);
+            let ok = match (left, right) {
+                (true, true) => {
+                    problems.push(
+                        "a join of two streams is not supported yet (stream–static joins are: join a \
+                         stream with a `tables:` entry)"
+                            .to_string(),
+                    );
+                    return Ok(TreeNodeRecursion::Continue);
+                }
+                (false, false) => true,
+                (true, false) => matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti
+                ),
+                (false, true) => matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
+                ),
+            };
+            if !ok {
+                problems.push(format!(
+                    "{} join between a stream and a static table is not supported: the static side's \
+                     unmatched rows would never be final (Spark allows inner joins, and outer joins with \
+                     the stream on the outer side)",
+                    join.join_type
+                ));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    problems
 }
 
 /// Names of the operators in `plan` that need state across batches.

@@ -488,3 +488,116 @@ async fn distinct_drops_duplicates_bounded_by_the_watermark() {
         "only 12:30 eel is above the watermark"
     );
 }
+
+fn owners_table(path: &std::path::Path, refresh: &str) -> sluice_crds::TableSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "owners",
+        "file": {"path": path.to_str().expect("utf8"), "format": "csv"},
+        "schema": [{"name": "word", "type": "string"}, {"name": "owner", "type": "string"}],
+        "refreshInterval": refresh,
+    }))
+    .expect("table spec")
+}
+
+async fn joined(sql: &str, mode: OutputMode, table: &sluice_crds::TableSpec) -> Result<BatchQuery> {
+    BatchQuery::with_tables(
+        sql,
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        mode,
+        Vec::new(),
+        vec![StaticTable::open(table).await?],
+    )
+    .await
+}
+
+fn pretty_rows(out: &[RecordBatch]) -> Vec<String> {
+    let mut v = Vec::new();
+    for b in out {
+        let formatted = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(b))
+            .expect("fmt")
+            .to_string();
+        v.extend(
+            formatted
+                .lines()
+                .skip(3)
+                .filter(|l| !l.starts_with('+'))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")),
+        );
+    }
+    v.sort();
+    v
+}
+
+/// Stream–static enrichment: left join keeps unmatched stream rows; the table is re-read after
+/// its refresh interval, not before.
+#[tokio::test]
+async fn static_table_join_picks_up_changes_after_its_refresh_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("owners.csv");
+    std::fs::write(&csv, "word,owner\ncat,ann\ndog,bob\n").expect("csv");
+    let table = owners_table(&csv, "400ms");
+    let mut q = joined(
+        "SELECT w.word, o.owner FROM words w LEFT JOIN owners o ON w.word = o.word",
+        OutputMode::Append,
+        &table,
+    )
+    .await
+    .expect("plan");
+    let out = q
+        .run(vec![words(&[("12:01", "cat"), ("12:02", "eel")])])
+        .await
+        .expect("run");
+    assert_eq!(pretty_rows(&out), s(&["| cat | ann |", "| eel | |"]));
+    std::fs::write(&csv, "word,owner\ncat,carl\neel,eve\n").expect("csv");
+    let out = q.run(vec![words(&[("12:03", "cat")])]).await.expect("run");
+    assert_eq!(
+        pretty_rows(&out),
+        s(&["| cat | ann |"]),
+        "not refreshed yet"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let out = q
+        .run(vec![words(&[("12:04", "cat"), ("12:05", "eel")])])
+        .await
+        .expect("run");
+    assert_eq!(pretty_rows(&out), s(&["| cat | carl |", "| eel | eve |"]));
+
+    // An aggregation over the inner join keeps running totals per owner.
+    let mut q = joined(
+        "SELECT o.owner, count(*) AS n FROM words w JOIN owners o ON w.word = o.word GROUP BY o.owner",
+        OutputMode::Update,
+        &table,
+    )
+    .await
+    .expect("plan");
+    let _ = q
+        .run(vec![words(&[
+            ("12:01", "cat"),
+            ("12:01", "cat"),
+            ("12:02", "dog"),
+        ])])
+        .await
+        .expect("run");
+    q.commit_state();
+    let out = q.run(vec![words(&[("12:03", "cat")])]).await.expect("run");
+    assert_eq!(pretty_rows(&out), s(&["| carl | 3 |"]));
+
+    for (sql, message) in [
+        (
+            "SELECT a.word FROM words a JOIN words b ON a.word = b.word",
+            "two streams",
+        ),
+        (
+            "SELECT w.word FROM words w RIGHT JOIN owners o ON w.word = o.word",
+            "not supported",
+        ),
+    ] {
+        let err = joined(sql, OutputMode::Append, &table)
+            .await
+            .err()
+            .expect(sql)
+            .to_string();
+        assert!(err.contains(message), "{sql}: {err}");
+    }
+}
