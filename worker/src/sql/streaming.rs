@@ -248,9 +248,26 @@ fn key_millis(array: &ArrayRef, kind: EventKeyKind) -> Result<Int64Array> {
 
 /// Event time (ms) of one group's key value.
 fn scalar_millis(value: &ScalarValue, kind: EventKeyKind) -> Result<Option<i64>> {
-    let array = value.to_array_of_size(1)?;
-    let ms = key_millis(&array, kind)?;
-    Ok(ms.is_valid(0).then(|| ms.value(0)))
+    let time = match (kind, value) {
+        (EventKeyKind::WindowEnd, ScalarValue::Struct(window)) => {
+            ScalarValue::try_from_array(window.column(1), 0)?
+        }
+        (EventKeyKind::Time, other) => other.clone(),
+        (EventKeyKind::WindowEnd, other) => {
+            return Err(EngineError::Internal(format!("window key is {other:?}")));
+        }
+    };
+    Ok(match time {
+        ScalarValue::TimestampSecond(v, _) => v.map(|v| v * 1000),
+        ScalarValue::TimestampMillisecond(v, _) => v,
+        ScalarValue::TimestampMicrosecond(v, _) => v.map(|v| v.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(v, _) => v.map(|v| v.div_euclid(1_000_000)),
+        other => {
+            return Err(EngineError::Internal(format!(
+                "event-time key is not a timestamp: {other:?}"
+            )));
+        }
+    })
 }
 
 /// Max event time (ms) per watermarked source in this batch's rows.
@@ -423,7 +440,10 @@ pub async fn run_batch(
         }
         OutputMode::Append => {}
     }
-    if mode != OutputMode::Complete && plan.event_key.is_some() {
+    // Groups at or below the watermark were evicted when it was first used, and this batch's
+    // input at or below it was dropped: only a new watermark can close more groups.
+    let watermark_moved = watermark != store.event_time.used_watermark_ms;
+    if mode != OutputMode::Complete && plan.event_key.is_some() && watermark_moved {
         let mut evicted = Vec::new();
         for (key, row) in delta.upserts.iter().chain(
             store
