@@ -343,3 +343,27 @@ async fn restart_with_a_changed_aggregation_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn aggregation_over_a_file_source_with_several_partitions_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = manifest(
+        "window-partitions",
+        dir.path().join("in").to_str().expect("utf8"),
+        dir.path().join("out").to_str().expect("utf8"),
+        dir.path().join("ckpt").to_str().expect("utf8"),
+        SQL,
+        "update",
+    )
+    .replace("partitions: 1", "partitions: 3");
+    let query = sluice_crds::parse_manifest(&text).expect("manifest");
+    let err = Engine::start(QueryConfig::local(query), Shared::new())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("has 3 partitions") && err.contains("[deviceId]"),
+        "{err}"
+    );
+}

@@ -158,6 +158,42 @@ impl Shared {
     }
 }
 
+/// State is per task, so every row of a group must reach one task: a source with several
+/// partitions must route rows by a `partitionKey` that is one of the grouping columns (Spark
+/// shuffles by the grouping keys instead). File and rate sources partition by path / row number,
+/// never by key, so they need `partitions: 1` under a stateful query.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] naming the source and the fix.
+fn check_stateful_partitioning(
+    spec: &StreamingQuerySpec,
+    sources: &[Box<dyn Source>],
+    keys: &[String],
+) -> Result<()> {
+    for (source, spec_source) in sources.iter().zip(&spec.sources) {
+        if source.partitions() <= 1 {
+            continue;
+        }
+        let routes_by_key = spec_source.file.is_none()
+            && spec_source.rate.is_none()
+            && spec_source
+                .partition_key
+                .as_ref()
+                .is_some_and(|k| keys.contains(k));
+        if !routes_by_key {
+            return Err(EngineError::InvalidQuery(format!(
+                "source `{}` has {} partitions, but a streaming aggregation or dedup keeps state per task and \
+                 needs every row of a group in one task: set its `partitions: 1`, or (for a source that \
+                 routes rows by key) a `partitionKey` that is one of the grouping columns [{}]",
+                spec_source.name,
+                source.partitions(),
+                keys.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the spec's static tables (each task holds its own copy, refreshed on its own).
 ///
 /// # Errors
@@ -238,6 +274,9 @@ impl Engine {
         )
         .await?;
 
+        if let Some(keys) = first.grouping_columns() {
+            check_stateful_partitioning(spec, &sources, &keys)?;
+        }
         let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
         let metadata = checkpoint
             .open_metadata(CheckpointMetadata {

@@ -62,6 +62,8 @@ struct StreamingState {
     /// Whether a grouping key carries event time (then the watermark closes and evicts groups).
     has_event_key: bool,
     fingerprint: String,
+    /// Input columns grouped on directly (for the partitioning check).
+    key_columns: Vec<String>,
     /// Changes of the batch run but not committed yet.
     pending: Option<StateDelta>,
     last: StateProgress,
@@ -208,6 +210,7 @@ impl BatchQuery {
                     store: StateStore::new(state_schema, planned.group_by.expr().len())?,
                     has_event_key: planned.event_key.is_some(),
                     fingerprint: planned.fingerprint()?,
+                    key_columns: planned.key_columns(),
                     pending: None,
                     last: StateProgress::default(),
                 });
@@ -317,6 +320,12 @@ impl BatchQuery {
                 .register_table(table.name.as_str(), Arc::new(mem))?;
         }
         Ok(())
+    }
+
+    /// The input columns a streaming aggregation or dedup groups on directly (`None` when the
+    /// query keeps no state).
+    pub fn grouping_columns(&self) -> Option<Vec<String>> {
+        self.streaming.as_ref().map(|s| s.key_columns.clone())
     }
 
     /// Fingerprint of the stateful operators, for the checkpoint's `metadata.json`.

@@ -143,6 +143,17 @@ impl AggregatePlan {
         Ok(ranges)
     }
 
+    /// Names of the input columns grouped on directly (not the window column).
+    pub fn key_columns(&self) -> Vec<String> {
+        self.group_by
+            .expr()
+            .iter()
+            .filter_map(|(expr, _)| expr.downcast_ref::<PhysicalColumn>())
+            .map(|c| self.input_schema.field(c.index()).name().clone())
+            .filter(|name| name != WINDOW_COLUMN)
+            .collect()
+    }
+
     /// A human-readable fingerprint: what must not change across restarts of a checkpoint.
     ///
     /// # Errors
