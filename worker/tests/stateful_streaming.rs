@@ -285,8 +285,10 @@ async fn state_stays_bounded_by_the_open_windows() {
         .expect("start");
     let mut peak = 0u64;
     let mut dropped = 0u64;
+    let mut watermark = None;
     let summary = engine
         .run(|p| {
+            watermark = p.event_time.watermark.clone();
             for op in &p.state_operators {
                 peak = peak.max(op["numRowsTotal"].as_u64().expect("rows"));
                 dropped += op["numRowsDroppedByWatermark"].as_u64().expect("dropped");
@@ -305,6 +307,18 @@ async fn state_stays_bounded_by_the_open_windows() {
         "state rows {peak} > bound {open_windows_bound}"
     );
     assert_eq!(dropped, 0, "nothing is later than 10 minutes in this data");
+    let max_event_ms = sluice_bench::events(5, FILES, ROWS)
+        .map(|e| e.timestamp_ms)
+        .max()
+        .expect("events");
+    let expected_watermark = chrono::DateTime::from_timestamp_millis(max_event_ms - DELAY_MS)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(
+        watermark,
+        Some(expected_watermark),
+        "progress eventTime.watermark"
+    );
     let actual = output_table(&Location::parse(output.to_str().expect("utf8")).expect("loc")).await;
     assert_tables_eq(&actual, &expected(5, FILES, ROWS));
 }
