@@ -40,7 +40,7 @@ use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, collect};
 use datafusion::prelude::SessionContext;
 use sluice_crds::OutputMode;
 
-use super::window::{WINDOW_COLUMN, WindowGrouping, rewrite_window_grouping};
+use super::window::{SESSION_COLUMN, WINDOW_COLUMN, WindowGrouping, rewrite_window_grouping};
 use crate::error::{EngineError, Result};
 use crate::state::{EventTimeState, StateDelta, StateRow, StateStore, single_row_arrays};
 
@@ -84,6 +84,8 @@ pub struct AggregatePlan {
     pub input: Arc<dyn ExecutionPlan>,
     pub input_schema: SchemaRef,
     pub event_key: Option<EventKey>,
+    /// Index among the grouping keys of a session window (sessions merge across rows).
+    pub session_index: Option<usize>,
 }
 
 impl AggregatePlan {
@@ -112,7 +114,12 @@ impl AggregatePlan {
             window.as_ref(),
             watermarks,
         );
+        let session_index = bottom.group_expr().expr().iter().position(|(expr, _)| {
+            expr.downcast_ref::<PhysicalColumn>()
+                .is_some_and(|c| input_schema.field(c.index()).name() == SESSION_COLUMN)
+        });
         Ok(Self {
+            session_index,
             group_by: Arc::new(bottom.group_expr().clone()),
             aggr: bottom.aggr_expr().to_vec(),
             filters: bottom.filter_expr().to_vec(),
@@ -150,7 +157,7 @@ impl AggregatePlan {
             .iter()
             .filter_map(|(expr, _)| expr.downcast_ref::<PhysicalColumn>())
             .map(|c| self.input_schema.field(c.index()).name().clone())
-            .filter(|name| name != WINDOW_COLUMN)
+            .filter(|name| name != WINDOW_COLUMN && name != SESSION_COLUMN)
             .collect()
     }
 
@@ -203,7 +210,7 @@ fn find_event_key(
             continue;
         };
         let name = input_schema.field(column.index()).name();
-        let kind = if name == WINDOW_COLUMN {
+        let kind = if name == WINDOW_COLUMN || name == SESSION_COLUMN {
             match window.and_then(|w| w.time_column.as_deref()) {
                 Some(time) if watermarked(time) => EventKeyKind::WindowEnd,
                 _ => continue,
@@ -415,6 +422,10 @@ pub async fn run_batch(
         }
     }
 
+    if let Some(session) = plan.session_index {
+        merge_sessions(plan, store, session, &mut delta)?;
+    }
+
     // Output rows, then eviction.
     let closed = |row: &StateRow| -> Result<bool> {
         match (plan.event_key, watermark) {
@@ -488,6 +499,141 @@ pub async fn run_batch(
         delta,
         late_rows,
     })
+}
+
+/// A session taking part in a merge: its stored key (if stored), its row, whether this batch
+/// changed it.
+type SessionMember = (Option<OwnedRow>, StateRow, bool);
+
+/// Start and end (ms) of a session struct value.
+fn session_bounds(value: &ScalarValue) -> Result<(i64, i64)> {
+    let ScalarValue::Struct(session) = value else {
+        return Err(EngineError::Internal(format!("session key is {value:?}")));
+    };
+    let bound = |c: usize| -> Result<i64> {
+        let ms = millis(session.column(c))?;
+        Ok(if ms.is_valid(0) {
+            ms.value(0)
+        } else {
+            i64::MIN
+        })
+    };
+    Ok((bound(0)?, bound(1)?))
+}
+
+/// Session windows (Spark's `session_window`): after the batch's per-row sessions were merged
+/// into `delta` by exact key, overlapping sessions of the same other keys — new ones and stored
+/// ones — are merged into one session `[min start, max end)` whose aggregate state is the merge
+/// of theirs. Replaced stored sessions become deletes; merged sessions become upserts.
+fn merge_sessions(
+    plan: &AggregatePlan,
+    store: &StateStore,
+    session: usize,
+    delta: &mut StateDelta,
+) -> Result<()> {
+    if delta.upserts.is_empty() {
+        return Ok(());
+    }
+    let other = |row: &StateRow| -> Vec<ScalarValue> {
+        row.iter()
+            .take(store.num_keys())
+            .enumerate()
+            .filter(|(i, _)| *i != session)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    // Members per other-keys: (stored key if stored, row, changed in this batch).
+    let mut groups: std::collections::HashMap<Vec<ScalarValue>, Vec<SessionMember>> =
+        std::collections::HashMap::new();
+    for (key, row) in delta.upserts.drain() {
+        let stored = store.get(&key).is_some().then_some(key);
+        groups
+            .entry(other(&row))
+            .or_default()
+            .push((stored, row, true));
+    }
+    for (key, row) in store.iter() {
+        if let Some(members) = groups.get_mut(&other(row))
+            && !members.iter().any(|(k, _, _)| k.as_ref() == Some(key))
+        {
+            members.push((Some(key.clone()), row.clone(), false));
+        }
+    }
+    let ranges = plan.state_ranges()?;
+    for (_, mut members) in groups {
+        let mut bounded = Vec::with_capacity(members.len());
+        for member in members.drain(..) {
+            let (start, end) = session_bounds(&member.1[session])?;
+            bounded.push((start, end, member));
+        }
+        bounded.sort_by_key(|(start, end, _)| (*start, *end));
+        let mut clusters: Vec<(i64, i64, Vec<SessionMember>)> = Vec::new();
+        for (start, end, member) in bounded {
+            match clusters.last_mut() {
+                Some(last) if start < last.1 => {
+                    last.1 = last.1.max(end);
+                    last.2.push(member);
+                }
+                _ => clusters.push((start, end, vec![member])),
+            }
+        }
+        for (start, end, cluster) in clusters {
+            // A stored session nothing merged into: unchanged.
+            if cluster.iter().all(|(_, _, changed)| !changed) {
+                continue;
+            }
+            let template = &cluster[0].1;
+            let mut row: StateRow = template[..store.num_keys()].to_vec();
+            row[session] = session_value_of(&template[session], start, end)?;
+            for (aggr, range) in plan.aggr.iter().zip(&ranges) {
+                let mut acc = aggr.create_accumulator()?;
+                for (_, member, _) in &cluster {
+                    acc.merge_batch(&single_row_arrays(&member[range.clone()])?)?;
+                }
+                row.extend(acc.state()?);
+            }
+            let key_columns = row[..store.num_keys()]
+                .iter()
+                .map(|v| v.to_array_of_size(1))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let new_key = store
+                .keys(&key_columns, 1)?
+                .pop()
+                .ok_or_else(|| EngineError::Internal("session key".into()))?;
+            for (stored, _, _) in &cluster {
+                if let Some(stored) = stored
+                    && *stored != new_key
+                {
+                    delta.deletes.push(stored.clone());
+                }
+            }
+            delta.upserts.insert(new_key, row);
+        }
+    }
+    Ok(())
+}
+
+/// A session struct value like `template` with new bounds (ms).
+fn session_value_of(template: &ScalarValue, start_ms: i64, end_ms: i64) -> Result<ScalarValue> {
+    let ScalarValue::Struct(session) = template else {
+        return Err(EngineError::Internal("session key is not a struct".into()));
+    };
+    let field_type = session.column(0).data_type().clone();
+    let to_type = |ms: i64| -> Result<ArrayRef> {
+        let tz = match &field_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let ms_array: ArrayRef =
+            Arc::new(arrow::array::TimestampMillisecondArray::from(vec![ms]).with_timezone_opt(tz));
+        Ok(cast(&ms_array, &field_type)?)
+    };
+    let array = StructArray::try_new(
+        session.fields().clone(),
+        vec![to_type(start_ms)?, to_type(end_ms)?],
+        None,
+    )?;
+    Ok(ScalarValue::Struct(Arc::new(array)))
 }
 
 /// Evaluates the final values of `groups` into the aggregate's output shape.

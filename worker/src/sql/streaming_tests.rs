@@ -416,16 +416,6 @@ async fn output_mode_rules_are_enforced_at_start() {
         err.to_string().contains("Multiple streaming aggregations"),
         "{err}"
     );
-    let err = BatchQuery::new(
-        "SELECT session_window(timestamp, '5 minutes') AS s, count(*) FROM words GROUP BY session_window(timestamp, '5 minutes')",
-        vec![("words".into(), words_schema())],
-        SqlScope::Stream,
-        OutputMode::Update,
-    )
-    .await
-    .err()
-    .expect("session windows are refused");
-    assert!(err.to_string().contains("session_window"), "{err}");
 }
 
 /// Runs a batch of the dedup query, returning `"12:01 cat"` rows.
@@ -600,4 +590,89 @@ async fn static_table_join_picks_up_changes_after_its_refresh_interval() {
             .to_string();
         assert!(err.contains(message), "{sql}: {err}");
     }
+}
+
+/// Session windows (gap 5 minutes, update mode): rows of a key within the gap share a session;
+/// a late row bridging two sessions merges them into one (the two old ones are removed).
+#[tokio::test]
+async fn session_windows_merge_across_batches() {
+    let mut q = BatchQuery::with_watermarks(
+        "SELECT session_window(timestamp, '5 minutes') AS window, word, count(*) AS count \
+         FROM words GROUP BY session_window(timestamp, '5 minutes'), word",
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Update,
+        watermark(30),
+    )
+    .await
+    .expect("plan");
+    assert_eq!(
+        step(
+            &mut q,
+            &[
+                ("12:00", "cat"),
+                ("12:03", "cat"),
+                ("12:20", "cat"),
+                ("12:01", "dog")
+            ]
+        )
+        .await,
+        s(&[
+            "12:00-12:08 cat 2",
+            "12:01-12:06 dog 1",
+            "12:20-12:25 cat 1"
+        ])
+    );
+    assert_eq!(q.state_progress().expect("state").state_rows, 3);
+    // 12:06 … 12:18 (each within 5 minutes of the previous) bridge [12:00, 12:08) and
+    // [12:20, 12:25) into one session; sessions that only touch (end = next start) stay apart.
+    assert_eq!(
+        step(
+            &mut q,
+            &[
+                ("12:06", "cat"),
+                ("12:10", "cat"),
+                ("12:14", "cat"),
+                ("12:18", "cat"),
+                ("12:04", "dog"),
+                ("12:14", "dog")
+            ]
+        )
+        .await,
+        s(&[
+            "12:00-12:25 cat 7",
+            "12:01-12:09 dog 2",
+            "12:14-12:19 dog 1"
+        ])
+    );
+    let progress = q.state_progress().expect("state");
+    assert_eq!(progress.state_rows, 3);
+    assert_eq!(
+        progress.rows_removed, 3,
+        "both old cat sessions and the old dog session were replaced"
+    );
+}
+
+/// Append mode emits a session once, after the watermark passes its end.
+#[tokio::test]
+async fn session_windows_append_after_the_watermark() {
+    let mut q = BatchQuery::with_watermarks(
+        "SELECT session_window(timestamp, '5 minutes') AS window, word, count(*) AS count \
+         FROM words GROUP BY session_window(timestamp, '5 minutes'), word",
+        vec![("words".into(), words_schema())],
+        SqlScope::Stream,
+        OutputMode::Append,
+        watermark(10),
+    )
+    .await
+    .expect("plan");
+    assert!(
+        step(&mut q, &[("12:00", "cat"), ("12:03", "cat")])
+            .await
+            .is_empty()
+    );
+    assert!(step(&mut q, &[("12:30", "eel")]).await.is_empty());
+    assert!(q.wants_no_data_batch());
+    assert_eq!(step(&mut q, &[]).await, s(&["12:00-12:08 cat 2"]));
+    assert_eq!(q.state_progress().expect("state").state_rows, 1);
 }

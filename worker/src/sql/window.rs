@@ -11,7 +11,8 @@
 //! [`WINDOW_COLUMN`], the unnested output of `__sluice_windows` (all windows of the row), so sliding
 //! windows count a row once per window, as Spark's `Expand`.
 //!
-//! `session_window` is recognised and refused with a message (not supported yet).
+//! `session_window(ts, gap)` gives each row its own session `[ts, ts + gap)`; the streaming
+//! aggregation merges overlapping sessions of a key (see `streaming::merge_sessions`).
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ use datafusion::logical_expr::{
 /// Name of the column holding a row's windows: a list from `__sluice_windows`, then (after the
 /// unnest of the rewrite) one `Struct{start, end}` per row and window.
 pub const WINDOW_COLUMN: &str = "__sluice_windows";
+/// Name of the column holding a row's own session `Struct{start, end}` before sessions merge.
+pub const SESSION_COLUMN: &str = "__sluice_session";
 const WINDOW_LIST_COLUMN: &str = WINDOW_COLUMN;
 
 type DfResult<T> = datafusion::common::Result<T>;
@@ -228,7 +231,8 @@ impl ScalarUDFImpl for WindowsUdf {
     }
 }
 
-/// `session_window(...)`: recognised so the user gets a clear message.
+/// `session_window(ts, gap)`: the row's own session `[ts, ts + gap)`; in a streaming `GROUP BY`
+/// the aggregation merges overlapping sessions of a key (Spark's session windows).
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SessionWindowUdf {
     signature: Signature,
@@ -241,13 +245,36 @@ impl ScalarUDFImpl for SessionWindowUdf {
     fn signature(&self) -> &Signature {
         &self.signature
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        plan_err!(
-            "session_window() is not supported yet; use window(ts, size) or window(ts, size, slide)"
-        )
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        if arg_types.len() != 2 {
+            return plan_err!("session_window(timeColumn, gapDuration)");
+        }
+        check_args("session_window", arg_types)?;
+        Ok(DataType::Struct(window_fields(&arg_types[0])))
     }
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        plan_err!("session_window() is not supported yet")
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let ts_type = args.args[0].data_type();
+        let DataType::Timestamp(unit, _) = &ts_type else {
+            return plan_err!("session_window(): the time column must be a timestamp");
+        };
+        let gap = duration_ticks(&args.args[1], unit, "gap duration")?;
+        if gap <= 0 {
+            return plan_err!("session_window(): the gap duration must be positive");
+        }
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let ticks = cast(&ts, &DataType::Int64)?;
+        let ticks = ticks
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("timestamp ticks".into()))?;
+        let starts: Vec<i64> = ticks.iter().map(|t| t.unwrap_or(0)).collect();
+        let array = struct_of(starts, gap, &ts_type)?;
+        let array = StructArray::try_new(
+            array.fields().clone(),
+            array.columns().to_vec(),
+            ticks.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
 
@@ -272,7 +299,7 @@ fn window_group(aggregate: &Aggregate) -> DfResult<Option<(usize, ScalarFunction
     let mut found = None;
     for (i, expr) in aggregate.group_expr.iter().enumerate() {
         if let Expr::ScalarFunction(call) = expr
-            && call.func.name() == "window"
+            && matches!(call.func.name(), "window" | "session_window")
         {
             if found.is_some() {
                 return plan_err!(
@@ -288,6 +315,8 @@ fn window_group(aggregate: &Aggregate) -> DfResult<Option<(usize, ScalarFunction
 /// What the rewrite found: the time argument of the window, when it is a plain column.
 #[derive(Debug, Clone)]
 pub struct WindowGrouping {
+    /// A session window (grouped on [`SESSION_COLUMN`]) rather than a time window.
+    pub session: bool,
     /// Index of the window among the grouping expressions.
     pub group_index: usize,
     /// Name of the time column the window is computed from.
@@ -313,6 +342,28 @@ pub fn rewrite_window_grouping(
         .into_iter()
         .map(Expr::Column)
         .collect();
+    let time_column = match call.args.first() {
+        Some(Expr::Column(c)) => Some(c.name.clone()),
+        _ => None,
+    };
+    let original_name = aggregate.group_expr[index].schema_name().to_string();
+    if call.func.name() == "session_window" {
+        exprs.push(Expr::ScalarFunction(call.clone()).alias(SESSION_COLUMN));
+        let projected = LogicalPlanBuilder::from(input).project(exprs)?.build()?;
+        let mut groups = aggregate.group_expr.clone();
+        groups[index] = Expr::Column(datafusion::common::Column::new_unqualified(SESSION_COLUMN))
+            .alias(original_name);
+        let rewritten =
+            Aggregate::try_new(Arc::new(projected), groups, aggregate.aggr_expr.clone())?;
+        return Ok((
+            rewritten,
+            Some(WindowGrouping {
+                session: true,
+                group_index: index,
+                time_column,
+            }),
+        ));
+    }
     let windows_udf = Arc::new(ScalarUDF::new_from_impl(WindowsUdf {
         signature: Signature::variadic_any(Volatility::Immutable),
     }));
@@ -324,20 +375,16 @@ pub fn rewrite_window_grouping(
         .project(exprs)?
         .unnest_column(WINDOW_LIST_COLUMN)?
         .build()?;
-    let original_name = aggregate.group_expr[index].schema_name().to_string();
     let mut groups = aggregate.group_expr.clone();
     groups[index] = Expr::Column(datafusion::common::Column::new_unqualified(
         WINDOW_LIST_COLUMN,
     ))
     .alias(original_name);
     let rewritten = Aggregate::try_new(Arc::new(expanded), groups, aggregate.aggr_expr.clone())?;
-    let time_column = match call.args.first() {
-        Some(Expr::Column(c)) => Some(c.name.clone()),
-        _ => None,
-    };
     Ok((
         rewritten,
         Some(WindowGrouping {
+            session: false,
             group_index: index,
             time_column,
         }),
