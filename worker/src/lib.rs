@@ -16,6 +16,7 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod sql;
+pub mod state;
 pub mod storage;
 
 pub use engine::{Engine, QueryConfig, RunSummary, Shared, StopHandle, Trigger};

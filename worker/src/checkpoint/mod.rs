@@ -32,6 +32,10 @@ pub struct CheckpointMetadata {
     pub partitions: BTreeMap<String, u32>,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: i64,
+    /// Fingerprint of the stateful operators (state schema, keys, aggregates); `None` for a
+    /// stateless query. A restart with a different fingerprint is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stateful_operators: Option<String>,
 }
 
 /// One `offsets/<batchId>` entry: the exact input of a batch.
@@ -150,7 +154,42 @@ impl Checkpoint {
                 });
             }
         }
+        if stored.stateful_operators != fresh.stateful_operators {
+            let describe =
+                |f: &Option<String>| f.clone().unwrap_or_else(|| "no stateful operator".into());
+            return Err(EngineError::Checkpoint {
+                location: self.location.url.clone(),
+                message: format!(
+                    "the query's stateful operators changed: the checkpoint was created with [{}], the query now has [{}]; \
+                     state cannot be carried over (use a new checkpoint location)",
+                    describe(&stored.stateful_operators),
+                    describe(&fresh.stateful_operators)
+                ),
+            });
+        }
         Ok(stored)
+    }
+
+    /// File names directly under `relative` (e.g. `tasks/0/state`).
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure.
+    pub async fn list_names(&self, relative: &str) -> Result<Vec<String>> {
+        let dir = self.location.child(relative);
+        Ok(self
+            .list(&dir)
+            .await?
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// The bytes of `relative`, `None` when absent.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure.
+    pub async fn get_relative(&self, relative: &str) -> Result<Option<bytes::Bytes>> {
+        self.get_bytes(&self.location.child(relative)).await
     }
 
     /// Reads a task's offsets and commits.
@@ -391,6 +430,7 @@ mod tests {
             query_id: "q".into(),
             partitions: BTreeMap::from([("events".to_string(), n)]),
             created_ms: 0,
+            stateful_operators: None,
         };
         checkpoint.open_metadata(meta(4)).await.expect("create");
         assert_eq!(

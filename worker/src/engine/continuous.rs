@@ -402,6 +402,8 @@ fn report(
             },
         },
         rows_per_source: epoch.rows_per_source.clone(),
+        // Continuous processing is stateless.
+        state: None,
         backlog_per_source: parts
             .inputs
             .iter()

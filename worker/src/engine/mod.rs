@@ -164,6 +164,77 @@ impl Shared {
     }
 }
 
+/// State is per task, so every row of a group must reach one task: a source with several
+/// partitions must route rows by a `partitionKey` that is one of the grouping columns (Spark
+/// shuffles by the grouping keys instead). File and rate sources partition by path / row number,
+/// never by key, so they need `partitions: 1` under a stateful query.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] naming the source and the fix.
+fn check_stateful_partitioning(
+    spec: &StreamingQuerySpec,
+    sources: &[Box<dyn Source>],
+    keys: &[String],
+) -> Result<()> {
+    for (source, spec_source) in sources.iter().zip(&spec.sources) {
+        if source.partitions() <= 1 {
+            continue;
+        }
+        let routes_by_key = spec_source.file.is_none()
+            && spec_source.rate.is_none()
+            && spec_source
+                .partition_key
+                .as_ref()
+                .is_some_and(|k| keys.contains(k));
+        if !routes_by_key {
+            return Err(EngineError::InvalidQuery(format!(
+                "source `{}` has {} partitions, but a streaming aggregation or dedup keeps state per task and \
+                 needs every row of a group in one task: set its `partitions: 1`, or (for a source that \
+                 routes rows by key) a `partitionKey` that is one of the grouping columns [{}]",
+                spec_source.name,
+                source.partitions(),
+                keys.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the spec's static tables (each task holds its own copy, refreshed on its own).
+///
+/// # Errors
+/// As [`crate::sql::StaticTable::open`].
+async fn open_tables(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::StaticTable>> {
+    let mut tables = Vec::with_capacity(spec.tables.len());
+    for table in &spec.tables {
+        tables.push(crate::sql::StaticTable::open(table).await?);
+    }
+    Ok(tables)
+}
+
+/// The sources' watermarks, with delays in ms.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] for a delay that is not a duration.
+fn source_watermarks(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::SourceWatermark>> {
+    spec.sources
+        .iter()
+        .enumerate()
+        .filter_map(|(input, source)| source.watermark.as_ref().map(|w| (input, source, w)))
+        .map(|(input, source, w)| {
+            let delay = parse_duration(&w.delay).map_err(|m| {
+                EngineError::InvalidQuery(format!("sources[{input}].watermark.delay: {m}"))
+            })?;
+            Ok(crate::sql::SourceWatermark {
+                input,
+                source: source.name.clone(),
+                column: w.column.clone(),
+                delay_ms: delay.as_millis() as i64,
+            })
+        })
+        .collect()
+}
+
 /// A query ready to run.
 pub struct Engine {
     config: QueryConfig,
@@ -196,17 +267,22 @@ impl Engine {
             .iter()
             .map(|s| (s.name().to_string(), s.schema()))
             .collect();
+        let watermarks = source_watermarks(spec)?;
         // Plan once up front so a bad query fails before anything is written.
-        let models = TaskModels::new(&spec.models, None)?;
-        BatchQuery::new(
+        let first = BatchQuery::with_tables(
             &spec.sql,
             inputs.clone(),
             spec.sql_scope,
             spec.output_mode,
-            extensions(&models),
+            watermarks.clone(),
+            open_tables(spec).await?,
+            extensions(&TaskModels::new(&spec.models, None)?),
         )
         .await?;
 
+        if let Some(keys) = first.grouping_columns() {
+            check_stateful_partitioning(spec, &sources, &keys)?;
+        }
         let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
         let mut sources = sources;
         if let Some(stored) = checkpoint.stored_metadata().await? {
@@ -224,6 +300,7 @@ impl Engine {
                     .map(|s| (s.name().to_string(), s.partitions()))
                     .collect(),
                 created_ms: chrono::Utc::now().timestamp_millis(),
+                stateful_operators: first.stateful_fingerprint(),
             })
             .await?;
         // Built once the checkpoint's query id is known: sinks key their idempotence on it.
@@ -268,19 +345,26 @@ impl Engine {
                     on_bad_record: spec_source.on_bad_record,
                 });
             }
+            // Learned models and state as of the last COMMITTED batch: a replayed batch re-applies
+            // its changes once.
             let restored = match log.last_committed {
                 Some(batch_id) => checkpoint.read_models(task, batch_id).await?,
                 None => None,
             };
             let models = TaskModels::new(&spec.models, restored)?;
-            let query = BatchQuery::new(
+            let mut query = BatchQuery::with_tables(
                 &spec.sql,
                 inputs.clone(),
                 spec.sql_scope,
                 spec.output_mode,
+                watermarks.clone(),
+                open_tables(spec).await?,
                 extensions(&models),
             )
             .await?;
+            query
+                .restore_state(&checkpoint, task, log.last_committed)
+                .await?;
             if let Some(entry) = log.uncommitted() {
                 tracing::info!(
                     task,
@@ -499,6 +583,22 @@ impl Engine {
                 .last_committed_batch_id
                 .get_or_create(&labels)
                 .set(p.batch_id as i64);
+            if let Some(state) = &outcome.state {
+                metrics
+                    .state_rows
+                    .get_or_create(&labels)
+                    .set(state.state_rows as i64);
+                metrics
+                    .late_rows_dropped
+                    .get_or_create(&labels)
+                    .inc_by(state.late_rows_dropped);
+                if let Some(w) = state.watermark_ms {
+                    metrics
+                        .watermark_seconds
+                        .get_or_create(&labels)
+                        .set(w as f64 / 1000.0);
+                }
+            }
         }
     }
 
@@ -576,8 +676,16 @@ impl Engine {
             input_rows_per_second: input as f64 / since_previous,
             processed_rows_per_second: input as f64 / elapsed,
             duration_ms: duration,
-            event_time: Default::default(),
-            state_operators: Vec::new(),
+            event_time: crate::progress::EventTime {
+                // The query's watermark is the lowest of its tasks' (Spark: one global watermark).
+                watermark: outcomes
+                    .iter()
+                    .filter_map(|o| o.state.as_ref()?.watermark_ms)
+                    .min()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            },
+            state_operators: state_operators(outcomes),
             sources,
             sink: SinkProgress {
                 description: self.sink_description.clone(),
@@ -604,6 +712,23 @@ fn extensions(models: &TaskModels) -> Extensions {
         functions: models.functions(),
         tables: models.table_schemas(),
     }
+}
+
+/// Spark's `stateOperators` entry of the aggregation, summed over the trigger's tasks.
+fn state_operators(outcomes: &[BatchOutcome]) -> Vec<serde_json::Value> {
+    let states: Vec<_> = outcomes.iter().filter_map(|o| o.state.as_ref()).collect();
+    if states.is_empty() {
+        return Vec::new();
+    }
+    let sum = |f: fn(&crate::sql::StateProgress) -> u64| states.iter().map(|s| f(s)).sum::<u64>();
+    vec![serde_json::json!({
+        "operatorName": "stateStoreSave",
+        "numRowsTotal": sum(|s| s.state_rows),
+        "numRowsUpdated": sum(|s| s.rows_updated),
+        "numRowsRemoved": sum(|s| s.rows_removed),
+        "numRowsDroppedByWatermark": sum(|s| s.late_rows_dropped),
+        "stateFileBytes": sum(|s| s.state_file_bytes),
+    })]
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -51,6 +51,8 @@ pub struct BatchOutcome {
     pub rows_per_source: BTreeMap<String, u64>,
     /// Backlog per source name after planning.
     pub backlog_per_source: BTreeMap<String, u64>,
+    /// State store figures of a stateful query.
+    pub state: Option<crate::sql::StateProgress>,
 }
 
 /// The batch a task has planned but not committed.
@@ -173,7 +175,9 @@ impl TaskRunner {
                     sources.insert(input.name.clone(), range);
                 }
             }
-            if sources.is_empty() {
+            // A stateful query also runs a batch without input when the watermark moved (Spark's
+            // no-data batch): append mode emits the windows it closed, state is evicted.
+            if sources.is_empty() && !self.query.wants_no_data_batch() {
                 return Ok(None);
             }
             let entry = OffsetsEntry {
@@ -252,7 +256,13 @@ impl TaskRunner {
         let written = self.sink.write(self.task, entry.batch_id, &output).await?;
         durations.add_batch = elapsed_ms(phase);
 
-        // Commit (the learned models' state first, so every committed batch has it on record).
+        // State and learned models before the commit: a restart loads the state of the last
+        // committed batch, so every committed batch must have it on record.
+        self.query
+            .write_state(&self.checkpoint, self.task, entry.batch_id)
+            .await?;
+
+        // Commit.
         let phase = Instant::now();
         if self.models.has_learned_models() {
             self.checkpoint
@@ -267,6 +277,7 @@ impl TaskRunner {
             output_rows: written,
         };
         self.checkpoint.write_commit(self.task, &commit).await?;
+        self.query.commit_state();
         durations.commit = elapsed_ms(phase);
         for input in &mut self.inputs {
             if let Some(range) = entry.sources.get(&input.name) {
@@ -294,6 +305,7 @@ impl TaskRunner {
             },
             rows_per_source,
             backlog_per_source,
+            state: self.query.state_progress(),
         }))
     }
 

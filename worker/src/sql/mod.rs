@@ -6,25 +6,40 @@
 //! - `split(str, delim)` is DataFusion's `string_to_array` (a literal delimiter, where Spark takes a
 //!   regular expression) and `explode(array)` is `unnest(array)`.
 //!
-//! With `sqlScope: stream` (the default) only stateless queries are accepted for now: projections,
-//! filters, scalar functions, `unnest`, `UNION ALL`. Aggregations, joins, sorts, `DISTINCT` and
-//! `LIMIT` need state across batches and are refused with a message, never answered wrongly. With
+//! With `sqlScope: stream` (the default) a query is either stateless (projections, filters, scalar
+//! functions, `unnest`, `UNION ALL`) or has one streaming aggregation (`GROUP BY`, optionally over
+//! Spark's `window(ts, size[, slide])`), run incrementally with a per-task state store (see
+//! [`streaming`]). Joins, `DISTINCT`, window functions, `LIMIT` and sorts (other than above an
+//! aggregation in `complete` mode) are refused; `SELECT DISTINCT` is a streaming dedup
+//! (Spark's `dropDuplicates`: each distinct row is emitted once, state bounded by the watermark
+//! when the event-time column is among the columns). Other operators with a message, never answered wrongly. With
 //! `sqlScope: microBatch` the SQL runs over each batch alone, so anything DataFusion supports works.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::MemTable;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::logical_expr::{Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectNamePart, visit_expressions_mut};
 use sluice_crds::{OutputMode, SqlScope};
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
+use crate::state::{StateDelta, StateStore};
+
+pub mod streaming;
+pub mod tables;
+pub mod window;
+
+pub use tables::StaticTable;
+
+pub use streaming::SourceWatermark;
 
 /// Extra functions and tables a query can use besides its sources (e.g. the models of
 /// [`crate::ml`]).
@@ -41,6 +56,44 @@ pub struct BatchQuery {
     statement: Statement,
     inputs: Vec<(String, SchemaRef)>,
     extra_tables: Vec<(String, SchemaRef)>,
+    /// State of a streaming aggregation (`None` for stateless queries and `sqlScope: microBatch`).
+    streaming: Option<StreamingState>,
+    /// Whether `SELECT DISTINCT` is planned as a grouping without aggregates (streaming dedup).
+    distinct_as_grouping: bool,
+    /// Static tables for stream–static joins, registered under their names.
+    tables: Vec<StaticTable>,
+}
+
+/// A streaming aggregation's per-task state and the running batch's changes.
+struct StreamingState {
+    mode: OutputMode,
+    watermarks: Vec<SourceWatermark>,
+    store: StateStore,
+    /// Whether a grouping key carries event time (then the watermark closes and evicts groups).
+    has_event_key: bool,
+    fingerprint: String,
+    /// Input columns grouped on directly (for the partitioning check).
+    key_columns: Vec<String>,
+    /// Changes of the batch run but not committed yet.
+    pending: Option<StateDelta>,
+    last: StateProgress,
+}
+
+/// State figures after a batch (for metrics and `stateOperators` in progress).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StateProgress {
+    /// Groups held in the state store after the batch.
+    pub state_rows: u64,
+    /// Groups written (updated or added) by the batch.
+    pub rows_updated: u64,
+    /// Groups evicted by the batch.
+    pub rows_removed: u64,
+    /// Bytes of the batch's state file.
+    pub state_file_bytes: u64,
+    /// (row, window) pairs dropped as later than the watermark.
+    pub late_rows_dropped: u64,
+    /// Watermark for the next batch, ms since the epoch.
+    pub watermark_ms: Option<i64>,
 }
 
 impl BatchQuery {
@@ -58,9 +111,54 @@ impl BatchQuery {
         output_mode: OutputMode,
         extensions: Extensions,
     ) -> Result<Self> {
+        Self::with_tables(sql, inputs, scope, output_mode, Vec::new(), Vec::new(), extensions).await
+    }
+
+    /// As [`BatchQuery::new`], with the sources' watermarks (used by streaming aggregations).
+    ///
+    /// # Errors
+    /// As [`BatchQuery::new`]; also Spark's output-mode rules for aggregations: `append` needs a
+    /// grouping on a window over (or on) a watermarked column.
+    pub async fn with_watermarks(
+        sql: &str,
+        inputs: Vec<(String, SchemaRef)>,
+        scope: SqlScope,
+        output_mode: OutputMode,
+        watermarks: Vec<SourceWatermark>,
+    ) -> Result<Self> {
+        Self::with_tables(
+            sql,
+            inputs,
+            scope,
+            output_mode,
+            watermarks,
+            Vec::new(),
+            Extensions::default(),
+        )
+        .await
+    }
+
+    /// As [`BatchQuery::with_watermarks`], with static tables the SQL may join a stream with
+    /// (Spark's stream–static joins: inner, or outer with the stream on the preserved side).
+    ///
+    /// # Errors
+    /// As [`BatchQuery::with_watermarks`]; [`EngineError::InvalidQuery`] for a join of two streams
+    /// or an outer join that would need the static side's unmatched rows.
+    pub async fn with_tables(
+        sql: &str,
+        inputs: Vec<(String, SchemaRef)>,
+        scope: SqlScope,
+        output_mode: OutputMode,
+        watermarks: Vec<SourceWatermark>,
+        tables: Vec<StaticTable>,
+        extensions: Extensions,
+    ) -> Result<Self> {
         let mut config = SessionConfig::new().with_target_partitions(1);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let ctx = SessionContext::new_with_config(config);
+        for udf in window::window_udfs() {
+            ctx.register_udf(udf);
+        }
         for function in extensions.functions {
             ctx.register_udf(function);
         }
@@ -70,24 +168,84 @@ impl BatchQuery {
                 Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
             )?;
         }
+        // count(DISTINCT x) must stay one aggregate whose partial state (the set of values) merges.
+        ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         let mut statement = ctx
             .state()
             .sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
         rewrite_spark_functions(&mut statement);
-        let query = Self {
+        let mut query = Self {
             ctx,
             statement,
             inputs,
             extra_tables: extensions.tables,
+            streaming: None,
+            distinct_as_grouping: scope == SqlScope::Stream,
+            tables,
         };
+        query.register_tables()?;
         let plan = query.plan(Vec::new()).await?;
-        let stateful = stateful_operators(&plan);
+        let mut stateful = stateful_operators(&plan);
+        if scope == SqlScope::Stream && stateful.contains(&"join") {
+            let stream_names: Vec<&str> = query.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            let problems = unsupported_joins(&plan, &stream_names);
+            if let Some(problem) = problems.first() {
+                return Err(EngineError::InvalidQuery(problem.clone()));
+            }
+            stateful.retain(|op| *op != "join");
+        }
+        let aggregates = aggregates_of(&plan);
         if scope == SqlScope::Stream && !stateful.is_empty() {
-            return Err(EngineError::InvalidQuery(format!(
-                "{} over a stream is not supported yet: stateful streaming operators come in a later \
-                 release. For per-batch results (DStream / foreachBatch style) set `sqlScope: microBatch`.",
-                stateful.join(", ")
-            )));
+            let unsupported: Vec<&str> = stateful
+                .iter()
+                .copied()
+                .filter(|op| {
+                    *op != "aggregation"
+                        && !(*op == "ORDER BY"
+                            && output_mode == OutputMode::Complete
+                            && !aggregates.is_empty())
+                })
+                .collect();
+            if !unsupported.is_empty() {
+                return Err(EngineError::InvalidQuery(format!(
+                    "{} over a stream is not supported yet (supported: one GROUP BY aggregation, \
+                     with window() and watermarks; ORDER BY only above an aggregation in complete mode). \
+                     For per-batch results (DStream / foreachBatch style) set `sqlScope: microBatch`.",
+                    unsupported.join(", ")
+                )));
+            }
+            if aggregates.len() > 1 {
+                return Err(EngineError::InvalidQuery(
+                    "Multiple streaming aggregations are not supported (Spark's rule); \
+                     aggregate once, or set `sqlScope: microBatch`"
+                        .into(),
+                ));
+            }
+            if let Some(aggregate) = aggregates.first() {
+                let planned =
+                    streaming::AggregatePlan::new(&query.ctx, aggregate, &watermarks).await?;
+                let dedup = planned.aggr.is_empty();
+                if output_mode == OutputMode::Append && planned.event_key.is_none() && !dedup {
+                    return Err(EngineError::InvalidQuery(
+                        "outputMode `append` with an aggregation needs a watermark (Spark: \"Append output mode \
+                         not supported when there are streaming aggregations on streaming DataFrames/DataSets \
+                         without watermark\"): give the source a `watermark` and GROUP BY window(<watermark column>, ...) \
+                         or the watermark column itself, or use outputMode `update` or `complete`"
+                            .into(),
+                    ));
+                }
+                let state_schema = planned.state_schema()?;
+                query.streaming = Some(StreamingState {
+                    mode: output_mode,
+                    watermarks,
+                    store: StateStore::new(state_schema, planned.group_by.expr().len())?,
+                    has_event_key: planned.event_key.is_some(),
+                    fingerprint: planned.fingerprint()?,
+                    key_columns: planned.key_columns(),
+                    pending: None,
+                    last: StateProgress::default(),
+                });
+            }
         }
         if output_mode == OutputMode::Complete && stateful.iter().all(|op| *op != "aggregation") {
             return Err(EngineError::InvalidQuery(
@@ -114,7 +272,17 @@ impl BatchQuery {
     ///
     /// # Errors
     /// [`EngineError::Sql`] for runtime failures (e.g. a cast that fails on a value).
-    pub async fn run(&self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+    pub async fn run(&mut self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+        let mut reloaded = false;
+        for table in &mut self.tables {
+            reloaded |= table.refresh_if_due().await?;
+        }
+        if reloaded {
+            self.register_tables()?;
+        }
+        if self.streaming.is_some() {
+            return self.run_aggregation(rows).await;
+        }
         let plan = self.plan(rows).await?;
         Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
     }
@@ -135,6 +303,153 @@ impl BatchQuery {
         Ok(())
     }
 
+    async fn run_aggregation(&mut self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+        let Some(state) = self.streaming.as_ref() else {
+            return Err(EngineError::Internal("no streaming state".into()));
+        };
+        let batch_max = streaming::max_event_times(&state.watermarks, &rows)?;
+        let plan = self.plan(rows).await?;
+        let aggregate = aggregates_of(&plan)
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("aggregation vanished".into()))?;
+        let planned =
+            streaming::AggregatePlan::new(&self.ctx, &aggregate, &state.watermarks).await?;
+        let outcome = streaming::run_batch(
+            &self.ctx,
+            &planned,
+            &state.store,
+            state.mode,
+            &batch_max,
+            &state.watermarks,
+        )
+        .await?;
+        let output = match &outcome.rows {
+            None => Vec::new(),
+            Some(rows) => {
+                let upper = replace_aggregate(plan, rows, &planned)?;
+                self.ctx
+                    .execute_logical_plan(upper)
+                    .await?
+                    .collect()
+                    .await?
+            }
+        };
+        let state = self
+            .streaming
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("no streaming state".into()))?;
+        let removed = outcome.delta.deletes.len() as u64;
+        let updated = outcome.delta.upserts.len() as u64;
+        let added = outcome
+            .delta
+            .upserts
+            .keys()
+            .filter(|k| state.store.get(k).is_none())
+            .count() as u64;
+        state.last = StateProgress {
+            state_rows: (state.store.len() as u64 + added).saturating_sub(removed),
+            rows_updated: updated,
+            rows_removed: removed,
+            state_file_bytes: 0,
+            late_rows_dropped: outcome.late_rows,
+            watermark_ms: outcome.delta.event_time.watermark_ms,
+        };
+        state.pending = Some(outcome.delta);
+        Ok(output)
+    }
+
+    fn register_tables(&self) -> Result<()> {
+        for table in &self.tables {
+            let mem = MemTable::try_new(table.schema.clone(), vec![table.rows.clone()])?;
+            self.ctx.deregister_table(table.name.as_str())?;
+            self.ctx
+                .register_table(table.name.as_str(), Arc::new(mem))?;
+        }
+        Ok(())
+    }
+
+    /// The input columns a streaming aggregation or dedup groups on directly (`None` when the
+    /// query keeps no state).
+    pub fn grouping_columns(&self) -> Option<Vec<String>> {
+        self.streaming.as_ref().map(|s| s.key_columns.clone())
+    }
+
+    /// Fingerprint of the stateful operators, for the checkpoint's `metadata.json`.
+    pub fn stateful_fingerprint(&self) -> Option<String> {
+        self.streaming.as_ref().map(|s| s.fingerprint.clone())
+    }
+
+    /// Loads the state store as of the last committed batch.
+    ///
+    /// # Errors
+    /// [`EngineError::Checkpoint`] when the state files are missing or unreadable.
+    pub async fn restore_state(
+        &mut self,
+        checkpoint: &Checkpoint,
+        task: u32,
+        last_committed: Option<u64>,
+    ) -> Result<()> {
+        if let Some(state) = self.streaming.as_mut() {
+            state.pending = None;
+            state
+                .store
+                .restore(checkpoint, task, last_committed)
+                .await?;
+            state.last = StateProgress {
+                state_rows: state.store.len() as u64,
+                watermark_ms: state.store.event_time.watermark_ms,
+                ..StateProgress::default()
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes the running batch's state file; call before the batch's commit entry.
+    ///
+    /// # Errors
+    /// Storage failures (the batch must then stay uncommitted).
+    pub async fn write_state(
+        &mut self,
+        checkpoint: &Checkpoint,
+        task: u32,
+        batch_id: u64,
+    ) -> Result<()> {
+        if let Some(state) = self.streaming.as_mut() {
+            let delta = state.pending.as_ref().ok_or_else(|| {
+                EngineError::Internal("state written before the batch ran".into())
+            })?;
+            state.last.state_file_bytes =
+                state.store.write(checkpoint, task, batch_id, delta).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the running batch's state changes to memory; call after the commit entry.
+    pub fn commit_state(&mut self) {
+        if let Some(state) = self.streaming.as_mut()
+            && let Some(delta) = state.pending.take()
+        {
+            state.store.apply(delta);
+        }
+    }
+
+    /// Whether a batch without new input must run: the watermark moved since the last batch and
+    /// state may be waiting for it (Spark's no-data batches: append emits, eviction).
+    pub fn wants_no_data_batch(&self) -> bool {
+        self.streaming.as_ref().is_some_and(|s| {
+            s.has_event_key
+                && s.mode != OutputMode::Complete
+                && !s.store.is_empty()
+                && s.store.event_time.watermark_ms != s.store.event_time.used_watermark_ms
+        })
+    }
+
+    /// State figures of the last batch (`None` for a stateless query).
+    pub fn state_progress(&self) -> Option<StateProgress> {
+        self.streaming.as_ref().map(|s| s.last.clone())
+    }
+
     async fn plan(&self, mut rows: Vec<Vec<RecordBatch>>) -> Result<LogicalPlan> {
         rows.resize_with(self.inputs.len(), Vec::new);
         for ((name, schema), batches) in self.inputs.iter().zip(rows) {
@@ -142,11 +457,31 @@ impl BatchQuery {
             self.ctx.deregister_table(name.as_str())?;
             self.ctx.register_table(name.as_str(), Arc::new(table))?;
         }
-        Ok(self
+        let plan = self
             .ctx
             .state()
             .statement_to_plan(self.statement.clone())
-            .await?)
+            .await?;
+        if !self.distinct_as_grouping {
+            return Ok(plan);
+        }
+        // Streaming dedup (Spark's dropDuplicates): DISTINCT is a grouping on every column whose
+        // state holds the keys seen; see `streaming::run_batch`.
+        let rewritten = plan.transform_up(|node| match node {
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                let keys: Vec<Expr> = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                Ok(Transformed::yes(LogicalPlan::Aggregate(
+                    Aggregate::try_new(input, keys, Vec::new())?,
+                )))
+            }
+            other => Ok(Transformed::no(other)),
+        })?;
+        Ok(rewritten.data)
     }
 }
 
@@ -171,6 +506,123 @@ fn rewrite_spark_functions(statement: &mut Statement) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// The `Aggregate` nodes of `plan`.
+fn aggregates_of(plan: &LogicalPlan) -> Vec<Aggregate> {
+    let mut found = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Aggregate(aggregate) = node {
+            found.push(aggregate.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Replaces the aggregate of `plan` by a scan of `rows` (the aggregate's output), with the
+/// aggregate's column names and qualifiers, so the part above it plans unchanged.
+fn replace_aggregate(
+    plan: LogicalPlan,
+    rows: &RecordBatch,
+    planned: &streaming::AggregatePlan,
+) -> Result<LogicalPlan> {
+    let renamed: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(renamed));
+    let batch = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())?;
+    let table = MemTable::try_new(schema, vec![vec![batch]])?;
+    let projection: Vec<Expr> = planned
+        .aggregate
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new_unqualified(format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    let replacement = LogicalPlanBuilder::scan(
+        "__sluice_aggregate",
+        provider_as_source(Arc::new(table)),
+        None,
+    )?
+    .project(projection)?
+    .build()?;
+    let transformed = plan.transform_down(|node| {
+        if matches!(node, LogicalPlan::Aggregate(_)) {
+            Ok(Transformed::new(
+                replacement.clone(),
+                true,
+                TreeNodeRecursion::Jump,
+            ))
+        } else {
+            Ok(Transformed::no(node))
+        }
+    })?;
+    Ok(transformed.data)
+}
+
+/// Whether `plan` reads one of the stream inputs.
+fn reads_stream(plan: &LogicalPlan, streams: &[&str]) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && streams.contains(&scan.table_name.table())
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Joins Spark does not support over a stream (without join state): stream–stream joins, and
+/// outer joins whose preserved side is the static one (Spark's `UnsupportedOperationChecker`).
+fn unsupported_joins(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
+    use datafusion::logical_expr::JoinType;
+    let mut problems = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Join(join) = node {
+            let left = reads_stream(&join.left, streams);
+            let right = reads_stream(&join.right, streams);
+            let ok = match (left, right) {
+                (true, true) => {
+                    problems.push(
+                        "a join of two streams is not supported yet (stream–static joins are: join a \
+                         stream with a `tables:` entry)"
+                            .to_string(),
+                    );
+                    return Ok(TreeNodeRecursion::Continue);
+                }
+                (false, false) => true,
+                (true, false) => matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti
+                ),
+                (false, true) => matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
+                ),
+            };
+            if !ok {
+                problems.push(format!(
+                    "{} join between a stream and a static table is not supported: the static side's \
+                     unmatched rows would never be final (Spark allows inner joins, and outer joins with \
+                     the stream on the outer side)",
+                    join.join_type
+                ));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    problems
 }
 
 /// Names of the operators in `plan` that need state across batches.
@@ -199,3 +651,6 @@ pub fn stateful_operators(plan: &LogicalPlan) -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod streaming_tests;

@@ -1,0 +1,681 @@
+//! Incremental streaming aggregation: Spark's `StateStoreRestore → Aggregate → StateStoreSave`
+//! with DataFusion's partial aggregation.
+//!
+//! Per micro-batch and task:
+//! 1. the query's single `Aggregate` is split out of the logical plan (`GROUP BY window(...)` is
+//!    first rewritten to one row per (row, window), see [`super::window`]);
+//! 2. its input (the stateless part below it) runs over the batch's rows;
+//! 3. (row, group) pairs whose event-time key is at or below the watermark are dropped as late
+//!    (window end `<=` watermark, or the time key `<=` watermark; Spark's `watermarkPredicateForData`)
+//!    and counted;
+//! 4. an `AggregateExec` in `Partial` mode turns the rest into one partial-state row per group;
+//! 5. each partial row is merged into the group's stored state with `Accumulator::merge_batch`
+//!    (never recomputed from history), giving a [`StateDelta`];
+//! 6. the output mode picks rows (a grouping without aggregates is `SELECT DISTINCT`, a dedup:
+//!    it emits the keys not seen before, in `append` and `update`): `update` the groups changed in this batch, `complete` all groups,
+//!    `append` the groups whose event-time key is at or below the watermark (then evicted); in
+//!    `update` and `append`, state at or below the watermark is evicted;
+//! 7. final values (`Accumulator::evaluate` over the merged state) fill the aggregate's output shape,
+//!    and the part of the plan above the aggregate (projection, `HAVING`, `ORDER BY`) runs over them;
+//! 8. the watermark for the next batch is `max event time seen − delay` (minimum over sources), never
+//!    moving back (Spark's default `min` multiple-watermark policy).
+//!
+//! The delta is written to the checkpoint by [`super::BatchQuery::write_state`] before the commit
+//! and applied to memory by [`super::BatchQuery::commit_state`] after it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StructArray};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::row::OwnedRow;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{Aggregate, LogicalPlan};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, collect};
+use datafusion::prelude::SessionContext;
+use sluice_crds::OutputMode;
+
+use super::window::{SESSION_COLUMN, WINDOW_COLUMN, WindowGrouping, rewrite_window_grouping};
+use crate::error::{EngineError, Result};
+use crate::state::{EventTimeState, StateDelta, StateRow, StateStore, single_row_arrays};
+
+/// A source's watermark: `input` is its index among the query's inputs.
+#[derive(Clone, Debug)]
+pub struct SourceWatermark {
+    pub input: usize,
+    pub source: String,
+    pub column: String,
+    /// Allowed lateness, ms.
+    pub delay_ms: i64,
+}
+
+/// How a group's event time is read from its key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EventKeyKind {
+    /// The key is a window struct; its `end` is compared with the watermark.
+    WindowEnd,
+    /// The key is the watermarked timestamp itself.
+    Time,
+}
+
+/// The grouping key that carries event time.
+#[derive(Clone, Copy, Debug)]
+pub struct EventKey {
+    /// Index among the grouping keys.
+    pub group_index: usize,
+    /// Column of the aggregate's input holding it.
+    pub input_column: usize,
+    pub kind: EventKeyKind,
+}
+
+/// The aggregation of one batch, planned.
+pub struct AggregatePlan {
+    /// The (window-rewritten) logical aggregate; its schema is the output shape of step 7.
+    pub aggregate: Aggregate,
+    pub group_by: Arc<PhysicalGroupBy>,
+    pub aggr: Vec<Arc<AggregateFunctionExpr>>,
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The stateless part below the aggregate, over this batch's rows.
+    pub input: Arc<dyn ExecutionPlan>,
+    pub input_schema: SchemaRef,
+    pub event_key: Option<EventKey>,
+    /// Index among the grouping keys of a session window (sessions merge across rows).
+    pub session_index: Option<usize>,
+}
+
+impl AggregatePlan {
+    /// Plans `aggregate` (found in the query's logical plan) for this batch.
+    ///
+    /// # Errors
+    /// Planning errors; [`EngineError::InvalidQuery`] when the aggregation is not one DataFusion
+    /// plans as a single (partial, final) pair.
+    pub async fn new(
+        ctx: &SessionContext,
+        aggregate: &Aggregate,
+        watermarks: &[SourceWatermark],
+    ) -> Result<Self> {
+        let (aggregate, window) = rewrite_window_grouping(aggregate)?;
+        let physical = ctx
+            .state()
+            .create_physical_plan(&LogicalPlan::Aggregate(aggregate.clone()))
+            .await?;
+        let bottom = bottom_aggregate(&physical).ok_or_else(|| {
+            EngineError::InvalidQuery("the aggregation did not plan as an aggregate".into())
+        })?;
+        let input_schema = bottom.input_schema();
+        let event_key = find_event_key(
+            bottom.group_expr(),
+            &input_schema,
+            window.as_ref(),
+            watermarks,
+        );
+        let session_index = bottom.group_expr().expr().iter().position(|(expr, _)| {
+            expr.downcast_ref::<PhysicalColumn>()
+                .is_some_and(|c| input_schema.field(c.index()).name() == SESSION_COLUMN)
+        });
+        Ok(Self {
+            session_index,
+            group_by: Arc::new(bottom.group_expr().clone()),
+            aggr: bottom.aggr_expr().to_vec(),
+            filters: bottom.filter_expr().to_vec(),
+            input: bottom.input().clone(),
+            input_schema,
+            event_key,
+            aggregate,
+        })
+    }
+
+    /// Schema of the state table: keys then accumulator states (the `Partial` aggregate's output).
+    ///
+    /// # Errors
+    /// Planning errors.
+    pub fn state_schema(&self) -> Result<SchemaRef> {
+        Ok(self.partial(Vec::new())?.schema())
+    }
+
+    /// Column ranges of each aggregate's state within a state row.
+    pub fn state_ranges(&self) -> Result<Vec<std::ops::Range<usize>>> {
+        let mut start = self.group_by.expr().len();
+        let mut ranges = Vec::with_capacity(self.aggr.len());
+        for aggr in &self.aggr {
+            let width = aggr.state_fields()?.len();
+            ranges.push(start..start + width);
+            start += width;
+        }
+        Ok(ranges)
+    }
+
+    /// Names of the input columns grouped on directly (not the window column).
+    pub fn key_columns(&self) -> Vec<String> {
+        self.group_by
+            .expr()
+            .iter()
+            .filter_map(|(expr, _)| expr.downcast_ref::<PhysicalColumn>())
+            .map(|c| self.input_schema.field(c.index()).name().clone())
+            .filter(|name| name != WINDOW_COLUMN && name != SESSION_COLUMN)
+            .collect()
+    }
+
+    /// A human-readable fingerprint: what must not change across restarts of a checkpoint.
+    ///
+    /// # Errors
+    /// Planning errors.
+    pub fn fingerprint(&self) -> Result<String> {
+        let schema = self.state_schema()?;
+        let fields: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect();
+        Ok(format!("aggregation state({})", fields.join(", ")))
+    }
+
+    fn partial(&self, batches: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>> {
+        let source = MemorySourceConfig::try_new_exec(&[batches], self.input.schema(), None)?;
+        Ok(Arc::new(AggregateExec::try_new(
+            AggregateMode::Partial,
+            self.group_by.clone(),
+            self.aggr.clone(),
+            self.filters.clone(),
+            source,
+            self.input_schema.clone(),
+        )?))
+    }
+}
+
+/// The lowest `AggregateExec` of a plan (the partial or single one).
+fn bottom_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<&AggregateExec> {
+    for child in plan.children() {
+        if let Some(found) = bottom_aggregate(child) {
+            return Some(found);
+        }
+    }
+    plan.downcast_ref::<AggregateExec>()
+}
+
+fn find_event_key(
+    group_by: &PhysicalGroupBy,
+    input_schema: &SchemaRef,
+    window: Option<&WindowGrouping>,
+    watermarks: &[SourceWatermark],
+) -> Option<EventKey> {
+    let watermarked = |name: &str| watermarks.iter().any(|w| w.column == name);
+    for (i, (expr, _)) in group_by.expr().iter().enumerate() {
+        let Some(column) = expr.downcast_ref::<PhysicalColumn>() else {
+            continue;
+        };
+        let name = input_schema.field(column.index()).name();
+        let kind = if name == WINDOW_COLUMN || name == SESSION_COLUMN {
+            match window.and_then(|w| w.time_column.as_deref()) {
+                Some(time) if watermarked(time) => EventKeyKind::WindowEnd,
+                _ => continue,
+            }
+        } else if watermarked(name) {
+            EventKeyKind::Time
+        } else {
+            continue;
+        };
+        return Some(EventKey {
+            group_index: i,
+            input_column: column.index(),
+            kind,
+        });
+    }
+    None
+}
+
+/// Timestamps (any unit) as ms since the epoch.
+fn millis(array: &ArrayRef) -> Result<Int64Array> {
+    let ms = match array.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => array.clone(),
+        DataType::Timestamp(_, tz) => cast(
+            array,
+            &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+        )?,
+        other => {
+            return Err(EngineError::InvalidQuery(format!(
+                "the watermark column must be a timestamp, not {other}"
+            )));
+        }
+    };
+    let ints = cast(&ms, &DataType::Int64)?;
+    ints.as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| EngineError::Internal("timestamp as int64".into()))
+}
+
+/// Event time (ms) of each row of an event-key column.
+fn key_millis(array: &ArrayRef, kind: EventKeyKind) -> Result<Int64Array> {
+    match kind {
+        EventKeyKind::Time => millis(array),
+        EventKeyKind::WindowEnd => {
+            let windows = array
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .ok_or_else(|| EngineError::Internal("window column is not a struct".into()))?;
+            millis(windows.column(1))
+        }
+    }
+}
+
+/// Event time (ms) of one group's key value.
+fn scalar_millis(value: &ScalarValue, kind: EventKeyKind) -> Result<Option<i64>> {
+    let time = match (kind, value) {
+        (EventKeyKind::WindowEnd, ScalarValue::Struct(window)) => {
+            ScalarValue::try_from_array(window.column(1), 0)?
+        }
+        (EventKeyKind::Time, other) => other.clone(),
+        (EventKeyKind::WindowEnd, other) => {
+            return Err(EngineError::Internal(format!("window key is {other:?}")));
+        }
+    };
+    Ok(match time {
+        ScalarValue::TimestampSecond(v, _) => v.map(|v| v * 1000),
+        ScalarValue::TimestampMillisecond(v, _) => v,
+        ScalarValue::TimestampMicrosecond(v, _) => v.map(|v| v.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(v, _) => v.map(|v| v.div_euclid(1_000_000)),
+        other => {
+            return Err(EngineError::Internal(format!(
+                "event-time key is not a timestamp: {other:?}"
+            )));
+        }
+    })
+}
+
+/// Max event time (ms) per watermarked source in this batch's rows.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] when the watermark column is missing or not a timestamp.
+pub fn max_event_times(
+    watermarks: &[SourceWatermark],
+    rows: &[Vec<RecordBatch>],
+) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for w in watermarks {
+        for batch in rows.get(w.input).into_iter().flatten() {
+            let column = batch.column_by_name(&w.column).ok_or_else(|| {
+                EngineError::InvalidQuery(format!(
+                    "source `{}`: watermark column `{}` is not in its schema",
+                    w.source, w.column
+                ))
+            })?;
+            if let Some(max) = arrow::compute::max(&millis(column)?) {
+                let entry = out.entry(w.source.clone()).or_insert(max);
+                *entry = (*entry).max(max);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The watermark after a batch: `min over sources (max event − delay)`, never moving back.
+pub fn next_watermark(
+    previous: &EventTimeState,
+    batch_max: &BTreeMap<String, i64>,
+    watermarks: &[SourceWatermark],
+) -> EventTimeState {
+    let mut max_event_ms = previous.max_event_ms.clone();
+    for (source, max) in batch_max {
+        let entry = max_event_ms.entry(source.clone()).or_insert(*max);
+        *entry = (*entry).max(*max);
+    }
+    let candidate = watermarks
+        .iter()
+        .filter_map(|w| max_event_ms.get(&w.source).map(|m| m - w.delay_ms))
+        .min();
+    let watermark_ms = match (previous.watermark_ms, candidate) {
+        (Some(p), Some(c)) => Some(p.max(c)),
+        (p, c) => p.or(c),
+    };
+    EventTimeState {
+        watermark_ms,
+        used_watermark_ms: previous.watermark_ms,
+        max_event_ms,
+    }
+}
+
+/// What one batch of the aggregation produced.
+pub struct AggregateOutcome {
+    /// Rows in the aggregate's output shape (keys, then final aggregate values).
+    pub rows: Option<RecordBatch>,
+    pub delta: StateDelta,
+    /// (row, window) pairs dropped as later than the watermark.
+    pub late_rows: u64,
+}
+
+/// Runs steps 2–6 and the event-time update of one batch against `store` (not modified).
+///
+/// # Errors
+/// Execution errors of DataFusion or Arrow.
+pub async fn run_batch(
+    ctx: &SessionContext,
+    plan: &AggregatePlan,
+    store: &StateStore,
+    mode: OutputMode,
+    batch_max: &BTreeMap<String, i64>,
+    watermarks: &[SourceWatermark],
+) -> Result<AggregateOutcome> {
+    let watermark = store.event_time.watermark_ms;
+    let input = collect(plan.input.clone(), ctx.task_ctx()).await?;
+    let mut late_rows = 0u64;
+    let mut kept = Vec::with_capacity(input.len());
+    for batch in input {
+        match (plan.event_key, watermark) {
+            (Some(key), Some(w)) => {
+                let times = key_millis(batch.column(key.input_column), key.kind)?;
+                let keep: BooleanArray = times
+                    .iter()
+                    .map(|t| Some(t.is_none_or(|t| t > w)))
+                    .collect();
+                let filtered = filter_record_batch(&batch, &keep)?;
+                late_rows += (batch.num_rows() - filtered.num_rows()) as u64;
+                if filtered.num_rows() > 0 {
+                    kept.push(filtered);
+                }
+            }
+            _ => {
+                if batch.num_rows() > 0 {
+                    kept.push(batch);
+                }
+            }
+        }
+    }
+    let mut delta = StateDelta::default();
+    if !kept.is_empty() {
+        let partial = collect(plan.partial(kept)?, ctx.task_ctx()).await?;
+        let ranges = plan.state_ranges()?;
+        let num_keys = store.num_keys();
+        for batch in partial {
+            let key_columns: Vec<ArrayRef> = batch.columns()[..num_keys].to_vec();
+            let keys = store.keys(&key_columns, batch.num_rows())?;
+            for (r, key) in keys.into_iter().enumerate() {
+                let mut row: StateRow = Vec::with_capacity(batch.num_columns());
+                for c in 0..num_keys {
+                    row.push(ScalarValue::try_from_array(batch.column(c), r)?);
+                }
+                let previous = delta.upserts.get(&key).or_else(|| store.get(&key));
+                for (aggr, range) in plan.aggr.iter().zip(&ranges) {
+                    let incoming: Vec<ArrayRef> =
+                        range.clone().map(|c| batch.column(c).slice(r, 1)).collect();
+                    match previous {
+                        None => {
+                            for c in range.clone() {
+                                row.push(ScalarValue::try_from_array(batch.column(c), r)?);
+                            }
+                        }
+                        Some(prev) => {
+                            let mut acc = aggr.create_accumulator()?;
+                            acc.merge_batch(&single_row_arrays(&prev[range.clone()])?)?;
+                            acc.merge_batch(&incoming)?;
+                            row.extend(acc.state()?);
+                        }
+                    }
+                }
+                delta.upserts.insert(key, row);
+            }
+        }
+    }
+
+    if let Some(session) = plan.session_index {
+        merge_sessions(plan, store, session, &mut delta)?;
+    }
+
+    // Output rows, then eviction.
+    let closed = |row: &StateRow| -> Result<bool> {
+        match (plan.event_key, watermark) {
+            (Some(key), Some(w)) => {
+                Ok(scalar_millis(&row[key.group_index], key.kind)?.is_some_and(|t| t <= w))
+            }
+            _ => Ok(false),
+        }
+    };
+    let mut emitted: Vec<(OwnedRow, StateRow)> = Vec::new();
+    let dedup = plan.aggr.is_empty();
+    match mode {
+        // Dedup emits each key once: when first seen.
+        _ if dedup && mode != OutputMode::Complete => {
+            emitted.extend(
+                delta
+                    .upserts
+                    .iter()
+                    .filter(|(k, _)| store.get(k).is_none())
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        OutputMode::Update => {
+            emitted.extend(delta.upserts.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        OutputMode::Complete => {
+            emitted.extend(delta.upserts.iter().map(|(k, v)| (k.clone(), v.clone())));
+            emitted.extend(
+                store
+                    .iter()
+                    .filter(|(k, _)| !delta.upserts.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        OutputMode::Append => {}
+    }
+    // Groups at or below the watermark were evicted when it was first used, and this batch's
+    // input at or below it was dropped: only a new watermark can close more groups.
+    let watermark_moved = watermark != store.event_time.used_watermark_ms;
+    if mode != OutputMode::Complete && plan.event_key.is_some() && watermark_moved {
+        let mut evicted = Vec::new();
+        for (key, row) in delta.upserts.iter().chain(
+            store
+                .iter()
+                .filter(|(k, _)| !delta.upserts.contains_key(*k)),
+        ) {
+            if closed(row)? {
+                evicted.push((key.clone(), row.clone()));
+            }
+        }
+        for (key, row) in evicted {
+            delta.upserts.remove(&key);
+            if store.get(&key).is_some() {
+                delta.deletes.push(key.clone());
+            }
+            if mode == OutputMode::Append && !dedup {
+                emitted.push((key, row));
+            }
+        }
+        delta.deletes.sort();
+    }
+    emitted.sort_by(|a, b| a.0.cmp(&b.0));
+    delta.event_time = next_watermark(&store.event_time, batch_max, watermarks);
+    let rows = if emitted.is_empty() {
+        None
+    } else {
+        Some(final_rows(plan, &emitted)?)
+    };
+    Ok(AggregateOutcome {
+        rows,
+        delta,
+        late_rows,
+    })
+}
+
+/// A session taking part in a merge: its stored key (if stored), its row, whether this batch
+/// changed it.
+type SessionMember = (Option<OwnedRow>, StateRow, bool);
+
+/// Start and end (ms) of a session struct value.
+fn session_bounds(value: &ScalarValue) -> Result<(i64, i64)> {
+    let ScalarValue::Struct(session) = value else {
+        return Err(EngineError::Internal(format!("session key is {value:?}")));
+    };
+    let bound = |c: usize| -> Result<i64> {
+        let ms = millis(session.column(c))?;
+        Ok(if ms.is_valid(0) {
+            ms.value(0)
+        } else {
+            i64::MIN
+        })
+    };
+    Ok((bound(0)?, bound(1)?))
+}
+
+/// Session windows (Spark's `session_window`): after the batch's per-row sessions were merged
+/// into `delta` by exact key, overlapping sessions of the same other keys — new ones and stored
+/// ones — are merged into one session `[min start, max end)` whose aggregate state is the merge
+/// of theirs. Replaced stored sessions become deletes; merged sessions become upserts.
+fn merge_sessions(
+    plan: &AggregatePlan,
+    store: &StateStore,
+    session: usize,
+    delta: &mut StateDelta,
+) -> Result<()> {
+    if delta.upserts.is_empty() {
+        return Ok(());
+    }
+    let other = |row: &StateRow| -> Vec<ScalarValue> {
+        row.iter()
+            .take(store.num_keys())
+            .enumerate()
+            .filter(|(i, _)| *i != session)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    // Members per other-keys: (stored key if stored, row, changed in this batch).
+    let mut groups: std::collections::HashMap<Vec<ScalarValue>, Vec<SessionMember>> =
+        std::collections::HashMap::new();
+    for (key, row) in delta.upserts.drain() {
+        let stored = store.get(&key).is_some().then_some(key);
+        groups
+            .entry(other(&row))
+            .or_default()
+            .push((stored, row, true));
+    }
+    for (key, row) in store.iter() {
+        if let Some(members) = groups.get_mut(&other(row))
+            && !members.iter().any(|(k, _, _)| k.as_ref() == Some(key))
+        {
+            members.push((Some(key.clone()), row.clone(), false));
+        }
+    }
+    let ranges = plan.state_ranges()?;
+    for (_, mut members) in groups {
+        let mut bounded = Vec::with_capacity(members.len());
+        for member in members.drain(..) {
+            let (start, end) = session_bounds(&member.1[session])?;
+            bounded.push((start, end, member));
+        }
+        bounded.sort_by_key(|(start, end, _)| (*start, *end));
+        let mut clusters: Vec<(i64, i64, Vec<SessionMember>)> = Vec::new();
+        for (start, end, member) in bounded {
+            match clusters.last_mut() {
+                Some(last) if start < last.1 => {
+                    last.1 = last.1.max(end);
+                    last.2.push(member);
+                }
+                _ => clusters.push((start, end, vec![member])),
+            }
+        }
+        for (start, end, cluster) in clusters {
+            // A stored session nothing merged into: unchanged.
+            if cluster.iter().all(|(_, _, changed)| !changed) {
+                continue;
+            }
+            let template = &cluster[0].1;
+            let mut row: StateRow = template[..store.num_keys()].to_vec();
+            row[session] = session_value_of(&template[session], start, end)?;
+            for (aggr, range) in plan.aggr.iter().zip(&ranges) {
+                let mut acc = aggr.create_accumulator()?;
+                for (_, member, _) in &cluster {
+                    acc.merge_batch(&single_row_arrays(&member[range.clone()])?)?;
+                }
+                row.extend(acc.state()?);
+            }
+            let key_columns = row[..store.num_keys()]
+                .iter()
+                .map(|v| v.to_array_of_size(1))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let new_key = store
+                .keys(&key_columns, 1)?
+                .pop()
+                .ok_or_else(|| EngineError::Internal("session key".into()))?;
+            for (stored, _, _) in &cluster {
+                if let Some(stored) = stored
+                    && *stored != new_key
+                {
+                    delta.deletes.push(stored.clone());
+                }
+            }
+            delta.upserts.insert(new_key, row);
+        }
+    }
+    Ok(())
+}
+
+/// A session struct value like `template` with new bounds (ms).
+fn session_value_of(template: &ScalarValue, start_ms: i64, end_ms: i64) -> Result<ScalarValue> {
+    let ScalarValue::Struct(session) = template else {
+        return Err(EngineError::Internal("session key is not a struct".into()));
+    };
+    let field_type = session.column(0).data_type().clone();
+    let to_type = |ms: i64| -> Result<ArrayRef> {
+        let tz = match &field_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let ms_array: ArrayRef =
+            Arc::new(arrow::array::TimestampMillisecondArray::from(vec![ms]).with_timezone_opt(tz));
+        Ok(cast(&ms_array, &field_type)?)
+    };
+    let array = StructArray::try_new(
+        session.fields().clone(),
+        vec![to_type(start_ms)?, to_type(end_ms)?],
+        None,
+    )?;
+    Ok(ScalarValue::Struct(Arc::new(array)))
+}
+
+/// Evaluates the final values of `groups` into the aggregate's output shape.
+fn final_rows(plan: &AggregatePlan, groups: &[(OwnedRow, StateRow)]) -> Result<RecordBatch> {
+    let schema: SchemaRef = Arc::new(plan.aggregate.schema.as_arrow().clone());
+    let num_keys = plan.group_by.expr().len();
+    let ranges = plan.state_ranges()?;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for c in 0..num_keys {
+        columns.push(ScalarValue::iter_to_array(
+            groups.iter().map(|(_, row)| row[c].clone()),
+        )?);
+    }
+    for (aggr, range) in plan.aggr.iter().zip(&ranges) {
+        let mut values = Vec::with_capacity(groups.len());
+        for (_, row) in groups {
+            let mut acc = aggr.create_accumulator()?;
+            acc.merge_batch(&single_row_arrays(&row[range.clone()])?)?;
+            values.push(acc.evaluate()?);
+        }
+        columns.push(ScalarValue::iter_to_array(values)?);
+    }
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(array, field)| {
+            if array.data_type() == field.data_type() {
+                Ok(array)
+            } else {
+                cast(&array, field.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(groups.len()));
+    let relaxed = Arc::new(arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    Ok(RecordBatch::try_new_with_options(
+        relaxed, columns, &options,
+    )?)
+}
