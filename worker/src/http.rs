@@ -1,6 +1,7 @@
 //! The worker's HTTP endpoints: `GET /metrics` (Prometheus text), `GET /healthz`, `GET /progress`
 //! (latest `StreamingQueryProgress` and recent history), `POST /stop` (stop at the next batch
-//! boundary; the response comes back at once, the process exits after its commit).
+//! boundary; the response comes back once the trigger loop has exited after its final commit,
+//! with the latest progress, so a caller knows the worker's last commit; the process then exits).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,5 +76,14 @@ async fn progress(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn stop(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     shared.stop.request();
-    (StatusCode::ACCEPTED, Json(json!({"stopping": true})))
+    shared.wait_stopped().await;
+    let latest = shared
+        .progress
+        .lock()
+        .ok()
+        .and_then(|h| h.back().cloned());
+    (
+        StatusCode::OK,
+        Json(json!({"stopped": true, "latest": latest})),
+    )
 }

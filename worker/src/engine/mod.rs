@@ -87,6 +87,11 @@ pub struct QueryConfig {
     /// This replica's index, `0..replicas`.
     pub replica: u32,
     pub replicas: u32,
+    /// Simulated processing cost per input row, paid once per replica and round (the replica's
+    /// tasks share it, as if they shared one core). Zero in production; load tests and
+    /// benchmarks set it (`SLUICE_ROW_COST_MICROS`) so that one replica's capacity is known:
+    /// `1 / row_cost` rows/s.
+    pub row_cost: Duration,
 }
 
 impl QueryConfig {
@@ -108,6 +113,7 @@ impl QueryConfig {
             checkpoint_location,
             replica: 0,
             replicas: 1,
+            row_cost: Duration::ZERO,
         }
     }
 
@@ -145,6 +151,8 @@ pub struct Shared {
     pub stop: StopHandle,
     /// The last retryable error, cleared by the next committed batch.
     pub last_error: Mutex<Option<String>>,
+    /// Set once the trigger loop has exited (after its final commit); `POST /stop` waits for it.
+    pub stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -154,7 +162,20 @@ impl Shared {
             progress: Mutex::new(VecDeque::new()),
             stop: StopHandle::default(),
             last_error: Mutex::new(None),
+            stopped: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Marks the trigger loop as exited: every batch it started is committed or abandoned.
+    pub fn mark_stopped(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Waits until [`Shared::mark_stopped`] was called.
+    pub async fn wait_stopped(&self) {
+        let mut receiver = self.stopped.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` lives.
+        let _ = receiver.wait_for(|stopped| *stopped).await;
     }
 }
 
@@ -307,6 +328,7 @@ impl Engine {
             let started = Instant::now();
             let trigger_time = chrono::Utc::now();
             let results = self.run_round(limit).await;
+            self.pay_row_cost(&results, started).await;
             let mut outcomes = Vec::new();
             let mut retryable = None;
             for result in results {
@@ -324,7 +346,7 @@ impl Engine {
                 summary.input_rows += progress.num_input_rows;
                 summary.output_rows += progress.sink.num_output_rows;
                 summary.bad_records += progress.num_bad_records;
-                self.record_metrics(&outcomes);
+                self.record_metrics(&outcomes, started.elapsed().as_secs_f64());
                 on_progress(&progress);
                 if let Ok(mut history) = self.shared.progress.lock() {
                     history.push_back(progress);
@@ -404,8 +426,33 @@ impl Engine {
         }
     }
 
-    fn record_metrics(&self, outcomes: &[BatchOutcome]) {
+    /// Sleeps until the round has taken at least `rows × row_cost` (see [`QueryConfig::row_cost`]).
+    async fn pay_row_cost(&self, results: &[Result<Option<BatchOutcome>>], started: Instant) {
+        if self.config.row_cost.is_zero() {
+            return;
+        }
+        let rows: u64 = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|o| o.as_ref()))
+            .map(|o| o.progress.num_input_rows)
+            .sum();
+        let cost = self
+            .config
+            .row_cost
+            .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX));
+        let wait = cost.saturating_sub(started.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Records the metrics of one round. `round_seconds` (the wall time of the round, tasks run in
+    /// parallel) is split evenly over the round's tasks, so `sluice_batch_busy_seconds_total`
+    /// summed over a replica's tasks is the replica's busy wall time: its rate is the busy ratio
+    /// b of the autoscaler (DESIGN §5).
+    fn record_metrics(&self, outcomes: &[BatchOutcome], round_seconds: f64) {
         let metrics = &self.shared.metrics;
+        let busy_share = round_seconds / outcomes.len().max(1) as f64;
         for outcome in outcomes {
             let p = &outcome.progress;
             let labels = self.labels(p.task);
@@ -430,7 +477,10 @@ impl Engine {
                 .batch_duration
                 .get_or_create(&labels)
                 .observe(seconds);
-            metrics.busy_seconds.get_or_create(&labels).inc_by(seconds);
+            metrics
+                .busy_seconds
+                .get_or_create(&labels)
+                .inc_by(busy_share);
             metrics
                 .last_committed_batch_id
                 .get_or_create(&labels)
