@@ -545,6 +545,7 @@ impl LocalOperator {
             });
             query.status = Some(runtime.status.clone());
         }
+        query.status = Some(runtime.status.clone());
         let workers = runtime.deployment.as_ref().map(|d| WorkersObservation {
             generation: d.generation,
             restart_hash: d.restart_hash.clone(),
