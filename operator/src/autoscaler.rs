@@ -160,16 +160,15 @@ pub fn evaluate(
         state.rescaled(now_ms);
         return Evaluation {
             action: Action::Scale(clamped),
-            reason: format!(
-                "outside [{}, {}]",
-                policy.min_replicas, policy.max_replicas
-            ),
+            reason: format!("outside [{}, {}]", policy.min_replicas, policy.max_replicas),
             ..Evaluation::hold("")
         };
     }
-    let (Some(input), Some(processed), Some(busy)) =
-        (metrics.input_rate, metrics.processed_rate, metrics.busy_ratio)
-    else {
+    let (Some(input), Some(processed), Some(busy)) = (
+        metrics.input_rate,
+        metrics.processed_rate,
+        metrics.busy_ratio,
+    ) else {
         state.high_since_ms = None;
         return Evaluation::hold("metrics missing: input rate, processed rate or busy ratio");
     };

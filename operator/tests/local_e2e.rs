@@ -181,7 +181,10 @@ async fn assert_exactly_once(output: &Path, rows: u64, timeout: Duration) {
     let expected: Vec<i64> = (0..rows as i64).collect();
     assert_eq!(ids.len(), expected.len(), "output rows vs produced rows");
     assert!(ids == expected, "output ids differ from produced ids");
-    println!("exactly once: {rows} rows produced, {} rows out, no duplicates", ids.len());
+    println!(
+        "exactly once: {rows} rows produced, {} rows out, no duplicates",
+        ids.len()
+    );
 }
 
 fn status(dir: &Path, name: &str) -> StreamingQueryStatus {
@@ -372,9 +375,13 @@ async fn autoscaler_follows_a_load_step() {
         &manifest(&fixture, name, "SELECT id, v FROM events", 8, "1s", extra),
     );
     let producer = Producer::start(&fixture.input, &fixture.staging, 2.0);
-    wait_status(&fixture.manifests, name, Duration::from_secs(60), "Running", |s| {
-        s.phase == Some(sluice_crds::Phase::Running)
-    })
+    wait_status(
+        &fixture.manifests,
+        name,
+        Duration::from_secs(60),
+        "Running",
+        |s| s.phase == Some(sluice_crds::Phase::Running),
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let before = status(&fixture.manifests, name);
@@ -430,7 +437,9 @@ async fn autoscaler_follows_a_load_step() {
     )
     .await;
     let downtime = running.last_rescale_downtime_seconds.unwrap_or(f64::NAN);
-    println!("RESCALE DOWNTIME (last commit of old generation -> first commit of new): {downtime:.3} s");
+    println!(
+        "RESCALE DOWNTIME (last commit of old generation -> first commit of new): {downtime:.3} s"
+    );
     // Backlog drains: lag (unread files) goes back to a few files.
     wait_status(
         &fixture.manifests,
@@ -440,7 +449,10 @@ async fn autoscaler_follows_a_load_step() {
         |s| s.lag.is_some_and(|lag| lag <= 8),
     )
     .await;
-    println!("backlog drained {:.1} s after the step", step.elapsed().as_secs_f64());
+    println!(
+        "backlog drained {:.1} s after the step",
+        step.elapsed().as_secs_f64()
+    );
 
     // Step down: 1 file/s fits one replica; after the cool-down and the scale-down window.
     producer.set_rate(1.0);
@@ -462,7 +474,10 @@ async fn autoscaler_follows_a_load_step() {
         drop.elapsed().as_secs_f64(),
         down.scaling_history.last()
     );
-    assert!(drop.elapsed() >= Duration::from_secs(15), "scaled down before the window");
+    assert!(
+        drop.elapsed() >= Duration::from_secs(15),
+        "scaled down before the window"
+    );
     let rows = producer.finish().await;
     assert_exactly_once(&fixture.output, rows, Duration::from_secs(90)).await;
     let last = status(&fixture.manifests, name);
@@ -491,9 +506,13 @@ async fn upgrades_are_guarded_and_rolled_back() {
     let v1 = manifest(&fixture, name, "SELECT id, v FROM events", 2, "500ms", "");
     fixture.write(name, &v1);
     let producer = Producer::start(&fixture.input, &fixture.staging, 4.0);
-    let first = wait_status(&fixture.manifests, name, Duration::from_secs(60), "Running", |s| {
-        s.phase == Some(sluice_crds::Phase::Running) && s.last_committed_batch_id.is_some()
-    })
+    let first = wait_status(
+        &fixture.manifests,
+        name,
+        Duration::from_secs(60),
+        "Running",
+        |s| s.phase == Some(sluice_crds::Phase::Running) && s.last_committed_batch_id.is_some(),
+    )
     .await;
     let generation = first.generation.unwrap_or(0);
 
@@ -512,9 +531,7 @@ async fn upgrades_are_guarded_and_rolled_back() {
         name,
         Duration::from_secs(60),
         "generation +1 Running",
-        |s| {
-            s.generation == Some(generation + 1) && s.phase == Some(sluice_crds::Phase::Running)
-        },
+        |s| s.generation == Some(generation + 1) && s.phase == Some(sluice_crds::Phase::Running),
     )
     .await;
     println!(
@@ -533,11 +550,18 @@ async fn upgrades_are_guarded_and_rolled_back() {
         name,
         Duration::from_secs(30),
         "UpgradeRefused",
-        |s| condition(s, "Degraded").is_some_and(|(st, reason, _)| st == "True" && reason == "UpgradeRefused"),
+        |s| {
+            condition(s, "Degraded")
+                .is_some_and(|(st, reason, _)| st == "True" && reason == "UpgradeRefused")
+        },
     )
     .await;
     println!("refused: {:?}", condition(&refused, "Degraded"));
-    assert_eq!(refused.generation, Some(generation + 1), "a refused spec must not roll out");
+    assert_eq!(
+        refused.generation,
+        Some(generation + 1),
+        "a refused spec must not roll out"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         output_ids(&fixture.output).len() > before,
@@ -545,13 +569,20 @@ async fn upgrades_are_guarded_and_rolled_back() {
     );
 
     // Partition count change: refused against the checkpoint's metadata.
-    fixture.write(name, &manifest(&fixture, name, "SELECT id, v FROM events", 4, "500ms", ""));
+    fixture.write(
+        name,
+        &manifest(&fixture, name, "SELECT id, v FROM events", 4, "500ms", ""),
+    );
     let refused = wait_status(
         &fixture.manifests,
         name,
         Duration::from_secs(30),
         "partition change refused",
-        |s| condition(s, "Degraded").is_some_and(|(_, reason, m)| reason == "UpgradeRefused" && m.contains("partitions")),
+        |s| {
+            condition(s, "Degraded").is_some_and(|(_, reason, m)| {
+                reason == "UpgradeRefused" && m.contains("partitions")
+            })
+        },
     )
     .await;
     assert_eq!(refused.generation, Some(generation + 1));
@@ -565,8 +596,9 @@ async fn upgrades_are_guarded_and_rolled_back() {
         Duration::from_secs(60),
         "rollback",
         |s| {
-            condition(s, "Degraded").is_some_and(|(_, reason, m)| reason == "SpecRejected" && m.contains("rolling back"))
-                && s.phase == Some(sluice_crds::Phase::Running)
+            condition(s, "Degraded").is_some_and(|(_, reason, m)| {
+                reason == "SpecRejected" && m.contains("rolling back")
+            }) && s.phase == Some(sluice_crds::Phase::Running)
         },
     )
     .await;
@@ -578,7 +610,10 @@ async fn upgrades_are_guarded_and_rolled_back() {
     assert!(rolled.generation > Some(generation + 1));
     let before = output_ids(&fixture.output).len();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(output_ids(&fixture.output).len() > before, "no output after the rollback");
+    assert!(
+        output_ids(&fixture.output).len() > before,
+        "no output after the rollback"
+    );
 
     let rows = producer.finish().await;
     assert_exactly_once(&fixture.output, rows, Duration::from_secs(60)).await;
@@ -607,9 +642,13 @@ async fn killed_workers_are_restarted_exactly_once() {
         ),
     );
     let producer = Producer::start(&fixture.input, &fixture.staging, 5.0);
-    wait_status(&fixture.manifests, name, Duration::from_secs(60), "Running", |s| {
-        s.phase == Some(sluice_crds::Phase::Running) && s.last_committed_batch_id.is_some()
-    })
+    wait_status(
+        &fixture.manifests,
+        name,
+        Duration::from_secs(60),
+        "Running",
+        |s| s.phase == Some(sluice_crds::Phase::Running) && s.last_committed_batch_id.is_some(),
+    )
     .await;
     let kills = 8u32;
     let started = Instant::now();
@@ -625,13 +664,19 @@ async fn killed_workers_are_restarted_exactly_once() {
         assert!(killed.success(), "kill -9 {pid}");
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
-    println!("killed {kills} workers in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "killed {kills} workers in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     let recovered = wait_status(
         &fixture.manifests,
         name,
         Duration::from_secs(60),
         "restarts counted and Running",
-        |s| s.restarts.unwrap_or(0) >= i64::from(kills) && s.phase == Some(sluice_crds::Phase::Running),
+        |s| {
+            s.restarts.unwrap_or(0) >= i64::from(kills)
+                && s.phase == Some(sluice_crds::Phase::Running)
+        },
     )
     .await;
     println!("status.restarts = {:?}", recovered.restarts);

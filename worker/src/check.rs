@@ -248,7 +248,11 @@ spec:
     #[tokio::test]
     async fn stateless_query_reports_tasks_and_keys() {
         let report = check(
-            &manifest("SELECT deviceId FROM events WHERE temperature > 1", "stream", 8),
+            &manifest(
+                "SELECT deviceId FROM events WHERE temperature > 1",
+                "stream",
+                8,
+            ),
             None,
         )
         .await
@@ -300,14 +304,20 @@ spec:
         )
         .expect("write");
         let location = dir.path().to_str().expect("utf8");
-        let err = check(&manifest("SELECT * FROM events", "stream", 4), Some(location))
-            .await
-            .expect_err("partition change");
+        let err = check(
+            &manifest("SELECT * FROM events", "stream", 4),
+            Some(location),
+        )
+        .await
+        .expect_err("partition change");
         assert!(err.to_string().contains("created with 8"), "{err}");
         // Same partitions, but a stateless query against a checkpoint with stateful state.
-        let err = check(&manifest("SELECT * FROM events", "stream", 8), Some(location))
-            .await
-            .expect_err("fingerprint change");
+        let err = check(
+            &manifest("SELECT * FROM events", "stream", 8),
+            Some(location),
+        )
+        .await
+        .expect_err("fingerprint change");
         assert!(err.to_string().contains("fingerprint"), "{err}");
         // A missing checkpoint fits anything.
         let fresh = dir.path().join("fresh");

@@ -77,11 +77,7 @@ async fn progress(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn stop(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     shared.stop.request();
     shared.wait_stopped().await;
-    let latest = shared
-        .progress
-        .lock()
-        .ok()
-        .and_then(|h| h.back().cloned());
+    let latest = shared.progress.lock().ok().and_then(|h| h.back().cloned());
     (
         StatusCode::OK,
         Json(json!({"stopped": true, "latest": latest})),

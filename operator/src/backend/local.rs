@@ -127,7 +127,11 @@ pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<String>
 }
 
 /// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.
-pub async fn run_check(worker_bin: &Path, manifest: &Path, checkpoint: Option<&str>) -> CheckOutcome {
+pub async fn run_check(
+    worker_bin: &Path,
+    manifest: &Path,
+    checkpoint: Option<&str>,
+) -> CheckOutcome {
     let mut command = Command::new(worker_bin);
     command.arg("check").arg(manifest);
     if let Some(location) = checkpoint {
@@ -221,7 +225,10 @@ pub async fn prometheus_scalar(
     let encoded: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
     let body = http(
         "GET",
-        &format!("{}/api/v1/query?query={encoded}", base.trim_end_matches('/')),
+        &format!(
+            "{}/api/v1/query?query={encoded}",
+            base.trim_end_matches('/')
+        ),
         Duration::from_secs(3),
     )
     .await?;
@@ -443,7 +450,11 @@ impl LocalOperator {
                 return Ok(stem.to_string());
             }
         };
-        let name = query.metadata.name.clone().unwrap_or_else(|| stem.to_string());
+        let name = query
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| stem.to_string());
         query.metadata.name = Some(name.clone());
         if query.metadata.namespace.is_none() {
             query.metadata.namespace = Some("default".into());
@@ -493,7 +504,11 @@ impl LocalOperator {
         if file_hash != runtime.file_spec_hash {
             runtime.file_spec_hash = file_hash.clone();
             runtime.generation += 1;
-            if runtime.rejected.as_ref().is_some_and(|(h, _)| *h != file_hash) {
+            if runtime
+                .rejected
+                .as_ref()
+                .is_some_and(|(h, _)| *h != file_hash)
+            {
                 runtime.rejected = None;
             }
         }
@@ -517,7 +532,9 @@ impl LocalOperator {
         {
             let dir = self.config.manifests.join(".checkpoints").join(&name);
             std::fs::create_dir_all(&dir).map_err(|e| io_error("creating checkpoint dir", e))?;
-            let dir = dir.canonicalize().map_err(|e| io_error("checkpoint dir", e))?;
+            let dir = dir
+                .canonicalize()
+                .map_err(|e| io_error("checkpoint dir", e))?;
             let url = url::Url::from_directory_path(&dir)
                 .map_err(|()| io_error("checkpoint dir", dir.display()))?;
             runtime.status.checkpoint_location = Some(url.to_string());
@@ -586,7 +603,11 @@ impl LocalOperator {
                 "generation {} was not Ready within {} s: rolling back to the last stable spec ({})",
                 deployment.generation,
                 self.config.ready_timeout.as_secs(),
-                runtime.status.last_stable_spec_hash.clone().unwrap_or_default()
+                runtime
+                    .status
+                    .last_stable_spec_hash
+                    .clone()
+                    .unwrap_or_default()
             );
             tracing::warn!(query = %name, "{message}");
             runtime.rejected = Some((file_hash.clone(), message.clone()));
@@ -608,7 +629,12 @@ impl LocalOperator {
             });
         }
         let effective_spec = match &planned.workers {
-            WorkersAction::Apply(_) if runtime.rejected.as_ref().is_some_and(|(h, _)| *h == file_hash) => {
+            WorkersAction::Apply(_)
+                if runtime
+                    .rejected
+                    .as_ref()
+                    .is_some_and(|(h, _)| *h == file_hash) =>
+            {
                 runtime
                     .stable_spec
                     .clone()
@@ -644,14 +670,33 @@ impl LocalOperator {
         if let Some(message) = check_refusal {
             // Refused before anything stops: the running generation keeps running.
             let note = format!("upgrade refused, the running generation keeps running: {message}");
-            let repeated = runtime.rejected.as_ref().is_some_and(|(h, m)| *h == file_hash && *m == note);
+            let repeated = runtime
+                .rejected
+                .as_ref()
+                .is_some_and(|(h, m)| *h == file_hash && *m == note);
             runtime.rejected = Some((file_hash.clone(), note.clone()));
             let mut status = runtime.status.clone();
             status.observed_generation = generation;
-            conditions::set(&mut status.conditions, DEGRADED, true, "UpgradeRefused", &note, generation, now.clone());
+            conditions::set(
+                &mut status.conditions,
+                DEGRADED,
+                true,
+                "UpgradeRefused",
+                &note,
+                generation,
+                now.clone(),
+            );
             if runtime.deployment.is_none() {
                 status.phase = Some(Phase::Failed);
-                conditions::set(&mut status.conditions, READY, false, "UpgradeRefused", &note, generation, now);
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    false,
+                    "UpgradeRefused",
+                    &note,
+                    generation,
+                    now,
+                );
             }
             if !repeated {
                 events.push(PlannedEvent {
@@ -666,29 +711,67 @@ impl LocalOperator {
             return write_status(status_path, &runtime.status);
         }
         if let Some((_, message)) = runtime.rejected.as_ref().filter(|(h, _)| *h == file_hash) {
-            conditions::set(&mut status.conditions, DEGRADED, true, "SpecRejected", message, generation, now.clone());
+            conditions::set(
+                &mut status.conditions,
+                DEGRADED,
+                true,
+                "SpecRejected",
+                message,
+                generation,
+                now.clone(),
+            );
         }
 
         // Replica count: the stateful rule, then the autoscaler.
         if let WorkersAction::Apply(desired) = &mut planned.workers {
-            let report = runtime.checks.get(&effective_hash).cloned().unwrap_or_default();
-            let source_names: Vec<String> = effective_spec.sources.iter().map(|s| s.name.clone()).collect();
+            let report = runtime
+                .checks
+                .get(&effective_hash)
+                .cloned()
+                .unwrap_or_default();
+            let source_names: Vec<String> = effective_spec
+                .sources
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
             let limit = scaling_limit(&report, &source_names);
             match &limit {
                 Some(reason) => {
-                    conditions::set(&mut status.conditions, SCALING_LIMITED, true, "StatefulWithoutPartitionKey", reason, generation, now.clone());
+                    conditions::set(
+                        &mut status.conditions,
+                        SCALING_LIMITED,
+                        true,
+                        "StatefulWithoutPartitionKey",
+                        reason,
+                        generation,
+                        now.clone(),
+                    );
                     if desired.replicas > 1 {
                         desired.replicas = 1;
                     }
                 }
                 None => {
-                    conditions::set(&mut status.conditions, SCALING_LIMITED, false, "AsExpected", "", generation, now.clone());
+                    conditions::set(
+                        &mut status.conditions,
+                        SCALING_LIMITED,
+                        false,
+                        "AsExpected",
+                        "",
+                        generation,
+                        now.clone(),
+                    );
                 }
             }
             let settled = runtime.deployment.as_ref().is_some_and(|d| {
-                d.ready == d.replicas && !d.upgrading && d.replicas == u32::try_from(desired.replicas).unwrap_or(0)
+                d.ready == d.replicas
+                    && !d.upgrading
+                    && d.replicas == u32::try_from(desired.replicas).unwrap_or(0)
             }) && planned.change == SpecChange::Unchanged;
-            if let Some(auto) = effective_spec.parallelism.autoscale.as_ref().filter(|a| a.enabled)
+            if let Some(auto) = effective_spec
+                .parallelism
+                .autoscale
+                .as_ref()
+                .filter(|a| a.enabled)
                 && limit.is_none()
                 && settled
                 && !effective_spec.suspend
@@ -696,8 +779,16 @@ impl LocalOperator {
                 match Policy::from_spec(auto, report.tasks.max(1)) {
                     Ok(policy) => {
                         let current = u32::try_from(desired.replicas).unwrap_or(1);
-                        let metrics = self.autoscaler_metrics(runtime, &effective_spec, current, &progress).await;
-                        let evaluation = autoscaler::evaluate(&policy, &mut runtime.autoscaler, now_ms(), current, &metrics);
+                        let metrics = self
+                            .autoscaler_metrics(runtime, &effective_spec, current, &progress)
+                            .await;
+                        let evaluation = autoscaler::evaluate(
+                            &policy,
+                            &mut runtime.autoscaler,
+                            now_ms(),
+                            current,
+                            &metrics,
+                        );
                         tracing::debug!(query = %name, ?metrics, ?evaluation, "autoscaler");
                         if let Action::Scale(to) = evaluation.action {
                             let applied = auto.mode == AutoscaleMode::Apply;
@@ -709,7 +800,9 @@ impl LocalOperator {
                                 processed_rate: metrics.processed_rate.unwrap_or(0.0),
                                 busy_ratio: metrics.busy_ratio.unwrap_or(0.0),
                                 backlog: metrics.backlog.unwrap_or(0.0),
-                                true_processing_rate: evaluation.true_processing_rate.unwrap_or(0.0),
+                                true_processing_rate: evaluation
+                                    .true_processing_rate
+                                    .unwrap_or(0.0),
                                 applied,
                                 reason: evaluation.reason.clone(),
                             };
@@ -726,12 +819,17 @@ impl LocalOperator {
                             );
                             events.push(PlannedEvent {
                                 severity: EventSeverity::Normal,
-                                reason: if applied { "Autoscaled".into() } else { "ScalingRecommended".into() },
+                                reason: if applied {
+                                    "Autoscaled".into()
+                                } else {
+                                    "ScalingRecommended".into()
+                                },
                                 action: "Autoscale".into(),
                                 note,
                             });
                             status.scaling_history.push(decision);
-                            let excess = status.scaling_history.len().saturating_sub(SCALING_HISTORY);
+                            let excess =
+                                status.scaling_history.len().saturating_sub(SCALING_HISTORY);
                             status.scaling_history.drain(..excess);
                             if applied {
                                 desired.replicas = i32::try_from(to).unwrap_or(1);
@@ -739,7 +837,9 @@ impl LocalOperator {
                             }
                         }
                     }
-                    Err(message) => tracing::warn!(query = %name, %message, "bad autoscale settings"),
+                    Err(message) => {
+                        tracing::warn!(query = %name, %message, "bad autoscale settings")
+                    }
                 }
             }
         }
@@ -747,8 +847,14 @@ impl LocalOperator {
         // Apply.
         if let WorkersAction::Apply(desired) = &planned.workers {
             let restart = matches!(planned.change, SpecChange::Restart { .. });
-            let running = runtime.deployment.as_ref().map(|d| (d.generation, d.replicas));
-            let wanted = (desired.generation, u32::try_from(desired.replicas).unwrap_or(0));
+            let running = runtime
+                .deployment
+                .as_ref()
+                .map(|d| (d.generation, d.replicas));
+            let wanted = (
+                desired.generation,
+                u32::try_from(desired.replicas).unwrap_or(0),
+            );
             if running != Some(wanted) {
                 let manifest = self.write_manifest(&name, desired)?;
                 let mut downtime_from = None;
@@ -759,7 +865,13 @@ impl LocalOperator {
                     runtime.autoscaler.rescaled(now_ms());
                 }
                 let deployment = self
-                    .start_deployment(&name, desired, &effective_spec, manifest, restart || running.is_none())
+                    .start_deployment(
+                        &name,
+                        desired,
+                        &effective_spec,
+                        manifest,
+                        restart || running.is_none(),
+                    )
                     .await?;
                 let mut deployment = deployment;
                 deployment.downtime_from_ms = downtime_from.flatten();
@@ -773,7 +885,10 @@ impl LocalOperator {
                 deployment.upgrading = false;
             }
         }
-        status.replicas = runtime.deployment.as_ref().map(|d| i32::try_from(d.ready).unwrap_or(0));
+        status.replicas = runtime
+            .deployment
+            .as_ref()
+            .map(|d| i32::try_from(d.ready).unwrap_or(0));
         events.extend(planned.events.iter().cloned());
         publish(&name, &events_path, &events);
         if status != runtime.status {
@@ -787,7 +902,8 @@ impl LocalOperator {
         let dir = self.state_dir(name);
         std::fs::create_dir_all(&dir).map_err(|e| io_error("creating state dir", e))?;
         let path = dir.join(format!("generation-{}.yaml", desired.generation));
-        std::fs::write(&path, &desired.manifest_yaml).map_err(|e| io_error("writing manifest", e))?;
+        std::fs::write(&path, &desired.manifest_yaml)
+            .map_err(|e| io_error("writing manifest", e))?;
         Ok(path)
     }
 
@@ -829,9 +945,7 @@ impl LocalOperator {
 
     fn spawn(&self, name: &str, deployment: &Deployment, replica: u32) -> Result<Worker> {
         let port = free_port().map_err(|e| io_error("finding a free port", e))?;
-        let log_path = self
-            .state_dir(name)
-            .join(format!("worker-{replica}.log"));
+        let log_path = self.state_dir(name).join(format!("worker-{replica}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -878,7 +992,11 @@ impl LocalOperator {
     }
 
     /// Restarts workers that exited without being asked to; returns how many.
-    async fn restart_crashed(&self, runtime: &mut QueryRuntime, events: &mut Vec<PlannedEvent>) -> u32 {
+    async fn restart_crashed(
+        &self,
+        runtime: &mut QueryRuntime,
+        events: &mut Vec<PlannedEvent>,
+    ) -> u32 {
         let Some(deployment) = runtime.deployment.as_mut() else {
             return 0;
         };
@@ -899,7 +1017,9 @@ impl LocalOperator {
                         note: format!("replica {replica} exited ({exit}); restarted"),
                     });
                 }
-                Err(e) => tracing::error!(query = %runtime.name, replica, error = %e, "cannot restart worker"),
+                Err(e) => {
+                    tracing::error!(query = %runtime.name, replica, error = %e, "cannot restart worker")
+                }
             }
         }
         if restarted > 0 {
@@ -921,20 +1041,42 @@ impl LocalOperator {
         let mut first_commits = Vec::new();
         for worker in &deployment.workers {
             let base = format!("http://127.0.0.1:{}", worker.port);
-            if http("GET", &format!("{base}/healthz"), Duration::from_millis(500)).await.is_ok() {
+            if http(
+                "GET",
+                &format!("{base}/healthz"),
+                Duration::from_millis(500),
+            )
+            .await
+            .is_ok()
+            {
                 ready += 1;
             }
-            let Ok(body) = http("GET", &format!("{base}/progress"), Duration::from_millis(500)).await else {
+            let Ok(body) = http(
+                "GET",
+                &format!("{base}/progress"),
+                Duration::from_millis(500),
+            )
+            .await
+            else {
                 continue;
             };
             let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
                 continue;
             };
             if let Some(latest) = value.get("latest").filter(|l| !l.is_null()) {
-                input += latest.get("inputRowsPerSecond").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-                processed += latest.get("processedRowsPerSecond").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+                input += latest
+                    .get("inputRowsPerSecond")
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(0.0);
+                processed += latest
+                    .get("processedRowsPerSecond")
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(0.0);
                 if let Some(sources) = latest.get("sources").and_then(|s| s.as_array()) {
-                    lag += sources.iter().filter_map(|s| s.get("backlog").and_then(serde_json::Value::as_i64)).sum::<i64>();
+                    lag += sources
+                        .iter()
+                        .filter_map(|s| s.get("backlog").and_then(serde_json::Value::as_i64))
+                        .sum::<i64>();
                 }
                 if let Some(id) = latest.get("batchId").and_then(serde_json::Value::as_i64) {
                     batch = Some(batch.map_or(id, |b: i64| b.max(id)));
@@ -979,11 +1121,23 @@ impl LocalOperator {
             let namespace = "default";
             let selector = format!("query=\"{}\",namespace=\"{namespace}\"", runtime.name);
             let query = |q: String| async move { prometheus_scalar(base, &q).await };
-            let processed = query(format!("sum(rate(sluice_processed_rows_total{{{selector}}}[{window}]))")).await;
-            let busy = query(format!("sum(rate(sluice_batch_busy_seconds_total{{{selector}}}[{window}]))")).await;
+            let processed = query(format!(
+                "sum(rate(sluice_processed_rows_total{{{selector}}}[{window}]))"
+            ))
+            .await;
+            let busy = query(format!(
+                "sum(rate(sluice_batch_busy_seconds_total{{{selector}}}[{window}]))"
+            ))
+            .await;
             let backlog = query(format!("sum(sluice_source_backlog_rows{{{selector}}})")).await;
-            let growth = query(format!("deriv(sum(sluice_source_backlog_rows{{{selector}}})[{window}:1s])")).await;
-            let batches = query(format!("sum(rate(sluice_batch_duration_seconds_count{{{selector}}}[{window}]))")).await;
+            let growth = query(format!(
+                "deriv(sum(sluice_source_backlog_rows{{{selector}}})[{window}:1s])"
+            ))
+            .await;
+            let batches = query(format!(
+                "sum(rate(sluice_batch_duration_seconds_count{{{selector}}}[{window}]))"
+            ))
+            .await;
             match (processed, busy, backlog, growth, batches) {
                 (Ok(processed), Ok(busy), Ok(backlog), Ok(growth), Ok(batches)) => {
                     if let (Some(files), Some(p), Some(b)) = (files_per_batch, processed, batches)
@@ -992,7 +1146,11 @@ impl LocalOperator {
                     {
                         runtime.rows_per_unit = p / (b * f64::from(files));
                     }
-                    let unit = if files_per_batch.is_some() { runtime.rows_per_unit } else { 1.0 };
+                    let unit = if files_per_batch.is_some() {
+                        runtime.rows_per_unit
+                    } else {
+                        1.0
+                    };
                     let input = processed.map(|p| (p + growth.unwrap_or(0.0) * unit).max(0.0));
                     return autoscaler::Metrics {
                         input_rate: input,
@@ -1008,7 +1166,8 @@ impl LocalOperator {
             }
         }
         // Fallback: the workers' recent progress over the window.
-        let since = now_ms() - i64::try_from(self.config.metrics_window.as_millis()).unwrap_or(10_000);
+        let since =
+            now_ms() - i64::try_from(self.config.metrics_window.as_millis()).unwrap_or(10_000);
         let mut rows = 0.0;
         let mut busy_ms = 0.0;
         let mut batches = 0.0;
@@ -1016,13 +1175,29 @@ impl LocalOperator {
         for recent in &progress.recent {
             for entry in recent {
                 if commit_ms(entry).is_some_and(|c| c >= since) {
-                    rows += entry.get("numInputRows").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-                    busy_ms += entry.pointer("/durationMs/triggerExecution").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-                    batches += entry.get("tasks").and_then(|t| t.as_array()).map_or(1.0, |t| t.len() as f64);
+                    rows += entry
+                        .get("numInputRows")
+                        .and_then(serde_json::Value::as_f64)
+                        .unwrap_or(0.0);
+                    busy_ms += entry
+                        .pointer("/durationMs/triggerExecution")
+                        .and_then(serde_json::Value::as_f64)
+                        .unwrap_or(0.0);
+                    batches += entry
+                        .get("tasks")
+                        .and_then(|t| t.as_array())
+                        .map_or(1.0, |t| t.len() as f64);
                 }
             }
-            if let Some(last) = recent.last().and_then(|l| l.get("sources")).and_then(|s| s.as_array()) {
-                backlog += last.iter().filter_map(|s| s.get("backlog").and_then(serde_json::Value::as_f64)).sum::<f64>();
+            if let Some(last) = recent
+                .last()
+                .and_then(|l| l.get("sources"))
+                .and_then(|s| s.as_array())
+            {
+                backlog += last
+                    .iter()
+                    .filter_map(|s| s.get("backlog").and_then(serde_json::Value::as_f64))
+                    .sum::<f64>();
             }
         }
         let seconds = self.config.metrics_window.as_secs_f64().max(1.0);
@@ -1032,7 +1207,11 @@ impl LocalOperator {
         {
             runtime.rows_per_unit = rows / (batches * f64::from(files));
         }
-        let unit = if files_per_batch.is_some() { runtime.rows_per_unit } else { 1.0 };
+        let unit = if files_per_batch.is_some() {
+            runtime.rows_per_unit
+        } else {
+            1.0
+        };
         autoscaler::Metrics {
             input_rate: Some(rows / seconds),
             processed_rate: Some(rows / seconds),
@@ -1042,11 +1221,16 @@ impl LocalOperator {
     }
 
     fn sd_path(&self, name: &str) -> Option<PathBuf> {
-        self.config.sd_dir.as_ref().map(|d| d.join(format!("sluice-{name}.json")))
+        self.config
+            .sd_dir
+            .as_ref()
+            .map(|d| d.join(format!("sluice-{name}.json")))
     }
 
     fn write_sd(&self, name: &str, query: &StreamingQuery, deployment: &Deployment) {
-        let Some(path) = self.sd_path(name) else { return };
+        let Some(path) = self.sd_path(name) else {
+            return;
+        };
         let targets: Vec<String> = deployment
             .workers
             .iter()
@@ -1063,7 +1247,8 @@ impl LocalOperator {
         }]);
         // Write then rename, so Prometheus never reads half a file.
         let tmp = path.with_extension("json.tmp");
-        let result = std::fs::write(&tmp, body.to_string()).and_then(|()| std::fs::rename(&tmp, &path));
+        let result =
+            std::fs::write(&tmp, body.to_string()).and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot write Prometheus targets");
         }
@@ -1100,7 +1285,10 @@ async fn stop_deployment(deployment: Deployment, timeout: Duration) -> Option<i6
         match tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!(replica = worker.replica, "worker did not exit after /stop; killing it");
+                tracing::warn!(
+                    replica = worker.replica,
+                    "worker did not exit after /stop; killing it"
+                );
                 let _ = worker.child.kill().await;
             }
         }
@@ -1125,8 +1313,12 @@ fn publish(name: &str, path: &Path, events: &[PlannedEvent]) {
             EventSeverity::Warning => "Warning",
         };
         match event.severity {
-            EventSeverity::Normal => tracing::info!(query = %name, reason = %event.reason, "{}", event.note),
-            EventSeverity::Warning => tracing::warn!(query = %name, reason = %event.reason, "{}", event.note),
+            EventSeverity::Normal => {
+                tracing::info!(query = %name, reason = %event.reason, "{}", event.note)
+            }
+            EventSeverity::Warning => {
+                tracing::warn!(query = %name, reason = %event.reason, "{}", event.note)
+            }
         }
         lines.push_str(&format!(
             "{} {severity} {} {}: {}\n",
@@ -1180,10 +1372,14 @@ mod tests {
         };
         let reason = scaling_limit(&stateful, &sources).expect("no key: limited");
         assert!(reason.contains("without a partitionKey"), "{reason}");
-        stateful.partition_keys.insert("events".into(), "region".into());
+        stateful
+            .partition_keys
+            .insert("events".into(), "region".into());
         let reason = scaling_limit(&stateful, &sources).expect("key not grouped: limited");
         assert!(reason.contains("`region`"), "{reason}");
-        stateful.partition_keys.insert("events".into(), "deviceId".into());
+        stateful
+            .partition_keys
+            .insert("events".into(), "deviceId".into());
         assert_eq!(scaling_limit(&stateful, &sources), None);
     }
 
@@ -1200,10 +1396,15 @@ mod tests {
 
     #[tokio::test]
     async fn http_client_reads_status_and_body() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
-            for answer in ["HTTP/1.0 200 OK\r\n\r\n{\"ok\":1}", "HTTP/1.0 503 Nope\r\n\r\ndown"] {
+            for answer in [
+                "HTTP/1.0 200 OK\r\n\r\n{\"ok\":1}",
+                "HTTP/1.0 503 Nope\r\n\r\ndown",
+            ] {
                 let (mut socket, _) = listener.accept().await.expect("accept");
                 let mut buf = [0u8; 1024];
                 let _ = socket.read(&mut buf).await;
@@ -1215,7 +1416,9 @@ mod tests {
             http("GET", &url, Duration::from_secs(2)).await.as_deref(),
             Ok("{\"ok\":1}")
         );
-        let err = http("GET", &url, Duration::from_secs(2)).await.expect_err("503");
+        let err = http("GET", &url, Duration::from_secs(2))
+            .await
+            .expect_err("503");
         assert!(err.contains("503"), "{err}");
     }
 }

@@ -328,7 +328,10 @@ impl Engine {
             let started = Instant::now();
             let trigger_time = chrono::Utc::now();
             let results = self.run_round(limit).await;
-            self.pay_row_cost(&results, started).await;
+            let cost = self.row_cost_wait(&results, started);
+            if !cost.is_zero() {
+                tokio::time::sleep(cost).await;
+            }
             let mut outcomes = Vec::new();
             let mut retryable = None;
             for result in results {
@@ -426,10 +429,15 @@ impl Engine {
         }
     }
 
-    /// Sleeps until the round has taken at least `rows × row_cost` (see [`QueryConfig::row_cost`]).
-    async fn pay_row_cost(&self, results: &[Result<Option<BatchOutcome>>], started: Instant) {
+    /// How much longer the round must take to have cost `rows × row_cost`
+    /// (see [`QueryConfig::row_cost`]).
+    fn row_cost_wait(
+        &self,
+        results: &[Result<Option<BatchOutcome>>],
+        started: Instant,
+    ) -> Duration {
         if self.config.row_cost.is_zero() {
-            return;
+            return Duration::ZERO;
         }
         let rows: u64 = results
             .iter()
@@ -440,10 +448,7 @@ impl Engine {
             .config
             .row_cost
             .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX));
-        let wait = cost.saturating_sub(started.elapsed());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        cost.saturating_sub(started.elapsed())
     }
 
     /// Records the metrics of one round. `round_seconds` (the wall time of the round, tasks run in
