@@ -38,6 +38,11 @@ use crate::plan::{
 };
 use crate::reconcile::observe_checkpoint;
 
+/// This many worker exits within [`CRASH_LOOP_WINDOW`] set `Degraded=True, WorkersCrashing`.
+pub const CRASH_LOOP_EXITS: usize = 3;
+/// Window of the crash-loop count.
+pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
+
 /// Entries kept in `status.scalingHistory`.
 pub const SCALING_HISTORY: usize = 20;
 
@@ -306,6 +311,8 @@ struct QueryRuntime {
     /// `check` report per spec hash.
     checks: BTreeMap<String, CheckReport>,
     rows_per_unit: f64,
+    /// Times and descriptions of recent worker exits (crash-loop detection).
+    crashes: std::collections::VecDeque<(Instant, String)>,
 }
 
 /// The local operator: owns the worker processes of every query in the folder.
@@ -476,6 +483,7 @@ impl LocalOperator {
                     autoscaler: autoscaler::State::default(),
                     checks: BTreeMap::new(),
                     rows_per_unit: 1.0,
+                    crashes: std::collections::VecDeque::new(),
                 },
             );
         }
@@ -709,6 +717,31 @@ impl LocalOperator {
             runtime.status = status;
             publish(&name, &events_path, &events);
             return write_status(status_path, &runtime.status);
+        }
+        while runtime
+            .crashes
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > CRASH_LOOP_WINDOW)
+        {
+            runtime.crashes.pop_front();
+        }
+        if runtime.crashes.len() >= CRASH_LOOP_EXITS
+            && let Some((_, last)) = runtime.crashes.back()
+        {
+            let message = format!(
+                "{} worker exits in the last {} s (last: {last}); see .sluice/{name}/worker-*.log",
+                runtime.crashes.len(),
+                CRASH_LOOP_WINDOW.as_secs()
+            );
+            conditions::set(
+                &mut status.conditions,
+                DEGRADED,
+                true,
+                "WorkersCrashing",
+                &message,
+                generation,
+                now.clone(),
+            );
         }
         if let Some((_, message)) = runtime.rejected.as_ref().filter(|(h, _)| *h == file_hash) {
             conditions::set(
@@ -1010,6 +1043,9 @@ impl LocalOperator {
                     deployment.workers[index] = worker;
                     restarted += 1;
                     runtime.status.restarts = Some(runtime.status.restarts.unwrap_or(0) + 1);
+                    runtime
+                        .crashes
+                        .push_back((Instant::now(), format!("replica {replica} exited ({exit})")));
                     events.push(PlannedEvent {
                         severity: EventSeverity::Warning,
                         reason: "WorkerRestarted".into(),
