@@ -12,6 +12,7 @@
 //! * [`metrics`] — the operator's own `/metrics` and `/healthz`.
 //! * [`error`] — the error type, classified user / external / internal.
 
+pub mod autoscaler;
 pub mod backend;
 pub mod checkpoint;
 pub mod controller;

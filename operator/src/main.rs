@@ -27,6 +27,30 @@ struct Cli {
 enum Command {
     /// Reconcile StreamingQuery resources in a Kubernetes cluster.
     Kubernetes(KubernetesArgs),
+    /// Run the StreamingQuery manifests of a folder as worker processes on this machine.
+    Local(LocalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LocalArgs {
+    /// Folder of StreamingQuery manifests (`*.yaml`); status goes to `<name>.status.yaml`.
+    #[arg(long)]
+    manifests: std::path::PathBuf,
+    /// Prometheus base URL for the autoscaler's metrics; the workers' /progress without it.
+    #[arg(long, env = "SLUICE_PROMETHEUS_URL")]
+    prometheus: Option<String>,
+    /// The sluice-worker binary; default: `sluice-worker` beside this binary, else on PATH.
+    #[arg(long, env = "SLUICE_WORKER_BIN")]
+    worker_bin: Option<std::path::PathBuf>,
+    /// Folder of Prometheus file-SD JSON files to keep the workers' targets in.
+    #[arg(long, env = "SLUICE_PROMETHEUS_SD_DIR")]
+    sd_dir: Option<std::path::PathBuf>,
+    /// Seconds a new generation has to become Ready before it is rolled back.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+    /// Window (seconds) of the rates the autoscaler reads.
+    #[arg(long, default_value_t = 10)]
+    metrics_window: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,7 +96,58 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Kubernetes(args) => run_kubernetes(args).await,
+        Command::Local(args) => run_local(args).await,
     }
+}
+
+async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
+    use sluice_operator::backend::local::{LocalConfig, LocalOperator};
+    let worker_bin = match args.worker_bin {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("sluice-worker")))
+            .filter(|path| path.exists())
+            .unwrap_or_else(|| "sluice-worker".into()),
+    };
+    anyhow::ensure!(
+        args.manifests.is_dir(),
+        "--manifests {} is not a folder",
+        args.manifests.display()
+    );
+    let mut config = LocalConfig::new(args.manifests, worker_bin);
+    config.prometheus = args.prometheus;
+    config.sd_dir = args.sd_dir;
+    config.ready_timeout = Duration::from_secs(args.ready_timeout);
+    config.metrics_window = Duration::from_secs(args.metrics_window);
+    tracing::info!(?config, "local backend starting");
+    let operator = LocalOperator::new(config, CheckpointManager::new(StoreConfig::from_env()));
+    operator
+        .run(async {
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+                match term.as_mut() {
+                    Ok(term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            tracing::info!("stopping workers at a batch boundary");
+        })
+        .await;
+    Ok(())
 }
 
 async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! The worker's HTTP endpoints: `GET /` (a page charting the recent triggers), `GET /metrics`
 //! (Prometheus text), `GET /healthz`, `GET /progress` (latest `StreamingQueryProgress` and recent
-//! history), `POST /stop` (stop at the next batch boundary; the response comes back at once, the
-//! process exits after its commit).
+//! history), `POST /stop` (stop at the next batch boundary; the response comes back once the
+//! trigger loop has exited after its final commit, with the latest progress, so a caller knows the
+//! worker's last commit; the process then exits).
 //!
 //! The page is plain HTML with uPlot (MIT, `worker/assets/vendor/uplot/`), embedded in the binary:
 //! nothing to build or fetch at run time.
@@ -104,5 +105,10 @@ async fn progress(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn stop(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     shared.stop.request();
-    (StatusCode::ACCEPTED, Json(json!({"stopping": true})))
+    shared.wait_stopped().await;
+    let latest = shared.progress.lock().ok().and_then(|h| h.back().cloned());
+    (
+        StatusCode::OK,
+        Json(json!({"stopped": true, "latest": latest})),
+    )
 }

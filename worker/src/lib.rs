@@ -5,6 +5,7 @@
 //! task, logs it in the [`checkpoint`], reads it from the [`source`]s, runs the [`sql`] with
 //! DataFusion, writes the [`sink`] idempotently and commits. See DESIGN §4.
 
+pub mod check;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;

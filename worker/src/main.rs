@@ -6,6 +6,14 @@
 //!   ordinal (or `SLUICE_REPLICA_INDEX`), replica count from `SLUICE_REPLICA_COUNT`, checkpoint from
 //!   `SLUICE_CHECKPOINT_LOCATION`.
 //!
+//! - `sluice-worker check <manifest> [--checkpoint LOC]`: validates without running and prints a
+//!   JSON report (`stateful`, `groupBy`, `partitionKeys`, `tasks`, `fingerprint`); exit 2 when the
+//!   manifest, the SQL or its fit with an existing checkpoint is invalid (the operator's upgrade
+//!   guard).
+//!
+//! `SLUICE_ROW_COST_MICROS` (load tests, benchmarks): simulated processing cost per input row and
+//! replica, so that one replica's capacity is known (`1e6 / cost` rows/s).
+//!
 //! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest.
 
 mod display;
@@ -50,6 +58,14 @@ enum Command {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// Validate a manifest (and its fit with a checkpoint) without running it; prints JSON.
+    Check {
+        /// StreamingQuery manifest (YAML).
+        manifest: PathBuf,
+        /// Checkpoint location to check the query against (partition counts, state fingerprint).
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
     /// Run inside a Kubernetes pod (replica from the environment).
     Pod {
         #[arg(long, default_value = "/etc/sluice/query.yaml")]
@@ -91,6 +107,10 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (manifest, args) = match cli.command {
         Command::Run { manifest, args } => (manifest, args),
+        Command::Check {
+            manifest,
+            checkpoint,
+        } => return check(&manifest, checkpoint.as_deref()).await,
         Command::Pod {
             manifest,
             http_port,
@@ -112,11 +132,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
     let sink = describe_sink(&query.spec.sink);
     let mut config = QueryConfig::local(query);
-    if let Some(checkpoint) = args.checkpoint {
-        config.checkpoint_location = checkpoint;
+    if let Some(checkpoint) = &args.checkpoint {
+        config.checkpoint_location = checkpoint.clone();
     }
     config.replica = args.replica;
     config.replicas = args.replicas.max(1);
+    if let Some(micros) = std::env::var("SLUICE_ROW_COST_MICROS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.row_cost = std::time::Duration::from_micros(micros);
+    }
     anyhow::ensure!(
         config.replica < config.replicas,
         "--replica {} must be below --replicas {}",
@@ -156,6 +182,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let checkpoint = config.checkpoint_location.clone();
+    let result = run_engine(config, shared.clone(), &checkpoint, &args, &sink).await;
+    shared.mark_stopped();
+    if shared.stop.is_requested() {
+        // Let a waiting `POST /stop` send its response before the process exits.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    result
+}
+
+async fn check(manifest: &std::path::Path, checkpoint: Option<&str>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
+    match sluice_worker::check::check(&query, checkpoint).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        // A store that cannot be reached says nothing about the manifest: exit 1, retry later.
+        Err(e) if e.class() == ErrorClass::External => Err(classify(e)),
+        // Every other refusal is a bad manifest for the caller (exit 2).
+        Err(e) => Err(
+            sluice_worker::EngineError::Manifest(sluice_crds::CrdError::Invalid(
+                sluice_crds::ValidationError {
+                    path: "spec".into(),
+                    message: e.to_string(),
+                },
+            ))
+            .into(),
+        ),
+    }
+}
+
+async fn run_engine(
+    config: QueryConfig,
+    shared: std::sync::Arc<Shared>,
+    checkpoint: &str,
+    args: &RunArgs,
+    sink: &str,
+) -> anyhow::Result<()> {
     let engine = match Engine::start(config, shared).await {
         Ok(engine) => engine,
         Err(e) => return Err(classify(e)),

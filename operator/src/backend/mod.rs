@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::plan::{DesiredWorkers, PlannedEvent, WorkersObservation};
 
 pub mod kubernetes;
+pub mod local;
 
 /// Where worker deployments live.
 pub trait Backend {

@@ -141,6 +141,16 @@ impl Checkpoint {
                 }
             }
         };
+        self.check_compatible(&stored, &fresh)?;
+        Ok(stored)
+    }
+
+    /// Whether a query described by `fresh` may continue from a checkpoint whose metadata is
+    /// `stored`: same partition counts, same stateful operators.
+    ///
+    /// # Errors
+    /// [`EngineError::Checkpoint`] naming what changed.
+    pub fn check_compatible(&self, stored: &CheckpointMetadata, fresh: &CheckpointMetadata) -> Result<()> {
         for (source, count) in &fresh.partitions {
             if let Some(existing) = stored.partitions.get(source)
                 && existing != count
@@ -167,7 +177,7 @@ impl Checkpoint {
                 ),
             });
         }
-        Ok(stored)
+        Ok(())
     }
 
     /// File names directly under `relative` (e.g. `tasks/0/state`).

@@ -82,7 +82,9 @@ pub async fn run(
         summary.input_rows += progress.num_input_rows;
         summary.output_rows += progress.sink.num_output_rows;
         summary.bad_records += progress.num_bad_records;
-        engine.record_metrics(&outcomes);
+        // One task's epoch: its busy time is its own execution time.
+        let busy_seconds = outcomes[0].progress.duration_ms.trigger_execution as f64 / 1000.0;
+        engine.record_metrics(&outcomes, busy_seconds);
         on_progress(&progress);
         if let Ok(mut history) = engine.shared.progress.lock() {
             history.push_back(progress);

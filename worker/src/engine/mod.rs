@@ -93,6 +93,11 @@ pub struct QueryConfig {
     /// This replica's index, `0..replicas`.
     pub replica: u32,
     pub replicas: u32,
+    /// Simulated processing cost per input row, paid once per replica and round (the replica's
+    /// tasks share it, as if they shared one core). Zero in production; load tests and
+    /// benchmarks set it (`SLUICE_ROW_COST_MICROS`) so that one replica's capacity is known:
+    /// `1 / row_cost` rows/s.
+    pub row_cost: Duration,
 }
 
 impl QueryConfig {
@@ -114,6 +119,7 @@ impl QueryConfig {
             checkpoint_location,
             replica: 0,
             replicas: 1,
+            row_cost: Duration::ZERO,
         }
     }
 
@@ -151,6 +157,8 @@ pub struct Shared {
     pub stop: StopHandle,
     /// The last retryable error, cleared by the next committed batch.
     pub last_error: Mutex<Option<String>>,
+    /// Set once the trigger loop has exited (after its final commit); `POST /stop` waits for it.
+    pub stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -160,7 +168,20 @@ impl Shared {
             progress: Mutex::new(VecDeque::new()),
             stop: StopHandle::default(),
             last_error: Mutex::new(None),
+            stopped: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Marks the trigger loop as exited: every batch it started is committed or abandoned.
+    pub fn mark_stopped(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Waits until [`Shared::mark_stopped`] was called.
+    pub async fn wait_stopped(&self) {
+        let mut receiver = self.stopped.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` lives.
+        let _ = receiver.wait_for(|stopped| *stopped).await;
     }
 }
 
@@ -171,7 +192,7 @@ impl Shared {
 ///
 /// # Errors
 /// [`EngineError::InvalidQuery`] naming the source and the fix.
-fn check_stateful_partitioning(
+pub(crate) fn check_stateful_partitioning(
     spec: &StreamingQuerySpec,
     sources: &[Box<dyn Source>],
     keys: &[String],
@@ -204,6 +225,29 @@ fn check_stateful_partitioning(
 ///
 /// # Errors
 /// As [`crate::sql::StaticTable::open`].
+/// Plans a query's SQL for one task exactly as the engine runs it: the sources' schemas and
+/// watermarks, the static tables, the models' functions and tables. Also used by
+/// `sluice-worker check`, so the operator's upgrade guard refuses what a start would refuse.
+///
+/// # Errors
+/// As [`BatchQuery::with_tables`].
+pub async fn plan_query(
+    spec: &StreamingQuerySpec,
+    inputs: &[(String, arrow::datatypes::SchemaRef)],
+    models: &TaskModels,
+) -> Result<BatchQuery> {
+    BatchQuery::with_tables(
+        &spec.sql,
+        inputs.to_vec(),
+        spec.sql_scope,
+        spec.output_mode,
+        source_watermarks(spec)?,
+        open_tables(spec).await?,
+        extensions(models),
+    )
+    .await
+}
+
 async fn open_tables(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::StaticTable>> {
     let mut tables = Vec::with_capacity(spec.tables.len());
     for table in &spec.tables {
@@ -267,18 +311,8 @@ impl Engine {
             .iter()
             .map(|s| (s.name().to_string(), s.schema()))
             .collect();
-        let watermarks = source_watermarks(spec)?;
         // Plan once up front so a bad query fails before anything is written.
-        let first = BatchQuery::with_tables(
-            &spec.sql,
-            inputs.clone(),
-            spec.sql_scope,
-            spec.output_mode,
-            watermarks.clone(),
-            open_tables(spec).await?,
-            extensions(&TaskModels::new(&spec.models, None)?),
-        )
-        .await?;
+        let first = plan_query(spec, &inputs, &TaskModels::new(&spec.models, None)?).await?;
 
         if let Some(keys) = first.grouping_columns() {
             check_stateful_partitioning(spec, &sources, &keys)?;
@@ -352,16 +386,7 @@ impl Engine {
                 None => None,
             };
             let models = TaskModels::new(&spec.models, restored)?;
-            let mut query = BatchQuery::with_tables(
-                &spec.sql,
-                inputs.clone(),
-                spec.sql_scope,
-                spec.output_mode,
-                watermarks.clone(),
-                open_tables(spec).await?,
-                extensions(&models),
-            )
-            .await?;
+            let mut query = plan_query(spec, &inputs, &models).await?;
             query
                 .restore_state(&checkpoint, task, log.last_committed)
                 .await?;
@@ -455,6 +480,10 @@ impl Engine {
             let started = Instant::now();
             let trigger_time = chrono::Utc::now();
             let results = self.run_round(limit).await;
+            let cost = self.row_cost_wait(&results, started);
+            if !cost.is_zero() {
+                tokio::time::sleep(cost).await;
+            }
             let mut outcomes = Vec::new();
             let mut retryable = None;
             for result in results {
@@ -472,7 +501,7 @@ impl Engine {
                 summary.input_rows += progress.num_input_rows;
                 summary.output_rows += progress.sink.num_output_rows;
                 summary.bad_records += progress.num_bad_records;
-                self.record_metrics(&outcomes);
+                self.record_metrics(&outcomes, started.elapsed().as_secs_f64());
                 on_progress(&progress);
                 if let Ok(mut history) = self.shared.progress.lock() {
                     history.push_back(progress);
@@ -552,8 +581,35 @@ impl Engine {
         }
     }
 
-    fn record_metrics(&self, outcomes: &[BatchOutcome]) {
+    /// How much longer the round must take to have cost `rows × row_cost`
+    /// (see [`QueryConfig::row_cost`]).
+    fn row_cost_wait(
+        &self,
+        results: &[Result<Option<BatchOutcome>>],
+        started: Instant,
+    ) -> Duration {
+        if self.config.row_cost.is_zero() {
+            return Duration::ZERO;
+        }
+        let rows: u64 = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|o| o.as_ref()))
+            .map(|o| o.progress.num_input_rows)
+            .sum();
+        let cost = self
+            .config
+            .row_cost
+            .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX));
+        cost.saturating_sub(started.elapsed())
+    }
+
+    /// Records the metrics of one round. `round_seconds` (the wall time of the round, tasks run in
+    /// parallel) is split evenly over the round's tasks, so `sluice_batch_busy_seconds_total`
+    /// summed over a replica's tasks is the replica's busy wall time: its rate is the busy ratio
+    /// b of the autoscaler (DESIGN §5).
+    fn record_metrics(&self, outcomes: &[BatchOutcome], round_seconds: f64) {
         let metrics = &self.shared.metrics;
+        let busy_share = round_seconds / outcomes.len().max(1) as f64;
         for outcome in outcomes {
             let p = &outcome.progress;
             let labels = self.labels(p.task);
@@ -578,7 +634,10 @@ impl Engine {
                 .batch_duration
                 .get_or_create(&labels)
                 .observe(seconds);
-            metrics.busy_seconds.get_or_create(&labels).inc_by(seconds);
+            metrics
+                .busy_seconds
+                .get_or_create(&labels)
+                .inc_by(busy_share);
             metrics
                 .last_committed_batch_id
                 .get_or_create(&labels)

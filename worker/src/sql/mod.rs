@@ -287,6 +287,14 @@ impl BatchQuery {
         Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
     }
 
+    /// The logical plan of the query over empty inputs (for inspection: operators, grouping).
+    ///
+    /// # Errors
+    /// As planning in [`BatchQuery::new`].
+    pub async fn logical_plan(&self) -> Result<LogicalPlan> {
+        self.plan(Vec::new()).await
+    }
+
     /// Replaces the content of an extension table (see [`Extensions::tables`]).
     ///
     /// # Errors
