@@ -31,6 +31,8 @@ use sluice_bench::measure::{self, Action, Outcome};
 use sluice_bench::report::{Cell, Report, Row, Unit};
 
 const GIB: u64 = 1024 * 1024 * 1024;
+/// Extra seconds each Spark rate step runs, for its slow first triggers (in Spark's favour).
+const SPARK_WARM_UP_SECONDS: u64 = 5;
 
 #[derive(Parser, Clone)]
 #[command(about = "Sluice vs Spark Structured Streaming on the same data and cores")]
@@ -567,11 +569,12 @@ fn spark_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
         work.join("checkpoint").display().to_string(),
         "--rows-per-second".into(),
         rate.to_string(),
+        // Spark's first triggers take seconds (JIT, code generation): give it that time on top.
         "--seconds".into(),
-        ctx.args.rate_seconds.to_string(),
+        (ctx.args.rate_seconds + SPARK_WARM_UP_SECONDS).to_string(),
     ];
     let mut triggers = Vec::new();
-    let limit = Duration::from_secs(ctx.args.rate_seconds * 3 + 120);
+    let limit = Duration::from_secs((ctx.args.rate_seconds + SPARK_WARM_UP_SECONDS) * 3 + 120);
     let mut command = spark_command(python, &ctx.script, "rate", &args);
     let outcome = measure::run(&mut command, |probe| {
         if let Some(trigger) = probe.line.and_then(|l| parse_spark_trigger(l.at, &l.text)) {
@@ -583,11 +586,8 @@ fn spark_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
     if triggers.is_empty() {
         bail!("{}", spark_failure(&outcome));
     }
-    let mut trial = kept_up(
-        &triggers,
-        rate,
-        Duration::from_secs(ctx.args.rate_seconds) / 3,
-    );
+    let warm_up = Duration::from_secs(ctx.args.rate_seconds / 3 + SPARK_WARM_UP_SECONDS);
+    let mut trial = kept_up(&triggers, rate, warm_up);
     trial.sustained &= !outcome.killed;
     Ok(trial)
 }
