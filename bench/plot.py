@@ -6,6 +6,7 @@ Usage: python bench/plot.py bench/results/bench.json bench/results/bench.png
 
 import json
 import sys
+import textwrap
 
 import matplotlib
 
@@ -68,9 +69,14 @@ def main():
         top = max(values) if max(values) > 0 else 1
         ax.set_ylim(0, top * 1.25)
         for bar, label, value in zip(bars, labels, values):
-            ax.text(bar.get_x() + bar.get_width() / 2, value + top * 0.02, label,
-                    ha="center", va="bottom", fontsize=9,
-                    rotation=0 if value > 0 or len(label) < 14 else 0)
+            if value > 0:
+                ax.text(bar.get_x() + bar.get_width() / 2, value + top * 0.02, label,
+                        ha="center", va="bottom", fontsize=9)
+            else:
+                # No measurement: say why, in place of the bar.
+                ax.text(bar.get_x() + bar.get_width() / 2, top * 0.05,
+                        "\n".join(textwrap.wrap(label, 14)),
+                        ha="center", va="bottom", fontsize=8, style="italic", color="#555")
         title = f"{row['scenario']}\n{row['metric']}"
         if row.get("advantage"):
             title += f"  (Sluice {row['advantage']:.1f}x better)"
@@ -81,7 +87,7 @@ def main():
     spark = report.get("sparkVersion") or "not run"
     fig.suptitle(f"Sluice vs Spark {spark} local[2] — {report['dataSet'].split(',')[0]}\n"
                  f"{report['machine']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(target, dpi=110)
 
 
