@@ -7,6 +7,10 @@
 //! above 60, else LOW (≈ 22 % HIGH), and timestamps 10 ms apart in generation order starting at
 //! 2026-01-01T00:00:00Z, each jittered back by up to 5 s (events arrive slightly out of order).
 
+pub mod engines;
+pub mod measure;
+pub mod report;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -124,6 +128,47 @@ pub fn write_json_files(
     Ok(paths)
 }
 
+/// Where generated data sets are kept: `$HOME/.cache/sluice/bench-data`.
+pub fn default_cache() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/sluice/bench-data")
+}
+
+/// `name` in the directory of the running binary (the same cargo target profile), existing or not.
+///
+/// # Errors
+/// The running binary's path is unknown.
+pub fn sibling_binary(name: &str) -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().unwrap_or_else(|| Path::new(".")).join(name))
+}
+
+/// The marker written last into a complete cached data set (hidden from both engines' file
+/// sources by its leading `_`), holding `seed files rows`.
+pub const COMPLETE_MARKER: &str = "_SLUICE_BENCH_COMPLETE";
+
+/// The data set `(seed, files, rows)` under `cache`, generated once: `cache/iot-s<seed>-<files>x<rows>`.
+/// A directory without the marker (an interrupted generation) is generated again.
+///
+/// # Errors
+/// I/O errors.
+pub fn cached_data_set(cache: &Path, seed: u64, files: u64, rows: u64) -> std::io::Result<PathBuf> {
+    let dir = cache.join(format!("iot-s{seed}-{files}x{rows}"));
+    let marker = dir.join(COMPLETE_MARKER);
+    let expected = format!("{seed} {files} {rows}\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(expected.as_str()) {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    write_json_files(&dir, seed, files, rows)?;
+    std::fs::write(&marker, expected)?;
+    Ok(dir)
+}
+
 /// All events of a data set, in file order.
 pub fn events(seed: u64, files: u64, rows: u64) -> impl Iterator<Item = Event> {
     (0..files).flat_map(move |f| (0..rows).map(move |r| event(seed, f, r, rows)))
@@ -141,6 +186,29 @@ mod tests {
             "2026-03-01T00:00:01.230Z"
         );
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn cached_data_set_is_generated_once() {
+        let cache = std::env::temp_dir().join(format!("sluice-bench-cache-{}", std::process::id()));
+        let dir = cached_data_set(&cache, 3, 2, 10).expect("generates");
+        let first = std::fs::read(dir.join("events-00001.json")).expect("file");
+        assert_eq!(first.iter().filter(|b| **b == b'\n').count(), 10);
+        // A second call reuses the files (a changed file stays changed).
+        std::fs::write(dir.join("events-00000.json"), b"x").expect("write");
+        let again = cached_data_set(&cache, 3, 2, 10).expect("cached");
+        assert_eq!(
+            std::fs::read(again.join("events-00000.json")).expect("file"),
+            b"x"
+        );
+        // Without the marker it is generated again.
+        std::fs::remove_file(dir.join(COMPLETE_MARKER)).expect("rm");
+        let fresh = cached_data_set(&cache, 3, 2, 10).expect("regenerates");
+        assert_ne!(
+            std::fs::read(fresh.join("events-00000.json")).expect("file"),
+            b"x"
+        );
+        let _ = std::fs::remove_dir_all(&cache);
     }
 
     #[test]

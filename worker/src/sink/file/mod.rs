@@ -57,7 +57,12 @@ impl FileSink {
         }
     }
 
-    async fn write_file(&self, relative: &str, batch: &RecordBatch) -> Result<()> {
+    /// Writes `batches` (one schema, at least one batch) as one file, batch by batch: no
+    /// concatenated copy of the rows is made.
+    async fn write_file(&self, relative: &str, batches: &[RecordBatch]) -> Result<()> {
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
         let path = self.location.child(relative);
         let store = self.location.store.clone();
         let fail = |e: &dyn std::fmt::Display| EngineError::Sink(format!("writing {path}: {e}"));
@@ -67,14 +72,18 @@ impl FileSink {
                     .set_compression(Compression::SNAPPY)
                     .build();
                 let writer = BufWriter::new(store, path.clone());
-                let mut writer = AsyncArrowWriter::try_new(writer, batch.schema(), Some(props))?;
-                writer.write(batch).await.map_err(|e| fail(&e))?;
+                let mut writer = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))?;
+                for batch in batches {
+                    writer.write(batch).await.map_err(|e| fail(&e))?;
+                }
                 writer.close().await.map_err(|e| fail(&e))?;
             }
             FileFormat::Json => {
                 let mut buffer = Vec::new();
                 let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
-                writer.write(batch)?;
+                for batch in batches {
+                    writer.write(batch)?;
+                }
                 writer.finish()?;
                 store
                     .put(&path, PutPayload::from(buffer))
@@ -86,7 +95,9 @@ impl FileSink {
                 let mut writer = arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(&mut buffer);
-                writer.write(batch)?;
+                for batch in batches {
+                    writer.write(batch)?;
+                }
                 drop(writer);
                 store
                     .put(&path, PutPayload::from(buffer))
@@ -101,21 +112,23 @@ impl FileSink {
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&self, task: u32, batch_id: u64, batches: &[RecordBatch]) -> Result<u64> {
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .cloned()
+            .collect();
         let Some(first) = batches.first() else {
             return Ok(0);
         };
-        let batch = concat_batches(&first.schema(), batches)?;
-        let rows = batch.num_rows() as u64;
-        if rows == 0 {
-            return Ok(0);
-        }
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let file_name = format!("part-{task:05}-{batch_id:020}-000.{}", self.extension());
         if self.partition_by.is_empty() {
-            self.write_file(&file_name, &batch).await?;
+            self.write_file(&file_name, &batches).await?;
             return Ok(rows);
         }
+        let batch = concat_batches(&first.schema(), &batches)?;
         for (directory, part) in split_by_partition(&batch, &self.partition_by)? {
-            self.write_file(&format!("{directory}/{file_name}"), &part)
+            self.write_file(&format!("{directory}/{file_name}"), &[part])
                 .await?;
         }
         Ok(rows)

@@ -83,3 +83,41 @@ async fn replayed_batch_overwrites_the_same_file() {
     .expect("file");
     assert_eq!(first, second, "identical bytes");
 }
+
+#[tokio::test]
+async fn several_batches_are_written_to_one_file_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = FileSink::new(&FileSinkSpec {
+        path: dir.path().to_string_lossy().into_owned(),
+        format: FileFormat::Parquet,
+        partition_by: vec![],
+        bad_records_path: None,
+    })
+    .expect("sink");
+    let empty = RecordBatch::new_empty(batch().schema());
+    let written = sink
+        .write(0, 1, &[batch(), empty, batch()])
+        .await
+        .expect("write");
+    assert_eq!(written, 10);
+    let file = std::fs::File::open(
+        dir.path()
+            .join("part-00000-00000000000000000001-000.parquet"),
+    )
+    .expect("file");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut values = Vec::new();
+    for read in reader {
+        let read = read.expect("batch");
+        let n = read
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
+        values.extend(n.values().iter().copied());
+    }
+    assert_eq!(values, vec![1, 2, 3, 4, 5, 1, 2, 3, 4, 5]);
+}

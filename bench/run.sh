@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sluice vs Spark Structured Streaming, side by side on the same data and cores (docs/bench.md).
+#
+#   bench/run.sh [--install-spark] [bench options]      e.g. bench/run.sh --install-spark
+#   bench/run.sh --help                                  all options of the runner
+#
+# Builds the release worker and runner (into $SLUICE_BENCH_TARGET_DIR, default
+# ~/.cache/sluice-target-release, so it never waits on a debug build's lock), generates the IoT data
+# once (~/.cache/sluice/bench-data), runs every scenario, prints the table and writes
+# bench/results/bench.json and bench.png. With --install-spark, first makes a venv with pyspark and
+# matplotlib from PyPI ($SLUICE_BENCH_VENV, default ~/.cache/sluice/bench-venv; Spark needs Java 17).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${SLUICE_BENCH_VENV:-$HOME/.cache/sluice/bench-venv}"
+if [[ "${1:-}" == "--install-spark" ]]; then
+  shift
+  if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|2[0-9])'; then
+    echo "Spark 4 needs Java 17 or newer (e.g. apt-get install -y openjdk-17-jre-headless)" >&2
+    exit 1
+  fi
+  if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "pyspark==4.3.0" "matplotlib>=3.8"
+fi
+if [[ -x "$venv/bin/python" ]]; then
+  export SLUICE_BENCH_PYTHON="${SLUICE_BENCH_PYTHON:-$venv/bin/python}"
+fi
+
+export CARGO_TARGET_DIR="${SLUICE_BENCH_TARGET_DIR:-$HOME/.cache/sluice-target-release}"
+nice -n 15 cargo build --release --quiet -p sluice-worker -p sluice-bench --bins
+exec "$CARGO_TARGET_DIR/release/bench" "$@"
