@@ -222,7 +222,10 @@ spec:
         )
         .await
         .expect_err("fingerprint change");
-        assert!(err.to_string().contains("stateful operators changed"), "{err}");
+        assert!(
+            err.to_string().contains("stateful operators changed"),
+            "{err}"
+        );
         // A missing checkpoint fits anything.
         let fresh = dir.path().join("fresh");
         check(

@@ -150,7 +150,11 @@ impl Checkpoint {
     ///
     /// # Errors
     /// [`EngineError::Checkpoint`] naming what changed.
-    pub fn check_compatible(&self, stored: &CheckpointMetadata, fresh: &CheckpointMetadata) -> Result<()> {
+    pub fn check_compatible(
+        &self,
+        stored: &CheckpointMetadata,
+        fresh: &CheckpointMetadata,
+    ) -> Result<()> {
         for (source, count) in &fresh.partitions {
             if let Some(existing) = stored.partitions.get(source)
                 && existing != count

@@ -111,7 +111,16 @@ impl BatchQuery {
         output_mode: OutputMode,
         extensions: Extensions,
     ) -> Result<Self> {
-        Self::with_tables(sql, inputs, scope, output_mode, Vec::new(), Vec::new(), extensions).await
+        Self::with_tables(
+            sql,
+            inputs,
+            scope,
+            output_mode,
+            Vec::new(),
+            Vec::new(),
+            extensions,
+        )
+        .await
     }
 
     /// As [`BatchQuery::new`], with the sources' watermarks (used by streaming aggregations).
