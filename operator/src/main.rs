@@ -51,6 +51,9 @@ struct LocalArgs {
     /// Window (seconds) of the rates the autoscaler reads.
     #[arg(long, default_value_t = 10)]
     metrics_window: u64,
+    /// Serve the operator's /metrics and /healthz on this port (0: off).
+    #[arg(long, default_value_t = 0)]
+    metrics_port: u16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,6 +125,18 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     config.metrics_window = Duration::from_secs(args.metrics_window);
     tracing::info!(?config, "local backend starting");
     let operator = LocalOperator::new(config, CheckpointManager::new(StoreConfig::from_env()));
+    if args.metrics_port != 0 {
+        let address = SocketAddr::from(([127, 0, 0, 1], args.metrics_port));
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        let router = operator.metrics().router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     operator
         .run(async {
             #[cfg(unix)]

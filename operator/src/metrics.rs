@@ -4,6 +4,8 @@
 //! * `sluice_reconcile_duration_seconds{namespace, query}` — histogram, seconds per reconcile.
 //! * `sluice_reconcile_errors_total{namespace, query, error}` — counter, `error` is
 //!   [`Error::metric_label`](crate::error::Error::metric_label) (bounded set).
+//! * `sluice_scaling_decisions_total{namespace, query, direction, applied}` — counter of autoscaler
+//!   decisions, `direction` `up`/`down`, `applied` `true` (scaled) or `false` (`mode: recommend`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +35,16 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalingLabels {
+    pub namespace: String,
+    pub query: String,
+    /// `up` or `down`.
+    pub direction: String,
+    /// `true` when applied, `false` when only recommended.
+    pub applied: String,
+}
+
 fn reconcile_histogram() -> Histogram {
     // 5 ms .. ~41 s
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -43,6 +55,7 @@ fn reconcile_histogram() -> Histogram {
 pub struct Metrics {
     pub reconcile_duration: Family<QueryLabels, Histogram, fn() -> Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub scaling_decisions: Family<ScalingLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -65,9 +78,16 @@ impl Default for Metrics {
             "Failed reconciles of a StreamingQuery, by error class",
             reconcile_errors.clone(),
         );
+        let scaling_decisions = Family::<ScalingLabels, Counter>::default();
+        registry.register(
+            "sluice_scaling_decisions",
+            "Autoscaler decisions, by direction and whether they were applied",
+            scaling_decisions.clone(),
+        );
         Self {
             reconcile_duration,
             reconcile_errors,
+            scaling_decisions,
             registry: Arc::new(registry),
         }
     }
@@ -82,6 +102,25 @@ impl Metrics {
                 query: query.into(),
             })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts an autoscaler decision from `from` to `to` replicas.
+    pub fn count_scaling_decision(
+        &self,
+        namespace: &str,
+        query: &str,
+        from: u32,
+        to: u32,
+        applied: bool,
+    ) {
+        self.scaling_decisions
+            .get_or_create(&ScalingLabels {
+                namespace: namespace.into(),
+                query: query.into(),
+                direction: if to > from { "up" } else { "down" }.into(),
+                applied: applied.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a failed reconcile.
@@ -151,6 +190,23 @@ mod tests {
         );
         assert!(
             text.contains("sluice_reconcile_errors_total{namespace=\"ns\",query=\"q\",error=\"missing_field\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counts_scaling_decisions_by_direction_and_mode() {
+        let metrics = Metrics::default();
+        metrics.count_scaling_decision("ns", "q", 1, 3, true);
+        metrics.count_scaling_decision("ns", "q", 3, 2, false);
+        metrics.count_scaling_decision("ns", "q", 2, 4, true);
+        let text = metrics.encode();
+        assert!(
+            text.contains("sluice_scaling_decisions_total{namespace=\"ns\",query=\"q\",direction=\"up\",applied=\"true\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_scaling_decisions_total{namespace=\"ns\",query=\"q\",direction=\"down\",applied=\"false\"} 1"),
             "{text}"
         );
     }

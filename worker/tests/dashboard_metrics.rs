@@ -47,6 +47,7 @@ fn exported_names() -> BTreeSet<String> {
         error: "user".into(),
     };
     operator.reconcile_errors.get_or_create(&error).inc();
+    operator.count_scaling_decision("n", "q", 1, 2, true);
     [worker.encode(), operator.encode()]
         .iter()
         .flat_map(|text| text.lines().map(str::to_string).collect::<Vec<_>>())
@@ -119,6 +120,7 @@ fn dashboard_is_valid_and_uses_exported_metrics() {
         "sluice_processed_rows_total",
         "sluice_batch_duration_seconds_bucket",
         "sluice_reconcile_errors_total",
+        "sluice_scaling_decisions_total",
     ] {
         assert!(used.contains(needed), "dashboard charts {needed}");
     }

@@ -215,7 +215,7 @@ fn windowed_aggregation_local_checkpoint_exact_after_sigkills() {
         ),
     )
     .expect("manifest");
-    run_with_crashes(&path, 6, 1_500);
+    run_with_crashes(&path, 6, 500);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let actual = runtime.block_on(output_table(
         &Location::parse(output.to_str().expect("utf8")).expect("loc"),
@@ -254,7 +254,7 @@ fn windowed_aggregation_s3_checkpoint_exact_after_sigkills() {
         ),
     )
     .expect("manifest");
-    run_with_crashes(&path, 6, 2_500);
+    run_with_crashes(&path, 6, 500);
     let actual = runtime.block_on(output_table(&Location::parse(&output).expect("s3")));
     let expected = expected(SEED, FILES, ROWS);
     assert_tables_eq(&actual, &expected);

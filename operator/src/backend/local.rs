@@ -321,6 +321,7 @@ pub struct LocalOperator {
     operator: OperatorConfig,
     checkpoints: CheckpointManager,
     queries: BTreeMap<String, QueryRuntime>,
+    metrics: crate::metrics::Metrics,
 }
 
 fn spec_hash(spec: &StreamingQuerySpec) -> String {
@@ -334,6 +335,11 @@ fn spec_hash(spec: &StreamingQuerySpec) -> String {
 }
 
 impl LocalOperator {
+    /// The operator's metrics (`sluice_scaling_decisions_total`, ...), to serve on `/metrics`.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.metrics.clone()
+    }
+
     pub fn new(config: LocalConfig, checkpoints: CheckpointManager) -> Self {
         let operator = OperatorConfig {
             default_image: config.worker_bin.display().to_string(),
@@ -346,6 +352,7 @@ impl LocalOperator {
             operator,
             checkpoints,
             queries: BTreeMap::new(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -860,6 +867,13 @@ impl LocalOperator {
                                 action: "Autoscale".into(),
                                 note,
                             });
+                            self.metrics.count_scaling_decision(
+                                query.metadata.namespace.as_deref().unwrap_or("default"),
+                                &name,
+                                current,
+                                to,
+                                applied,
+                            );
                             status.scaling_history.push(decision);
                             let excess =
                                 status.scaling_history.len().saturating_sub(SCALING_HISTORY);
