@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{expected_high, iot_manifest, output_rows, s3_bucket, unique, upload_dir};
 use sluice_worker::storage::Location;
@@ -25,43 +24,6 @@ fn spawn(manifest: &std::path::Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn worker")
-}
-
-/// Kills the worker `KILLS` times at random points, then lets the last run finish.
-fn run_with_crashes(manifest: &std::path::Path) {
-    let seed = fastrand::u64(..);
-    eprintln!("crash schedule seed {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut killed_while_running = 0;
-    for round in 0..KILLS {
-        let mut child = spawn(manifest);
-        let delay = Duration::from_millis(rng.u64(20..350));
-        let started = Instant::now();
-        while started.elapsed() < delay {
-            if child.try_wait().expect("wait").is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        match child.try_wait().expect("wait") {
-            Some(status) => {
-                assert!(status.success(), "round {round}: worker failed: {status}");
-                eprintln!("round {round}: finished before the kill");
-            }
-            None => {
-                child.kill().expect("SIGKILL");
-                child.wait().expect("reap");
-                killed_while_running += 1;
-                eprintln!("round {round}: killed after {delay:?}");
-            }
-        }
-    }
-    let status = spawn(manifest).wait().expect("final run");
-    assert!(status.success(), "final run failed: {status}");
-    assert!(
-        killed_while_running >= 2,
-        "the schedule must actually crash the worker ({killed_while_running} kills)"
-    );
 }
 
 #[test]
@@ -83,7 +45,7 @@ fn local_checkpoint_every_row_exactly_once_after_sigkills() {
         ),
     )
     .expect("manifest");
-    run_with_crashes(&manifest);
+    common::run_with_crashes(|| spawn(&manifest), KILLS, 20..350, None);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let actual = runtime.block_on(output_rows(
         &Location::parse(output.to_str().expect("utf8")).expect("loc"),
@@ -122,7 +84,7 @@ fn s3_checkpoint_every_row_exactly_once_after_sigkills() {
         ),
     )
     .expect("manifest");
-    run_with_crashes(&manifest);
+    common::run_with_crashes(|| spawn(&manifest), KILLS, 20..350, None);
     let actual = runtime.block_on(output_rows(&Location::parse(&output).expect("s3 output")));
     let expected = expected_high(SEED, FILES, ROWS);
     assert_eq!(actual.len(), expected.len(), "no row lost or duplicated");

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use common::{Row, expected_high, output_rows};
 use kafka_util::{
-    create_topic, iot_lines, kafka, postgres, produce, read_topic, run_with_crashes, spawn_worker,
-    unique,
+    create_topic, iot_lines, kafka, postgres, produce, read_topic, spawn_worker, unique,
 };
 use sluice_worker::storage::Location;
 
@@ -181,9 +180,11 @@ spec:
         ),
     )
     .expect("manifest");
-    tokio::task::spawn_blocking(move || run_with_crashes(&manifest, 6, 900))
-        .await
-        .expect("crash runs");
+    tokio::task::spawn_blocking(move || {
+        common::run_with_crashes(|| spawn_worker(&manifest, &[]), 6, 100..900, None)
+    })
+    .await
+    .expect("crash runs");
     let actual: Vec<Row> =
         output_rows(&Location::parse(output.to_str().expect("utf8")).expect("loc")).await;
     let expected = expected_high(SEED, 4, 1_000);
@@ -286,7 +287,7 @@ spec:
     }
     tokio::task::spawn_blocking(move || {
         for manifest in &manifests {
-            run_with_crashes(manifest, 5, 900);
+            common::run_with_crashes(|| spawn_worker(manifest, &[]), 5, 100..900, None);
         }
     })
     .await

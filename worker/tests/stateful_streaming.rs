@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, StructArray};
 use arrow::datatypes::DataType;
@@ -161,37 +160,6 @@ fn spawn(manifest: &std::path::Path) -> Child {
         .expect("spawn worker")
 }
 
-/// Kills the worker at random points `kills` times, then lets the last run finish.
-fn run_with_crashes(manifest: &std::path::Path, kills: usize, max_delay_ms: u64) {
-    let seed = fastrand::u64(..);
-    eprintln!("crash schedule seed {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut killed = 0;
-    for round in 0..kills {
-        let mut child = spawn(manifest);
-        let delay = Duration::from_millis(rng.u64(50..max_delay_ms));
-        let started = Instant::now();
-        while started.elapsed() < delay && child.try_wait().expect("wait").is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        match child.try_wait().expect("wait") {
-            Some(status) => assert!(status.success(), "round {round}: worker failed: {status}"),
-            None => {
-                child.kill().expect("SIGKILL");
-                child.wait().expect("reap");
-                killed += 1;
-                eprintln!("round {round}: killed after {delay:?}");
-            }
-        }
-    }
-    let status = spawn(manifest).wait().expect("final run");
-    assert!(status.success(), "final run failed: {status}");
-    assert!(
-        killed >= 2,
-        "the schedule must actually crash the worker ({killed} kills)"
-    );
-}
-
 const SEED: u64 = 21;
 const FILES: u64 = 30;
 const ROWS: u64 = 3_000;
@@ -215,7 +183,7 @@ fn windowed_aggregation_local_checkpoint_exact_after_sigkills() {
         ),
     )
     .expect("manifest");
-    run_with_crashes(&path, 6, 500);
+    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let actual = runtime.block_on(output_table(
         &Location::parse(output.to_str().expect("utf8")).expect("loc"),
@@ -254,7 +222,7 @@ fn windowed_aggregation_s3_checkpoint_exact_after_sigkills() {
         ),
     )
     .expect("manifest");
-    run_with_crashes(&path, 6, 500);
+    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
     let actual = runtime.block_on(output_table(&Location::parse(&output).expect("s3")));
     let expected = expected(SEED, FILES, ROWS);
     assert_tables_eq(&actual, &expected);

@@ -198,3 +198,47 @@ pub fn unique(prefix: &str) -> String {
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// Runs a worker to the end while crashing it: `kills` rounds, each started by `spawn` and killed
+/// with SIGKILL after a random delay in `delay_ms` (a round whose worker finishes first must have
+/// succeeded), then a final run that must succeed. At least two rounds must really have been
+/// killed, or the test proved nothing. The schedule's seed is `seed`, or random and printed.
+/// Returns the number of rounds killed.
+pub fn run_with_crashes(
+    spawn: impl Fn() -> std::process::Child,
+    kills: usize,
+    delay_ms: std::ops::Range<u64>,
+    seed: Option<u64>,
+) -> usize {
+    let seed = seed.unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("crash schedule seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut killed = 0;
+    for round in 0..kills {
+        let mut child = spawn();
+        let delay = std::time::Duration::from_millis(rng.u64(delay_ms.clone()));
+        let started = std::time::Instant::now();
+        while started.elapsed() < delay && child.try_wait().expect("wait").is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        match child.try_wait().expect("wait") {
+            Some(status) => {
+                assert!(status.success(), "round {round}: worker failed: {status}");
+                eprintln!("round {round}: finished before the kill");
+            }
+            None => {
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reap");
+                killed += 1;
+                eprintln!("round {round}: killed after {delay:?}");
+            }
+        }
+    }
+    let status = spawn().wait().expect("final run");
+    assert!(status.success(), "final run failed: {status}");
+    assert!(
+        killed >= 2,
+        "the schedule must actually crash the worker ({killed} kills)"
+    );
+    killed
+}

@@ -172,43 +172,6 @@ pub fn spawn_worker(manifest: &std::path::Path, extra_env: &[(&str, &str)]) -> C
     command.spawn().expect("spawn worker")
 }
 
-/// Kills the worker `kills` times at random points, then lets the last run finish.
-pub fn run_with_crashes(manifest: &std::path::Path, kills: usize, max_delay_ms: u64) {
-    let seed = fastrand::u64(..);
-    eprintln!("crash schedule seed {seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut killed = 0;
-    for round in 0..kills {
-        let mut child = spawn_worker(manifest, &[]);
-        let delay = Duration::from_millis(rng.u64(100..max_delay_ms));
-        let started = Instant::now();
-        while started.elapsed() < delay {
-            if child.try_wait().expect("wait").is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        match child.try_wait().expect("wait") {
-            Some(status) => {
-                assert!(status.success(), "round {round}: worker failed: {status}");
-                eprintln!("round {round}: finished before the kill");
-            }
-            None => {
-                child.kill().expect("SIGKILL");
-                child.wait().expect("reap");
-                killed += 1;
-                eprintln!("round {round}: killed after {delay:?}");
-            }
-        }
-    }
-    let status = spawn_worker(manifest, &[]).wait().expect("final run");
-    assert!(status.success(), "final run failed: {status}");
-    assert!(
-        killed >= 2,
-        "the schedule must actually crash the worker ({killed} kills)"
-    );
-}
-
 /// A fresh name.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
