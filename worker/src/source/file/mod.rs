@@ -13,6 +13,7 @@
 mod tests;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -24,7 +25,7 @@ use sluice_crds::{FileFormat, FileSourceSpec, SourceSpec};
 use crate::error::{EngineError, Result};
 use crate::schema::arrow_schema;
 use crate::source::decode::{TextFormat, decode_parquet, decode_text};
-use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask};
+use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 use crate::storage::Location;
 
 /// One file of a range, by its path relative to the source directory.
@@ -43,6 +44,11 @@ pub struct FileRange {
 
 /// The configured file source.
 pub struct FileSource {
+    config: Arc<FileConfig>,
+}
+
+/// What the source and each of its tasks read by.
+struct FileConfig {
     name: String,
     location: Location,
     format: FileFormat,
@@ -61,7 +67,7 @@ impl FileSource {
             .as_deref()
             .and_then(|d| d.bytes().next())
             .unwrap_or(b',');
-        Ok(Self {
+        let config = FileConfig {
             name: spec.name.clone(),
             location: Location::parse(&file.path)?,
             format: file.format,
@@ -75,6 +81,9 @@ impl FileSource {
             schema: arrow_schema(&spec.schema)?,
             partitions: file.partitions,
             max_files_per_trigger: file.max_files_per_trigger.map(|n| n as usize),
+        };
+        Ok(Self {
+            config: Arc::new(config),
         })
     }
 }
@@ -92,34 +101,25 @@ pub fn partition_of(path: &str, partitions: u32) -> u32 {
 #[async_trait]
 impl Source for FileSource {
     fn name(&self) -> &str {
-        &self.name
+        &self.config.name
     }
 
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.config.schema.clone()
     }
 
     fn partitions(&self) -> u32 {
-        self.partitions
+        self.config.partitions
     }
 
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
         let mut seen = HashSet::new();
         for range in logged {
-            let range: FileRange =
-                serde_json::from_value(range.clone()).map_err(|e| self.error(e))?;
+            let range: FileRange = decode_range(&self.config.name, range)?;
             seen.extend(range.files.into_iter().map(|f| f.path));
         }
         Ok(Box::new(FileTask {
-            source: FileSourceTaskConfig {
-                name: self.name.clone(),
-                location: self.location.clone(),
-                format: self.format,
-                text_format: self.text_format.clone(),
-                schema: self.schema.clone(),
-                partitions: self.partitions,
-                max_files_per_trigger: self.max_files_per_trigger,
-            },
+            source: self.config.clone(),
             task,
             seen,
             frozen: None,
@@ -128,27 +128,8 @@ impl Source for FileSource {
     }
 }
 
-impl FileSource {
-    fn error(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::Source {
-            source_name: self.name.clone(),
-            message: e.to_string(),
-        }
-    }
-}
-
-struct FileSourceTaskConfig {
-    name: String,
-    location: Location,
-    format: FileFormat,
-    text_format: TextFormat,
-    schema: SchemaRef,
-    partitions: u32,
-    max_files_per_trigger: Option<usize>,
-}
-
 struct FileTask {
-    source: FileSourceTaskConfig,
+    source: Arc<FileConfig>,
     task: u32,
     /// Relative paths already planned (from the log and from this run).
     seen: HashSet<String>,
@@ -240,17 +221,11 @@ impl SourceTask for FileTask {
         }
         let files: Vec<FileEntry> = new.into_iter().take(take).collect();
         self.seen.extend(files.iter().map(|f| f.path.clone()));
-        serde_json::to_value(FileRange { files })
-            .map(Some)
-            .map_err(|e| EngineError::Internal(e.to_string()))
+        encode_range(&FileRange { files }).map(Some)
     }
 
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
-        let range: FileRange =
-            serde_json::from_value(range.clone()).map_err(|e| EngineError::Source {
-                source_name: self.source.name.clone(),
-                message: format!("unreadable range in the offsets log: {e}"),
-            })?;
+        let range: FileRange = decode_range(&self.source.name, range)?;
         let mut output = ReadOutput::default();
         for file in &range.files {
             let location = &self.source.location;
