@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 
-use common::{expected_high, iot_manifest, output_rows, s3_bucket, unique, upload_dir};
+use common::{expected_high, iot_manifest, output_rows, s3_bucket, unique};
 use sluice_worker::storage::Location;
 
 const SEED: u64 = 11;
@@ -63,14 +63,16 @@ fn s3_checkpoint_every_row_exactly_once_after_sigkills() {
     let prefix = unique("crash");
     let dir = tempfile::tempdir().expect("tempdir");
     let local_input = dir.path().join("in");
-    sluice_bench::write_json_files(&local_input, SEED, FILES, ROWS).expect("generate");
-    let input = format!("s3://{bucket}/{prefix}/in");
-    let output = format!("s3://{bucket}/{prefix}/out");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(upload_dir(
+    let input = runtime.block_on(common::iot_input_on_s3(
         &local_input,
-        &Location::parse(&input).expect("s3 input"),
+        &bucket,
+        &prefix,
+        SEED,
+        FILES,
+        ROWS,
     ));
+    let output = format!("s3://{bucket}/{prefix}/out");
     let manifest = dir.path().join("query.yaml");
     std::fs::write(
         &manifest,

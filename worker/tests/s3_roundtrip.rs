@@ -3,9 +3,7 @@
 
 mod common;
 
-use common::{
-    expected_high, iot_manifest, output_rows, read_parquet_dir, s3_bucket, unique, upload_dir,
-};
+use common::{expected_high, iot_manifest, output_rows, read_parquet_dir, s3_bucket, unique};
 use sluice_worker::storage::Location;
 use sluice_worker::{Engine, QueryConfig, Shared};
 
@@ -31,9 +29,7 @@ async fn s3_input_and_output_give_the_same_rows_as_local() {
     let prefix = unique("roundtrip");
     let dir = tempfile::tempdir().expect("tempdir");
     let local_input = dir.path().join("in");
-    sluice_bench::write_json_files(&local_input, SEED, FILES, ROWS).expect("generate");
-    let input = format!("s3://{bucket}/{prefix}/in");
-    upload_dir(&local_input, &Location::parse(&input).expect("loc")).await;
+    let input = common::iot_input_on_s3(&local_input, &bucket, &prefix, SEED, FILES, ROWS).await;
 
     let s3_out = format!("s3://{bucket}/{prefix}/out");
     run(&iot_manifest(
@@ -71,9 +67,7 @@ async fn partition_by_writes_one_directory_per_level() {
     let prefix = unique("partitioned");
     let dir = tempfile::tempdir().expect("tempdir");
     let local_input = dir.path().join("in");
-    sluice_bench::write_json_files(&local_input, SEED, FILES, ROWS).expect("generate");
-    let input = format!("s3://{bucket}/{prefix}/in");
-    upload_dir(&local_input, &Location::parse(&input).expect("loc")).await;
+    let input = common::iot_input_on_s3(&local_input, &bucket, &prefix, SEED, FILES, ROWS).await;
     let output = format!("s3://{bucket}/{prefix}/out");
     let manifest = iot_manifest(
         "part",

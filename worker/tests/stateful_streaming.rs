@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, StructArray};
 use arrow::datatypes::DataType;
-use common::{read_parquet_dir, s3_bucket, unique, upload_dir};
+use common::{read_parquet_dir, s3_bucket, unique};
 use sluice_worker::storage::Location;
 use sluice_worker::{Engine, QueryConfig, Shared};
 
@@ -201,14 +201,16 @@ fn windowed_aggregation_s3_checkpoint_exact_after_sigkills() {
     let prefix = unique("window-crash");
     let dir = tempfile::tempdir().expect("tempdir");
     let local_input = dir.path().join("in");
-    sluice_bench::write_json_files(&local_input, SEED, FILES, ROWS).expect("generate");
-    let input = format!("s3://{bucket}/{prefix}/in");
-    let output = format!("s3://{bucket}/{prefix}/out");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(upload_dir(
+    let input = runtime.block_on(common::iot_input_on_s3(
         &local_input,
-        &Location::parse(&input).expect("s3"),
+        &bucket,
+        &prefix,
+        SEED,
+        FILES,
+        ROWS,
     ));
+    let output = format!("s3://{bucket}/{prefix}/out");
     let path = dir.path().join("query.yaml");
     std::fs::write(
         &path,

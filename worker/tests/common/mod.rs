@@ -172,10 +172,32 @@ pub fn s3_bucket(test: &str) -> Option<String> {
     }
 }
 
-/// Uploads the files of a local directory to `location`.
+/// Generates the IoT data set into `local` (kept for a local run to compare with) and uploads it to
+/// `s3://<bucket>/<prefix>/in`, which it returns.
+pub async fn iot_input_on_s3(
+    local: &Path,
+    bucket: &str,
+    prefix: &str,
+    seed: u64,
+    files: u64,
+    rows: u64,
+) -> String {
+    sluice_bench::write_json_files(local, seed, files, rows).expect("generate");
+    let input = format!("s3://{bucket}/{prefix}/in");
+    upload_dir(local, &Location::parse(&input).expect("s3 input")).await;
+    input
+}
+
+/// Uploads the files of a local directory to `location`, in name order: the file source reads new
+/// files oldest first (S3 `last_modified`, one-second resolution, then path), so uploading in
+/// generation order keeps event time in order and no row turns late by the upload's accident.
 pub async fn upload_dir(dir: &Path, location: &Location) {
-    for entry in std::fs::read_dir(dir).expect("dir") {
-        let path = entry.expect("entry").path();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    paths.sort();
+    for path in paths {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
