@@ -136,21 +136,8 @@ fn assert_tables_eq(actual: &Table, expected: &Table) {
     );
 }
 
-/// A private copy of the worker binary: the shared target directory's copy can be replaced by a
-/// build of another branch while the test runs.
-fn worker_binary() -> &'static std::path::Path {
-    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(unique("sluice-worker-bin"));
-        std::fs::create_dir_all(&dir).expect("bin dir");
-        let path = dir.join("sluice-worker");
-        std::fs::copy(env!("CARGO_BIN_EXE_sluice-worker"), &path).expect("copy worker binary");
-        path
-    })
-}
-
 fn spawn(manifest: &std::path::Path) -> Child {
-    Command::new(worker_binary())
+    Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
         .arg("run")
         .arg(manifest)
         .env("RUST_LOG", "warn")
