@@ -247,7 +247,11 @@ impl BatchQuery {
                 query.streaming = Some(StreamingState {
                     mode: output_mode,
                     watermarks,
-                    store: StateStore::new(state_schema, planned.group_by.expr().len())?,
+                    store: StateStore::new(
+                        state_schema,
+                        planned.group_by.expr().len(),
+                        planned.event_key.map(|k| k.group_index),
+                    )?,
                     has_event_key: planned.event_key.is_some(),
                     fingerprint: planned.fingerprint()?,
                     key_columns: planned.key_columns(),

@@ -26,13 +26,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StructArray};
-use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StructArray, UInt32Array};
+use arrow::compute::{cast, concat_batches, filter_record_batch, take};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::OwnedRow;
-use datafusion::common::ScalarValue;
+use datafusion::common::{HashMap, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::logical_expr::{Aggregate, LogicalPlan};
+use datafusion::logical_expr::{Aggregate, EmitTo, GroupsAccumulator, LogicalPlan};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::expressions::Column as PhysicalColumn;
@@ -42,7 +43,10 @@ use sluice_crds::OutputMode;
 
 use super::window::{SESSION_COLUMN, WINDOW_COLUMN, WindowGrouping, rewrite_window_grouping};
 use crate::error::{EngineError, Result};
-use crate::state::{EventTimeState, StateDelta, StateRow, StateStore, single_row_arrays};
+use crate::state::{
+    EventTimeState, StateDelta, StateEntry, StateStore, event_millis, single_row_arrays,
+    timestamp_millis,
+};
 
 /// A source's watermark: `input` is its index among the query's inputs.
 #[derive(Clone, Debug)]
@@ -229,65 +233,6 @@ fn find_event_key(
     None
 }
 
-/// Timestamps (any unit) as ms since the epoch.
-fn millis(array: &ArrayRef) -> Result<Int64Array> {
-    let ms = match array.data_type() {
-        DataType::Timestamp(TimeUnit::Millisecond, _) => array.clone(),
-        DataType::Timestamp(_, tz) => cast(
-            array,
-            &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
-        )?,
-        other => {
-            return Err(EngineError::InvalidQuery(format!(
-                "the watermark column must be a timestamp, not {other}"
-            )));
-        }
-    };
-    let ints = cast(&ms, &DataType::Int64)?;
-    ints.as_any()
-        .downcast_ref::<Int64Array>()
-        .cloned()
-        .ok_or_else(|| EngineError::Internal("timestamp as int64".into()))
-}
-
-/// Event time (ms) of each row of an event-key column.
-fn key_millis(array: &ArrayRef, kind: EventKeyKind) -> Result<Int64Array> {
-    match kind {
-        EventKeyKind::Time => millis(array),
-        EventKeyKind::WindowEnd => {
-            let windows = array
-                .as_any()
-                .downcast_ref::<StructArray>()
-                .ok_or_else(|| EngineError::Internal("window column is not a struct".into()))?;
-            millis(windows.column(1))
-        }
-    }
-}
-
-/// Event time (ms) of one group's key value.
-fn scalar_millis(value: &ScalarValue, kind: EventKeyKind) -> Result<Option<i64>> {
-    let time = match (kind, value) {
-        (EventKeyKind::WindowEnd, ScalarValue::Struct(window)) => {
-            ScalarValue::try_from_array(window.column(1), 0)?
-        }
-        (EventKeyKind::Time, other) => other.clone(),
-        (EventKeyKind::WindowEnd, other) => {
-            return Err(EngineError::Internal(format!("window key is {other:?}")));
-        }
-    };
-    Ok(match time {
-        ScalarValue::TimestampSecond(v, _) => v.map(|v| v * 1000),
-        ScalarValue::TimestampMillisecond(v, _) => v,
-        ScalarValue::TimestampMicrosecond(v, _) => v.map(|v| v.div_euclid(1000)),
-        ScalarValue::TimestampNanosecond(v, _) => v.map(|v| v.div_euclid(1_000_000)),
-        other => {
-            return Err(EngineError::Internal(format!(
-                "event-time key is not a timestamp: {other:?}"
-            )));
-        }
-    })
-}
-
 /// Max event time (ms) per watermarked source in this batch's rows.
 ///
 /// # Errors
@@ -305,7 +250,7 @@ pub fn max_event_times(
                     w.source, w.column
                 ))
             })?;
-            if let Some(max) = arrow::compute::max(&millis(column)?) {
+            if let Some(max) = arrow::compute::max(&timestamp_millis(column)?) {
                 let entry = out.entry(w.source.clone()).or_insert(max);
                 *entry = (*entry).max(max);
             }
@@ -368,7 +313,7 @@ pub async fn run_batch(
     for batch in input {
         match (plan.event_key, watermark) {
             (Some(key), Some(w)) => {
-                let times = key_millis(batch.column(key.input_column), key.kind)?;
+                let times = event_millis(batch.column(key.input_column))?;
                 let keep: BooleanArray = times
                     .iter()
                     .map(|t| Some(t.is_none_or(|t| t > w)))
@@ -389,36 +334,9 @@ pub async fn run_batch(
     let mut delta = StateDelta::default();
     if !kept.is_empty() {
         let partial = collect(plan.partial(kept)?, ctx.task_ctx()).await?;
-        let ranges = plan.state_ranges()?;
-        let num_keys = store.num_keys();
-        for batch in partial {
-            let key_columns: Vec<ArrayRef> = batch.columns()[..num_keys].to_vec();
-            let keys = store.keys(&key_columns, batch.num_rows())?;
-            for (r, key) in keys.into_iter().enumerate() {
-                let mut row: StateRow = Vec::with_capacity(batch.num_columns());
-                for c in 0..num_keys {
-                    row.push(ScalarValue::try_from_array(batch.column(c), r)?);
-                }
-                let previous = delta.upserts.get(&key).or_else(|| store.get(&key));
-                for (aggr, range) in plan.aggr.iter().zip(&ranges) {
-                    let incoming: Vec<ArrayRef> =
-                        range.clone().map(|c| batch.column(c).slice(r, 1)).collect();
-                    match previous {
-                        None => {
-                            for c in range.clone() {
-                                row.push(ScalarValue::try_from_array(batch.column(c), r)?);
-                            }
-                        }
-                        Some(prev) => {
-                            let mut acc = aggr.create_accumulator()?;
-                            acc.merge_batch(&single_row_arrays(&prev[range.clone()])?)?;
-                            acc.merge_batch(&incoming)?;
-                            row.extend(acc.state()?);
-                        }
-                    }
-                }
-                delta.upserts.insert(key, row);
-            }
+        let partial = concat_batches(store.schema(), &partial)?;
+        if partial.num_rows() > 0 {
+            merge_into_delta(plan, store, &partial, &mut delta)?;
         }
     }
 
@@ -427,15 +345,11 @@ pub async fn run_batch(
     }
 
     // Output rows, then eviction.
-    let closed = |row: &StateRow| -> Result<bool> {
-        match (plan.event_key, watermark) {
-            (Some(key), Some(w)) => {
-                Ok(scalar_millis(&row[key.group_index], key.kind)?.is_some_and(|t| t <= w))
-            }
-            _ => Ok(false),
-        }
+    let closed = |entry: &StateEntry| match (plan.event_key, watermark) {
+        (Some(_), Some(w)) => entry.event_ms.is_some_and(|t| t <= w),
+        _ => false,
     };
-    let mut emitted: Vec<(OwnedRow, StateRow)> = Vec::new();
+    let mut emitted: Vec<(OwnedRow, StateEntry)> = Vec::new();
     let dedup = plan.aggr.is_empty();
     match mode {
         // Dedup emits each key once: when first seen.
@@ -472,7 +386,7 @@ pub async fn run_batch(
                 .iter()
                 .filter(|(k, _)| !delta.upserts.contains_key(*k)),
         ) {
-            if closed(row)? {
+            if closed(row) {
                 evicted.push((key.clone(), row.clone()));
             }
         }
@@ -492,7 +406,7 @@ pub async fn run_batch(
     let rows = if emitted.is_empty() {
         None
     } else {
-        Some(final_rows(plan, &emitted)?)
+        Some(final_rows(plan, store, &emitted)?)
     };
     Ok(AggregateOutcome {
         rows,
@@ -501,9 +415,94 @@ pub async fn run_batch(
     })
 }
 
+/// Step 5, vectorised: merges the batch's partial-state rows (`partial`, state-table shape; a key
+/// may repeat when DataFusion skipped partial aggregation) with the stored state of their groups,
+/// one `GroupsAccumulator::merge_batch` per aggregate for the whole batch, and records one upsert
+/// per group in `delta`. Stored state is merged first, then the batch's, as a per-group
+/// accumulator would (float sums come out in the same order).
+fn merge_into_delta(
+    plan: &AggregatePlan,
+    store: &StateStore,
+    partial: &RecordBatch,
+    delta: &mut StateDelta,
+) -> Result<()> {
+    let num_keys = store.num_keys();
+    let rows = partial.num_rows();
+    let keys = store.keys(&partial.columns()[..num_keys], rows)?;
+    // Group index of each partial row; the first row of each group gives its key values.
+    let mut group_of_key: HashMap<&OwnedRow, usize> = HashMap::with_capacity(rows);
+    let mut group_of_row = Vec::with_capacity(rows);
+    let mut first_rows: Vec<u32> = Vec::new();
+    for (r, key) in keys.iter().enumerate() {
+        let next = first_rows.len();
+        let group = *group_of_key.entry(key).or_insert(next);
+        if group == next {
+            first_rows.push(r as u32);
+        }
+        group_of_row.push(group);
+    }
+    let groups = first_rows.len();
+    let mut stored_groups = Vec::new();
+    let mut stored_entries = Vec::new();
+    for (g, &r) in first_rows.iter().enumerate() {
+        if let Some(entry) = store.get(&keys[r as usize]) {
+            stored_groups.push(g);
+            stored_entries.push(entry);
+        }
+    }
+    let stored = store.columns(stored_entries)?;
+    let first_rows = UInt32Array::from(first_rows);
+    let mut columns: Vec<ArrayRef> = partial.columns()[..num_keys]
+        .iter()
+        .map(|c| take(c, &first_rows, None))
+        .collect::<std::result::Result<_, _>>()?;
+    for (aggr, range) in plan.aggr.iter().zip(plan.state_ranges()?) {
+        let mut accumulator = groups_accumulator(aggr)?;
+        if !stored_groups.is_empty() {
+            accumulator.merge_batch(&stored[range.clone()], &stored_groups, groups)?;
+        }
+        accumulator.merge_batch(&partial.columns()[range], &group_of_row, groups)?;
+        columns.extend(accumulator.state(EmitTo::All)?);
+    }
+    let columns = cast_to(store.schema(), columns)?;
+    let entries = store.entries(&columns)?;
+    for (g, entry) in entries.into_iter().enumerate() {
+        let key = keys[first_rows.value(g) as usize].clone();
+        delta.upserts.insert(key, entry);
+    }
+    Ok(())
+}
+
+/// The aggregate's vectorised accumulator over many groups (DataFusion's own, or its adapter
+/// over per-group accumulators for aggregates without one, as `AggregateExec` does).
+fn groups_accumulator(aggr: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
+    if aggr.groups_accumulator_supported() {
+        return Ok(aggr.create_groups_accumulator()?);
+    }
+    let aggr = Arc::clone(aggr);
+    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+        aggr.create_accumulator()
+    })))
+}
+
+/// `columns` cast to `schema`'s types where they differ (nullability of nested fields).
+fn cast_to(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+    columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(array, field)| {
+            if array.data_type() == field.data_type() {
+                Ok(array)
+            } else {
+                Ok(cast(&array, field.data_type())?)
+            }
+        })
+        .collect()
+}
+
 /// A session taking part in a merge: its stored key (if stored), its row, whether this batch
 /// changed it.
-type SessionMember = (Option<OwnedRow>, StateRow, bool);
+type SessionMember = (Option<OwnedRow>, Vec<ScalarValue>, bool);
 
 /// Start and end (ms) of a session struct value.
 fn session_bounds(value: &ScalarValue) -> Result<(i64, i64)> {
@@ -511,7 +510,7 @@ fn session_bounds(value: &ScalarValue) -> Result<(i64, i64)> {
         return Err(EngineError::Internal(format!("session key is {value:?}")));
     };
     let bound = |c: usize| -> Result<i64> {
-        let ms = millis(session.column(c))?;
+        let ms = timestamp_millis(session.column(c))?;
         Ok(if ms.is_valid(0) {
             ms.value(0)
         } else {
@@ -534,7 +533,7 @@ fn merge_sessions(
     if delta.upserts.is_empty() {
         return Ok(());
     }
-    let other = |row: &StateRow| -> Vec<ScalarValue> {
+    let other = |row: &[ScalarValue]| -> Vec<ScalarValue> {
         row.iter()
             .take(store.num_keys())
             .enumerate()
@@ -545,18 +544,20 @@ fn merge_sessions(
     // Members per other-keys: (stored key if stored, row, changed in this batch).
     let mut groups: std::collections::HashMap<Vec<ScalarValue>, Vec<SessionMember>> =
         std::collections::HashMap::new();
-    for (key, row) in delta.upserts.drain() {
+    for (key, entry) in delta.upserts.drain() {
+        let row = store.scalars(&entry)?;
         let stored = store.get(&key).is_some().then_some(key);
         groups
             .entry(other(&row))
             .or_default()
             .push((stored, row, true));
     }
-    for (key, row) in store.iter() {
-        if let Some(members) = groups.get_mut(&other(row))
+    for (key, entry) in store.iter() {
+        let row = store.scalars(entry)?;
+        if let Some(members) = groups.get_mut(&other(&row))
             && !members.iter().any(|(k, _, _)| k.as_ref() == Some(key))
         {
-            members.push((Some(key.clone()), row.clone(), false));
+            members.push((Some(key.clone()), row, false));
         }
     }
     let ranges = plan.state_ranges()?;
@@ -583,7 +584,7 @@ fn merge_sessions(
                 continue;
             }
             let template = &cluster[0].1;
-            let mut row: StateRow = template[..store.num_keys()].to_vec();
+            let mut row: Vec<ScalarValue> = template[..store.num_keys()].to_vec();
             row[session] = session_value_of(&template[session], start, end)?;
             for (aggr, range) in plan.aggr.iter().zip(&ranges) {
                 let mut acc = aggr.create_accumulator()?;
@@ -607,7 +608,7 @@ fn merge_sessions(
                     delta.deletes.push(stored.clone());
                 }
             }
-            delta.upserts.insert(new_key, row);
+            delta.upserts.insert(new_key, store.entry_of(&row)?);
         }
     }
     Ok(())
@@ -636,25 +637,22 @@ fn session_value_of(template: &ScalarValue, start_ms: i64, end_ms: i64) -> Resul
     Ok(ScalarValue::Struct(Arc::new(array)))
 }
 
-/// Evaluates the final values of `groups` into the aggregate's output shape.
-fn final_rows(plan: &AggregatePlan, groups: &[(OwnedRow, StateRow)]) -> Result<RecordBatch> {
+/// Evaluates the final values of `groups` into the aggregate's output shape, one vectorised
+/// `GroupsAccumulator::evaluate` per aggregate.
+fn final_rows(
+    plan: &AggregatePlan,
+    store: &StateStore,
+    groups: &[(OwnedRow, StateEntry)],
+) -> Result<RecordBatch> {
     let schema: SchemaRef = Arc::new(plan.aggregate.schema.as_arrow().clone());
     let num_keys = plan.group_by.expr().len();
-    let ranges = plan.state_ranges()?;
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for c in 0..num_keys {
-        columns.push(ScalarValue::iter_to_array(
-            groups.iter().map(|(_, row)| row[c].clone()),
-        )?);
-    }
-    for (aggr, range) in plan.aggr.iter().zip(&ranges) {
-        let mut values = Vec::with_capacity(groups.len());
-        for (_, row) in groups {
-            let mut acc = aggr.create_accumulator()?;
-            acc.merge_batch(&single_row_arrays(&row[range.clone()])?)?;
-            values.push(acc.evaluate()?);
-        }
-        columns.push(ScalarValue::iter_to_array(values)?);
+    let state = store.columns(groups.iter().map(|(_, entry)| entry))?;
+    let mut columns: Vec<ArrayRef> = state[..num_keys].to_vec();
+    let indices: Vec<usize> = (0..groups.len()).collect();
+    for (aggr, range) in plan.aggr.iter().zip(plan.state_ranges()?) {
+        let mut accumulator = groups_accumulator(aggr)?;
+        accumulator.merge_batch(&state[range], &indices, groups.len())?;
+        columns.push(accumulator.evaluate(EmitTo::All)?);
     }
     let columns = columns
         .into_iter()

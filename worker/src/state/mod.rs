@@ -15,16 +15,18 @@
 //! applies its changes twice. Changes of a running batch are held in a [`StateDelta`] and applied
 //! to memory only after the commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StructArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::common::ScalarValue;
+// DataFusion's hash map (hashbrown with foldhash): state keys are hashed once per group and batch,
+// and SipHash showed up in profiles.
+use datafusion::common::{HashMap, HashSet, ScalarValue};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
@@ -36,8 +38,16 @@ const META_WATERMARK: &str = "sluice.watermarkMs";
 const META_USED_WATERMARK: &str = "sluice.usedWatermarkMs";
 const META_MAX_EVENT: &str = "sluice.maxEventMs";
 
-/// One group's row of the state table: key values then state values.
-pub type StateRow = Vec<ScalarValue>;
+/// One group of the state table: its full row (keys, then accumulator states) in Arrow's row
+/// format, and the group's event time. Row-encoded so that a batch's groups convert to and from
+/// Arrow columns in one vectorised call (`RowConverter`) instead of one `ScalarValue` per cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateEntry {
+    pub row: OwnedRow,
+    /// Event time of the group, ms since the epoch: the window's `end` or the watermarked
+    /// timestamp key; `None` without an event-time key (or a null one).
+    pub event_ms: Option<i64>,
+}
 
 /// Event-time bookkeeping kept with the state.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -53,7 +63,7 @@ pub struct EventTimeState {
 /// Changes of one batch, applied by [`StateStore::apply`] after the commit.
 #[derive(Clone, Debug, Default)]
 pub struct StateDelta {
-    pub upserts: HashMap<OwnedRow, StateRow>,
+    pub upserts: HashMap<OwnedRow, StateEntry>,
     pub deletes: Vec<OwnedRow>,
     pub event_time: EventTimeState,
 }
@@ -62,26 +72,47 @@ pub struct StateDelta {
 pub struct StateStore {
     schema: SchemaRef,
     num_keys: usize,
-    converter: RowConverter,
-    groups: HashMap<OwnedRow, StateRow>,
+    /// Encodes the key columns (the map's keys).
+    key_converter: RowConverter,
+    /// Encodes whole state rows (keys and states).
+    row_converter: RowConverter,
+    /// Key column holding the event time (a timestamp, or a window/session struct whose `end`
+    /// is one).
+    event_column: Option<usize>,
+    groups: HashMap<OwnedRow, StateEntry>,
     /// Event-time bookkeeping as of the last committed batch.
     pub event_time: EventTimeState,
 }
 
 impl StateStore {
-    /// An empty store for state rows of `schema` whose first `num_keys` columns are the key.
+    /// An empty store for state rows of `schema` whose first `num_keys` columns are the key and
+    /// whose key column `event_column` (if any) carries the group's event time.
     ///
     /// # Errors
-    /// [`EngineError::Arrow`] when a key type cannot be row-encoded.
-    pub fn new(schema: SchemaRef, num_keys: usize) -> Result<Self> {
-        let converter = RowConverter::new(key_sort_fields(&schema, num_keys))?;
+    /// [`EngineError::Arrow`] when a column type cannot be row-encoded.
+    pub fn new(schema: SchemaRef, num_keys: usize, event_column: Option<usize>) -> Result<Self> {
+        let key_converter = RowConverter::new(key_sort_fields(&schema, num_keys))?;
+        let row_converter = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
         Ok(Self {
             schema,
             num_keys,
-            converter,
-            groups: HashMap::new(),
+            key_converter,
+            row_converter,
+            event_column,
+            groups: HashMap::default(),
             event_time: EventTimeState::default(),
         })
+    }
+
+    /// The state table's schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
     /// Number of key columns.
@@ -100,12 +131,12 @@ impl StateStore {
     }
 
     /// The committed row of `key`.
-    pub fn get(&self, key: &OwnedRow) -> Option<&StateRow> {
+    pub fn get(&self, key: &OwnedRow) -> Option<&StateEntry> {
         self.groups.get(key)
     }
 
     /// All committed groups.
-    pub fn iter(&self) -> impl Iterator<Item = (&OwnedRow, &StateRow)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&OwnedRow, &StateEntry)> {
         self.groups.iter()
     }
 
@@ -120,8 +151,65 @@ impl StateStore {
         } else {
             columns.to_vec()
         };
-        let encoded = self.converter.convert_columns(&columns)?;
+        let encoded = self.key_converter.convert_columns(&columns)?;
         Ok(encoded.iter().map(|r| r.owned()).collect())
+    }
+
+    /// Entries of full state rows given as columns (keys then states, the state schema's types).
+    ///
+    /// # Errors
+    /// [`EngineError::Arrow`] on a type mismatch.
+    pub fn entries(&self, columns: &[ArrayRef]) -> Result<Vec<StateEntry>> {
+        let times = match self.event_column.and_then(|c| columns.get(c)) {
+            Some(column) => Some(event_millis(column)?),
+            None => None,
+        };
+        let encoded = self.row_converter.convert_columns(columns)?;
+        Ok(encoded
+            .iter()
+            .enumerate()
+            .map(|(r, row)| StateEntry {
+                row: row.owned(),
+                event_ms: times
+                    .as_ref()
+                    .and_then(|t| t.is_valid(r).then(|| t.value(r))),
+            })
+            .collect())
+    }
+
+    /// The columns (keys then states) of `entries`, in order.
+    ///
+    /// # Errors
+    /// [`EngineError::Arrow`] when the rows do not decode.
+    pub fn columns<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a StateEntry>,
+    ) -> Result<Vec<ArrayRef>> {
+        Ok(self
+            .row_converter
+            .convert_rows(entries.into_iter().map(|e| e.row.row()))?)
+    }
+
+    /// One entry's values (keys then states), for the rare per-group work (session merges).
+    ///
+    /// # Errors
+    /// [`EngineError::Arrow`] when the row does not decode.
+    pub fn scalars(&self, entry: &StateEntry) -> Result<Vec<ScalarValue>> {
+        self.columns([entry])?
+            .iter()
+            .map(|column| Ok(ScalarValue::try_from_array(column, 0)?))
+            .collect()
+    }
+
+    /// The entry of one row of values (keys then states).
+    ///
+    /// # Errors
+    /// [`EngineError::Arrow`] on a type mismatch.
+    pub fn entry_of(&self, values: &[ScalarValue]) -> Result<StateEntry> {
+        let columns = single_row_arrays(values)?;
+        self.entries(&columns)?
+            .pop()
+            .ok_or_else(|| EngineError::Internal("state row of one group".into()))
     }
 
     /// Applies a committed batch's delta.
@@ -146,15 +234,17 @@ impl StateStore {
         delta: &StateDelta,
     ) -> Result<u64> {
         let (kind, body) = if batch_id.is_multiple_of(SNAPSHOT_EVERY) {
-            let mut rows: Vec<(&OwnedRow, &StateRow)> = self
+            let deleted: HashSet<&OwnedRow> = delta.deletes.iter().collect();
+            let mut rows: Vec<&StateEntry> = self
                 .groups
                 .iter()
-                .filter(|(k, _)| !delta.upserts.contains_key(*k) && !delta.deletes.contains(k))
+                .filter(|(k, _)| !delta.upserts.contains_key(*k) && !deleted.contains(k))
+                .map(|(_, entry)| entry)
                 .collect();
-            rows.extend(delta.upserts.iter());
+            rows.extend(delta.upserts.values());
             ("snapshot", self.encode(&rows, &[], &delta.event_time)?)
         } else {
-            let rows: Vec<(&OwnedRow, &StateRow)> = delta.upserts.iter().collect();
+            let rows: Vec<&StateEntry> = delta.upserts.values().collect();
             (
                 "delta",
                 self.encode(&rows, &delta.deletes, &delta.event_time)?,
@@ -246,7 +336,7 @@ impl StateStore {
 
     fn encode(
         &self,
-        upserts: &[(&OwnedRow, &StateRow)],
+        upserts: &[&StateEntry],
         deletes: &[OwnedRow],
         event_time: &EventTimeState,
     ) -> Result<Vec<u8>> {
@@ -257,15 +347,15 @@ impl StateStore {
         let deleted_keys: Vec<ArrayRef> = if deletes.is_empty() || self.num_keys == 0 {
             Vec::new()
         } else {
-            self.converter
+            self.key_converter
                 .convert_rows(deletes.iter().map(|r| r.row()))?
         };
+        let upserted = self.columns(upserts.iter().copied())?;
         for (c, field) in self.schema.fields().iter().enumerate() {
-            let upserted = if upserts.is_empty() {
-                arrow::array::new_empty_array(field.data_type())
-            } else {
-                ScalarValue::iter_to_array(upserts.iter().map(|(_, row)| row[c].clone()))?
-            };
+            let upserted = upserted
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| arrow::array::new_empty_array(field.data_type()));
             let deleted = if c < self.num_keys && !deleted_keys.is_empty() {
                 deleted_keys[c].clone()
             } else {
@@ -318,19 +408,26 @@ impl StateStore {
                 .downcast_ref::<BooleanArray>()
                 .ok_or_else(|| EngineError::Internal("deleted flags".into()))?
                 .clone();
-            let key_columns: Vec<ArrayRef> = (0..self.num_keys)
+            // Deleted keys carry null states: encode keys from all rows, entries from the rest.
+            let columns: Vec<ArrayRef> = (0..width)
                 .map(|c| arrow::compute::cast(batch.column(c), self.schema.field(c).data_type()))
                 .collect::<std::result::Result<_, _>>()?;
-            let keys = self.keys(&key_columns, batch.num_rows())?;
+            let keys = self.keys(&columns[..self.num_keys], batch.num_rows())?;
+            let live = arrow::compute::not(&deleted)?;
+            let upserted: Vec<ArrayRef> = columns
+                .iter()
+                .map(|c| arrow::compute::filter(c, &live))
+                .collect::<std::result::Result<_, _>>()?;
+            let mut entries = self.entries(&upserted)?.into_iter();
             for (r, key) in keys.into_iter().enumerate() {
                 if deleted.value(r) {
                     delta.deletes.push(key);
-                    continue;
+                } else {
+                    let entry = entries
+                        .next()
+                        .ok_or_else(|| EngineError::Internal("state file rows".into()))?;
+                    delta.upserts.insert(key, entry);
                 }
-                let row = (0..width)
-                    .map(|c| ScalarValue::try_from_array(batch.column(c), r))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                delta.upserts.insert(key, row);
             }
         }
         Ok(delta)
@@ -369,6 +466,42 @@ pub fn single_row_arrays(values: &[ScalarValue]) -> Result<Vec<ArrayRef>> {
         .iter()
         .map(|v| v.to_array_of_size(1))
         .collect::<std::result::Result<_, _>>()?)
+}
+
+/// Timestamps (any unit) as ms since the epoch.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] when the column is not a timestamp.
+pub fn timestamp_millis(array: &ArrayRef) -> Result<Int64Array> {
+    let ms = match array.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => array.clone(),
+        DataType::Timestamp(_, tz) => arrow::compute::cast(
+            array,
+            &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+        )?,
+        other => {
+            return Err(EngineError::InvalidQuery(format!(
+                "the watermark column must be a timestamp, not {other}"
+            )));
+        }
+    };
+    let ints = arrow::compute::cast(&ms, &DataType::Int64)?;
+    ints.as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| EngineError::Internal("timestamp as int64".into()))
+}
+
+/// Event time (ms) of each value of an event-time column: a timestamp, or a window/session
+/// struct `{start, end}` whose `end` counts (Spark compares a window's end with the watermark).
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] when the column is neither.
+pub fn event_millis(array: &ArrayRef) -> Result<Int64Array> {
+    match array.as_any().downcast_ref::<StructArray>() {
+        Some(windows) if windows.num_columns() >= 2 => timestamp_millis(windows.column(1)),
+        _ => timestamp_millis(array),
+    }
 }
 
 /// Whether an array is a struct column (a window).

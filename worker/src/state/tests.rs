@@ -22,7 +22,12 @@ fn delta(store: &StateStore, rows: &[(&str, i64)], deletes: &[&str], watermark: 
         upserts: keys
             .into_iter()
             .zip(rows)
-            .map(|(k, (w, n))| (k, vec![ScalarValue::from(*w), ScalarValue::Int64(Some(*n))]))
+            .map(|(k, (w, n))| {
+                let entry = store
+                    .entry_of(&[ScalarValue::from(*w), ScalarValue::Int64(Some(*n))])
+                    .expect("entry");
+                (k, entry)
+            })
             .collect(),
         deletes: store.keys(&[deleted], deletes.len()).expect("keys"),
         event_time: EventTimeState {
@@ -36,7 +41,8 @@ fn delta(store: &StateStore, rows: &[(&str, i64)], deletes: &[&str], watermark: 
 fn contents(store: &StateStore) -> Vec<(String, i64)> {
     let mut out: Vec<(String, i64)> = store
         .iter()
-        .map(|(_, row)| {
+        .map(|(_, entry)| {
+            let row = store.scalars(entry).expect("scalars");
             let ScalarValue::Utf8(Some(w)) = &row[0] else {
                 panic!("word")
             };
@@ -56,7 +62,7 @@ async fn restore_applies_snapshot_then_deltas_up_to_the_committed_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let checkpoint =
         Checkpoint::new(Location::parse(dir.path().to_str().expect("utf8")).expect("loc"));
-    let mut store = StateStore::new(schema(), 1).expect("store");
+    let mut store = StateStore::new(schema(), 1, None).expect("store");
     let batches: Vec<BatchChanges> = vec![
         (&[("cat", 1), ("dog", 2)], &[]),
         (&[("cat", 3)], &[]),
@@ -75,7 +81,7 @@ async fn restore_applies_snapshot_then_deltas_up_to_the_committed_batch() {
     assert!(names.iter().any(|n| n.ends_with(".snapshot.arrow")));
     assert_eq!(names.len(), 4);
 
-    let mut restored = StateStore::new(schema(), 1).expect("store");
+    let mut restored = StateStore::new(schema(), 1, None).expect("store");
     restored
         .restore(&checkpoint, 0, Some(2))
         .await
