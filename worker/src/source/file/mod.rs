@@ -16,15 +16,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use object_store::{ObjectMeta, ObjectStoreExt};
+use object_store::{GetResultPayload, ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sluice_crds::{FileFormat, FileSourceSpec, SourceSpec};
 
 use crate::error::{EngineError, Result};
 use crate::schema::arrow_schema;
-use crate::source::decode::{TextFormat, decode_parquet, decode_text};
+use crate::source::decode::{BadRecord, TextFileDecoder, TextFormat, decode_parquet};
 use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 use crate::storage::Location;
 
@@ -230,25 +231,39 @@ impl SourceTask for FileTask {
         for file in &range.files {
             let location = &self.source.location;
             let path = location.child(&file.path);
-            let data = location
+            let schema = self.source.schema.clone();
+            let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
+            let object = location
                 .store
                 .get(&path)
                 .await
-                .map_err(|e| EngineError::storage(path.to_string(), e))?
-                .bytes()
-                .await
                 .map_err(|e| EngineError::storage(path.to_string(), e))?;
-            let schema = self.source.schema.clone();
-            let format = self.source.format;
-            let text_format = self.source.text_format.clone();
-            let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
             // Decoding is CPU-bound: keep it off the async worker threads.
-            let (batches, bad) = tokio::task::spawn_blocking(move || match format {
-                FileFormat::Parquet => decode_parquet(&schema, &origin, data),
-                _ => decode_text(&schema, &text_format, &origin, &data),
-            })
-            .await
-            .map_err(|e| EngineError::Internal(format!("decoder task failed: {e}")))??;
+            let decoded = match self.source.format {
+                FileFormat::Parquet => {
+                    let data = object
+                        .bytes()
+                        .await
+                        .map_err(|e| EngineError::storage(path.to_string(), e))?;
+                    blocking(move || decode_parquet(&schema, &origin, data)).await?
+                }
+                _ => {
+                    // Text is decoded a run of lines at a time as it arrives, never whole.
+                    let decoder =
+                        TextFileDecoder::new(schema, self.source.text_format.clone(), origin);
+                    let range = object.range.clone();
+                    match object.payload {
+                        GetResultPayload::File(file, _) => {
+                            let name = path.to_string();
+                            blocking(move || decode_local_file(decoder, file, range, &name)).await?
+                        }
+                        GetResultPayload::Stream(pieces) => {
+                            decode_stream(decoder, pieces, path.as_ref()).await?
+                        }
+                    }
+                }
+            };
+            let (batches, bad) = decoded;
             output.batches.extend(batches);
             output.bad_records.extend(bad);
         }
@@ -258,4 +273,70 @@ impl SourceTask for FileTask {
     fn backlog(&self) -> Option<u64> {
         Some(self.backlog)
     }
+}
+
+/// Decodes a local file with large reads on the calling (blocking) thread: object_store's own
+/// stream of a local file hops threads every 8 KiB, which cost more than the decoding.
+fn decode_local_file(
+    mut decoder: TextFileDecoder,
+    mut file: std::fs::File,
+    range: std::ops::Range<u64>,
+    name: &str,
+) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| {
+        let error = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        };
+        EngineError::storage(name.to_string(), error)
+    };
+    file.seek(SeekFrom::Start(range.start)).map_err(io)?;
+    let mut remaining = range.end.saturating_sub(range.start);
+    let mut buffer = vec![0u8; TextFileDecoder::CHUNK_BYTES.min(remaining as usize)];
+    while remaining > 0 {
+        let want = buffer.len().min(remaining as usize);
+        let read = file.read(&mut buffer[..want]).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        remaining -= read as u64;
+        decoder.push(&buffer[..read]);
+        if decoder.ready() {
+            decoder.decode_ready()?;
+        }
+    }
+    decoder.finish()
+}
+
+/// Decodes a streamed object (S3): pieces are buffered, whole lines decoded on the blocking pool.
+async fn decode_stream(
+    mut decoder: TextFileDecoder,
+    mut pieces: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    name: &str,
+) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+    while let Some(piece) = pieces
+        .try_next()
+        .await
+        .map_err(|e| EngineError::storage(name.to_string(), e))?
+    {
+        decoder.push(&piece);
+        if decoder.ready() {
+            decoder = blocking(move || {
+                decoder.decode_ready()?;
+                Ok(decoder)
+            })
+            .await?;
+        }
+    }
+    blocking(move || decoder.finish()).await
+}
+
+/// Runs CPU-bound decoding on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| EngineError::Internal(format!("decoder task failed: {e}")))?
 }
