@@ -203,3 +203,77 @@ fn impressions_clicks_join_exact_after_sigkills() {
         expected.len()
     );
 }
+
+/// Over the whole run the buffers hold only rows the range condition can still match: the
+/// impressions of the last hour and the clicks above the watermark (plus the slices in flight),
+/// far below the input. A restart with a changed range condition is refused.
+#[tokio::test]
+async fn state_stays_bounded_and_a_changed_range_is_refused() {
+    use sluice_worker::{Engine, QueryConfig, Shared};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = generate(11);
+    write_files(&dir.path().join("impressions"), &data.impressions);
+    write_files(&dir.path().join("clicks"), &data.clicks);
+    let text = manifest(dir.path());
+    let engine = Engine::start(
+        QueryConfig::local(sluice_crds::parse_manifest(&text).expect("manifest")),
+        Shared::new(),
+    )
+    .await
+    .expect("start");
+    let mut peak = 0u64;
+    let mut dropped = 0u64;
+    let summary = engine
+        .run(|p| {
+            for op in &p.state_operators {
+                peak = peak.max(op["numRowsTotal"].as_u64().expect("rows"));
+                dropped += op["numRowsDroppedByWatermark"].as_u64().expect("dropped");
+            }
+        })
+        .await
+        .expect("run");
+    let input: usize = data
+        .impressions
+        .iter()
+        .chain(&data.clicks)
+        .map(Vec::len)
+        .sum();
+    assert_eq!(summary.input_rows, input as u64);
+    assert_eq!(
+        dropped, 0,
+        "nothing is later than the watermark in this data"
+    );
+    // Impressions stay while ts + 1 hour > watermark (= newest − 10 minutes): 70 minutes of
+    // slices plus the two in flight; clicks while ts > watermark: 10 minutes plus two slices.
+    let max_clicks = data.clicks.iter().map(Vec::len).max().expect("clicks") as u64;
+    let bound = (70 / 6 + 3) * IMPRESSIONS_PER_FILE as u64 + (10 / 6 + 3) * max_clicks;
+    eprintln!("peak state rows {peak}, bound {bound}, input rows {input}");
+    assert!(
+        peak >= 10 * IMPRESSIONS_PER_FILE as u64,
+        "the last hour of impressions is buffered ({peak})"
+    );
+    assert!(
+        peak <= bound,
+        "state rows {peak} > bound {bound} (input {input})"
+    );
+    let actual = output_pairs(
+        &Location::parse(dir.path().join("out").to_str().expect("utf8")).expect("loc"),
+    )
+    .await;
+    assert_eq!(actual, expected(&data));
+
+    let changed = text.replace("INTERVAL '1 hour'", "INTERVAL '2 hours'");
+    let err = Engine::start(
+        QueryConfig::local(sluice_crds::parse_manifest(&changed).expect("manifest")),
+        Shared::new(),
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("stateful operators changed"), "{err}");
+    assert!(
+        err.contains("-3600000 ms") && err.contains("-7200000 ms"),
+        "{err}"
+    );
+}
