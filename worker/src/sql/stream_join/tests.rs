@@ -398,3 +398,44 @@ async fn unbounded_or_unsupported_stream_joins_are_refused() {
     );
     assert!(message.contains("self-join"), "{message}");
 }
+
+/// The bounds of `impressions.ts − clicks.ts` read from each form of the range condition.
+#[tokio::test]
+async fn range_bounds_from_each_condition_form() {
+    let base = "SELECT i.adId FROM impressions i JOIN clicks c ON i.adId = c.adId AND ";
+    for (condition, range) in [
+        (
+            "i.ts > c.ts - INTERVAL '10 minutes' AND i.ts < c.ts + INTERVAL '10 minutes'",
+            "[-600000 ms, 600000 ms]",
+        ),
+        ("i.ts = c.ts", "[0 ms, 0 ms]"),
+        (
+            "c.ts - INTERVAL '5 seconds' <= i.ts AND c.ts >= i.ts",
+            "[-5000 ms, 0 ms]",
+        ),
+        (
+            "INTERVAL '1 day' + i.ts >= c.ts AND c.ts >= i.ts + INTERVAL '2 hours'",
+            "[-86400000 ms, -7200000 ms]",
+        ),
+    ] {
+        let sql = format!("{base}{condition}");
+        let q = query(&sql, OutputMode::Append, watermarks(60))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let fingerprint = q.stateful_fingerprint().expect("fingerprint");
+        assert!(
+            fingerprint.ends_with(&format!("in {range})")),
+            "{condition}: {fingerprint}"
+        );
+    }
+    // A month has no fixed length: not a bound.
+    let message = refusal(
+        query(
+            &format!("{base}c.ts BETWEEN i.ts AND i.ts + INTERVAL '1 month'"),
+            OutputMode::Append,
+            watermarks(60),
+        )
+        .await,
+    );
+    assert!(message.contains("only ts - ts <= 0 ms"), "{message}");
+}
