@@ -94,18 +94,18 @@ fn write_files(dir: &Path, files: &[Vec<(String, i64)>]) {
     }
 }
 
-fn manifest(dir: &Path) -> String {
-    let path = |p: &str| dir.join(p).to_str().expect("utf8").to_string();
+/// The query over `<root>/impressions` and `<root>/clicks`, output to `<root>/out`, checkpoint in
+/// `<root>/ckpt` (`root` a local directory or an `s3://` prefix).
+fn manifest(root: &str) -> String {
     let source = |name: &str| {
         format!(
             r#"    - name: {name}
-      file: {{path: "{}", format: json, maxFilesPerTrigger: 1, partitions: 1}}
+      file: {{path: "{root}/{name}", format: json, maxFilesPerTrigger: 1, partitions: 1}}
       schema:
         - {{name: adId, type: string}}
         - {{name: ts, type: timestamp}}
       watermark: {{column: ts, delay: 10 minutes}}
-"#,
-            path(name)
+"#
         )
     };
     format!(
@@ -117,14 +117,12 @@ spec:
 {}{}  sql: "SELECT i.adId, i.ts AS impressionTime, c.ts AS clickTime FROM impressions i JOIN clicks c ON i.adId = c.adId AND c.ts BETWEEN i.ts AND i.ts + INTERVAL '1 hour'"
   outputMode: append
   sink:
-    file: {{path: "{}", format: parquet}}
+    file: {{path: "{root}/out", format: parquet}}
   trigger: {{availableNow: true}}
-  checkpoint: {{location: "{}"}}
+  checkpoint: {{location: "{root}/ckpt"}}
 "#,
         source("impressions"),
         source("clicks"),
-        path("out"),
-        path("ckpt")
     )
 }
 
@@ -185,7 +183,7 @@ fn impressions_clicks_join_exact_after_sigkills() {
     write_files(&dir.path().join("impressions"), &data.impressions);
     write_files(&dir.path().join("clicks"), &data.clicks);
     let path = dir.path().join("query.yaml");
-    std::fs::write(&path, manifest(dir.path())).expect("manifest");
+    std::fs::write(&path, manifest(dir.path().to_str().expect("utf8"))).expect("manifest");
     let expected = expected(&data);
     assert!(expected.len() > 500, "{} pairs", expected.len());
 
@@ -214,7 +212,7 @@ async fn state_stays_bounded_and_a_changed_range_is_refused() {
     let data = generate(11);
     write_files(&dir.path().join("impressions"), &data.impressions);
     write_files(&dir.path().join("clicks"), &data.clicks);
-    let text = manifest(dir.path());
+    let text = manifest(dir.path().to_str().expect("utf8"));
     let engine = Engine::start(
         QueryConfig::local(sluice_crds::parse_manifest(&text).expect("manifest")),
         Shared::new(),
@@ -276,4 +274,34 @@ async fn state_stays_bounded_and_a_changed_range_is_refused() {
         err.contains("-3600000 ms") && err.contains("-7200000 ms"),
         "{err}"
     );
+}
+
+/// As `impressions_clicks_join_exact_after_sigkills`, with the inputs, the output and the
+/// checkpoint (join state included) on S3.
+#[test]
+fn impressions_clicks_join_s3_checkpoint_exact_after_sigkills() {
+    let Some(bucket) =
+        common::s3_bucket("impressions_clicks_join_s3_checkpoint_exact_after_sigkills")
+    else {
+        return;
+    };
+    let root = format!("s3://{bucket}/{}", common::unique("ad-clicks"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = generate(13);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for (name, files) in [("impressions", &data.impressions), ("clicks", &data.clicks)] {
+        let local = dir.path().join(name);
+        write_files(&local, files);
+        runtime.block_on(common::upload_dir(
+            &local,
+            &Location::parse(&format!("{root}/{name}")).expect("s3"),
+        ));
+    }
+    let path = dir.path().join("query.yaml");
+    std::fs::write(&path, manifest(&root)).expect("manifest");
+    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
+    let actual = runtime.block_on(output_pairs(
+        &Location::parse(&format!("{root}/out")).expect("s3"),
+    ));
+    assert_eq!(actual, expected(&data));
 }
