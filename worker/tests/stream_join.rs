@@ -224,6 +224,7 @@ async fn state_stays_bounded_and_a_changed_range_is_refused() {
     let summary = engine
         .run(|p| {
             for op in &p.state_operators {
+                assert_eq!(op["operatorName"], "symmetricHashJoin");
                 peak = peak.max(op["numRowsTotal"].as_u64().expect("rows"));
                 dropped += op["numRowsDroppedByWatermark"].as_u64().expect("dropped");
             }

@@ -781,7 +781,11 @@ fn state_operators(outcomes: &[BatchOutcome]) -> Vec<serde_json::Value> {
     }
     let sum = |f: fn(&crate::sql::StateProgress) -> u64| states.iter().map(|s| f(s)).sum::<u64>();
     vec![serde_json::json!({
-        "operatorName": "stateStoreSave",
+        "operatorName": states
+            .iter()
+            .map(|s| s.operator)
+            .find(|o| !o.is_empty())
+            .unwrap_or("stateStoreSave"),
         "numRowsTotal": sum(|s| s.state_rows),
         "numRowsUpdated": sum(|s| s.rows_updated),
         "numRowsRemoved": sum(|s| s.rows_removed),

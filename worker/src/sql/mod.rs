@@ -98,6 +98,8 @@ pub struct StateProgress {
     pub late_rows_dropped: u64,
     /// Watermark for the next batch, ms since the epoch.
     pub watermark_ms: Option<i64>,
+    /// Spark's `operatorName` in progress (`""` means `stateStoreSave`, an aggregation or dedup).
+    pub operator: &'static str,
 }
 
 impl BatchQuery {
@@ -399,6 +401,7 @@ impl BatchQuery {
             state_file_bytes: 0,
             late_rows_dropped: outcome.late_rows,
             watermark_ms: outcome.delta.event_time.watermark_ms,
+            operator: "",
         };
         state.pending = Some(outcome.delta);
         Ok(output)
@@ -444,6 +447,7 @@ impl BatchQuery {
             state.last = StateProgress {
                 state_rows: state.store.len() as u64,
                 watermark_ms: state.store.event_time.watermark_ms,
+                operator: state.last.operator,
                 ..StateProgress::default()
             };
         }

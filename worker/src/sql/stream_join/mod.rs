@@ -213,7 +213,10 @@ impl JoinPlan {
             fingerprint: self.fingerprint(),
             key_columns: Vec::new(),
             pending: None,
-            last: StateProgress::default(),
+            last: StateProgress {
+                operator: "symmetricHashJoin",
+                ..StateProgress::default()
+            },
         })
     }
 
@@ -429,6 +432,7 @@ impl BatchQuery {
             state_file_bytes: 0,
             late_rows_dropped: late_left + late_right,
             watermark_ms: delta.event_time.watermark_ms,
+            operator: "symmetricHashJoin",
         };
         state.pending = Some(delta);
         Ok(output)
