@@ -209,7 +209,7 @@ pub(crate) fn check_stateful_partitioning(
                 .is_some_and(|k| keys.contains(k));
         if !routes_by_key {
             return Err(EngineError::InvalidQuery(format!(
-                "source `{}` has {} partitions, but a streaming aggregation or dedup keeps state per task and \
+                "source `{}` has {} partitions, but a streaming aggregation, dedup or stream–stream join keeps state per task and \
                  needs every row of a group in one task: set its `partitions: 1`, or (for a source that \
                  routes rows by key) a `partitionKey` that is one of the grouping columns [{}]",
                 spec_source.name,
@@ -781,7 +781,11 @@ fn state_operators(outcomes: &[BatchOutcome]) -> Vec<serde_json::Value> {
     }
     let sum = |f: fn(&crate::sql::StateProgress) -> u64| states.iter().map(|s| f(s)).sum::<u64>();
     vec![serde_json::json!({
-        "operatorName": "stateStoreSave",
+        "operatorName": states
+            .iter()
+            .map(|s| s.operator)
+            .find(|o| !o.is_empty())
+            .unwrap_or("stateStoreSave"),
         "numRowsTotal": sum(|s| s.state_rows),
         "numRowsUpdated": sum(|s| s.rows_updated),
         "numRowsRemoved": sum(|s| s.rows_removed),

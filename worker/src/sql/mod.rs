@@ -9,7 +9,8 @@
 //! With `sqlScope: stream` (the default) a query is either stateless (projections, filters, scalar
 //! functions, `unnest`, `UNION ALL`) or has one streaming aggregation (`GROUP BY`, optionally over
 //! Spark's `window(ts, size[, slide])`), run incrementally with a per-task state store (see
-//! [`streaming`]). Joins, `DISTINCT`, window functions, `LIMIT` and sorts (other than above an
+//! [`streaming`]), or one stream–stream inner join with watermarks and an event-time range
+//! condition (see [`stream_join`]). Other joins of two streams, `DISTINCT`, window functions, `LIMIT` and sorts (other than above an
 //! aggregation in `complete` mode) are refused; `SELECT DISTINCT` is a streaming dedup
 //! (Spark's `dropDuplicates`: each distinct row is emitted once, state bounded by the watermark
 //! when the event-time column is among the columns). Other operators with a message, never answered wrongly. With
@@ -33,6 +34,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
 use crate::state::{StateDelta, StateStore};
 
+pub mod stream_join;
 pub mod streaming;
 pub mod tables;
 pub mod window;
@@ -62,6 +64,8 @@ pub struct BatchQuery {
     distinct_as_grouping: bool,
     /// Static tables for stream–static joins, registered under their names.
     tables: Vec<StaticTable>,
+    /// A stream–stream join (its buffers live in `streaming`), see [`stream_join`].
+    join: Option<stream_join::JoinPlan>,
 }
 
 /// A streaming aggregation's per-task state and the running batch's changes.
@@ -94,6 +98,8 @@ pub struct StateProgress {
     pub late_rows_dropped: u64,
     /// Watermark for the next batch, ms since the epoch.
     pub watermark_ms: Option<i64>,
+    /// Spark's `operatorName` in progress (`""` means `stateStoreSave`, an aggregation or dedup).
+    pub operator: &'static str,
 }
 
 impl BatchQuery {
@@ -152,7 +158,8 @@ impl BatchQuery {
     ///
     /// # Errors
     /// As [`BatchQuery::with_watermarks`]; [`EngineError::InvalidQuery`] for a join of two streams
-    /// or an outer join that would need the static side's unmatched rows.
+    /// that breaks the rules of [`stream_join`], or an outer join that would need the static side's
+    /// unmatched rows.
     pub async fn with_tables(
         sql: &str,
         inputs: Vec<(String, SchemaRef)>,
@@ -191,6 +198,7 @@ impl BatchQuery {
             streaming: None,
             distinct_as_grouping: scope == SqlScope::Stream,
             tables,
+            join: None,
         };
         query.register_tables()?;
         let plan = query.plan(Vec::new()).await?;
@@ -204,6 +212,25 @@ impl BatchQuery {
             stateful.retain(|op| *op != "join");
         }
         let aggregates = aggregates_of(&plan);
+        if scope == SqlScope::Stream
+            && let Some(join) = stream_join::JoinPlan::new(
+                &query.ctx,
+                &plan,
+                &query.inputs,
+                &watermarks,
+                output_mode,
+            )?
+        {
+            if !aggregates.is_empty() || stateful.contains(&"DISTINCT") {
+                return Err(EngineError::InvalidQuery(
+                    "an aggregation or DISTINCT after a join of two streams is not supported yet; \
+                     write the joined rows to a sink and aggregate them in a second query"
+                        .into(),
+                ));
+            }
+            query.streaming = Some(join.streaming_state(watermarks.clone())?);
+            query.join = Some(join);
+        }
         if scope == SqlScope::Stream && !stateful.is_empty() {
             let unsupported: Vec<&str> = stateful
                 .iter()
@@ -293,6 +320,9 @@ impl BatchQuery {
         if reloaded {
             self.register_tables()?;
         }
+        if self.join.is_some() {
+            return self.run_stream_join(rows).await;
+        }
         if self.streaming.is_some() {
             return self.run_aggregation(rows).await;
         }
@@ -375,6 +405,7 @@ impl BatchQuery {
             state_file_bytes: 0,
             late_rows_dropped: outcome.late_rows,
             watermark_ms: outcome.delta.event_time.watermark_ms,
+            operator: "",
         };
         state.pending = Some(outcome.delta);
         Ok(output)
@@ -420,6 +451,7 @@ impl BatchQuery {
             state.last = StateProgress {
                 state_rows: state.store.len() as u64,
                 watermark_ms: state.store.event_time.watermark_ms,
+                operator: state.last.operator,
                 ..StateProgress::default()
             };
         }
@@ -614,14 +646,8 @@ fn unsupported_joins(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
             let left = reads_stream(&join.left, streams);
             let right = reads_stream(&join.right, streams);
             let ok = match (left, right) {
-                (true, true) => {
-                    problems.push(
-                        "a join of two streams is not supported yet (stream–static joins are: join a \
-                         stream with a `tables:` entry)"
-                            .to_string(),
-                    );
-                    return Ok(TreeNodeRecursion::Continue);
-                }
+                // Stream–stream joins have their own rules: see `stream_join`.
+                (true, true) => return Ok(TreeNodeRecursion::Continue),
                 (false, false) => true,
                 (true, false) => matches!(
                     join.join_type,
