@@ -31,10 +31,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt8Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, RecordBatch, UInt8Array, UInt32Array, UInt64Array,
+    new_null_array,
 };
 use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
@@ -47,7 +48,7 @@ use sluice_crds::OutputMode;
 use super::streaming::{SourceWatermark, max_event_times, next_watermark};
 use super::{BatchQuery, StateProgress, StreamingState};
 use crate::error::{EngineError, Result};
-use crate::state::{StateDelta, StateRow, StateStore};
+use crate::state::{StateDelta, StateStore, timestamp_millis};
 
 const SIDE_COLUMN: &str = "__sluice_side";
 const SEQ_COLUMN: &str = "__sluice_seq";
@@ -77,7 +78,7 @@ impl JoinSide {
         let mut kept = Vec::with_capacity(batches.len());
         let mut late = 0u64;
         for batch in batches {
-            let times = millis(batch.column(self.time_index))?;
+            let times = timestamp_millis(batch.column(self.time_index))?;
             let keep: BooleanArray = times
                 .iter()
                 .map(|t| Some(t.is_some_and(|t| watermark.is_none_or(|w| t > w))))
@@ -208,7 +209,7 @@ impl JoinPlan {
         Ok(StreamingState {
             mode: OutputMode::Append,
             watermarks,
-            store: StateStore::new(self.state_schema.clone(), KEY_COLUMNS)?,
+            store: StateStore::new(self.state_schema.clone(), KEY_COLUMNS, None)?,
             has_event_key: true,
             fingerprint: self.fingerprint(),
             key_columns: Vec::new(),
@@ -260,34 +261,46 @@ impl JoinPlan {
 
     /// The buffered rows of both sides as batches of their sources' schemas (in buffering order),
     /// and the next free sequence number.
-    fn buffered(&self, store: &StateStore) -> Result<([Vec<RecordBatch>; 2], u64)> {
-        let mut rows: [Vec<(u64, &StateRow)>; 2] = [Vec::new(), Vec::new()];
-        let mut next_seq = 0u64;
-        for (_, row) in store.iter() {
-            let (side, seq) = row_key(row)?;
-            next_seq = next_seq.max(seq + 1);
-            rows[usize::from(side.min(1))].push((seq, row));
-        }
+    fn buffered(&self, buffer: &Buffer) -> Result<([Vec<RecordBatch>; 2], u64)> {
         let mut out: [Vec<RecordBatch>; 2] = [Vec::new(), Vec::new()];
-        for (side, rows) in rows.iter_mut().enumerate() {
+        let next_seq = arrow::compute::max(&buffer.seqs).map_or(0, |m| m + 1);
+        for (side, out) in out.iter_mut().enumerate() {
+            let mut rows: Vec<(u64, u32)> = (0..buffer.sides.len())
+                .filter(|&r| usize::from(buffer.sides.value(r).min(1)) == side)
+                .map(|r| (buffer.seqs.value(r), r as u32))
+                .collect();
             if rows.is_empty() {
                 continue;
             }
-            rows.sort_by_key(|(seq, _)| *seq);
+            rows.sort_unstable();
+            let indices = UInt32Array::from(rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>());
             let s = self.side(side as u8);
             let mut columns = Vec::with_capacity(s.schema.fields().len());
             for (c, field) in s.schema.fields().iter().enumerate() {
-                let array =
-                    ScalarValue::iter_to_array(rows.iter().map(|(_, r)| r[s.offset + c].clone()))?;
+                let array = arrow::compute::take(&buffer.columns[s.offset + c], &indices, None)?;
                 columns.push(if array.data_type() == field.data_type() {
                     array
                 } else {
                     cast(&array, field.data_type())?
                 });
             }
-            out[side].push(RecordBatch::try_new(s.schema.clone(), columns)?);
+            out.push(RecordBatch::try_new(s.schema.clone(), columns)?);
         }
         Ok((out, next_seq))
+    }
+
+    /// Event time (ms) of each buffered row, read from its side's time column.
+    fn buffered_times(&self, buffer: &Buffer) -> Result<Vec<Option<i64>>> {
+        let times = [
+            timestamp_millis(&buffer.columns[self.left.offset + self.left.time_index])?,
+            timestamp_millis(&buffer.columns[self.right.offset + self.right.time_index])?,
+        ];
+        Ok((0..buffer.sides.len())
+            .map(|r| {
+                let t = &times[usize::from(buffer.sides.value(r).min(1))];
+                t.is_valid(r).then(|| t.value(r))
+            })
+            .collect())
     }
 
     /// State rows for new rows of `side` still able to match, keyed from `next_seq` on.
@@ -302,53 +315,91 @@ impl JoinPlan {
     ) -> Result<u64> {
         let s = self.side(side);
         let other = self.side(1 - side);
-        let nulls: Vec<ScalarValue> = other
-            .schema
-            .fields()
-            .iter()
-            .map(|f| ScalarValue::try_from(f.data_type()))
-            .collect::<std::result::Result<_, _>>()?;
         let mut added = 0u64;
         for batch in batches {
-            let times = millis(batch.column(s.time_index))?;
-            let mut rows: Vec<StateRow> = Vec::new();
-            for r in 0..batch.num_rows() {
-                if !times.is_valid(r) || !self.keeps(side, times.value(r), watermark) {
-                    continue;
-                }
-                let mut row: StateRow = Vec::with_capacity(self.state_schema.fields().len());
-                row.push(ScalarValue::UInt8(Some(side)));
-                row.push(ScalarValue::UInt64(Some(*next_seq)));
-                *next_seq += 1;
-                let own = (0..batch.num_columns())
-                    .map(|c| ScalarValue::try_from_array(batch.column(c), r))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                if side == 0 {
-                    row.extend(own);
-                    row.extend(nulls.iter().cloned());
-                } else {
-                    row.extend(nulls.iter().cloned());
-                    row.extend(own);
-                }
-                rows.push(row);
-            }
-            if rows.is_empty() {
+            let times = timestamp_millis(batch.column(s.time_index))?;
+            let keep: BooleanArray = times
+                .iter()
+                .map(|t| Some(t.is_some_and(|t| self.keeps(side, t, watermark))))
+                .collect();
+            let kept = filter_record_batch(batch, &keep)?;
+            let rows = kept.num_rows();
+            if rows == 0 {
                 continue;
             }
-            let sides: ArrayRef = Arc::new(UInt8Array::from(vec![side; rows.len()]));
-            let seqs: ArrayRef = Arc::new(UInt64Array::from(
-                rows.iter()
-                    .map(|r| match r[1] {
-                        ScalarValue::UInt64(Some(seq)) => seq,
-                        _ => 0,
-                    })
-                    .collect::<Vec<_>>(),
+            let sides: ArrayRef = Arc::new(UInt8Array::from(vec![side; rows]));
+            let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(
+                *next_seq..*next_seq + rows as u64,
             ));
-            let keys = store.keys(&[sides, seqs], rows.len())?;
-            added += rows.len() as u64;
-            delta.upserts.extend(keys.into_iter().zip(rows));
+            *next_seq += rows as u64;
+            let nulls: Vec<ArrayRef> = other
+                .schema
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), rows))
+                .collect();
+            let mut columns = vec![sides.clone(), seqs.clone()];
+            if side == 0 {
+                columns.extend(kept.columns().iter().cloned());
+                columns.extend(nulls);
+            } else {
+                columns.extend(nulls);
+                columns.extend(kept.columns().iter().cloned());
+            }
+            let columns = columns
+                .into_iter()
+                .zip(self.state_schema.fields())
+                .map(|(array, field)| {
+                    if array.data_type() == field.data_type() {
+                        Ok(array)
+                    } else {
+                        cast(&array, field.data_type())
+                    }
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let keys = store.keys(&[sides, seqs], rows)?;
+            let entries = store.entries(&columns)?;
+            added += rows as u64;
+            delta.upserts.extend(keys.into_iter().zip(entries));
         }
         Ok(added)
+    }
+}
+
+/// The buffered rows of a join's state, decoded once per batch: their keys (in store order),
+/// sides (0 left, 1 right), sequence numbers and all state columns.
+struct Buffer {
+    keys: Vec<arrow::row::OwnedRow>,
+    sides: UInt8Array,
+    seqs: UInt64Array,
+    columns: Vec<ArrayRef>,
+}
+
+impl Buffer {
+    fn read(store: &StateStore) -> Result<Self> {
+        let (keys, entries): (Vec<_>, Vec<_>) = store.iter().map(|(k, e)| (k.clone(), e)).unzip();
+        let columns = store.columns(entries)?;
+        let int_column = |c: usize| {
+            columns
+                .get(c)
+                .ok_or_else(|| EngineError::Internal("stream join state without its key".into()))
+        };
+        let sides = int_column(0)?
+            .as_any()
+            .downcast_ref::<UInt8Array>()
+            .cloned()
+            .ok_or_else(|| EngineError::Internal("stream join side column".into()))?;
+        let seqs = int_column(1)?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .cloned()
+            .ok_or_else(|| EngineError::Internal("stream join sequence column".into()))?;
+        Ok(Self {
+            keys,
+            sides,
+            seqs,
+            columns,
+        })
     }
 }
 
@@ -371,7 +422,8 @@ impl BatchQuery {
         rows.resize_with(self.inputs.len(), Vec::new);
         let (new_left, late_left) = join.left.admit(&rows[join.left.input], watermark)?;
         let (new_right, late_right) = join.right.admit(&rows[join.right.input], watermark)?;
-        let ([old_left, old_right], mut next_seq) = join.buffered(&state.store)?;
+        let buffer = Buffer::read(&state.store)?;
+        let ([old_left, old_right], mut next_seq) = join.buffered(&buffer)?;
 
         let mut output = Vec::new();
         // new left × (buffered right ∪ new right), then buffered left × new right.
@@ -398,11 +450,13 @@ impl BatchQuery {
             .as_mut()
             .ok_or_else(|| EngineError::Internal("no stream join state".into()))?;
         let mut delta = StateDelta::default();
-        for (key, row) in state.store.iter() {
-            let (side, _) = row_key(row)?;
-            let s = join.side(side);
-            let ts = scalar_millis(&row[s.offset + s.time_index])?;
-            if ts.is_none_or(|ts| !join.keeps(side, ts, watermark)) {
+        for ((key, side), ts) in buffer
+            .keys
+            .iter()
+            .zip(buffer.sides.values())
+            .zip(join.buffered_times(&buffer)?)
+        {
+            if ts.is_none_or(|ts| !join.keeps(*side, ts, watermark)) {
                 delta.deletes.push(key.clone());
             }
         }
@@ -436,18 +490,6 @@ impl BatchQuery {
         };
         state.pending = Some(delta);
         Ok(output)
-    }
-}
-
-/// (side, seq) of a state row.
-fn row_key(row: &StateRow) -> Result<(u8, u64)> {
-    match (row.first(), row.get(1)) {
-        (Some(ScalarValue::UInt8(Some(side))), Some(ScalarValue::UInt64(Some(seq)))) => {
-            Ok((*side, *seq))
-        }
-        _ => Err(EngineError::Internal(
-            "stream join state row without its key".into(),
-        )),
     }
 }
 
@@ -689,42 +731,6 @@ fn interval_ms(expr: &Expr) -> Option<i64> {
         ScalarValue::DurationNanosecond(Some(v)) => Some(v.div_euclid(1_000_000)),
         _ => None,
     }
-}
-
-/// Timestamps (any unit) as ms since the epoch.
-fn millis(array: &ArrayRef) -> Result<Int64Array> {
-    let ms = match array.data_type() {
-        DataType::Timestamp(TimeUnit::Millisecond, _) => array.clone(),
-        DataType::Timestamp(_, tz) => cast(
-            array,
-            &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
-        )?,
-        other => {
-            return Err(EngineError::InvalidQuery(format!(
-                "the watermark column must be a timestamp, not {other}"
-            )));
-        }
-    };
-    let ints = cast(&ms, &DataType::Int64)?;
-    ints.as_any()
-        .downcast_ref::<Int64Array>()
-        .cloned()
-        .ok_or_else(|| EngineError::Internal("timestamp as int64".into()))
-}
-
-/// A timestamp value in ms (`None` for null).
-fn scalar_millis(value: &ScalarValue) -> Result<Option<i64>> {
-    Ok(match value {
-        ScalarValue::TimestampSecond(v, _) => v.map(|v| v.saturating_mul(1000)),
-        ScalarValue::TimestampMillisecond(v, _) => *v,
-        ScalarValue::TimestampMicrosecond(v, _) => v.map(|v| v.div_euclid(1000)),
-        ScalarValue::TimestampNanosecond(v, _) => v.map(|v| v.div_euclid(1_000_000)),
-        other => {
-            return Err(EngineError::Internal(format!(
-                "buffered event time is not a timestamp: {other:?}"
-            )));
-        }
-    })
 }
 
 #[cfg(test)]
