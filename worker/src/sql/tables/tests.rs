@@ -453,3 +453,115 @@ async fn a_row_that_does_not_fit_the_declared_schema_is_a_user_error() {
     assert!(err.to_string().contains("table `devices`"), "{err}");
     pg.drop().await;
 }
+
+/// A lookup table joined on another lookup table's column is looked up after it, with the keys
+/// the first join produced.
+#[tokio::test]
+async fn a_lookup_joined_on_another_lookup_is_looked_up_after_it() {
+    let test = "a_lookup_joined_on_another_lookup_is_looked_up_after_it";
+    let Some(pg) = Pg::devices(
+        test,
+        &[("d1", "berlin", 1), ("d2", "paris", 2), ("d3", "rome", 3)],
+    )
+    .await
+    else {
+        return;
+    };
+    let sites_table = format!("{}_sites", pg.table);
+    pg.client
+        .batch_execute(&format!(
+            "CREATE TABLE {sites_table} (site text PRIMARY KEY, country text); \
+             INSERT INTO {sites_table} VALUES ('berlin', 'DE'), ('paris', 'FR'), ('rome', 'IT')"
+        ))
+        .await
+        .expect("sites");
+    let sites: TableSpec = serde_json::from_value(serde_json::json!({
+        "name": "sites",
+        "postgres": {
+            "connection": serde_json::to_value(&pg.spec().postgres.expect("pg").connection).expect("json"),
+            "table": sites_table,
+            "keyColumns": ["site"],
+        },
+        "schema": [{"name": "site", "type": "string"}, {"name": "country", "type": "string"}],
+    }))
+    .expect("sites spec");
+    let mut q = BatchQuery::with_tables(
+        "SELECT e.deviceId, s.country FROM events e JOIN devices d ON e.deviceId = d.deviceId \
+         JOIN sites s ON d.site = s.site",
+        vec![("events".into(), events_schema())],
+        SqlScope::Stream,
+        OutputMode::Append,
+        Vec::new(),
+        vec![
+            StaticTable::open(&sites).await.expect("sites"),
+            StaticTable::open(&pg.spec()).await.expect("devices"),
+        ],
+        Extensions::default(),
+    )
+    .await
+    .expect("plan");
+    let out = q
+        .run(vec![events(&[(Some("d1"), 1), (Some("d3"), 2)])])
+        .await
+        .expect("run");
+    assert_eq!(rows(&out), s(&["d1 | DE", "d3 | IT"]));
+    let mut progress = q.lookup_progress().to_vec();
+    progress.sort_by(|a, b| a.table.cmp(&b.table));
+    assert_eq!(
+        progress,
+        [
+            LookupProgress {
+                table: "devices".into(),
+                keys: 2,
+                rows: 2
+            },
+            LookupProgress {
+                table: "sites".into(),
+                keys: 2,
+                rows: 2
+            }
+        ],
+        "sites looked up by the sites of d1 and d3 only"
+    );
+    pg.client
+        .batch_execute(&format!("DROP TABLE {sites_table}"))
+        .await
+        .expect("drop sites");
+    pg.drop().await;
+}
+
+/// A `long` key is sent as text and cast to `int8[]` in PostgreSQL; it matches an `integer`
+/// column, and a stream value of another type (`int` here) is cast to the declared type first.
+#[tokio::test]
+async fn a_numeric_key_is_looked_up_by_its_declared_type() {
+    let test = "a_numeric_key_is_looked_up_by_its_declared_type";
+    let Some(pg) = Pg::devices(test, &[("d1", "berlin", 1), ("d2", "paris", 2)]).await else {
+        return;
+    };
+    let mut spec = pg.spec();
+    if let Some(lookup) = spec.postgres.as_mut() {
+        lookup.key_columns = vec!["floor".into()];
+    }
+    let mut q = query(
+        "SELECT e.deviceId, d.site FROM events e \
+         JOIN devices d ON CAST(e.reading AS INT) = d.floor",
+        OutputMode::Append,
+        &spec,
+    )
+    .await
+    .expect("plan");
+    let out = q
+        .run(vec![events(&[(Some("x"), 2), (Some("y"), 5)])])
+        .await
+        .expect("run");
+    assert_eq!(rows(&out), s(&["x | paris"]));
+    assert_eq!(
+        q.lookup_progress(),
+        [LookupProgress {
+            table: "devices".into(),
+            keys: 2,
+            rows: 1
+        }]
+    );
+    pg.drop().await;
+}
