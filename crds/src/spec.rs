@@ -339,12 +339,17 @@ pub struct StaticFileSpec {
     pub format: FileFormat,
 }
 
-/// A large static table in PostgreSQL, looked up per batch by the join keys.
+/// A large static table in PostgreSQL, looked up per batch by the join keys: each micro-batch
+/// fetches only the rows whose `keyColumns` equal a key of the batch (one query with
+/// `= ANY($1)` arrays). The table's `schema` names the columns read and their types.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostgresTableSpec {
     pub connection: PostgresConnectionSpec,
+    /// Table (or view) name, optionally `schema.table`.
     pub table: String,
+    /// Columns the table is looked up by (they should be indexed); the SQL must join on all of
+    /// them with equalities, e.g. `ON e.deviceId = d.deviceId`.
     pub key_columns: Vec<String>,
 }
 

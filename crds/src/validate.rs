@@ -179,6 +179,9 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
         if let Some(interval) = &table.refresh_interval {
             parse_duration(interval).map_err(|m| err(format!("{path}.refreshInterval"), m))?;
         }
+        if let Some(pg) = &table.postgres {
+            check_lookup_table(&path, table, pg)?;
+        }
     }
     for (i, model) in spec.models.iter().enumerate() {
         let path = format!("spec.models[{i}]");
@@ -318,6 +321,42 @@ fn check_name(path: &str, name: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// A PostgreSQL lookup table reads its declared `schema` columns and is looked up by
+/// `keyColumns` (a subset of them) every batch, so `refreshInterval` does not apply.
+fn check_lookup_table(
+    path: &str,
+    table: &crate::TableSpec,
+    pg: &crate::PostgresTableSpec,
+) -> Result<(), ValidationError> {
+    if table.schema.is_empty() {
+        return Err(err(
+            format!("{path}.schema"),
+            "a PostgreSQL table needs a schema (the columns to read)",
+        ));
+    }
+    if pg.key_columns.is_empty() {
+        return Err(err(
+            format!("{path}.postgres.keyColumns"),
+            "a PostgreSQL table needs keyColumns (the columns it is looked up by)",
+        ));
+    }
+    for (j, key) in pg.key_columns.iter().enumerate() {
+        if !table.schema.iter().any(|c| &c.name == key) {
+            return Err(err(
+                format!("{path}.postgres.keyColumns[{j}]"),
+                format!("`{key}` is not a column of the table's schema"),
+            ));
+        }
+    }
+    if table.refresh_interval.is_some() {
+        return Err(err(
+            format!("{path}.refreshInterval"),
+            "a PostgreSQL table is looked up every batch; refreshInterval applies to file tables",
+        ));
+    }
+    Ok(())
+}
+
 fn check_schema(path: &str, schema: &[ColumnSpec]) -> Result<(), ValidationError> {
     let mut seen = HashSet::new();
     for (i, column) in schema.iter().enumerate() {
@@ -409,6 +448,23 @@ mod tests {
             "{SOURCES}  sink: {{console: {{}}}}\n  parallelism: {{autoscale: {{enabled: true, minReplicas: 5, maxReplicas: 2}}}}\n"
         ));
         assert!(e.contains("minReplicas 5 > maxReplicas 2"), "{e}");
+    }
+
+    #[test]
+    fn lookup_table_keys_must_be_schema_columns() {
+        let table = "  tables:\n    - name: devices\n      postgres: {connection: {host: h, database: d, user: u}, table: devices, keyColumns: [id]}\n";
+        let e = error_of(&format!(
+            "{SOURCES}{table}      schema: [{{name: deviceId, type: string}}]\n  sink: {{console: {{}}}}\n"
+        ));
+        assert!(e.contains("spec.tables[0].postgres.keyColumns[0]"), "{e}");
+        let e = error_of(&format!(
+            "{SOURCES}{table}      schema: [{{name: id, type: string}}]\n      refreshInterval: 1m\n  sink: {{console: {{}}}}\n"
+        ));
+        assert!(e.contains("spec.tables[0].refreshInterval"), "{e}");
+        parse_manifest(&manifest(&format!(
+            "{SOURCES}{table}      schema: [{{name: id, type: string}}]\n  sink: {{console: {{}}}}\n"
+        )))
+        .expect("valid");
     }
 
     #[test]

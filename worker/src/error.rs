@@ -56,6 +56,9 @@ pub enum EngineError {
     /// A sink failed to write.
     #[error("sink: {0}")]
     Sink(String),
+    /// A lookup table (PostgreSQL) could not be read for a batch; the batch is replayed.
+    #[error("lookup table `{table}`: {message}")]
+    Lookup { table: String, message: String },
     /// Arrow or Parquet failed on data Sluice produced.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -79,7 +82,9 @@ impl EngineError {
                 _ => ErrorClass::Internal,
             },
             Self::Fenced(_) | Self::Checkpoint { .. } => ErrorClass::User,
-            Self::Storage { .. } | Self::Source { .. } | Self::Sink(_) => ErrorClass::External,
+            Self::Storage { .. } | Self::Source { .. } | Self::Sink(_) | Self::Lookup { .. } => {
+                ErrorClass::External
+            }
             Self::Arrow(_) | Self::Parquet(_) | Self::Internal(_) => ErrorClass::Internal,
         }
     }

@@ -20,6 +20,15 @@ pub struct TaskLabels {
     pub task: String,
 }
 
+/// Labels of the per-table lookup series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub query: String,
+    pub namespace: String,
+    pub task: String,
+    pub table: String,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 
 /// The worker's metric families, registered in [`Metrics::registry`].
@@ -45,6 +54,10 @@ pub struct Metrics {
     pub sink_rows_written: Family<TaskLabels, Counter>,
     /// Batches that failed with a retryable error and will be replayed.
     pub batch_retries: Family<TaskLabels, Counter>,
+    /// Rows fetched from PostgreSQL lookup tables (committed batches).
+    pub lookup_rows: Family<LookupLabels, Counter>,
+    /// Distinct keys looked up in PostgreSQL lookup tables (committed batches).
+    pub lookup_keys: Family<LookupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +83,8 @@ impl Metrics {
         let source_backlog = Family::<TaskLabels, Gauge>::default();
         let sink_rows_written = Family::<TaskLabels, Counter>::default();
         let batch_retries = Family::<TaskLabels, Counter>::default();
+        let lookup_rows = Family::<LookupLabels, Counter>::default();
+        let lookup_keys = Family::<LookupLabels, Counter>::default();
         registry.register("input_rows", "Rows read from sources", input_rows.clone());
         registry.register(
             "processed_rows",
@@ -122,6 +137,16 @@ impl Metrics {
             "Batches failed with a retryable error",
             batch_retries.clone(),
         );
+        registry.register(
+            "lookup_rows",
+            "Rows fetched from PostgreSQL lookup tables",
+            lookup_rows.clone(),
+        );
+        registry.register(
+            "lookup_keys",
+            "Distinct keys looked up in PostgreSQL lookup tables",
+            lookup_keys.clone(),
+        );
         Self {
             registry,
             input_rows,
@@ -136,6 +161,8 @@ impl Metrics {
             source_backlog,
             sink_rows_written,
             batch_retries,
+            lookup_rows,
+            lookup_keys,
         }
     }
 

@@ -91,6 +91,9 @@ pub struct StreamingQueryProgress {
     /// weights).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<serde_json::Value>,
+    /// PostgreSQL lookup tables: `{table, numKeys, numRowsFetched}` summed over the tasks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<serde_json::Value>,
     pub tasks: Vec<TaskProgress>,
 }
 

@@ -406,6 +406,7 @@ fn report(
         rows_per_source: epoch.rows_per_source.clone(),
         // Continuous processing is stateless.
         state: None,
+        lookups: parts.query.lookup_progress().to_vec(),
         backlog_per_source: parts
             .inputs
             .iter()

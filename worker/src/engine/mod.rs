@@ -642,6 +642,22 @@ impl Engine {
                 .last_committed_batch_id
                 .get_or_create(&labels)
                 .set(p.batch_id as i64);
+            for lookup in &outcome.lookups {
+                let labels = crate::metrics::LookupLabels {
+                    query: labels.query.clone(),
+                    namespace: labels.namespace.clone(),
+                    task: labels.task.clone(),
+                    table: lookup.table.clone(),
+                };
+                metrics
+                    .lookup_rows
+                    .get_or_create(&labels)
+                    .inc_by(lookup.rows);
+                metrics
+                    .lookup_keys
+                    .get_or_create(&labels)
+                    .inc_by(lookup.keys);
+            }
             if let Some(state) = &outcome.state {
                 metrics
                     .state_rows
@@ -762,8 +778,25 @@ impl Engine {
                 })
                 .collect(),
             tasks: outcomes.iter().map(|o| o.progress.clone()).collect(),
+            lookups: lookups(outcomes),
         }
     }
+}
+
+/// The lookups of a trigger per table, summed over its tasks.
+fn lookups(outcomes: &[BatchOutcome]) -> Vec<serde_json::Value> {
+    let mut per_table: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for lookup in outcomes.iter().flat_map(|o| &o.lookups) {
+        let entry = per_table.entry(lookup.table.as_str()).or_default();
+        entry.0 += lookup.keys;
+        entry.1 += lookup.rows;
+    }
+    per_table
+        .into_iter()
+        .map(|(table, (keys, rows))| {
+            serde_json::json!({"table": table, "numKeys": keys, "numRowsFetched": rows})
+        })
+        .collect()
 }
 
 fn extensions(models: &TaskModels) -> Extensions {

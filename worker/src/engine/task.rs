@@ -53,6 +53,8 @@ pub struct BatchOutcome {
     pub backlog_per_source: BTreeMap<String, u64>,
     /// State store figures of a stateful query.
     pub state: Option<crate::sql::StateProgress>,
+    /// What the batch looked up in PostgreSQL tables.
+    pub lookups: Vec<crate::sql::LookupProgress>,
 }
 
 /// The batch a task has planned but not committed.
@@ -306,6 +308,7 @@ impl TaskRunner {
             rows_per_source,
             backlog_per_source,
             state: self.query.state_progress(),
+            lookups: self.query.lookup_progress().to_vec(),
         }))
     }
 

@@ -39,7 +39,7 @@ pub mod streaming;
 pub mod tables;
 pub mod window;
 
-pub use tables::StaticTable;
+pub use tables::{LookupProgress, StaticTable};
 
 pub use streaming::SourceWatermark;
 
@@ -66,6 +66,8 @@ pub struct BatchQuery {
     tables: Vec<StaticTable>,
     /// A stream–stream join (its buffers live in `streaming`), see [`stream_join`].
     join: Option<stream_join::JoinPlan>,
+    /// What the last batch's lookups fetched, per PostgreSQL table.
+    lookups: Vec<LookupProgress>,
 }
 
 /// A streaming aggregation's per-task state and the running batch's changes.
@@ -155,11 +157,14 @@ impl BatchQuery {
 
     /// As [`BatchQuery::with_watermarks`], with static tables the SQL may join a stream with
     /// (Spark's stream–static joins: inner, or outer with the stream on the preserved side).
+    /// A PostgreSQL table is looked up before each batch by the keys the batch joins it on (see
+    /// [`tables`]), so it can only be read through such a join.
     ///
     /// # Errors
     /// As [`BatchQuery::with_watermarks`]; [`EngineError::InvalidQuery`] for a join of two streams
-    /// that breaks the rules of [`stream_join`], or an outer join that would need the static side's
-    /// unmatched rows.
+    /// that breaks the rules of [`stream_join`], an outer join that would need the static side's
+    /// unmatched rows, or a PostgreSQL table read other than by an equi-join on all its
+    /// `keyColumns`.
     pub async fn with_tables(
         sql: &str,
         inputs: Vec<(String, SchemaRef)>,
@@ -199,9 +204,16 @@ impl BatchQuery {
             distinct_as_grouping: scope == SqlScope::Stream,
             tables,
             join: None,
+            lookups: Vec::new(),
         };
         query.register_tables()?;
+        for table in &query.tables {
+            if let StaticTable::Postgres(lookup) = table {
+                query.register_table(&lookup.name, lookup.schema.clone(), Vec::new())?;
+            }
+        }
         let plan = query.plan(Vec::new()).await?;
+        tables::lookup_joins(&plan, &query.lookup_keys())?;
         let mut stateful = stateful_operators(&plan);
         if scope == SqlScope::Stream && stateful.contains(&"join") {
             let stream_names: Vec<&str> = query.inputs.iter().map(|(n, _)| n.as_str()).collect();
@@ -315,11 +327,14 @@ impl BatchQuery {
     pub async fn run(&mut self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
         let mut reloaded = false;
         for table in &mut self.tables {
-            reloaded |= table.refresh_if_due().await?;
+            if let StaticTable::File(file) = table {
+                reloaded |= file.refresh_if_due().await?;
+            }
         }
         if reloaded {
             self.register_tables()?;
         }
+        self.look_up(&rows).await?;
         if self.join.is_some() {
             return self.run_stream_join(rows).await;
         }
@@ -411,14 +426,108 @@ impl BatchQuery {
         Ok(output)
     }
 
+    /// Registers the file tables' rows (lookup tables are registered per batch by `look_up`).
     fn register_tables(&self) -> Result<()> {
         for table in &self.tables {
-            let mem = MemTable::try_new(table.schema.clone(), vec![table.rows.clone()])?;
-            self.ctx.deregister_table(table.name.as_str())?;
-            self.ctx
-                .register_table(table.name.as_str(), Arc::new(mem))?;
+            if let StaticTable::File(file) = table {
+                self.register_table(&file.name, file.schema.clone(), file.rows.clone())?;
+            }
         }
         Ok(())
+    }
+
+    fn register_table(&self, name: &str, schema: SchemaRef, rows: Vec<RecordBatch>) -> Result<()> {
+        let mem = MemTable::try_new(schema, vec![rows])?;
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, Arc::new(mem))?;
+        Ok(())
+    }
+
+    /// (name, key columns) of the PostgreSQL tables.
+    fn lookup_keys(&self) -> Vec<(&str, &[String])> {
+        self.tables
+            .iter()
+            .filter_map(|t| match t {
+                StaticTable::Postgres(p) => Some((p.name.as_str(), p.key_columns())),
+                StaticTable::File(_) => None,
+            })
+            .collect()
+    }
+
+    /// Fetches each PostgreSQL table's rows for this batch's join keys and registers them as the
+    /// table's content. A lookup table joined on the output of another one is looked up after it
+    /// (the keys come from the other side of its join, run over the batch).
+    ///
+    /// # Errors
+    /// As [`tables::PostgresTable::fetch`]; [`EngineError::InvalidQuery`] when lookup tables are
+    /// only joined with each other.
+    async fn look_up(&mut self, rows: &[Vec<RecordBatch>]) -> Result<()> {
+        let mut pending: Vec<String> = self
+            .lookup_keys()
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let mut fetched = Vec::with_capacity(pending.len());
+        while !pending.is_empty() {
+            let plan = self.plan(rows.to_vec()).await?;
+            let joins = tables::lookup_joins(&plan, &self.lookup_keys())?;
+            let ready: Vec<String> = pending
+                .iter()
+                .filter(|name| {
+                    joins
+                        .iter()
+                        .filter(|j| &j.table == *name)
+                        .all(|j| !tables::reads_any(&j.other, &pending))
+                })
+                .cloned()
+                .collect();
+            if ready.is_empty() {
+                return Err(EngineError::InvalidQuery(format!(
+                    "lookup tables [{}] are only joined with each other: join each with a stream",
+                    pending.join(", ")
+                )));
+            }
+            for name in &ready {
+                let mut keys = Vec::new();
+                for join in joins.iter().filter(|j| &j.table == name) {
+                    let exprs: Vec<Expr> = join
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| e.clone().alias(format!("__sluice_key{i}")))
+                        .collect();
+                    let key_plan = LogicalPlanBuilder::from(join.other.clone())
+                        .project(exprs)?
+                        .distinct()?
+                        .build()?;
+                    keys.extend(
+                        self.ctx
+                            .execute_logical_plan(key_plan)
+                            .await?
+                            .collect()
+                            .await?,
+                    );
+                }
+                let Some(StaticTable::Postgres(table)) =
+                    self.tables.iter().find(|t| t.name() == name)
+                else {
+                    return Err(EngineError::Internal(format!(
+                        "lookup table `{name}` vanished"
+                    )));
+                };
+                let (batches, progress) = table.fetch(&keys).await?;
+                self.register_table(name, table.schema.clone(), batches)?;
+                fetched.push(progress);
+            }
+            pending.retain(|name| !ready.contains(name));
+        }
+        self.lookups = fetched;
+        Ok(())
+    }
+
+    /// What the last batch's lookups fetched, per PostgreSQL table (empty without such tables).
+    pub fn lookup_progress(&self) -> &[LookupProgress] {
+        &self.lookups
     }
 
     /// The input columns a streaming aggregation or dedup groups on directly (`None` when the

@@ -1,23 +1,21 @@
-//! Static tables for stream–static enrichment joins (`spec.tables`), as in Spark: the small side
-//! is read whole into memory and joined with every micro-batch; it is re-read every
-//! `refreshInterval` (never, when unset). Shape: the table's `schema` columns, as declared.
-//!
-//! Only `file` tables (JSON lines, CSV with a header line, Parquet; local or `s3://`) are read here;
-//! `postgres` lookups are refused with a message (not supported yet).
+//! File tables (`tables[].file`): the small side of a stream–static join, read whole into memory
+//! and joined with every micro-batch; re-read every `refreshInterval` (never, when unset).
+//! Shape: the table's `schema` columns, as declared. Formats: JSON lines, CSV with a header line,
+//! Parquet; local or `s3://`.
 
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use object_store::ObjectStoreExt;
-use sluice_crds::{FileFormat, TableSpec, duration::parse_duration};
+use sluice_crds::{FileFormat, StaticFileSpec, TableSpec, duration::parse_duration};
 
 use crate::error::{EngineError, Result};
 use crate::source::decode::{TextFormat, decode_parquet, decode_text};
 use crate::storage::Location;
 
-/// A static table and when it was last read.
-pub struct StaticTable {
+/// A file table and when it was last read.
+pub struct FileTable {
     pub name: String,
     pub schema: SchemaRef,
     location: Location,
@@ -28,19 +26,13 @@ pub struct StaticTable {
     loaded_at: Instant,
 }
 
-impl StaticTable {
-    /// Reads the table for the first time.
+impl FileTable {
+    /// Reads the table `spec` (whose `file` is `file`) for the first time.
     ///
     /// # Errors
-    /// [`EngineError::InvalidQuery`] for a `postgres` table or a bad spec; storage errors when the
-    /// file cannot be read; [`EngineError::BadRecord`]-style failures when a row does not decode.
-    pub async fn open(spec: &TableSpec) -> Result<Self> {
-        let Some(file) = &spec.file else {
-            return Err(EngineError::InvalidQuery(format!(
-                "table `{}`: PostgreSQL lookup tables are not supported yet; use a file table",
-                spec.name
-            )));
-        };
+    /// [`EngineError::InvalidQuery`] for a bad spec or a row that does not decode; storage errors
+    /// when the file cannot be read.
+    pub async fn open(spec: &TableSpec, file: &StaticFileSpec) -> Result<Self> {
         let (dir, name) = match file.path.rsplit_once('/') {
             Some((dir, name)) if !dir.is_empty() && !dir.ends_with(':') => (dir, name),
             _ => (".", file.path.as_str()),
@@ -70,7 +62,7 @@ impl StaticTable {
     /// Re-reads the table when its refresh interval has passed; returns whether it did.
     ///
     /// # Errors
-    /// As [`StaticTable::open`]; the old rows stay in use when the read fails.
+    /// As [`FileTable::open`]; the old rows stay in use when the read fails.
     pub async fn refresh_if_due(&mut self) -> Result<bool> {
         match self.refresh {
             Some(every) if self.loaded_at.elapsed() >= every => {
