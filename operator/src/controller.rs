@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result, backoff};
 use crate::metrics::Metrics;
 use crate::plan::{EventSeverity, OperatorConfig, PlannedEvent, Requeue, SpecChange, plan_cleanup};
 use crate::reconcile::reconcile_live;
+use crate::scaling::{Scaler, WorkerCheck, pod_url};
 
 /// Finalizer guarding checkpoint retention.
 pub const FINALIZER: &str = "sluice.dev/checkpoint";
@@ -35,6 +36,8 @@ pub struct Context {
     pub checkpoints: CheckpointManager,
     pub config: OperatorConfig,
     pub metrics: Metrics,
+    /// Stateful scaling limit and autoscaler; `None` leaves replica counts as the spec says.
+    pub scaler: Option<Scaler>,
     /// Consecutive failures per `namespace/name`, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -46,13 +49,25 @@ impl Context {
         config: OperatorConfig,
         metrics: Metrics,
     ) -> Self {
-        let backend = KubernetesBackend::new(client.clone(), FIELD_MANAGER.into());
+        let port = config.worker_http_port;
+        let backend = KubernetesBackend::new(client.clone(), FIELD_MANAGER.into())
+            .with_progress_url(Arc::new(move |name, namespace, ordinal| {
+                pod_url(name, namespace, ordinal, port)
+            }));
+        let scaler = Scaler::new(
+            Arc::new(WorkerCheck {
+                worker_bin: "sluice-worker".into(),
+            }),
+            None,
+            metrics.clone(),
+        );
         Self {
             client,
             backend,
             checkpoints,
             config,
             metrics,
+            scaler: Some(scaler),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -110,7 +125,14 @@ pub async fn reconcile(query: Arc<StreamingQuery>, ctx: Arc<Context>) -> Result<
 }
 
 async fn apply(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
-    let plan = reconcile_live(&ctx.backend, &ctx.checkpoints, query, &ctx.config).await?;
+    let plan = reconcile_live(
+        &ctx.backend,
+        &ctx.checkpoints,
+        query,
+        &ctx.config,
+        ctx.scaler.as_ref(),
+    )
+    .await?;
     tracing::info!(query = %key(query), change = ?plan.change, phase = ?plan.status.phase, "reconciled");
     if plan.change == SpecChange::Invalid {
         // Not a failed reconcile (the outcome is in status), but worth an alert.
