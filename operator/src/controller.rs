@@ -168,7 +168,9 @@ async fn cleanup(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
             severity: EventSeverity::Normal,
             reason: "CheckpointRetained".into(),
             action: "Delete".into(),
-            note: format!("retention Retain: checkpoint kept at {location}"),
+            note: format!(
+                "retention Retain: checkpoint kept at {location}; delete it yourself when it is no longer needed"
+            ),
         },
         Ok(Release::Deleted { objects }) => PlannedEvent {
             severity: EventSeverity::Normal,
@@ -181,7 +183,9 @@ async fn cleanup(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
             severity: EventSeverity::Warning,
             reason: "CheckpointNotDeleted".into(),
             action: "Delete".into(),
-            note: e.to_string(),
+            note: format!(
+                "{e}: retention Delete skipped so its data stays; nothing to do here (delete that query with retention Delete to remove the data)"
+            ),
         },
         Err(e) => return Err(e),
     };

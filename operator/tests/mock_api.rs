@@ -326,6 +326,14 @@ async fn create_applies_children_and_sets_status() {
             call("Normal", "Created")
         ]
     );
+    assert_eq!(
+        event_note(&api, "CheckpointClaimed"),
+        format!("claimed checkpoint location {}", fixture.location())
+    );
+    assert_eq!(
+        event_note(&api, "Created"),
+        "starting generation 1 with 1 replica(s)"
+    );
 
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Starting));
@@ -398,6 +406,10 @@ async fn spec_change_rolls_out_a_new_generation() {
             .is_some_and(|m| m.contains("SELECT value FROM events"))
     );
     assert_eq!(api.events(), [call("Normal", "UpgradeStarted")]);
+    assert_eq!(
+        event_note(&api, "UpgradeStarted"),
+        "sql changed: rolling out generation 2 (LastState upgrade)"
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Upgrading));
     assert_eq!(status.generation, Some(2));
@@ -425,6 +437,10 @@ async fn suspend_scales_to_zero_and_keeps_the_checkpoint() {
         "suspend is not a new generation"
     );
     assert_eq!(api.events(), [call("Normal", "Suspended")]);
+    assert_eq!(
+        event_note(&api, "Suspended"),
+        "stopping all workers; the checkpoint is kept"
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Suspended));
     assert_eq!(
@@ -466,12 +482,10 @@ async fn invalid_spec_degrades_and_leaves_the_running_generation_alone() {
         "nothing but status and an event may be written"
     );
     assert_eq!(api.events(), [call("Warning", "InvalidSpec")]);
-    let event = api.body_of("POST", EVENTS_PATH);
-    assert!(
-        event["note"]
-            .as_str()
-            .is_some_and(|n| n.contains("spec.sources[0].watermark.column")),
-        "{event}"
+    assert_eq!(
+        event_note(&api, "InvalidSpec"),
+        "`spec.sources[0].watermark.column`: `value` is not a timestamp column of the schema; \
+         fix the manifest and apply it again; generation 1 keeps running"
     );
     let status = api.status();
     assert_eq!(
@@ -524,6 +538,13 @@ async fn delete_with_retention_delete_removes_the_checkpoint_then_the_finalizer(
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)]
     );
     assert_eq!(api.events(), [call("Normal", "CheckpointDeleted")]);
+    assert_eq!(
+        event_note(&api, "CheckpointDeleted"),
+        format!(
+            "retention Delete: removed 1 object(s) under {}",
+            fixture.location()
+        )
+    );
     let patch = api.body_of("PATCH", QUERY_PATH);
     assert_eq!(
         patch,
@@ -546,6 +567,13 @@ async fn delete_with_retention_retain_keeps_the_checkpoint() {
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)]
     );
     assert_eq!(api.events(), [call("Normal", "CheckpointRetained")]);
+    assert_eq!(
+        event_note(&api, "CheckpointRetained"),
+        format!(
+            "retention Retain: checkpoint kept at {}; delete it yourself when it is no longer needed",
+            fixture.location()
+        )
+    );
     assert!(
         fixture.dir().join("_sluice/owner.json").exists(),
         "checkpoint kept"
@@ -582,6 +610,13 @@ async fn checkpoint_owned_by_another_query_is_refused_without_deploying() {
         ]
     );
     assert_eq!(api.events(), [call("Warning", "CheckpointOwned")]);
+    assert_eq!(
+        event_note(&api, "CheckpointOwned"),
+        format!(
+            "checkpoint location `{}` is owned by StreamingQuery default/other (uid uid-other); choose another checkpoint location (spec.checkpoint.location) or delete the owning query with spec.checkpoint.retention: Delete (a retained checkpoint stays owned); nothing runs until then",
+            fixture.location()
+        )
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Failed));
     assert_eq!(
@@ -855,6 +890,10 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
     reconcile(Arc::new(q), ctx).await.expect("reconcile");
     assert_eq!(api2.body_of("PATCH", STS_PATH)["spec"]["replicas"], 1);
     assert_eq!(api2.events(), [call("Normal", "Running")]);
+    assert_eq!(
+        event_note(&api2, "Running"),
+        "generation 1 runs with 1 replica(s)"
+    );
     assert_eq!(api2.status().phase, Some(sluice_crds::Phase::Running));
     assert_eq!(
         facts.seen.lock().expect("lock").len(),
@@ -979,5 +1018,49 @@ async fn autoscaler_in_recommend_mode_records_without_scaling() {
         ctx.metrics
             .encode()
             .contains("direction=\"up\",applied=\"false\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn delete_never_removes_a_checkpoint_another_query_owns() {
+    let (fixture, status, set) = created().await;
+    // The marker now names another query (its data must survive this query's deletion).
+    let other = Owner {
+        namespace: "default".into(),
+        name: "other".into(),
+        uid: "uid-other".into(),
+        claimed_at: String::new(),
+    };
+    std::fs::write(
+        fixture.dir().join("_sluice/owner.json"),
+        serde_json::to_vec(&other).expect("json"),
+    )
+    .expect("overwrite marker");
+    let mut q = query(
+        &format!("{SPEC}  checkpoint: {{retention: Delete}}\n"),
+        1,
+        Some(status),
+    );
+    q.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    reconcile(Arc::new(q), fixture.context(client))
+        .await
+        .expect("deletion is not blocked");
+    assert_eq!(
+        api.calls(),
+        [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)],
+        "event, then the finalizer is removed"
+    );
+    assert_eq!(api.events(), [call("Warning", "CheckpointNotDeleted")]);
+    assert_eq!(
+        event_note(&api, "CheckpointNotDeleted"),
+        format!(
+            "checkpoint location `{}` is owned by StreamingQuery default/other (uid uid-other): retention Delete skipped so its data stays; nothing to do here (delete that query with retention Delete to remove the data)",
+            fixture.location()
+        )
+    );
+    assert!(
+        fixture.dir().join("_sluice/owner.json").exists(),
+        "data kept"
     );
 }
