@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use sluice_crds::StreamingQuery;
+use sluice_crds::{Phase, StreamingQuery};
 
 use crate::backend::Backend;
 use crate::backend::kubernetes::{FIELD_MANAGER, KubernetesBackend};
@@ -29,6 +29,9 @@ use crate::scaling::{Scaler, WorkerCheck, pod_url};
 /// Finalizer guarding checkpoint retention.
 pub const FINALIZER: &str = "sluice.dev/checkpoint";
 
+/// Default of [`Context::status_refresh`].
+pub const DEFAULT_STATUS_REFRESH: Duration = Duration::from_secs(30);
+
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
@@ -38,6 +41,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Stateful scaling limit and autoscaler; `None` leaves replica counts as the spec says.
     pub scaler: Option<Scaler>,
+    /// How often a Running query is looked at again to refresh its rates from `/progress`
+    /// (autoscaling queries: `config.progress_poll`, the autoscaler's cadence).
+    pub status_refresh: Duration,
     /// Consecutive failures per `namespace/name`, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -68,6 +74,7 @@ impl Context {
             config,
             metrics,
             scaler: Some(scaler),
+            status_refresh: DEFAULT_STATUS_REFRESH,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -142,8 +149,23 @@ async fn apply(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
             "invalid_spec",
         );
     }
+    // A Running query has nothing to roll out, but its rates (and the autoscaler) need fresh
+    // /progress and metrics: look again sooner than the resync.
+    // A rescale decided by the autoscaler after planning is followed like any rollout.
+    let autoscaling = query
+        .spec
+        .parallelism
+        .autoscale
+        .as_ref()
+        .is_some_and(|a| a.enabled);
+    let refresh = match plan.status.phase {
+        Some(Phase::Running) if autoscaling => ctx.config.progress_poll,
+        Some(Phase::Running) => ctx.status_refresh,
+        Some(Phase::Starting | Phase::Upgrading | Phase::Scaling) => ctx.config.progress_poll,
+        _ => Duration::MAX,
+    };
     Ok(match plan.requeue {
-        Requeue::After(after) => Action::requeue(after),
+        Requeue::After(after) => Action::requeue(after.min(refresh)),
         Requeue::AwaitChange => Action::await_change(),
     })
 }

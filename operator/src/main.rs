@@ -95,6 +95,9 @@ struct KubernetesArgs {
     /// Window (seconds) of the rates the autoscaler reads.
     #[arg(long, default_value_t = 30)]
     metrics_window: u64,
+    /// Seconds between reconciles of a Running query, refreshing its rates from `/progress`.
+    #[arg(long, default_value_t = 30)]
+    status_refresh: u64,
     /// The sluice-worker binary that inspects a query's SQL (stateful? GROUP BY? tasks?).
     #[arg(long, env = "SLUICE_WORKER_BIN", default_value = "sluice-worker")]
     worker_bin: std::path::PathBuf,
@@ -217,6 +220,7 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
         source,
         metrics,
     ));
+    ctx.status_refresh = Duration::from_secs(args.status_refresh.max(1));
     let ctx = Arc::new(ctx);
 
     if !args.leader_election {

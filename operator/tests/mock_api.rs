@@ -779,9 +779,14 @@ async fn unreachable_workers_leave_the_status_figures_stale() {
     status.last_batch_time = Some("2026-11-21T09:00:00Z".into());
     let q = query(SPEC, 1, Some(status));
     let (client, api) = FakeApi::start(q.clone(), Some(set));
-    reconcile(Arc::new(q), fixture.context(client))
+    let action = reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(sluice_operator::controller::DEFAULT_STATUS_REFRESH),
+        "a Running query is looked at again to refresh its rates"
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Running));
     assert_eq!(status.input_rows_per_second, Some(5.0));
@@ -906,7 +911,7 @@ const AUTOSCALE: &str = "  parallelism:\n    autoscale: {enabled: true, mode: MO
 
 /// A query with autoscaling that runs settled at one replica, and the reconcile that evaluates
 /// the autoscaler with λ = 300 rows/s against 100 rows/s processed at busy 1.0.
-async fn autoscale(mode: &str) -> (FakeApi, Arc<Context>, Arc<FixedMetrics>) {
+async fn autoscale(mode: &str) -> (FakeApi, Arc<Context>, Arc<FixedMetrics>, Action) {
     let spec = format!("{SPEC}{}", AUTOSCALE.replace("MODE", mode));
     let (fixture, status, set) = created_with(&spec).await;
     // First pass after the rollout: Running.
@@ -938,15 +943,20 @@ async fn autoscale(mode: &str) -> (FakeApi, Arc<Context>, Arc<FixedMetrics>) {
         Some(facts),
         Some(metrics.clone()),
     );
-    reconcile(Arc::new(q), ctx.clone())
+    let action = reconcile(Arc::new(q), ctx.clone())
         .await
         .expect("reconcile");
-    (api, ctx, metrics)
+    (api, ctx, metrics, action)
 }
 
 #[tokio::test]
 async fn autoscaler_scales_up_with_event_history_and_metric() {
-    let (api, ctx, metrics) = autoscale("apply").await;
+    let (api, ctx, metrics, action) = autoscale("apply").await;
+    assert_eq!(
+        action,
+        Action::requeue(OperatorConfig::default().progress_poll),
+        "the rescale is followed"
+    );
     assert_eq!(
         metrics.1.lock().expect("lock").clone(),
         [ScalingTarget {
@@ -1002,7 +1012,12 @@ async fn autoscaler_scales_up_with_event_history_and_metric() {
 
 #[tokio::test]
 async fn autoscaler_in_recommend_mode_records_without_scaling() {
-    let (api, ctx, _) = autoscale("recommend").await;
+    let (api, ctx, _, action) = autoscale("recommend").await;
+    assert_eq!(
+        action,
+        Action::requeue(OperatorConfig::default().progress_poll),
+        "autoscaling queries are evaluated at the progress cadence"
+    );
     assert_eq!(api.body_of("PATCH", STS_PATH)["spec"]["replicas"], 1);
     assert_eq!(api.events(), [call("Normal", "ScalingRecommended")]);
     assert!(
