@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use sluice_crds::conditions::{self, SCALING_LIMITED};
 use sluice_crds::{StreamingQuery, validate_spec};
 
 use crate::backend::Backend;
@@ -113,6 +114,14 @@ pub async fn reconcile_live<B: Backend>(
             .last_batch_time
             .clone()
             .or(plan.status.last_batch_time.take());
+    }
+    if scaler.is_some()
+        && matches!(plan.workers, WorkersAction::Apply(_))
+        && !scaling::may_scale_out(query)
+        && conditions::is_true(&plan.status.conditions, SCALING_LIMITED)
+    {
+        // Back to one replica: nothing is limited any more.
+        scaling::mark_limit(&mut plan, None, query.metadata.generation, now.clone());
     }
     if let Some(scaler) = scaler
         && let WorkersAction::Apply(desired) = &plan.workers

@@ -258,9 +258,7 @@ impl Scaler {
         query: &StreamingQuery,
         desired: &DesiredWorkers,
     ) -> Option<CheckReport> {
-        let parallelism = &query.spec.parallelism;
-        let autoscale = parallelism.autoscale.as_ref().is_some_and(|a| a.enabled);
-        if !autoscale && parallelism.replicas <= 1 {
+        if !may_scale_out(query) {
             return None;
         }
         let key = key(query);
@@ -400,6 +398,13 @@ impl Scaler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, state);
     }
+}
+
+/// True when the spec may run more than one replica (`replicas > 1` or autoscaling): only then
+/// does the stateful rule matter.
+pub fn may_scale_out(query: &StreamingQuery) -> bool {
+    let parallelism = &query.spec.parallelism;
+    parallelism.replicas > 1 || parallelism.autoscale.as_ref().is_some_and(|a| a.enabled)
 }
 
 fn key(query: &StreamingQuery) -> String {

@@ -905,6 +905,17 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
         2,
         "a new context inspects once"
     );
+
+    // The user settles for one replica: the limit no longer applies and the condition clears.
+    let single = query(SPEC, 2, Some(api2.status()));
+    let (client, api3) = FakeApi::start(single.clone(), Some(rolled_out(&set)));
+    let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
+    reconcile(Arc::new(single), ctx).await.expect("reconcile");
+    assert_eq!(
+        condition(&api3.status(), "ScalingLimited"),
+        ("False".into(), "AsExpected".into())
+    );
+    assert_eq!(facts.seen.lock().expect("lock").len(), 2, "not inspected");
 }
 
 const AUTOSCALE: &str = "  parallelism:\n    autoscale: {enabled: true, mode: MODE, minReplicas: 1, maxReplicas: 3, targetUtilization: 0.8, scaleUpStabilization: 0s, cooldown: 0s}\n";
