@@ -560,6 +560,88 @@ mod tests {
         assert!(!entry.applied);
     }
 
+    /// A stand-in Prometheus: answers `/api/v1/query` from `answers` (PromQL → value), records
+    /// the queries.
+    async fn prometheus(answers: Vec<(String, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let answers = Arc::new(answers);
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |axum::extract::Query(params): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| {
+                    let answers = answers.clone();
+                    let recorded = recorded.clone();
+                    async move {
+                        let promql = params.get("query").cloned().unwrap_or_default();
+                        recorded.lock().expect("lock").push(promql.clone());
+                        let result = answers
+                            .iter()
+                            .find(|(q, _)| *q == promql)
+                            .map(|(_, v)| serde_json::json!([{"metric": {}, "value": [1.0, v]}]))
+                            .unwrap_or_else(|| serde_json::json!([]));
+                        axum::Json(serde_json::json!({
+                            "status": "success",
+                            "data": {"resultType": "vector", "result": result}
+                        }))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), seen)
+    }
+
+    #[tokio::test]
+    async fn prometheus_source_derives_lambda_and_busy_ratio_per_replica() {
+        let [processed, busy, backlog, growth] = prometheus_queries("prod", "q", "30s");
+        let (url, seen) = prometheus(vec![
+            (processed.clone(), "200"),
+            (busy.clone(), "1.5"),
+            (backlog.clone(), "1200"),
+            (growth.clone(), "40"),
+        ])
+        .await;
+        let source = PrometheusMetrics {
+            url,
+            window: Duration::from_secs(30),
+        };
+        let target = ScalingTarget {
+            namespace: "prod".into(),
+            name: "q".into(),
+            replicas: 2,
+        };
+        assert_eq!(
+            source.metrics(&target).await,
+            autoscaler::Metrics {
+                input_rate: Some(240.0),
+                processed_rate: Some(200.0),
+                busy_ratio: Some(0.75),
+                backlog: Some(1200.0),
+            }
+        );
+        assert_eq!(
+            seen.lock().expect("lock").clone(),
+            [processed, busy, backlog, growth]
+        );
+        // No samples yet (a new query): empty figures, the autoscaler holds.
+        let (empty, _) = prometheus(Vec::new()).await;
+        let source = PrometheusMetrics {
+            url: empty,
+            window: Duration::from_secs(30),
+        };
+        assert_eq!(
+            source.metrics(&target).await,
+            autoscaler::Metrics::default()
+        );
+    }
+
     #[test]
     fn pod_urls_go_through_the_headless_service() {
         assert_eq!(
