@@ -11,7 +11,8 @@
 //! * `PodDisruptionBudget` with `maxUnavailable: 1`.
 //!
 //! The builders are pure functions (tested on their exact output); [`KubernetesBackend`] does
-//! the I/O.
+//! the I/O, including reading each worker pod's `GET /progress` through the headless Service
+//! (`http://sluice-<query>-<ordinal>.sluice-<query>.<namespace>.svc:<port>`) for the status rates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
