@@ -45,6 +45,7 @@ const DURATION_MESSAGE: &str =
     printcolumn = r#"{"name":"Watermark","type":"string","priority":1,"jsonPath":".status.watermark"}"#,
     printcolumn = r#"{"name":"Generation","type":"integer","priority":1,"jsonPath":".status.generation"}"#,
     printcolumn = r#"{"name":"Restarts","type":"integer","priority":1,"jsonPath":".status.restarts"}"#,
+    printcolumn = r#"{"name":"Last-Batch","type":"date","priority":1,"jsonPath":".status.lastBatchTime"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -51,6 +51,9 @@ pub struct StreamingQueryStatus {
     /// Worker restarts after crashes, since the query was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<i64>,
+    /// Commit time of the latest batch (RFC 3339), from the workers' `/progress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_batch_time: Option<String>,
 }
 
 /// Lifecycle phase of a query.

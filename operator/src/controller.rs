@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use sluice_crds::StreamingQuery;
+use sluice_crds::{Phase, StreamingQuery};
 
 use crate::backend::Backend;
 use crate::backend::kubernetes::{FIELD_MANAGER, KubernetesBackend};
@@ -24,9 +24,13 @@ use crate::error::{Error, ErrorKind, Result, backoff};
 use crate::metrics::Metrics;
 use crate::plan::{EventSeverity, OperatorConfig, PlannedEvent, Requeue, SpecChange, plan_cleanup};
 use crate::reconcile::reconcile_live;
+use crate::scaling::{Scaler, WorkerCheck, pod_url};
 
 /// Finalizer guarding checkpoint retention.
 pub const FINALIZER: &str = "sluice.dev/checkpoint";
+
+/// Default of [`Context::status_refresh`].
+pub const DEFAULT_STATUS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -35,6 +39,11 @@ pub struct Context {
     pub checkpoints: CheckpointManager,
     pub config: OperatorConfig,
     pub metrics: Metrics,
+    /// Stateful scaling limit and autoscaler; `None` leaves replica counts as the spec says.
+    pub scaler: Option<Scaler>,
+    /// How often a Running query is looked at again to refresh its rates from `/progress`
+    /// (autoscaling queries: `config.progress_poll`, the autoscaler's cadence).
+    pub status_refresh: Duration,
     /// Consecutive failures per `namespace/name`, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -46,13 +55,26 @@ impl Context {
         config: OperatorConfig,
         metrics: Metrics,
     ) -> Self {
-        let backend = KubernetesBackend::new(client.clone(), FIELD_MANAGER.into());
+        let port = config.worker_http_port;
+        let backend = KubernetesBackend::new(client.clone(), FIELD_MANAGER.into())
+            .with_progress_url(Arc::new(move |name, namespace, ordinal| {
+                pod_url(name, namespace, ordinal, port)
+            }));
+        let scaler = Scaler::new(
+            Arc::new(WorkerCheck {
+                worker_bin: "sluice-worker".into(),
+            }),
+            None,
+            metrics.clone(),
+        );
         Self {
             client,
             backend,
             checkpoints,
             config,
             metrics,
+            scaler: Some(scaler),
+            status_refresh: DEFAULT_STATUS_REFRESH,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -110,7 +132,14 @@ pub async fn reconcile(query: Arc<StreamingQuery>, ctx: Arc<Context>) -> Result<
 }
 
 async fn apply(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
-    let plan = reconcile_live(&ctx.backend, &ctx.checkpoints, query, &ctx.config).await?;
+    let plan = reconcile_live(
+        &ctx.backend,
+        &ctx.checkpoints,
+        query,
+        &ctx.config,
+        ctx.scaler.as_ref(),
+    )
+    .await?;
     tracing::info!(query = %key(query), change = ?plan.change, phase = ?plan.status.phase, "reconciled");
     if plan.change == SpecChange::Invalid {
         // Not a failed reconcile (the outcome is in status), but worth an alert.
@@ -120,8 +149,23 @@ async fn apply(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
             "invalid_spec",
         );
     }
+    // A Running query has nothing to roll out, but its rates (and the autoscaler) need fresh
+    // /progress and metrics: look again sooner than the resync.
+    // A rescale decided by the autoscaler after planning is followed like any rollout.
+    let autoscaling = query
+        .spec
+        .parallelism
+        .autoscale
+        .as_ref()
+        .is_some_and(|a| a.enabled);
+    let refresh = match plan.status.phase {
+        Some(Phase::Running) if autoscaling => ctx.config.progress_poll,
+        Some(Phase::Running) => ctx.status_refresh,
+        Some(Phase::Starting | Phase::Upgrading | Phase::Scaling) => ctx.config.progress_poll,
+        _ => Duration::MAX,
+    };
     Ok(match plan.requeue {
-        Requeue::After(after) => Action::requeue(after),
+        Requeue::After(after) => Action::requeue(after.min(refresh)),
         Requeue::AwaitChange => Action::await_change(),
     })
 }
@@ -146,7 +190,9 @@ async fn cleanup(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
             severity: EventSeverity::Normal,
             reason: "CheckpointRetained".into(),
             action: "Delete".into(),
-            note: format!("retention Retain: checkpoint kept at {location}"),
+            note: format!(
+                "retention Retain: checkpoint kept at {location}; delete it yourself when it is no longer needed"
+            ),
         },
         Ok(Release::Deleted { objects }) => PlannedEvent {
             severity: EventSeverity::Normal,
@@ -159,7 +205,9 @@ async fn cleanup(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
             severity: EventSeverity::Warning,
             reason: "CheckpointNotDeleted".into(),
             action: "Delete".into(),
-            note: e.to_string(),
+            note: format!(
+                "{e}: retention Delete skipped so its data stays; nothing to do here (delete that query with retention Delete to remove the data)"
+            ),
         },
         Err(e) => return Err(e),
     };

@@ -6,6 +6,8 @@
 //! * [`plan`] — pure decisions: spec change classification, desired workers, status, events.
 //! * [`reconcile`] — one backend-independent pass over a live query.
 //! * [`backend`] — [`backend::kubernetes`] builds and server-side-applies the children.
+//! * [`progress`] — the workers' `/progress` summed into status figures.
+//! * [`scaling`] — the stateful scaling limit and the autoscaler step of a reconcile.
 //! * [`checkpoint`] — checkpoint location resolution, ownership claim, retention.
 //! * [`controller`] — the kube-runtime controller, finalizer, error policy.
 //! * [`leader`] — Lease-based leader election.
@@ -20,6 +22,8 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
+pub mod scaling;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,4 +1,5 @@
-//! `sluice-operator kubernetes [--namespace NS] [--default-checkpoint-location URL] [--metrics-port N]`
+//! `sluice-operator kubernetes [--namespace NS] [--default-checkpoint-location URL] [--metrics-port N]
+//! [--prometheus URL] [--worker-bin PATH]`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use sluice_operator::controller::{self, Context};
 use sluice_operator::leader::LeaderElector;
 use sluice_operator::metrics::Metrics;
 use sluice_operator::plan::OperatorConfig;
+use sluice_operator::scaling::{MetricsSource, PrometheusMetrics, Scaler, WorkerCheck};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,6 +88,19 @@ struct KubernetesArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Prometheus base URL the autoscaler reads worker metrics from (chart value `prometheus.url`);
+    /// without it `spec.parallelism.autoscale` makes no decisions.
+    #[arg(long, env = "SLUICE_PROMETHEUS_URL")]
+    prometheus: Option<String>,
+    /// Window (seconds) of the rates the autoscaler reads.
+    #[arg(long, default_value_t = 30)]
+    metrics_window: u64,
+    /// Seconds between reconciles of a Running query, refreshing its rates from `/progress`.
+    #[arg(long, default_value_t = 30)]
+    status_refresh: u64,
+    /// The sluice-worker binary that inspects a query's SQL (stateful? GROUP BY? tasks?).
+    #[arg(long, env = "SLUICE_WORKER_BIN", default_value = "sluice-worker")]
+    worker_bin: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -186,12 +201,27 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
         default_checkpoint_location: args.default_checkpoint_location,
         ..OperatorConfig::default()
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         CheckpointManager::new(StoreConfig::from_env()),
         config,
+        metrics.clone(),
+    );
+    let source = args.prometheus.map(|url| {
+        Arc::new(PrometheusMetrics {
+            url,
+            window: Duration::from_secs(args.metrics_window),
+        }) as Arc<dyn MetricsSource>
+    });
+    ctx.scaler = Some(Scaler::new(
+        Arc::new(WorkerCheck {
+            worker_bin: args.worker_bin,
+        }),
+        source,
         metrics,
     ));
+    ctx.status_refresh = Duration::from_secs(args.status_refresh.max(1));
+    let ctx = Arc::new(ctx);
 
     if !args.leader_election {
         controller::run(ctx, args.namespace).await;

@@ -356,6 +356,29 @@ fn manifest_yaml(query: &StreamingQuery, image: &str, location: &str) -> Result<
     serde_saphyr::to_string(&document).map_err(|e| Error::Serialization(e.to_string()))
 }
 
+/// What keeps running while a problem waits for the user, for event and condition messages.
+fn running_note(workers: Option<&WorkersObservation>) -> String {
+    match workers {
+        Some(w) if w.replicas > 0 => format!("generation {} keeps running", w.generation),
+        Some(w) => format!("generation {} stays stopped", w.generation),
+        None => "nothing runs until then".into(),
+    }
+}
+
+/// The next step for a refused checkpoint location, by condition reason.
+pub fn checkpoint_next_step(reason: &str) -> &'static str {
+    match reason {
+        "CheckpointOwned" => {
+            "choose another checkpoint location (spec.checkpoint.location) or delete the owning query \
+             with spec.checkpoint.retention: Delete (a retained checkpoint stays owned)"
+        }
+        _ => {
+            "set spec.checkpoint.location (or the chart's checkpoint.defaultLocation) to a usable \
+             s3:// or file:// URL and apply again"
+        }
+    }
+}
+
 /// Plans one reconcile of a live (not deleting) query.
 ///
 /// `validation` is `sluice_crds::validate_spec(&query.spec)`. `now` stamps condition transitions.
@@ -398,7 +421,10 @@ pub fn plan(
 
     // 1. Invalid spec: a condition and one Warning event per distinct problem; keep running.
     if let Err(invalid) = validation {
-        let message = invalid.to_string();
+        let message = format!(
+            "{invalid}; fix the manifest and apply it again; {}",
+            running_note(workers)
+        );
         let repeated = was_degraded
             .as_ref()
             .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
@@ -477,6 +503,11 @@ pub fn plan(
         CheckpointObservation::Refused {
             reason, message, ..
         } => {
+            let message = &format!(
+                "{message}; {}; {}",
+                checkpoint_next_step(reason),
+                running_note(workers)
+            );
             let repeated = was_degraded
                 .as_ref()
                 .is_some_and(|c| c.reason == *reason && c.message == *message);
@@ -520,7 +551,11 @@ pub fn plan(
         }
         CheckpointObservation::Unreachable { location, message } => {
             let stale = conditions::is_true(conditions, CHECKPOINT_STALE);
-            let note = format!("{location}: {message}");
+            let note = format!(
+                "{location}: {message}; check the object-store credentials (spec.storageSecretRef or \
+                 the chart's checkpoint.credentialsSecret) and endpoint; retrying with backoff, {}",
+                running_note(workers)
+            );
             conditions::set(
                 conditions,
                 CHECKPOINT_STALE,

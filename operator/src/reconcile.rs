@@ -3,12 +3,14 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use sluice_crds::conditions::{self, SCALING_LIMITED};
 use sluice_crds::{StreamingQuery, validate_spec};
 
 use crate::backend::Backend;
 use crate::checkpoint::{CheckpointManager, Claim, Owner};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::{self, CheckpointObservation, Observation, OperatorConfig, Plan, WorkersAction};
+use crate::scaling::{self, Scaler, scaling_limit};
 
 /// Claims the query's checkpoint location and reports the outcome as an observation.
 ///
@@ -75,8 +77,10 @@ pub async fn observe_checkpoint(
 }
 
 /// Reconciles a live (not deleting) query with `backend` and returns the plan that was carried
-/// out. Events are published best-effort (a failed event never fails the reconcile); status is
-/// written last so it describes what was applied.
+/// out. The workers' `/progress` fills the status rates; `scaler` (when given) holds stateful
+/// queries that cannot be split at one replica and runs the autoscaler. Events are published
+/// best-effort (a failed event never fails the reconcile); status is written last so it
+/// describes what was applied.
 ///
 /// # Errors
 /// External errors from the backend (retried by the caller with backoff) and internal errors.
@@ -85,8 +89,13 @@ pub async fn reconcile_live<B: Backend>(
     checkpoints: &CheckpointManager,
     query: &StreamingQuery,
     config: &OperatorConfig,
+    scaler: Option<&Scaler>,
 ) -> Result<Plan> {
     let workers = backend.observe_workers(query).await?;
+    let progress = match &workers {
+        Some(running) => backend.observe_progress(query, running).await,
+        None => None,
+    };
     let validation = validate_spec(&query.spec);
     let checkpoint = if validation.is_ok() {
         observe_checkpoint(query, config, checkpoints).await?
@@ -96,15 +105,52 @@ pub async fn reconcile_live<B: Backend>(
     let observation = Observation {
         workers,
         checkpoint,
-        progress: None,
+        progress: progress.as_ref().map(|p| p.observation.clone()),
     };
-    let plan = plan::plan(
-        query,
-        validation,
-        &observation,
-        config,
-        Time(Timestamp::now()),
-    )?;
+    let now = Time(Timestamp::now());
+    let mut plan = plan::plan(query, validation, &observation, config, now.clone())?;
+    if let Some(progress) = &progress {
+        plan.status.last_batch_time = progress
+            .last_batch_time
+            .clone()
+            .or(plan.status.last_batch_time.take());
+    }
+    if scaler.is_some()
+        && matches!(plan.workers, WorkersAction::Apply(_))
+        && !scaling::may_scale_out(query)
+        && conditions::is_true(&plan.status.conditions, SCALING_LIMITED)
+    {
+        // Back to one replica: nothing is limited any more.
+        scaling::mark_limit(&mut plan, None, query.metadata.generation, now.clone());
+    }
+    if let Some(scaler) = scaler
+        && let WorkersAction::Apply(desired) = &plan.workers
+        && let Some(report) = scaler.report(query, desired).await
+    {
+        let sources: Vec<String> = query.spec.sources.iter().map(|s| s.name.clone()).collect();
+        let limit = scaling_limit(&report, &sources);
+        if limit.is_some() {
+            // Plan again as if one replica were asked for, so phase, events and the rollout
+            // agree with what runs.
+            let mut held = query.clone();
+            held.spec.parallelism.replicas = 1;
+            held.spec.parallelism.autoscale = None;
+            let last_batch_time = plan.status.last_batch_time.clone();
+            plan = plan::plan(&held, Ok(()), &observation, config, now.clone())?;
+            plan.status.last_batch_time = last_batch_time;
+        }
+        scaling::mark_limit(
+            &mut plan,
+            limit.as_deref(),
+            query.metadata.generation,
+            now.clone(),
+        );
+        if limit.is_none() {
+            scaler
+                .autoscale(query, &mut plan, observation.workers.as_ref(), &report)
+                .await;
+        }
+    }
     if let WorkersAction::Apply(desired) = &plan.workers {
         backend.apply_workers(query, desired).await?;
     }

@@ -18,6 +18,9 @@ use sluice_operator::checkpoint::{CheckpointManager, Claim, Owner};
 use sluice_operator::controller::{Context, FINALIZER, error_policy, reconcile};
 use sluice_operator::metrics::Metrics;
 use sluice_operator::plan::OperatorConfig;
+use sluice_operator::scaling::{
+    CheckReport, Inspection, MetricsSource, QueryInspector, Scaler, ScalingTarget,
+};
 use tower_test::mock;
 
 /// One request as the API server saw it.
@@ -181,17 +184,40 @@ impl Fixture {
     }
 
     fn context(&self, client: Client) -> Arc<Context> {
+        // No worker answers /progress (port 1 refuses at once) and no SQL inspection.
+        self.context_with(client, "http://127.0.0.1:1", None, None)
+    }
+
+    /// A context whose worker pods answer at `<workers>/<pod name>`, with a stand-in for
+    /// `sluice-worker check` and for Prometheus.
+    fn context_with(
+        &self,
+        client: Client,
+        workers: &str,
+        inspector: Option<Arc<dyn QueryInspector>>,
+        metrics: Option<Arc<dyn MetricsSource>>,
+    ) -> Arc<Context> {
         let config = OperatorConfig {
             default_image: "sluice-worker:test".into(),
             default_checkpoint_location: Some(self.base.clone()),
             ..OperatorConfig::default()
         };
-        Arc::new(Context::new(
+        let counters = Metrics::default();
+        let mut ctx = Context::new(
             client,
             CheckpointManager::default(),
             config,
-            Metrics::default(),
-        ))
+            counters.clone(),
+        );
+        let workers = workers.to_string();
+        ctx.backend =
+            ctx.backend
+                .clone()
+                .with_progress_url(Arc::new(move |name, _namespace, ordinal| {
+                    format!("{workers}/sluice-{name}-{ordinal}")
+                }));
+        ctx.scaler = inspector.map(|inspector| Scaler::new(inspector, metrics, counters));
+        Arc::new(ctx)
     }
 }
 
@@ -300,6 +326,14 @@ async fn create_applies_children_and_sets_status() {
             call("Normal", "Created")
         ]
     );
+    assert_eq!(
+        event_note(&api, "CheckpointClaimed"),
+        format!("claimed checkpoint location {}", fixture.location())
+    );
+    assert_eq!(
+        event_note(&api, "Created"),
+        "starting generation 1 with 1 replica(s)"
+    );
 
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Starting));
@@ -372,6 +406,10 @@ async fn spec_change_rolls_out_a_new_generation() {
             .is_some_and(|m| m.contains("SELECT value FROM events"))
     );
     assert_eq!(api.events(), [call("Normal", "UpgradeStarted")]);
+    assert_eq!(
+        event_note(&api, "UpgradeStarted"),
+        "sql changed: rolling out generation 2 (LastState upgrade)"
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Upgrading));
     assert_eq!(status.generation, Some(2));
@@ -399,6 +437,10 @@ async fn suspend_scales_to_zero_and_keeps_the_checkpoint() {
         "suspend is not a new generation"
     );
     assert_eq!(api.events(), [call("Normal", "Suspended")]);
+    assert_eq!(
+        event_note(&api, "Suspended"),
+        "stopping all workers; the checkpoint is kept"
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Suspended));
     assert_eq!(
@@ -440,12 +482,10 @@ async fn invalid_spec_degrades_and_leaves_the_running_generation_alone() {
         "nothing but status and an event may be written"
     );
     assert_eq!(api.events(), [call("Warning", "InvalidSpec")]);
-    let event = api.body_of("POST", EVENTS_PATH);
-    assert!(
-        event["note"]
-            .as_str()
-            .is_some_and(|n| n.contains("spec.sources[0].watermark.column")),
-        "{event}"
+    assert_eq!(
+        event_note(&api, "InvalidSpec"),
+        "`spec.sources[0].watermark.column`: `value` is not a timestamp column of the schema; \
+         fix the manifest and apply it again; generation 1 keeps running"
     );
     let status = api.status();
     assert_eq!(
@@ -498,6 +538,13 @@ async fn delete_with_retention_delete_removes_the_checkpoint_then_the_finalizer(
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)]
     );
     assert_eq!(api.events(), [call("Normal", "CheckpointDeleted")]);
+    assert_eq!(
+        event_note(&api, "CheckpointDeleted"),
+        format!(
+            "retention Delete: removed 1 object(s) under {}",
+            fixture.location()
+        )
+    );
     let patch = api.body_of("PATCH", QUERY_PATH);
     assert_eq!(
         patch,
@@ -520,6 +567,13 @@ async fn delete_with_retention_retain_keeps_the_checkpoint() {
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)]
     );
     assert_eq!(api.events(), [call("Normal", "CheckpointRetained")]);
+    assert_eq!(
+        event_note(&api, "CheckpointRetained"),
+        format!(
+            "retention Retain: checkpoint kept at {}; delete it yourself when it is no longer needed",
+            fixture.location()
+        )
+    );
     assert!(
         fixture.dir().join("_sluice/owner.json").exists(),
         "checkpoint kept"
@@ -556,6 +610,13 @@ async fn checkpoint_owned_by_another_query_is_refused_without_deploying() {
         ]
     );
     assert_eq!(api.events(), [call("Warning", "CheckpointOwned")]);
+    assert_eq!(
+        event_note(&api, "CheckpointOwned"),
+        format!(
+            "checkpoint location `{}` is owned by StreamingQuery default/other (uid uid-other); choose another checkpoint location (spec.checkpoint.location) or delete the owning query with spec.checkpoint.retention: Delete (a retained checkpoint stays owned); nothing runs until then",
+            fixture.location()
+        )
+    );
     let status = api.status();
     assert_eq!(status.phase, Some(sluice_crds::Phase::Failed));
     assert_eq!(
@@ -587,4 +648,445 @@ async fn api_errors_back_off_exponentially() {
     };
     assert_eq!(error_policy(q, &user, ctx.clone()), Action::await_change());
     assert!(ctx.metrics.encode().contains("error=\"kube\"} 2"));
+}
+
+// ---- Worker progress, the stateful scaling limit and the autoscaler ----
+
+/// Stand-in worker pods: `GET /<pod>/progress` answers the pod's JSON, other pods answer 500.
+async fn workers(answers: Vec<(&str, Value)>) -> String {
+    let answers: Arc<std::collections::BTreeMap<String, Value>> = Arc::new(
+        answers
+            .into_iter()
+            .map(|(pod, answer)| (pod.to_string(), answer))
+            .collect(),
+    );
+    let app = axum::Router::new().route(
+        "/{pod}/progress",
+        axum::routing::get(
+            move |axum::extract::Path(pod): axum::extract::Path<String>| {
+                let answers = answers.clone();
+                async move {
+                    match answers.get(&pod) {
+                        Some(answer) => (StatusCode::OK, axum::Json(answer.clone())),
+                        None => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(Value::Null)),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+/// A worker's `/progress` answer (worker/src/http.rs) with one committed trigger.
+fn progress(batch: i64, input: f64, processed: f64, backlog: i64, at: &str) -> Value {
+    json!({
+        "latest": {
+            "timestamp": at,
+            "batchId": batch,
+            "numInputRows": 10,
+            "inputRowsPerSecond": input,
+            "processedRowsPerSecond": processed,
+            "durationMs": {"triggerExecution": 500},
+            "eventTime": {"watermark": "2026-11-21T09:59:00Z"},
+            "sources": [{"description": "rate", "backlog": backlog}],
+            "tasks": [],
+        },
+        "recent": [],
+        "lastError": null,
+        "stopRequested": false,
+    })
+}
+
+/// `created()` for another spec: (fixture, status after create, StatefulSet as rolled out).
+async fn created_with(spec: &str) -> (Fixture, StreamingQueryStatus, StatefulSet) {
+    let fixture = Fixture::new();
+    let q = query(spec, 1, None);
+    let (client, api) = FakeApi::start(q.clone(), None);
+    reconcile(Arc::new(q), fixture.context(client))
+        .await
+        .expect("reconcile");
+    let set = rolled_out(&api.body_of("PATCH", STS_PATH));
+    (fixture, api.status(), set)
+}
+
+#[tokio::test]
+async fn worker_progress_fills_the_status_rates() {
+    let spec = format!("{SPEC}  parallelism: {{replicas: 2}}\n");
+    let (fixture, status, set) = created_with(&spec).await;
+    let base = workers(vec![
+        (
+            "sluice-q-0",
+            progress(7, 100.0, 150.0, 40, "2026-11-21T10:00:00Z"),
+        ),
+        (
+            "sluice-q-1",
+            progress(9, 50.5, 60.0, 4, "2026-11-21T10:00:02Z"),
+        ),
+    ])
+    .await;
+    let q = query(&spec, 1, Some(status));
+    let (client, api) = FakeApi::start(q.clone(), Some(set.clone()));
+    reconcile(Arc::new(q), fixture.context_with(client, &base, None, None))
+        .await
+        .expect("reconcile");
+    let status = api.status();
+    assert_eq!(status.input_rows_per_second, Some(150.5));
+    assert_eq!(status.processed_rows_per_second, Some(210.0));
+    assert_eq!(status.lag, Some(44));
+    assert_eq!(status.last_committed_batch_id, Some(9));
+    assert_eq!(status.watermark.as_deref(), Some("2026-11-21T09:59:00Z"));
+    assert_eq!(
+        status.last_batch_time.as_deref(),
+        Some("2026-11-21T10:00:02.5Z"),
+        "trigger start + triggerExecution of the latest batch"
+    );
+    assert_eq!(status.phase, Some(sluice_crds::Phase::Running));
+
+    // Replica 1 stops answering: the figures stay as they were and the reconcile succeeds.
+    let half = workers(vec![(
+        "sluice-q-0",
+        progress(8, 1.0, 1.0, 0, "2026-11-21T10:01:00Z"),
+    )])
+    .await;
+    let q = query(&spec, 1, Some(status.clone()));
+    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    reconcile(Arc::new(q), fixture.context_with(client, &half, None, None))
+        .await
+        .expect("an unreachable worker does not fail the reconcile");
+    assert_eq!(
+        api.calls(),
+        [
+            call("GET", STS_PATH),
+            call("PATCH", CM_PATH),
+            call("PATCH", SVC_PATH),
+            call("PATCH", STS_PATH),
+            call("PATCH", PDB_PATH)
+        ],
+        "status unchanged: not written"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_workers_leave_the_status_figures_stale() {
+    let (fixture, mut status, set) = created().await;
+    status.input_rows_per_second = Some(5.0);
+    status.last_committed_batch_id = Some(3);
+    status.last_batch_time = Some("2026-11-21T09:00:00Z".into());
+    let q = query(SPEC, 1, Some(status));
+    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let action = reconcile(Arc::new(q), fixture.context(client))
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(sluice_operator::controller::DEFAULT_STATUS_REFRESH),
+        "a Running query is looked at again to refresh its rates"
+    );
+    let status = api.status();
+    assert_eq!(status.phase, Some(sluice_crds::Phase::Running));
+    assert_eq!(status.input_rows_per_second, Some(5.0));
+    assert_eq!(status.last_committed_batch_id, Some(3));
+    assert_eq!(
+        status.last_batch_time.as_deref(),
+        Some("2026-11-21T09:00:00Z")
+    );
+}
+
+/// `sluice-worker check` stand-in: answers `report`, records the manifests it was shown.
+struct FakeInspector {
+    report: CheckReport,
+    seen: Mutex<Vec<String>>,
+}
+
+impl QueryInspector for FakeInspector {
+    fn inspect<'a>(&'a self, manifest_yaml: &'a str) -> futures::future::BoxFuture<'a, Inspection> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .push(manifest_yaml.to_string());
+        Box::pin(async move { Inspection::Valid(self.report.clone()) })
+    }
+}
+
+fn inspector(report: CheckReport) -> Arc<FakeInspector> {
+    Arc::new(FakeInspector {
+        report,
+        seen: Mutex::new(Vec::new()),
+    })
+}
+
+/// Prometheus stand-in: the same figures for every query.
+struct FixedMetrics(
+    sluice_operator::autoscaler::Metrics,
+    Mutex<Vec<ScalingTarget>>,
+);
+
+impl MetricsSource for FixedMetrics {
+    fn metrics<'a>(
+        &'a self,
+        target: &'a ScalingTarget,
+    ) -> futures::future::BoxFuture<'a, sluice_operator::autoscaler::Metrics> {
+        self.1.lock().expect("lock").push(target.clone());
+        Box::pin(async move { self.0 })
+    }
+}
+
+fn event_note(api: &FakeApi, reason: &str) -> String {
+    api.requests()
+        .iter()
+        .find(|r| r.path() == EVENTS_PATH && r.body["reason"] == reason)
+        .and_then(|r| r.body["note"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no {reason} event in {:?}", api.events()))
+}
+
+#[tokio::test]
+async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_replica() {
+    let fixture = Fixture::new();
+    let spec = format!("{SPEC}  parallelism: {{replicas: 3}}\n");
+    let facts = inspector(CheckReport {
+        stateful: true,
+        group_by: vec!["deviceId".into()],
+        partition_keys: [("events".to_string(), "region".to_string())].into(),
+        tasks: 8,
+    });
+    let q = query(&spec, 1, None);
+    let (client, api) = FakeApi::start(q.clone(), None);
+    let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
+    reconcile(Arc::new(q), ctx).await.expect("reconcile");
+    let set = api.body_of("PATCH", STS_PATH);
+    assert_eq!(set["spec"]["replicas"], 1, "held at one replica");
+    assert_eq!(env_value(&set, "SLUICE_REPLICA_COUNT"), "1");
+    assert_eq!(
+        api.events(),
+        [
+            call("Normal", "CheckpointClaimed"),
+            call("Normal", "Created"),
+            call("Warning", "ScalingLimited"),
+        ]
+    );
+    assert_eq!(
+        event_note(&api, "ScalingLimited"),
+        "GROUP BY key (deviceId) does not contain the partition key `region` of source `events`: \
+         held at 1 replica; add region to GROUP BY or set partitionKey to a GROUP BY column"
+    );
+    assert_eq!(
+        event_note(&api, "Created"),
+        "starting generation 1 with 1 replica(s)"
+    );
+    let status = api.status();
+    assert_eq!(
+        condition(&status, "ScalingLimited"),
+        ("True".into(), "StatefulWithoutPartitionKey".into())
+    );
+    let seen = facts.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].contains("SELECT * FROM events"), "{}", seen[0]);
+
+    // Rolled out: Running at one replica, no second warning, the SQL is not inspected again.
+    let rolled = rolled_out(&set);
+    let q = query(&spec, 1, Some(status));
+    let (client, api2) = FakeApi::start(q.clone(), Some(rolled));
+    let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
+    reconcile(Arc::new(q), ctx).await.expect("reconcile");
+    assert_eq!(api2.body_of("PATCH", STS_PATH)["spec"]["replicas"], 1);
+    assert_eq!(api2.events(), [call("Normal", "Running")]);
+    assert_eq!(
+        event_note(&api2, "Running"),
+        "generation 1 runs with 1 replica(s)"
+    );
+    assert_eq!(api2.status().phase, Some(sluice_crds::Phase::Running));
+    assert_eq!(
+        facts.seen.lock().expect("lock").len(),
+        2,
+        "a new context inspects once"
+    );
+
+    // The user settles for one replica: the limit no longer applies and the condition clears.
+    let single = query(SPEC, 2, Some(api2.status()));
+    let (client, api3) = FakeApi::start(single.clone(), Some(rolled_out(&set)));
+    let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
+    reconcile(Arc::new(single), ctx).await.expect("reconcile");
+    assert_eq!(
+        condition(&api3.status(), "ScalingLimited"),
+        ("False".into(), "AsExpected".into())
+    );
+    assert_eq!(facts.seen.lock().expect("lock").len(), 2, "not inspected");
+}
+
+const AUTOSCALE: &str = "  parallelism:\n    autoscale: {enabled: true, mode: MODE, minReplicas: 1, maxReplicas: 3, targetUtilization: 0.8, scaleUpStabilization: 0s, cooldown: 0s}\n";
+
+/// A query with autoscaling that runs settled at one replica, and the reconcile that evaluates
+/// the autoscaler with λ = 300 rows/s against 100 rows/s processed at busy 1.0.
+async fn autoscale(mode: &str) -> (FakeApi, Arc<Context>, Arc<FixedMetrics>, Action) {
+    let spec = format!("{SPEC}{}", AUTOSCALE.replace("MODE", mode));
+    let (fixture, status, set) = created_with(&spec).await;
+    // First pass after the rollout: Running.
+    let q = query(&spec, 1, Some(status));
+    let (client, api) = FakeApi::start(q.clone(), Some(set.clone()));
+    reconcile(Arc::new(q), fixture.context(client))
+        .await
+        .expect("reconcile");
+    let running = api.status();
+    assert_eq!(running.phase, Some(sluice_crds::Phase::Running));
+    let metrics = Arc::new(FixedMetrics(
+        sluice_operator::autoscaler::Metrics {
+            input_rate: Some(300.0),
+            processed_rate: Some(100.0),
+            busy_ratio: Some(1.0),
+            backlog: Some(0.0),
+        },
+        Mutex::new(Vec::new()),
+    ));
+    let facts = inspector(CheckReport {
+        tasks: 8,
+        ..CheckReport::default()
+    });
+    let q = query(&spec, 1, Some(running));
+    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let ctx = fixture.context_with(
+        client,
+        "http://127.0.0.1:1",
+        Some(facts),
+        Some(metrics.clone()),
+    );
+    let action = reconcile(Arc::new(q), ctx.clone())
+        .await
+        .expect("reconcile");
+    (api, ctx, metrics, action)
+}
+
+#[tokio::test]
+async fn autoscaler_scales_up_with_event_history_and_metric() {
+    let (api, ctx, metrics, action) = autoscale("apply").await;
+    assert_eq!(
+        action,
+        Action::requeue(OperatorConfig::default().progress_poll),
+        "the rescale is followed"
+    );
+    assert_eq!(
+        metrics.1.lock().expect("lock").clone(),
+        [ScalingTarget {
+            namespace: "default".into(),
+            name: "q".into(),
+            replicas: 1
+        }]
+    );
+    let set = api.body_of("PATCH", STS_PATH);
+    assert_eq!(set["spec"]["replicas"], 3);
+    assert_eq!(env_value(&set, "SLUICE_REPLICA_COUNT"), "3");
+    assert_eq!(
+        env_value(&set, "SLUICE_GENERATION"),
+        "1",
+        "a rescale keeps the generation"
+    );
+    assert_eq!(api.events(), [call("Normal", "ScaledUp")]);
+    assert_eq!(
+        event_note(&api, "ScaledUp"),
+        "scaling 1 -> 3: utilization 3.00 above 0.90 for 0 s (λ 300.0 rows/s, processed 100.0 rows/s, busy 1.00, backlog 0 rows, TPR 100.0 rows/s, expected capacity 300.0 rows/s)"
+    );
+    let status = api.status();
+    assert_eq!(status.phase, Some(sluice_crds::Phase::Scaling));
+    assert_eq!(
+        condition(&status, "Progressing"),
+        ("True".into(), "Scaling".into())
+    );
+    assert_eq!(
+        condition(&status, "ScalingLimited"),
+        ("False".into(), "AsExpected".into())
+    );
+    let [decision] = status.scaling_history.as_slice() else {
+        panic!("one decision: {:?}", status.scaling_history)
+    };
+    assert_eq!(
+        (
+            decision.from_replicas,
+            decision.to_replicas,
+            decision.applied,
+            decision.input_rate,
+            decision.true_processing_rate
+        ),
+        (1, 3, true, 300.0, 100.0)
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("sluice_scaling_decisions_total{namespace=\"default\",query=\"q\",direction=\"up\",applied=\"true\"} 1"),
+        "{}",
+        ctx.metrics.encode()
+    );
+}
+
+#[tokio::test]
+async fn autoscaler_in_recommend_mode_records_without_scaling() {
+    let (api, ctx, _, action) = autoscale("recommend").await;
+    assert_eq!(
+        action,
+        Action::requeue(OperatorConfig::default().progress_poll),
+        "autoscaling queries are evaluated at the progress cadence"
+    );
+    assert_eq!(api.body_of("PATCH", STS_PATH)["spec"]["replicas"], 1);
+    assert_eq!(api.events(), [call("Normal", "ScalingRecommended")]);
+    assert!(
+        event_note(&api, "ScalingRecommended").starts_with("recommending 1 -> 3: utilization 3.00"),
+        "{}",
+        event_note(&api, "ScalingRecommended")
+    );
+    let status = api.status();
+    assert_eq!(status.phase, Some(sluice_crds::Phase::Running));
+    assert_eq!(status.scaling_history.len(), 1);
+    assert!(!status.scaling_history[0].applied);
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("direction=\"up\",applied=\"false\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn delete_never_removes_a_checkpoint_another_query_owns() {
+    let (fixture, status, set) = created().await;
+    // The marker now names another query (its data must survive this query's deletion).
+    let other = Owner {
+        namespace: "default".into(),
+        name: "other".into(),
+        uid: "uid-other".into(),
+        claimed_at: String::new(),
+    };
+    std::fs::write(
+        fixture.dir().join("_sluice/owner.json"),
+        serde_json::to_vec(&other).expect("json"),
+    )
+    .expect("overwrite marker");
+    let mut q = query(
+        &format!("{SPEC}  checkpoint: {{retention: Delete}}\n"),
+        1,
+        Some(status),
+    );
+    q.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    reconcile(Arc::new(q), fixture.context(client))
+        .await
+        .expect("deletion is not blocked");
+    assert_eq!(
+        api.calls(),
+        [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)],
+        "event, then the finalizer is removed"
+    );
+    assert_eq!(api.events(), [call("Warning", "CheckpointNotDeleted")]);
+    assert_eq!(
+        event_note(&api, "CheckpointNotDeleted"),
+        format!(
+            "checkpoint location `{}` is owned by StreamingQuery default/other (uid uid-other): retention Delete skipped so its data stays; nothing to do here (delete that query with retention Delete to remove the data)",
+            fixture.location()
+        )
+    );
+    assert!(
+        fixture.dir().join("_sluice/owner.json").exists(),
+        "data kept"
+    );
 }

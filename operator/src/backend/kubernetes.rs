@@ -11,9 +11,12 @@
 //! * `PodDisruptionBudget` with `maxUnavailable: 1`.
 //!
 //! The builders are pure functions (tested on their exact output); [`KubernetesBackend`] does
-//! the I/O.
+//! the I/O, including reading each worker pod's `GET /progress` through the headless Service
+//! (`http://sluice-<query>-<ordinal>.sluice-<query>.<namespace>.svc:<port>`) for the status rates.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -31,8 +34,10 @@ use kube::{Client, Resource};
 use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
 use super::Backend;
+use super::local::http;
 use crate::error::{Error, Result};
 use crate::plan::{DesiredWorkers, EventSeverity, PlannedEvent, WorkersObservation, child_name};
+use crate::progress::WorkerProgress;
 
 /// The one server-side-apply field manager of the operator.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -385,18 +390,39 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
     }
 }
 
+/// Base URL of a worker pod's HTTP server from `(query name, namespace, ordinal)`.
+pub type ProgressUrl = Arc<dyn Fn(&str, &str, i32) -> String + Send + Sync>;
+
+/// How long one worker's `/progress` may take before it counts as unanswered.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Applies and observes children through the Kubernetes API.
 #[derive(Clone)]
 pub struct KubernetesBackend {
     client: Client,
     recorder: Recorder,
+    progress_url: ProgressUrl,
 }
 
 impl KubernetesBackend {
-    /// `reporter` names the controller (and pod) in events.
+    /// `reporter` names the controller (and pod) in events. Worker progress is read through the
+    /// headless Service on port 9464 ([`crate::scaling::pod_url`]).
     pub fn new(client: Client, reporter: Reporter) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, recorder }
+        Self {
+            client,
+            recorder,
+            progress_url: Arc::new(|name, namespace, ordinal| {
+                crate::scaling::pod_url(name, namespace, ordinal, 9464)
+            }),
+        }
+    }
+
+    /// Replaces how a worker pod's base URL is found (the worker port, or a test server).
+    #[must_use]
+    pub fn with_progress_url(mut self, progress_url: ProgressUrl) -> Self {
+        self.progress_url = progress_url;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -461,6 +487,42 @@ impl Backend for KubernetesBackend {
         api.patch_status(&name, &params, &Patch::Apply(body))
             .await?;
         Ok(())
+    }
+
+    async fn observe_progress(
+        &self,
+        query: &StreamingQuery,
+        workers: &WorkersObservation,
+    ) -> Option<WorkerProgress> {
+        let (name, namespace) = name_and_namespace(query).ok()?;
+        let fetches = (0..workers.replicas.max(0)).map(|ordinal| {
+            let url = format!(
+                "{}/progress",
+                (self.progress_url)(&name, &namespace, ordinal)
+            );
+            async move {
+                match http("GET", &url, PROGRESS_TIMEOUT).await {
+                    Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
+                        .map_err(|e| tracing::debug!(%url, error = %e, "unreadable progress"))
+                        .ok(),
+                    Err(e) => {
+                        tracing::debug!(%url, error = %e, "no progress from worker");
+                        None
+                    }
+                }
+            }
+        });
+        let answers: Vec<serde_json::Value> = futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Figures of some replicas only would understate the query: keep the last full ones.
+        if answers.len() < usize::try_from(workers.replicas).unwrap_or(0) {
+            tracing::debug!(query = %name, answered = answers.len(), replicas = workers.replicas, "not every worker answered /progress");
+            return None;
+        }
+        crate::progress::summarize(&answers)
     }
 
     async fn publish(&self, query: &StreamingQuery, event: &PlannedEvent) -> Result<()> {

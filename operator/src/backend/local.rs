@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
 use sluice_crds::conditions::{self, DEGRADED, READY, SCALING_LIMITED};
 use sluice_crds::{
     AutoscaleMode, Phase, ScalingDecision, StreamingQuery, StreamingQuerySpec,
@@ -82,17 +81,7 @@ impl LocalConfig {
     }
 }
 
-/// What `sluice-worker check` reports about a valid query.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckReport {
-    pub stateful: bool,
-    #[serde(default)]
-    pub group_by: Vec<String>,
-    #[serde(default)]
-    pub partition_keys: BTreeMap<String, String>,
-    pub tasks: u32,
-}
+pub use crate::scaling::CheckReport;
 
 /// Outcome of running `sluice-worker check`.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,32 +93,7 @@ pub enum CheckOutcome {
     Unknown(String),
 }
 
-/// The rule of issue 6: a stateful query scales only when every source's `partitionKey` is one of
-/// the GROUP BY columns (then each key's state lives in exactly one task). Returns the reason
-/// when it must stay at one replica.
-pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<String> {
-    if !report.stateful {
-        return None;
-    }
-    for source in sources {
-        match report.partition_keys.get(source) {
-            None => {
-                return Some(format!(
-                    "stateful query over source `{source}` without a partitionKey: held at 1 replica \
-                     (set partitionKey to a GROUP BY column to scale)"
-                ));
-            }
-            Some(key) if !report.group_by.contains(key) => {
-                return Some(format!(
-                    "partitionKey `{key}` of source `{source}` is not in the GROUP BY ({}): held at 1 replica",
-                    report.group_by.join(", ")
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    None
-}
+pub use crate::scaling::scaling_limit;
 
 /// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.
 pub async fn run_check(
@@ -245,16 +209,7 @@ pub async fn prometheus_scalar(
         .filter(|v| v.is_finite()))
 }
 
-/// Wall-clock ms of a progress entry's commit: trigger `timestamp` + `triggerExecution`.
-pub fn commit_ms(progress: &serde_json::Value) -> Option<i64> {
-    let start = progress.get("timestamp")?.as_str()?;
-    let start: Timestamp = start.parse().ok()?;
-    let took = progress
-        .pointer("/durationMs/triggerExecution")
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(0);
-    Some(start.as_millisecond() + took)
-}
+pub use crate::progress::commit_ms;
 
 fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()

@@ -9,6 +9,7 @@ use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
 use crate::error::Result;
 use crate::plan::{DesiredWorkers, PlannedEvent, WorkersObservation};
+use crate::progress::WorkerProgress;
 
 pub mod kubernetes;
 pub mod local;
@@ -38,4 +39,15 @@ pub trait Backend {
         query: &StreamingQuery,
         event: &PlannedEvent,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The workers' progress (`GET /progress` of every replica, summed), `None` when no replica
+    /// answered with a committed batch. Never fails: an unreachable worker leaves the status
+    /// figures as they were.
+    fn observe_progress(
+        &self,
+        query: &StreamingQuery,
+        workers: &WorkersObservation,
+    ) -> impl Future<Output = Option<WorkerProgress>> + Send {
+        let _ = (query, workers);
+        async { None }
+    }
 }

@@ -335,7 +335,10 @@ fn invalid_spec_degrades_once_and_leaves_the_running_generation_alone() {
     assert_eq!(plan.events[0].severity, EventSeverity::Warning);
     assert_eq!(plan.events[0].reason, "InvalidSpec");
     assert!(
-        plan.events[0].note.contains("spec.sql"),
+        plan.events[0].note.starts_with("`spec.sql`")
+            && plan.events[0]
+                .note
+                .ends_with("; fix the manifest and apply it again; generation 1 keeps running"),
         "{}",
         plan.events[0].note
     );
@@ -384,6 +387,12 @@ fn checkpoint_owned_by_another_query_is_refused() {
     );
     assert_eq!(condition(&plan, DEGRADED), ("True", "CheckpointOwned"));
     assert_eq!(reasons(&plan), ["CheckpointOwned"]);
+    assert_eq!(
+        plan.events[0].note,
+        "owned by StreamingQuery default/other; choose another checkpoint location \
+         (spec.checkpoint.location) or delete the owning query with spec.checkpoint.retention: \
+         Delete (a retained checkpoint stays owned); nothing runs until then"
+    );
     assert_eq!(plan.requeue, Requeue::AwaitChange);
 }
 
@@ -406,6 +415,14 @@ fn unreachable_checkpoint_is_retried_and_keeps_workers() {
         ("True", "CheckpointUnreachable")
     );
     assert_eq!(reasons(&plan), ["CheckpointUnreachable"]);
+    assert_eq!(
+        plan.events[0].note,
+        format!(
+            "{BASE}: 403 Forbidden; check the object-store credentials (spec.storageSecretRef or \
+             the chart's checkpoint.credentialsSecret) and endpoint; retrying with backoff, \
+             generation 1 keeps running"
+        )
+    );
     assert_eq!(plan.requeue, Requeue::After(config().progress_poll));
 }
 

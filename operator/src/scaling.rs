@@ -1,0 +1,652 @@
+//! Replica-count rules shared by the backends: the stateful-query limit (`ScalingLimited`) and the
+//! autoscaler step of a reconcile ([`Scaler`]), around the pure DS2 decision in
+//! [`crate::autoscaler`].
+//!
+//! What the SQL does (stateful? GROUP BY columns? task count?) comes from the worker's planner,
+//! `sluice-worker check` ([`QueryInspector`]); the rates come from Prometheus ([`MetricsSource`]).
+//! Both are traits so tests can stand in for them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde::Deserialize;
+use sluice_crds::conditions::{self, SCALING_LIMITED};
+use sluice_crds::{AutoscaleMode, Phase, ScalingDecision, StreamingQuery};
+
+use crate::autoscaler::{self, Action, Policy};
+use crate::plan::{DesiredWorkers, WorkersObservation, child_name};
+use crate::plan::{EventSeverity, Plan, PlannedEvent, SpecChange, WorkersAction};
+
+/// Entries kept in `status.scalingHistory`.
+pub const SCALING_HISTORY: usize = 20;
+
+/// What `sluice-worker check` reports about a valid query.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub stateful: bool,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default)]
+    pub partition_keys: BTreeMap<String, String>,
+    pub tasks: u32,
+}
+
+/// The rule of issue 6: a stateful query scales only when every source's `partitionKey` is one of
+/// the GROUP BY columns (then each key's state lives in exactly one task). Returns the reason
+/// when it must stay at one replica, with what to change to scale.
+pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<String> {
+    if !report.stateful {
+        return None;
+    }
+    let group_by = report.group_by.join(", ");
+    for source in sources {
+        match report.partition_keys.get(source) {
+            None => {
+                return Some(format!(
+                    "stateful query over source `{source}` without a partitionKey: held at 1 replica; \
+                     set partitionKey of source `{source}` to a GROUP BY column ({group_by}) to scale"
+                ));
+            }
+            Some(key) if !report.group_by.contains(key) => {
+                return Some(format!(
+                    "GROUP BY key ({group_by}) does not contain the partition key `{key}` of source \
+                     `{source}`: held at 1 replica; add {key} to GROUP BY or set partitionKey to a \
+                     GROUP BY column"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Outcome of inspecting a query's SQL.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inspection {
+    Valid(CheckReport),
+    /// The planner refused the query (the message says why).
+    Refused(String),
+    /// Could not inspect (binary missing, store unreachable): try again on the next reconcile.
+    Unknown(String),
+}
+
+/// Tells what a query's SQL does (the worker's planner).
+pub trait QueryInspector: Send + Sync {
+    /// Inspects the resolved query document `manifest_yaml` (the ConfigMap's `query.yaml`).
+    fn inspect<'a>(&'a self, manifest_yaml: &'a str) -> BoxFuture<'a, Inspection>;
+}
+
+/// Runs `sluice-worker check <manifest>` (the binary ships in the operator image).
+pub struct WorkerCheck {
+    pub worker_bin: PathBuf,
+}
+
+impl QueryInspector for WorkerCheck {
+    fn inspect<'a>(&'a self, manifest_yaml: &'a str) -> BoxFuture<'a, Inspection> {
+        Box::pin(async move {
+            let path =
+                std::env::temp_dir().join(format!("sluice-check-{}.yaml", uuid::Uuid::new_v4()));
+            if let Err(e) = tokio::fs::write(&path, manifest_yaml).await {
+                return Inspection::Unknown(format!("cannot write {}: {e}", path.display()));
+            }
+            let outcome = crate::backend::local::run_check(&self.worker_bin, &path, None).await;
+            let _ = tokio::fs::remove_file(&path).await;
+            match outcome {
+                crate::backend::local::CheckOutcome::Valid(report) => Inspection::Valid(report),
+                crate::backend::local::CheckOutcome::Refused(m) => Inspection::Refused(m),
+                crate::backend::local::CheckOutcome::Unknown(m) => Inspection::Unknown(m),
+            }
+        })
+    }
+}
+
+/// A query the autoscaler reads metrics for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalingTarget {
+    pub namespace: String,
+    pub name: String,
+    /// Replicas running now.
+    pub replicas: u32,
+}
+
+/// The autoscaler's inputs for a query.
+pub trait MetricsSource: Send + Sync {
+    fn metrics<'a>(&'a self, target: &'a ScalingTarget) -> BoxFuture<'a, autoscaler::Metrics>;
+}
+
+/// The PromQL the autoscaler reads for a query over `window` (e.g. `30s`), in the order
+/// processed rows/s, busy seconds/s, backlog, backlog growth/s. Worker metrics carry the labels
+/// `query` and `namespace` (worker/src/metrics.rs).
+pub fn prometheus_queries(namespace: &str, name: &str, window: &str) -> [String; 4] {
+    let selector = format!("query=\"{name}\",namespace=\"{namespace}\"");
+    [
+        format!("sum(rate(sluice_processed_rows_total{{{selector}}}[{window}]))"),
+        format!("sum(rate(sluice_batch_busy_seconds_total{{{selector}}}[{window}]))"),
+        format!("sum(sluice_source_backlog_rows{{{selector}}})"),
+        format!("deriv(sum(sluice_source_backlog_rows{{{selector}}})[{window}:1s])"),
+    ]
+}
+
+/// Reads [`prometheus_queries`] from a Prometheus server. λ = processed + backlog growth (what
+/// arrives is what was processed plus what piled up), the busy ratio is per replica. A failed
+/// query gives empty metrics (the autoscaler holds).
+pub struct PrometheusMetrics {
+    /// Base URL, e.g. `http://prometheus.monitoring:9090`.
+    pub url: String,
+    pub window: Duration,
+}
+
+impl MetricsSource for PrometheusMetrics {
+    fn metrics<'a>(&'a self, target: &'a ScalingTarget) -> BoxFuture<'a, autoscaler::Metrics> {
+        Box::pin(async move {
+            let window = format!("{}s", self.window.as_secs().max(2));
+            let mut values = Vec::new();
+            for promql in prometheus_queries(&target.namespace, &target.name, &window) {
+                match crate::backend::local::prometheus_scalar(&self.url, &promql).await {
+                    Ok(value) => values.push(value),
+                    Err(e) => {
+                        tracing::warn!(query = %target.name, error = %e, %promql, "prometheus query failed");
+                        return autoscaler::Metrics::default();
+                    }
+                }
+            }
+            let (processed, busy, backlog, growth) = (values[0], values[1], values[2], values[3]);
+            autoscaler::Metrics {
+                input_rate: processed.map(|p| (p + growth.unwrap_or(0.0)).max(0.0)),
+                processed_rate: processed,
+                busy_ratio: busy.map(|b| b / f64::from(target.replicas.max(1))),
+                backlog,
+            }
+        })
+    }
+}
+
+/// The `status.scalingHistory` entry and the Normal event of one autoscaler decision.
+/// Reasons: `ScaledUp` / `ScaledDown` when applied, `ScalingRecommended` in `recommend` mode.
+pub fn decision(
+    current: u32,
+    to: u32,
+    applied: bool,
+    evaluation: &autoscaler::Evaluation,
+    metrics: &autoscaler::Metrics,
+    time: String,
+) -> (ScalingDecision, PlannedEvent) {
+    let decision = ScalingDecision {
+        time,
+        from_replicas: current,
+        to_replicas: to,
+        input_rate: metrics.input_rate.unwrap_or(0.0),
+        processed_rate: metrics.processed_rate.unwrap_or(0.0),
+        busy_ratio: metrics.busy_ratio.unwrap_or(0.0),
+        backlog: metrics.backlog.unwrap_or(0.0),
+        true_processing_rate: evaluation.true_processing_rate.unwrap_or(0.0),
+        applied,
+        reason: evaluation.reason.clone(),
+    };
+    let verb = if applied { "scaling" } else { "recommending" };
+    let mut note = format!(
+        "{verb} {current} -> {to}: {} (λ {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, backlog {:.0} rows, TPR {:.1} rows/s, expected capacity {:.1} rows/s)",
+        evaluation.reason,
+        decision.input_rate,
+        decision.processed_rate,
+        decision.busy_ratio,
+        decision.backlog,
+        decision.true_processing_rate,
+        decision.true_processing_rate * f64::from(to),
+    );
+    if !applied {
+        note.push_str("; autoscale mode is recommend: set spec.parallelism.autoscale.mode: apply (or spec.parallelism.replicas) to act on it");
+    }
+    let reason = match (applied, to > current) {
+        (false, _) => "ScalingRecommended",
+        (true, true) => "ScaledUp",
+        (true, false) => "ScaledDown",
+    };
+    let event = PlannedEvent {
+        severity: EventSeverity::Normal,
+        reason: reason.into(),
+        action: "Autoscale".into(),
+        note,
+    };
+    (decision, event)
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
+/// The replica-count step of a Kubernetes reconcile: inspects the SQL once per deployed spec,
+/// holds stateful queries that cannot be split at one replica (`ScalingLimited`), and runs the
+/// autoscaler on settled queries with `spec.parallelism.autoscale`. Keeps the autoscaler's
+/// windows per query in memory.
+pub struct Scaler {
+    pub inspector: Arc<dyn QueryInspector>,
+    /// `None`: no Prometheus configured; autoscaling queries are left at their replica count.
+    pub metrics: Option<Arc<dyn MetricsSource>>,
+    pub counters: crate::metrics::Metrics,
+    /// `namespace/name` → (restart hash, report).
+    reports: Mutex<HashMap<String, (String, CheckReport)>>,
+    states: Mutex<HashMap<String, autoscaler::State>>,
+}
+
+impl Scaler {
+    pub fn new(
+        inspector: Arc<dyn QueryInspector>,
+        metrics: Option<Arc<dyn MetricsSource>>,
+        counters: crate::metrics::Metrics,
+    ) -> Self {
+        Self {
+            inspector,
+            metrics,
+            counters,
+            reports: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The planner's report on the query `desired` deploys, `None` when the query does not ask
+    /// for more than one replica (nothing to decide) or cannot be inspected now. Cached per
+    /// query and restart hash, so the SQL is inspected once per deployed spec.
+    pub async fn report(
+        &self,
+        query: &StreamingQuery,
+        desired: &DesiredWorkers,
+    ) -> Option<CheckReport> {
+        if !may_scale_out(query) {
+            return None;
+        }
+        let key = key(query);
+        let cached = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .filter(|(hash, _)| *hash == desired.restart_hash)
+            .map(|(_, report)| report.clone());
+        if cached.is_some() {
+            return cached;
+        }
+        match self.inspector.inspect(&desired.manifest_yaml).await {
+            Inspection::Valid(report) => {
+                self.reports
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key, (desired.restart_hash.clone(), report.clone()));
+                Some(report)
+            }
+            Inspection::Refused(message) | Inspection::Unknown(message) => {
+                tracing::warn!(query = %key, %message, "cannot inspect the query; replica count left as planned");
+                None
+            }
+        }
+    }
+
+    /// Runs the autoscaler on a settled query (phase `Running`, rollout complete, nothing to roll
+    /// out) with `spec.parallelism.autoscale` and applies its decision to `plan` (desired replicas, `status.scalingHistory`, phase, event, metric).
+    /// `workers` is what runs now.
+    pub async fn autoscale(
+        &self,
+        query: &StreamingQuery,
+        plan: &mut Plan,
+        workers: Option<&WorkersObservation>,
+        report: &CheckReport,
+    ) {
+        let WorkersAction::Apply(desired) = &mut plan.workers else {
+            return;
+        };
+        let spec = &query.spec;
+        let Some(auto) = spec.parallelism.autoscale.as_ref().filter(|a| a.enabled) else {
+            return;
+        };
+        let key = key(query);
+        let mut state = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        let was_running = query.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running);
+        let running = workers.filter(|running| {
+            was_running
+                && running.rollout_complete
+                && plan.change == SpecChange::Unchanged
+                && desired.replicas == running.replicas
+                && running.replicas > 0
+                && !spec.suspend
+        });
+        let Some(running) = running else {
+            // Rolling out, scaling or suspended: the rates are not those of the planned count.
+            state.rescaled(now_ms());
+            self.put_state(key, state);
+            return;
+        };
+        let Some(source) = &self.metrics else {
+            tracing::warn!(query = %key, "spec.parallelism.autoscale is set but the operator has no --prometheus URL");
+            self.put_state(key, state);
+            return;
+        };
+        let policy = match Policy::from_spec(auto, report.tasks.max(1)) {
+            Ok(policy) => policy,
+            Err(message) => {
+                tracing::warn!(query = %key, %message, "bad autoscale settings");
+                self.put_state(key, state);
+                return;
+            }
+        };
+        let current = u32::try_from(running.replicas).unwrap_or(1);
+        let target = ScalingTarget {
+            namespace: query.metadata.namespace.clone().unwrap_or_default(),
+            name: query.metadata.name.clone().unwrap_or_default(),
+            replicas: current,
+        };
+        let metrics = source.metrics(&target).await;
+        let evaluation = autoscaler::evaluate(&policy, &mut state, now_ms(), current, &metrics);
+        tracing::debug!(query = %key, ?metrics, ?evaluation, "autoscaler");
+        if let Action::Scale(to) = evaluation.action {
+            let applied = auto.mode == AutoscaleMode::Apply;
+            let (entry, event) = decision(
+                current,
+                to,
+                applied,
+                &evaluation,
+                &metrics,
+                Timestamp::now().to_string(),
+            );
+            self.counters.count_scaling_decision(
+                &target.namespace,
+                &target.name,
+                current,
+                to,
+                applied,
+            );
+            let status = &mut plan.status;
+            status.scaling_history.push(entry);
+            let excess = status.scaling_history.len().saturating_sub(SCALING_HISTORY);
+            status.scaling_history.drain(..excess);
+            plan.events.push(event);
+            if applied {
+                desired.replicas = i32::try_from(to).unwrap_or(1);
+                status.phase = Some(Phase::Scaling);
+                conditions::set(
+                    &mut status.conditions,
+                    conditions::PROGRESSING,
+                    true,
+                    "Scaling",
+                    &format!("autoscaler: {current} -> {to} replica(s)"),
+                    query.metadata.generation,
+                    Time(Timestamp::now()),
+                );
+                plan.change = SpecChange::Scale {
+                    from: running.replicas,
+                    to: desired.replicas,
+                };
+                state.rescaled(now_ms());
+            }
+        }
+        self.put_state(key, state);
+    }
+
+    fn put_state(&self, key: String, state: autoscaler::State) {
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, state);
+    }
+}
+
+/// True when the spec may run more than one replica (`replicas > 1` or autoscaling): only then
+/// does the stateful rule matter.
+pub fn may_scale_out(query: &StreamingQuery) -> bool {
+    let parallelism = &query.spec.parallelism;
+    parallelism.replicas > 1 || parallelism.autoscale.as_ref().is_some_and(|a| a.enabled)
+}
+
+fn key(query: &StreamingQuery) -> String {
+    format!(
+        "{}/{}",
+        query.metadata.namespace.as_deref().unwrap_or_default(),
+        query.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Sets the `ScalingLimited` condition of `plan` from `limit` (see [`scaling_limit`]), with a
+/// Warning event when the query becomes limited or the reason changes.
+pub fn mark_limit(plan: &mut Plan, limit: Option<&str>, generation: Option<i64>, now: Time) {
+    let conditions = &mut plan.status.conditions;
+    let before = conditions::find(conditions, SCALING_LIMITED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.message.clone());
+    match limit {
+        Some(message) => {
+            conditions::set(
+                conditions,
+                SCALING_LIMITED,
+                true,
+                "StatefulWithoutPartitionKey",
+                message,
+                generation,
+                now,
+            );
+            if before.as_deref() != Some(message) {
+                plan.events.push(PlannedEvent {
+                    severity: EventSeverity::Warning,
+                    reason: "ScalingLimited".into(),
+                    action: "Scale".into(),
+                    note: message.to_string(),
+                });
+            }
+        }
+        None => {
+            conditions::set(
+                conditions,
+                SCALING_LIMITED,
+                false,
+                "AsExpected",
+                "",
+                generation,
+                now,
+            );
+        }
+    }
+}
+
+/// Base URL of replica `ordinal`'s HTTP server through the headless Service:
+/// `http://<query child>-<ordinal>.<query child>.<namespace>.svc:<port>`.
+pub fn pod_url(query_name: &str, namespace: &str, ordinal: i32, port: u16) -> String {
+    let child = child_name(query_name);
+    format!("http://{child}-{ordinal}.{child}.{namespace}.svc:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_limit_says_what_to_change() {
+        let sources = vec!["events".to_string()];
+        let mut report = CheckReport {
+            stateful: true,
+            group_by: vec!["region".into(), "window".into()],
+            tasks: 8,
+            ..CheckReport::default()
+        };
+        assert_eq!(
+            scaling_limit(&report, &sources).as_deref(),
+            Some(
+                "stateful query over source `events` without a partitionKey: held at 1 replica; \
+                 set partitionKey of source `events` to a GROUP BY column (region, window) to scale"
+            )
+        );
+        report
+            .partition_keys
+            .insert("events".into(), "deviceId".into());
+        assert_eq!(
+            scaling_limit(&report, &sources).as_deref(),
+            Some(
+                "GROUP BY key (region, window) does not contain the partition key `deviceId` of \
+                 source `events`: held at 1 replica; add deviceId to GROUP BY or set partitionKey \
+                 to a GROUP BY column"
+            )
+        );
+        report.group_by.push("deviceId".into());
+        assert_eq!(scaling_limit(&report, &sources), None);
+        report.stateful = false;
+        report.partition_keys.clear();
+        assert_eq!(scaling_limit(&report, &sources), None);
+    }
+
+    #[test]
+    fn promql_selects_the_query_by_its_labels() {
+        let [processed, busy, backlog, growth] = prometheus_queries("prod", "q", "30s");
+        assert_eq!(
+            processed,
+            "sum(rate(sluice_processed_rows_total{query=\"q\",namespace=\"prod\"}[30s]))"
+        );
+        assert_eq!(
+            busy,
+            "sum(rate(sluice_batch_busy_seconds_total{query=\"q\",namespace=\"prod\"}[30s]))"
+        );
+        assert_eq!(
+            backlog,
+            "sum(sluice_source_backlog_rows{query=\"q\",namespace=\"prod\"})"
+        );
+        assert_eq!(
+            growth,
+            "deriv(sum(sluice_source_backlog_rows{query=\"q\",namespace=\"prod\"})[30s:1s])"
+        );
+    }
+
+    #[test]
+    fn decisions_name_direction_and_mode() {
+        let evaluation = autoscaler::Evaluation {
+            action: Action::Scale(3),
+            required: Some(3),
+            true_processing_rate: Some(100.0),
+            utilization: Some(1.4),
+            reason: "utilization 1.40 above 0.80".into(),
+        };
+        let metrics = autoscaler::Metrics {
+            input_rate: Some(250.0),
+            processed_rate: Some(140.0),
+            busy_ratio: Some(0.7),
+            backlog: Some(1200.0),
+        };
+        let (entry, event) = decision(2, 3, true, &evaluation, &metrics, "t".into());
+        assert_eq!(event.reason, "ScaledUp");
+        assert_eq!(
+            event.note,
+            "scaling 2 -> 3: utilization 1.40 above 0.80 (λ 250.0 rows/s, processed 140.0 rows/s, busy 0.70, backlog 1200 rows, TPR 100.0 rows/s, expected capacity 300.0 rows/s)"
+        );
+        assert_eq!(
+            (entry.from_replicas, entry.to_replicas, entry.applied),
+            (2, 3, true)
+        );
+        assert_eq!(entry.backlog, 1200.0);
+        assert_eq!(
+            decision(3, 2, true, &evaluation, &metrics, "t".into())
+                .1
+                .reason,
+            "ScaledDown"
+        );
+        let (entry, event) = decision(2, 3, false, &evaluation, &metrics, "t".into());
+        assert_eq!(event.reason, "ScalingRecommended");
+        assert!(event.note.ends_with("set spec.parallelism.autoscale.mode: apply (or spec.parallelism.replicas) to act on it"), "{}", event.note);
+        assert!(!entry.applied);
+    }
+
+    /// A stand-in Prometheus: answers `/api/v1/query` from `answers` (PromQL → value), records
+    /// the queries.
+    async fn prometheus(answers: Vec<(String, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let answers = Arc::new(answers);
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |axum::extract::Query(params): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| {
+                    let answers = answers.clone();
+                    let recorded = recorded.clone();
+                    async move {
+                        let promql = params.get("query").cloned().unwrap_or_default();
+                        recorded.lock().expect("lock").push(promql.clone());
+                        let result = answers
+                            .iter()
+                            .find(|(q, _)| *q == promql)
+                            .map(|(_, v)| serde_json::json!([{"metric": {}, "value": [1.0, v]}]))
+                            .unwrap_or_else(|| serde_json::json!([]));
+                        axum::Json(serde_json::json!({
+                            "status": "success",
+                            "data": {"resultType": "vector", "result": result}
+                        }))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), seen)
+    }
+
+    #[tokio::test]
+    async fn prometheus_source_derives_lambda_and_busy_ratio_per_replica() {
+        let [processed, busy, backlog, growth] = prometheus_queries("prod", "q", "30s");
+        let (url, seen) = prometheus(vec![
+            (processed.clone(), "200"),
+            (busy.clone(), "1.5"),
+            (backlog.clone(), "1200"),
+            (growth.clone(), "40"),
+        ])
+        .await;
+        let source = PrometheusMetrics {
+            url,
+            window: Duration::from_secs(30),
+        };
+        let target = ScalingTarget {
+            namespace: "prod".into(),
+            name: "q".into(),
+            replicas: 2,
+        };
+        assert_eq!(
+            source.metrics(&target).await,
+            autoscaler::Metrics {
+                input_rate: Some(240.0),
+                processed_rate: Some(200.0),
+                busy_ratio: Some(0.75),
+                backlog: Some(1200.0),
+            }
+        );
+        assert_eq!(
+            seen.lock().expect("lock").clone(),
+            [processed, busy, backlog, growth]
+        );
+        // No samples yet (a new query): empty figures, the autoscaler holds.
+        let (empty, _) = prometheus(Vec::new()).await;
+        let source = PrometheusMetrics {
+            url: empty,
+            window: Duration::from_secs(30),
+        };
+        assert_eq!(
+            source.metrics(&target).await,
+            autoscaler::Metrics::default()
+        );
+    }
+
+    #[test]
+    fn pod_urls_go_through_the_headless_service() {
+        assert_eq!(
+            pod_url("q", "prod", 2, 9464),
+            "http://sluice-q-2.sluice-q.prod.svc:9464"
+        );
+    }
+}
