@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod ml;
+pub mod postgres;
 pub mod progress;
 pub mod schema;
 pub mod sink;

@@ -49,3 +49,25 @@ pub fn arrow_schema(columns: &[ColumnSpec]) -> Result<SchemaRef> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(Schema::new(fields)))
 }
+
+/// `columns` cast to `schema`'s types where they differ (e.g. nullability of nested fields after
+/// an accumulator or a null fill), in order.
+///
+/// # Errors
+/// [`EngineError::Arrow`] when a cast is not possible.
+pub fn cast_columns(
+    schema: &arrow::datatypes::Schema,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> Result<Vec<arrow::array::ArrayRef>> {
+    columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(array, field)| {
+            if array.data_type() == field.data_type() {
+                Ok(array)
+            } else {
+                Ok(arrow::compute::cast(&array, field.data_type())?)
+            }
+        })
+        .collect()
+}

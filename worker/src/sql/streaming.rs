@@ -43,6 +43,7 @@ use sluice_crds::OutputMode;
 
 use super::window::{SESSION_COLUMN, WINDOW_COLUMN, WindowGrouping, rewrite_window_grouping};
 use crate::error::{EngineError, Result};
+use crate::schema::cast_columns;
 use crate::state::{
     EventTimeState, StateDelta, StateEntry, StateStore, event_millis, single_row_arrays,
     timestamp_millis,
@@ -464,7 +465,7 @@ fn merge_into_delta(
         accumulator.merge_batch(&partial.columns()[range], &group_of_row, groups)?;
         columns.extend(accumulator.state(EmitTo::All)?);
     }
-    let columns = cast_to(store.schema(), columns)?;
+    let columns = cast_columns(store.schema(), columns)?;
     let entries = store.entries(&columns)?;
     for (g, entry) in entries.into_iter().enumerate() {
         let key = keys[first_rows.value(g) as usize].clone();
@@ -483,21 +484,6 @@ fn groups_accumulator(aggr: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn Group
     Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
         aggr.create_accumulator()
     })))
-}
-
-/// `columns` cast to `schema`'s types where they differ (nullability of nested fields).
-fn cast_to(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
-    columns
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(array, field)| {
-            if array.data_type() == field.data_type() {
-                Ok(array)
-            } else {
-                Ok(cast(&array, field.data_type())?)
-            }
-        })
-        .collect()
 }
 
 /// A session taking part in a merge: its stored key (if stored), its row, whether this batch
@@ -654,17 +640,7 @@ fn final_rows(
         accumulator.merge_batch(&state[range], &indices, groups.len())?;
         columns.push(accumulator.evaluate(EmitTo::All)?);
     }
-    let columns = columns
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(array, field)| {
-            if array.data_type() == field.data_type() {
-                Ok(array)
-            } else {
-                cast(&array, field.data_type())
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let columns = cast_columns(&schema, columns)?;
     let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(groups.len()));
     let relaxed = Arc::new(arrow::datatypes::Schema::new(
         schema

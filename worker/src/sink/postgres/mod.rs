@@ -27,7 +27,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use sluice_crds::{PostgresSinkSpec, PostgresWriteMode};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::{EngineError, Result};
 use crate::sink::Sink;
@@ -74,28 +74,9 @@ impl PostgresSink {
     }
 
     async fn connect(&self) -> Result<Client> {
-        let c = &self.spec.connection;
-        let password_env = c.password_env.as_deref().unwrap_or("PGPASSWORD");
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&c.host)
-            .port(c.port)
-            .dbname(&c.database)
-            .user(&c.user)
-            .application_name("sluice")
-            .connect_timeout(std::time::Duration::from_secs(10));
-        if let Ok(password) = std::env::var(password_env) {
-            config.password(password);
-        }
-        let (client, connection) = config
-            .connect(NoTls)
+        let client = crate::postgres::connect(&self.spec.connection, "sluice")
             .await
-            .map_err(|e| sink_error(format!("connect to {}:{}: {e}", c.host, c.port)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection closed");
-            }
-        });
+            .map_err(sink_error)?;
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {COMMITS_TABLE} (\

@@ -346,17 +346,7 @@ impl JoinPlan {
                 columns.extend(nulls);
                 columns.extend(kept.columns().iter().cloned());
             }
-            let columns = columns
-                .into_iter()
-                .zip(self.state_schema.fields())
-                .map(|(array, field)| {
-                    if array.data_type() == field.data_type() {
-                        Ok(array)
-                    } else {
-                        cast(&array, field.data_type())
-                    }
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let columns = crate::schema::cast_columns(&self.state_schema, columns)?;
             let keys = store.keys(&[sides, seqs], rows)?;
             let entries = store.entries(&columns)?;
             added += rows as u64;

@@ -25,7 +25,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::FormatOptions;
 use sluice_crds::{PostgresTableSpec, TableSpec};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::{EngineError, Result, backoff};
 use crate::sink::postgres::quote_ident;
@@ -241,30 +241,9 @@ impl PostgresTable {
     }
 
     async fn connect(&self) -> Result<Client> {
-        let c = &self.spec.connection;
-        let password_env = c.password_env.as_deref().unwrap_or("PGPASSWORD");
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&c.host)
-            .port(c.port)
-            .dbname(&c.database)
-            .user(&c.user)
-            .application_name("sluice-lookup")
-            .connect_timeout(Duration::from_secs(10));
-        if let Ok(password) = std::env::var(password_env) {
-            config.password(password);
-        }
-        let (client, connection) = config
-            .connect(NoTls)
+        crate::postgres::connect(&self.spec.connection, "sluice-lookup")
             .await
-            .map_err(|e| self.lookup_error(format!("connect to {}:{}: {e}", c.host, c.port)))?;
-        let table = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(table = %table, error = %e, "postgres lookup connection closed");
-            }
-        });
-        Ok(client)
+            .map_err(|m| self.lookup_error(m))
     }
 
     fn lookup_error(&self, message: String) -> EngineError {
