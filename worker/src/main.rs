@@ -95,7 +95,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(Cli::parse())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             let manifest_error = e
                 .downcast_ref::<sluice_worker::EngineError>()
                 .is_some_and(|e| matches!(e, sluice_worker::EngineError::Manifest(_)));
@@ -253,6 +253,23 @@ async fn run_engine(
         }
     ));
     Ok(())
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the message before it
+/// already ends with (thiserror's `"...: {0}"` variants carry their source in their own text).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn classify(e: sluice_worker::EngineError) -> anyhow::Error {
