@@ -1,346 +1,33 @@
 //! End-to-end tests of the local backend with real servers: checkpoints on S3 (SeaweedFS), the
 //! autoscaler reading a real Prometheus that scrapes the workers through file-based service
-//! discovery, real `sluice-worker` processes.
+//! discovery, Kafka (tansu) for keyed input, real `sluice-worker` processes.
 //!
 //! Run by `e2e/local/run.sh` (after `cargo build -p sluice-worker`):
 //! `cargo test -p sluice-operator --test local_e2e -- --ignored --test-threads=1 --nocapture`.
 //! They are `#[ignore]`d so the workspace test step does not run them twice.
 //!
-//! The input is the file source: a producer moves JSON-lines files (each `ROWS_PER_FILE` rows
-//! with unique ids) into the input folder at a controlled rate. Output is Parquet; every test
-//! ends by checking that the output ids are exactly the produced ids, each once.
+//! Stateless tests move JSON-lines files with unique ids into an input folder at a controlled rate
+//! and end by checking that the output ids are exactly the produced ids, each once. Stateful tests
+//! count rows per event-time window (update output mode) and end by checking every window's count
+//! against the input: a row lost or counted twice, or state dropped by a rollout, changes a count.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, Int64Array};
-use sluice_crds::StreamingQueryStatus;
-use sluice_operator::backend::local::{LocalConfig, LocalOperator};
-use sluice_operator::checkpoint::{CheckpointManager, StoreConfig};
+use sluice_crds::conditions::{DEGRADED, SCALING_LIMITED};
+use support::{
+    FileProducer, Fixture, KafkaProducer, Manifest, RateLoop, WindowCounts, assert_exactly_once,
+    condition, create_topic, drop_file, event_time, file_source, is_running, kafka_source, servers,
+    wait_for_counts,
+};
 
-const ROWS_PER_FILE: u64 = 50;
-
-struct Servers {
-    bucket: String,
-    prometheus: String,
-    sd_dir: PathBuf,
-    worker_bin: PathBuf,
+fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
 }
 
-fn servers(test: &str) -> Option<Servers> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let found = (
-        var("SLUICE_TEST_S3_ENDPOINT"),
-        var("SLUICE_TEST_PROMETHEUS"),
-        var("SLUICE_PROMETHEUS_SD_DIR"),
-        var("SLUICE_WORKER_BIN"),
-    );
-    match found {
-        (Some(_), Some(prometheus), Some(sd), Some(bin)) => Some(Servers {
-            bucket: var("SLUICE_TEST_S3_BUCKET").unwrap_or_else(|| "sluice-test".into()),
-            prometheus,
-            sd_dir: sd.into(),
-            worker_bin: bin.into(),
-        }),
-        _ => {
-            assert!(
-                var("SLUICE_REQUIRE_SERVERS").as_deref() != Some("1"),
-                "{test}: S3, Prometheus or SLUICE_WORKER_BIN missing but SLUICE_REQUIRE_SERVERS=1"
-            );
-            eprintln!(
-                "SKIPPED {test}: needs SLUICE_TEST_S3_ENDPOINT, SLUICE_TEST_PROMETHEUS, \
-                 SLUICE_PROMETHEUS_SD_DIR, SLUICE_WORKER_BIN (run e2e/local/run.sh)"
-            );
-            None
-        }
-    }
-}
-
-/// Moves files of `ROWS_PER_FILE` rows into `input` at `files_per_second` (changeable).
-struct Producer {
-    rate_milli: Arc<AtomicU64>,
-    next_file: Arc<AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Producer {
-    fn start(input: &Path, staging: &Path, files_per_second: f64) -> Self {
-        let rate_milli = Arc::new(AtomicU64::new((files_per_second * 1000.0) as u64));
-        let next_file = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (input, staging) = (input.to_path_buf(), staging.to_path_buf());
-        let (rate, next, halt) = (rate_milli.clone(), next_file.clone(), stop.clone());
-        let handle = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut due = 0.0f64;
-            let mut last = Instant::now();
-            while !halt.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let now = Instant::now();
-                due += now.duration_since(last).as_secs_f64() * rate.load(Ordering::SeqCst) as f64
-                    / 1000.0;
-                last = now;
-                while due >= 1.0 {
-                    due -= 1.0;
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    let mut text = String::new();
-                    for k in 0..ROWS_PER_FILE {
-                        let id = n * ROWS_PER_FILE + k;
-                        text.push_str(&format!("{{\"id\": {id}, \"v\": \"row-{id}\"}}\n"));
-                    }
-                    let name = format!("f-{n:08}.json");
-                    let staged = staging.join(&name);
-                    std::fs::write(&staged, text).expect("write input");
-                    std::fs::rename(&staged, input.join(&name)).expect("move input");
-                }
-            }
-            let _ = started;
-        });
-        Self {
-            rate_milli,
-            next_file,
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn set_rate(&self, files_per_second: f64) {
-        self.rate_milli
-            .store((files_per_second * 1000.0) as u64, Ordering::SeqCst);
-    }
-
-    /// Stops producing; returns the number of rows produced.
-    async fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("producer");
-        }
-        self.next_file.load(Ordering::SeqCst) * ROWS_PER_FILE
-    }
-}
-
-/// The ids in every `part-*.parquet` under `dir`.
-fn output_ids(dir: &Path) -> Vec<i64> {
-    let mut ids = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(folder) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !(name.starts_with("part-") && name.ends_with(".parquet")) {
-                continue;
-            }
-            let bytes = bytes::Bytes::from(std::fs::read(&path).expect("read parquet"));
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .expect("parquet")
-                    .build()
-                    .expect("reader");
-            for batch in reader {
-                let batch = batch.expect("batch");
-                let column = batch.column_by_name("id").expect("id column");
-                let column = column
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .expect("id is int64");
-                ids.extend((0..column.len()).map(|i| column.value(i)));
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids
-}
-
-/// Waits until the output holds `rows` rows (or `timeout`), then asserts each produced id
-/// appears exactly once.
-async fn assert_exactly_once(output: &Path, rows: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut ids = output_ids(output);
-    while (ids.len() as u64) < rows && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        ids = output_ids(output);
-    }
-    let mut duplicates = 0;
-    for pair in ids.windows(2) {
-        if pair[0] == pair[1] {
-            duplicates += 1;
-        }
-    }
-    assert_eq!(duplicates, 0, "duplicate output rows");
-    let expected: Vec<i64> = (0..rows as i64).collect();
-    assert_eq!(ids.len(), expected.len(), "output rows vs produced rows");
-    assert!(ids == expected, "output ids differ from produced ids");
-    println!(
-        "exactly once: {rows} rows produced, {} rows out, no duplicates",
-        ids.len()
-    );
-}
-
-fn status(dir: &Path, name: &str) -> StreamingQueryStatus {
-    std::fs::read_to_string(dir.join(format!("{name}.status.yaml")))
-        .ok()
-        .and_then(|text| serde_saphyr::from_str(&text).ok())
-        .unwrap_or_default()
-}
-
-fn condition(status: &StreamingQueryStatus, type_: &str) -> Option<(String, String, String)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-/// Polls the status file until `check` holds; panics with the last status after `timeout`.
-async fn wait_status(
-    dir: &Path,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    check: impl Fn(&StreamingQueryStatus) -> bool,
-) -> StreamingQueryStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let current = status(dir, name);
-        if check(&current) {
-            return current;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; status:\n{}",
-            serde_saphyr::to_string(&current).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    manifests: PathBuf,
-    input: PathBuf,
-    staging: PathBuf,
-    output: PathBuf,
-    checkpoint: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    operator: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Fixture {
-    fn new(servers: &Servers, test: &str, configure: impl FnOnce(&mut LocalConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let manifests = dir.path().join("manifests");
-        let input = dir.path().join("input");
-        let staging = dir.path().join("staging");
-        let output = dir.path().join("output");
-        for d in [&manifests, &input, &staging, &output] {
-            std::fs::create_dir_all(d).expect("mkdir");
-        }
-        let checkpoint = format!(
-            "s3://{}/local-e2e/{test}-{}",
-            servers.bucket,
-            uuid::Uuid::new_v4()
-        );
-        let mut config = LocalConfig::new(manifests.clone(), servers.worker_bin.clone());
-        config.prometheus = Some(servers.prometheus.clone());
-        config.sd_dir = Some(servers.sd_dir.clone());
-        configure(&mut config);
-        let operator = LocalOperator::new(config, CheckpointManager::new(StoreConfig::from_env()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(operator.run(async move {
-            let _ = rx.await;
-        }));
-        Self {
-            _dir: dir,
-            manifests,
-            input,
-            staging,
-            output,
-            checkpoint,
-            shutdown: Some(tx),
-            operator: Some(handle),
-        }
-    }
-
-    fn write(&self, name: &str, yaml: &str) {
-        let tmp = self.manifests.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml).expect("write manifest");
-        std::fs::rename(&tmp, self.manifests.join(format!("{name}.yaml"))).expect("rename");
-    }
-
-    fn pids(&self, name: &str) -> BTreeMap<u32, u32> {
-        let dir = self.manifests.join(".sluice").join(name);
-        let mut pids = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let file = entry.file_name().to_string_lossy().to_string();
-            if let Some(replica) = file
-                .strip_prefix("worker-")
-                .and_then(|f| f.strip_suffix(".pid"))
-                && let (Ok(replica), Ok(pid)) = (
-                    replica.parse(),
-                    std::fs::read_to_string(entry.path())
-                        .unwrap_or_default()
-                        .trim()
-                        .parse(),
-                )
-            {
-                pids.insert(replica, pid);
-            }
-        }
-        pids
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.operator.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(90), handle).await;
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn manifest(
-    fixture: &Fixture,
-    name: &str,
-    sql: &str,
-    partitions: u32,
-    trigger: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamingQuery
-metadata: {{name: {name}}}
-spec:
-  sources:
-    - name: events
-      file: {{path: "{input}", format: json, maxFilesPerTrigger: 1, partitions: {partitions}}}
-      schema:
-        - {{name: id, type: long}}
-        - {{name: v, type: string}}
-  sql: "{sql}"
-  sink:
-    file: {{path: "{output}", format: parquet}}
-  trigger: {{processingTime: "{trigger}"}}
-  checkpoint: {{location: "{checkpoint}"}}
-{extra}"#,
-        input = fixture.input.display(),
-        output = fixture.output.display(),
-        checkpoint = fixture.checkpoint,
-    )
-}
+/// Columns of the stateless tests' input.
+const ID_V: &[(&str, &str)] = &[("id", "long"), ("v", "string")];
 
 /// (a) + (d): a load step makes the operator scale up within 2 minutes, the backlog drains; when
 /// the load drops it scales back down after the scale-down window; output exactly once; the
@@ -352,11 +39,25 @@ async fn autoscaler_follows_a_load_step() {
         return;
     };
     let fixture = Fixture::new(&servers, "autoscale", |c| {
-        c.metrics_window = Duration::from_secs(6);
+        c.metrics_window = secs(6);
     });
+    let (input, staging, output) = (
+        fixture.folder("input"),
+        fixture.folder("staging"),
+        fixture.folder("output"),
+    );
+    let query = fixture.query("loadstep");
     // One replica: 8 tasks, 4 ms per row => 250 rows/s = 5 files/s; the trigger caps the whole
     // query at 8 files/s (one file per task per second).
-    let extra = r#"  env: [{name: SLUICE_ROW_COST_MICROS, value: "4000"}]
+    query.apply(
+        &Manifest {
+            name: &query.name,
+            source: file_source(&input, 8, ID_V),
+            sql: "SELECT id, v FROM events",
+            output: &output,
+            checkpoint: fixture.checkpoint(&query.name),
+            trigger: "1s",
+            extra: r#"  env: [{name: SLUICE_ROW_COST_MICROS, value: "4000"}]
   parallelism:
     replicas: 1
     autoscale:
@@ -368,23 +69,14 @@ async fn autoscaler_follows_a_load_step() {
       scaleUpStabilization: 4s
       scaleDownWindow: 20s
       cooldown: 10s
-"#;
-    let name = "loadstep";
-    fixture.write(
-        name,
-        &manifest(&fixture, name, "SELECT id, v FROM events", 8, "1s", extra),
+"#,
+        }
+        .yaml(),
     );
-    let producer = Producer::start(&fixture.input, &fixture.staging, 2.0);
-    wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "Running",
-        |s| s.phase == Some(sluice_crds::Phase::Running),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let before = status(&fixture.manifests, name);
+    let producer = FileProducer::start(&input, &staging, 2.0);
+    query.wait("Running", secs(60), is_running).await;
+    tokio::time::sleep(secs(10)).await;
+    let before = query.status();
     assert!(
         before.scaling_history.is_empty(),
         "scaled under a load that fits: {:?}",
@@ -394,24 +86,7 @@ async fn autoscaler_follows_a_load_step() {
     // Step up: 6 files/s = 300 rows/s > 250 rows/s of one replica.
     producer.set_rate(6.0);
     let step = Instant::now();
-    let scaled = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(120),
-        "a scale-up",
-        |s| {
-            s.scaling_history
-                .iter()
-                .any(|d| d.applied && d.to_replicas > d.from_replicas)
-        },
-    )
-    .await;
-    let up = scaled
-        .scaling_history
-        .iter()
-        .find(|d| d.to_replicas > d.from_replicas)
-        .cloned()
-        .expect("scale-up decision");
+    let up = wait_for_scaling(&query, true, secs(120)).await;
     println!(
         "scaled up {} -> {} after {:.1} s: input {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, backlog {:.0} rows, TPR {:.1} rows/s",
         up.from_replicas,
@@ -424,31 +99,13 @@ async fn autoscaler_follows_a_load_step() {
         up.true_processing_rate
     );
     assert!(up.to_replicas >= 2);
-    let running = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "the new replicas Running with a measured downtime",
-        |s| {
-            s.phase == Some(sluice_crds::Phase::Running)
-                && s.replicas == Some(i32::try_from(up.to_replicas).unwrap_or(0))
-                && s.last_rescale_downtime_seconds.is_some()
-        },
-    )
-    .await;
-    let downtime = running.last_rescale_downtime_seconds.unwrap_or(f64::NAN);
-    println!(
-        "RESCALE DOWNTIME (last commit of old generation -> first commit of new): {downtime:.3} s"
-    );
+    print_rescale_downtime(&query, up.to_replicas).await;
     // Backlog drains: lag (unread files) goes back to a few files.
-    wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(90),
-        "the backlog to drain",
-        |s| s.lag.is_some_and(|lag| lag <= 8),
-    )
-    .await;
+    query
+        .wait("the backlog to drain", secs(90), |s| {
+            s.lag.is_some_and(|lag| lag <= 8)
+        })
+        .await;
     println!(
         "backlog drained {:.1} s after the step",
         step.elapsed().as_secs_f64()
@@ -457,30 +114,15 @@ async fn autoscaler_follows_a_load_step() {
     // Step down: 1 file/s fits one replica; after the cool-down and the scale-down window.
     producer.set_rate(1.0);
     let drop = Instant::now();
-    let down = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(120),
-        "a scale-down",
-        |s| {
-            s.scaling_history
-                .iter()
-                .any(|d| d.applied && d.to_replicas < d.from_replicas)
-        },
-    )
-    .await;
+    let down = wait_for_scaling(&query, false, secs(120)).await;
     println!(
-        "scaled down after {:.1} s (window 20 s, cool-down 10 s): {:?}",
+        "scaled down after {:.1} s (window 20 s, cool-down 10 s): {down:?}",
         drop.elapsed().as_secs_f64(),
-        down.scaling_history.last()
     );
-    assert!(
-        drop.elapsed() >= Duration::from_secs(15),
-        "scaled down before the window"
-    );
+    assert!(drop.elapsed() >= secs(15), "scaled down before the window");
     let rows = producer.finish().await;
-    assert_exactly_once(&fixture.output, rows, Duration::from_secs(90)).await;
-    let last = status(&fixture.manifests, name);
+    assert_exactly_once(&output, rows, secs(90)).await;
+    let last = query.status();
     println!(
         "final: replicas {:?}, downtime {:?} s, history {}",
         last.replicas,
@@ -490,133 +132,287 @@ async fn autoscaler_follows_a_load_step() {
     fixture.shutdown().await;
 }
 
-/// (b): a compatible SQL change carries offsets over (no loss, no duplicate); an invalid SQL and
-/// a partition change the checkpoint cannot take are refused while the old generation keeps
-/// running; a broken worker command is rolled back to the last stable spec.
+/// Waits for an applied scale-up (`up`) or scale-down in `status.scalingHistory`; returns it.
+async fn wait_for_scaling(
+    query: &support::Query<'_>,
+    up: bool,
+    timeout: Duration,
+) -> sluice_crds::ScalingDecision {
+    let wanted = |d: &sluice_crds::ScalingDecision| {
+        d.applied && (d.to_replicas > d.from_replicas) == up && d.to_replicas != d.from_replicas
+    };
+    let what = if up { "a scale-up" } else { "a scale-down" };
+    let status = query
+        .wait(what, timeout, |s| s.scaling_history.iter().any(wanted))
+        .await;
+    status
+        .scaling_history
+        .into_iter()
+        .find(wanted)
+        .expect("scaling decision")
+}
+
+/// Waits until `replicas` replicas run after a rescale and prints the measured downtime (last
+/// commit of the old generation → first commit of the new one) from the status.
+async fn print_rescale_downtime(query: &support::Query<'_>, replicas: u32) {
+    let running = query
+        .wait(
+            &format!("{replicas} replicas Running with a measured downtime"),
+            secs(60),
+            |s| {
+                is_running(s)
+                    && s.replicas == i32::try_from(replicas).ok()
+                    && s.last_rescale_downtime_seconds.is_some()
+            },
+        )
+        .await;
+    let downtime = running.last_rescale_downtime_seconds.unwrap_or(f64::NAN);
+    println!(
+        "RESCALE DOWNTIME (last commit of old generation -> first commit of new): {downtime:.3} s"
+    );
+}
+
+/// Input of the stateful upgrade test, phase by phase: `FILES_PER_PHASE` files of
+/// `ROWS_PER_PHASE_FILE` rows; row `id` is from device `d{id % 4}` with `level = id % 3`, and
+/// phase `p` spreads its event times over the first `p + 1` ten-second windows, so window 0
+/// gets rows in every phase.
+const FILES_PER_PHASE: u64 = 2;
+const ROWS_PER_PHASE_FILE: u64 = 40;
+
+struct Reading {
+    id: u64,
+    device: String,
+    level: u64,
+    second: i64,
+}
+
+fn phase_readings(phase: u64) -> Vec<Vec<Reading>> {
+    (0..FILES_PER_PHASE)
+        .map(|file| {
+            (0..ROWS_PER_PHASE_FILE)
+                .map(|row| {
+                    let id = phase * 1000 + file * ROWS_PER_PHASE_FILE + row;
+                    Reading {
+                        id,
+                        device: format!("d{}", id % 4),
+                        level: id % 3,
+                        second: (id % (10 * (phase + 1))) as i64,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Counts per (window, device) a correct engine reports after `phases`, each `(phase, minimum
+/// level)`: the filter of the SQL generation that read that phase.
+fn expected_counts(phases: &[(u64, u64)]) -> WindowCounts {
+    let mut counts = WindowCounts::new();
+    for &(phase, min_level) in phases {
+        for reading in phase_readings(phase).into_iter().flatten() {
+            if reading.level >= min_level {
+                *counts
+                    .entry((reading.second / 10 * 10, reading.device))
+                    .or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// (b): upgrades of a stateful query (count per device per 10-second window, update mode).
+/// A compatible SQL change (another filter on a non-key column, an added output column) keeps
+/// the state: a window that counted N rows before and gets M after reports N + M. A changed
+/// GROUP BY, an invalid SQL and a partition change are refused before the old workers stop and
+/// the old generation keeps counting; a broken worker command is rolled back to the last stable
+/// spec, state intact. Every count is exact at every step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
-async fn upgrades_are_guarded_and_rolled_back() {
-    let Some(servers) = servers("upgrades_are_guarded_and_rolled_back") else {
+async fn stateful_upgrades_keep_window_counts() {
+    let Some(servers) = servers("stateful_upgrades_keep_window_counts") else {
         return;
     };
     let fixture = Fixture::new(&servers, "upgrade", |c| {
-        c.ready_timeout = Duration::from_secs(8);
+        c.ready_timeout = secs(8);
     });
-    let name = "upgrade";
-    let v1 = manifest(&fixture, name, "SELECT id, v FROM events", 2, "500ms", "");
-    fixture.write(name, &v1);
-    let producer = Producer::start(&fixture.input, &fixture.staging, 4.0);
-    let first = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "Running",
-        |s| s.phase == Some(sluice_crds::Phase::Running) && s.last_committed_batch_id.is_some(),
-    )
-    .await;
-    let generation = first.generation.unwrap_or(0);
-
-    // Compatible change: a new column; lastState keeps offsets, so ids continue.
-    let v2 = manifest(
-        &fixture,
-        name,
-        "SELECT id, v, 'v2' AS version FROM events",
-        2,
-        "500ms",
-        "",
+    let (input, staging, output) = (
+        fixture.folder("input"),
+        fixture.folder("staging"),
+        fixture.folder("output"),
     );
-    fixture.write(name, &v2);
-    let upgraded = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "generation +1 Running",
-        |s| s.generation == Some(generation + 1) && s.phase == Some(sluice_crds::Phase::Running),
+    let query = fixture.query("windows");
+    let columns = [
+        ("id", "long"),
+        ("deviceId", "string"),
+        ("level", "long"),
+        ("ts", "timestamp"),
+    ];
+    let spec = |sql: &str, partitions: u32, extra: &str| {
+        Manifest {
+            name: &query.name,
+            source: file_source(&input, partitions, &columns),
+            sql,
+            output: &output,
+            checkpoint: fixture.checkpoint(&query.name),
+            trigger: "500ms",
+            extra: &format!("  sqlScope: stream\n  outputMode: update\n{extra}"),
+        }
+        .yaml()
+    };
+    let feed = |phase: u64| {
+        for (file, readings) in phase_readings(phase).into_iter().enumerate() {
+            let lines: Vec<String> = readings
+                .iter()
+                .map(|r| {
+                    format!(
+                        r#"{{"id": {}, "deviceId": "{}", "level": {}, "ts": "{}"}}"#,
+                        r.id,
+                        r.device,
+                        r.level,
+                        event_time(r.second)
+                    )
+                })
+                .collect();
+            drop_file(
+                &input,
+                &staging,
+                &format!("p{phase}-{file:03}.json"),
+                &lines,
+            );
+        }
+    };
+    let v1_sql = "SELECT window(ts, '10 seconds') AS window, deviceId, count(*) AS n FROM events \
+                  WHERE level >= 0 GROUP BY window(ts, '10 seconds'), deviceId";
+    // Compatible: another filter on a non-key column and one more output column; the stateful
+    // operator (keys window + deviceId, one count) is the same, so `check` accepts the checkpoint.
+    let v2_sql = "SELECT window(ts, '10 seconds') AS window, deviceId, count(*) AS n, 'v2' AS version \
+                  FROM events WHERE level >= 1 GROUP BY window(ts, '10 seconds'), deviceId";
+    let v2 = spec(v2_sql, 1, "");
+
+    query.apply(&spec(v1_sql, 1, ""));
+    feed(0);
+    let first = query.wait_running(secs(60)).await;
+    let generation = first.generation.expect("status.generation");
+    let before = wait_for_counts(
+        &output,
+        &expected_counts(&[(0, 0)]),
+        secs(60),
+        "v1 to count phase 0",
     )
     .await;
+
+    query.apply(&v2);
+    query.wait_generation(generation + 1, secs(60)).await;
     println!(
-        "compatible upgrade: generation {generation} -> {:?}, downtime {:?} s",
-        upgraded.generation, upgraded.last_rescale_downtime_seconds
+        "compatible upgrade: generation {generation} -> {}",
+        generation + 1
     );
-
-    // Invalid SQL: refused before anything stops.
-    let before = output_ids(&fixture.output).len();
-    fixture.write(
-        name,
-        &manifest(&fixture, name, "SELECT nope FROM events", 2, "500ms", ""),
-    );
-    let refused = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(30),
-        "UpgradeRefused",
-        |s| {
-            condition(s, "Degraded")
-                .is_some_and(|(st, reason, _)| st == "True" && reason == "UpgradeRefused")
-        },
+    feed(1);
+    let after = wait_for_counts(
+        &output,
+        &expected_counts(&[(0, 0), (1, 1)]),
+        secs(60),
+        "v2 to add phase 1 to v1's counts",
     )
     .await;
-    println!("refused: {:?}", condition(&refused, "Degraded"));
+    let added = expected_counts(&[(1, 1)]);
+    for device in ["d0", "d1", "d2", "d3"] {
+        let key = (0, device.to_string());
+        let (n, m) = (before[&key], added[&key]);
+        println!(
+            "window [0 s, 10 s) {device}: {n} rows before the upgrade + {m} after = {} reported",
+            after[&key]
+        );
+        assert!(n > 0 && m > 0);
+        assert_eq!(after[&key], n + m, "window counts did not continue");
+    }
+
+    // Incompatible: a changed GROUP BY changes the state's keys; refused against the
+    // checkpoint before anything stops.
+    query.apply(&spec(
+        "SELECT window(ts, '10 seconds') AS window, count(*) AS n FROM events GROUP BY window(ts, '10 seconds')",
+        1,
+        "",
+    ));
+    let refused = query
+        .wait_condition(
+            DEGRADED,
+            "True",
+            "UpgradeRefused",
+            "stateful operators changed",
+            secs(30),
+        )
+        .await;
+    println!(
+        "GROUP BY change refused: {:?}",
+        condition(&refused, DEGRADED)
+    );
     assert_eq!(
         refused.generation,
         Some(generation + 1),
-        "a refused spec must not roll out"
+        "a refused spec rolled out"
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        output_ids(&fixture.output).len() > before,
-        "the old generation stopped producing output after a refused upgrade"
-    );
-
-    // Partition count change: refused against the checkpoint's metadata.
-    fixture.write(
-        name,
-        &manifest(&fixture, name, "SELECT id, v FROM events", 4, "500ms", ""),
-    );
-    let refused = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(30),
-        "partition change refused",
-        |s| {
-            condition(s, "Degraded").is_some_and(|(_, reason, m)| {
-                reason == "UpgradeRefused" && m.contains("partitions")
-            })
-        },
+    feed(2);
+    wait_for_counts(
+        &output,
+        &expected_counts(&[(0, 0), (1, 1), (2, 1)]),
+        secs(60),
+        "the running generation (v2) to keep counting after the refusal",
     )
     .await;
-    assert_eq!(refused.generation, Some(generation + 1));
 
-    // Broken command: the new generation's workers exit at once => rolled back.
-    let broken = v2.replace("spec:\n", "spec:\n  image: /bin/false\n");
-    fixture.write(name, &broken);
-    let rolled = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "rollback",
-        |s| {
-            condition(s, "Degraded").is_some_and(|(_, reason, m)| {
+    // Invalid SQL and a partition change (the checkpoint fixes the task count): refused too.
+    for (manifest, message) in [
+        (
+            spec("SELECT nope FROM events", 1, ""),
+            "No field named nope",
+        ),
+        (spec(v2_sql, 2, ""), "partitions"),
+    ] {
+        query.apply(&manifest);
+        let refused = query
+            .wait_condition(DEGRADED, "True", "UpgradeRefused", message, secs(30))
+            .await;
+        assert_eq!(refused.generation, Some(generation + 1));
+    }
+    feed(3);
+    wait_for_counts(
+        &output,
+        &expected_counts(&[(0, 0), (1, 1), (2, 1), (3, 1)]),
+        secs(60),
+        "the running generation to keep counting after three refusals",
+    )
+    .await;
+
+    // Broken worker command: the new generation never becomes Ready => rolled back; the rolled
+    // back generation continues from the checkpoint with its state.
+    query.apply(&v2.replace("spec:\n", "spec:\n  image: /bin/false\n"));
+    let rolled = query
+        .wait("rollback to the stable spec", secs(60), |s| {
+            condition(s, DEGRADED).is_some_and(|(_, reason, m)| {
                 reason == "SpecRejected" && m.contains("rolling back")
-            }) && s.phase == Some(sluice_crds::Phase::Running)
-        },
-    )
-    .await;
+            }) && is_running(s)
+        })
+        .await;
     println!(
         "rolled back: generation {:?}, {:?}",
         rolled.generation,
-        condition(&rolled, "Degraded")
+        condition(&rolled, DEGRADED)
     );
     assert!(rolled.generation > Some(generation + 1));
-    let before = output_ids(&fixture.output).len();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        output_ids(&fixture.output).len() > before,
-        "no output after the rollback"
+    feed(4);
+    let last = wait_for_counts(
+        &output,
+        &expected_counts(&[(0, 0), (1, 1), (2, 1), (3, 1), (4, 1)]),
+        secs(60),
+        "the rolled-back generation to continue the counts",
+    )
+    .await;
+    println!(
+        "exact window counts after 5 phases and 6 spec changes: {} (window, device) counts, window [0 s, 10 s) d0 = {}",
+        last.len(),
+        last[&(0, "d0".to_string())]
     );
-
-    let rows = producer.finish().await;
-    assert_exactly_once(&fixture.output, rows, Duration::from_secs(60)).await;
     fixture.shutdown().await;
 }
 
@@ -629,58 +425,274 @@ async fn killed_workers_are_restarted_exactly_once() {
         return;
     };
     let fixture = Fixture::new(&servers, "recovery", |_| {});
-    let name = "recovery";
-    fixture.write(
-        name,
-        &manifest(
-            &fixture,
-            name,
-            "SELECT id, v FROM events",
-            4,
-            "300ms",
-            "  parallelism: {replicas: 2}\n",
-        ),
+    let (input, staging, output) = (
+        fixture.folder("input"),
+        fixture.folder("staging"),
+        fixture.folder("output"),
     );
-    let producer = Producer::start(&fixture.input, &fixture.staging, 5.0);
-    wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "Running",
-        |s| s.phase == Some(sluice_crds::Phase::Running) && s.last_committed_batch_id.is_some(),
-    )
-    .await;
+    let query = fixture.query("recovery");
+    query.apply(
+        &Manifest {
+            name: &query.name,
+            source: file_source(&input, 4, ID_V),
+            sql: "SELECT id, v FROM events",
+            output: &output,
+            checkpoint: fixture.checkpoint(&query.name),
+            trigger: "300ms",
+            extra: "  parallelism: {replicas: 2}\n",
+        }
+        .yaml(),
+    );
+    let producer = FileProducer::start(&input, &staging, 5.0);
+    query.wait_running(secs(60)).await;
     let kills = 8u32;
     let started = Instant::now();
     for round in 0..kills {
-        let pids = fixture.pids(name);
-        let replica = round % 2;
-        let pid = *pids.get(&replica).expect("pid file");
+        let pid = *query.pids().get(&(round % 2)).expect("pid file");
         let killed = std::process::Command::new("kill")
             .arg("-9")
             .arg(pid.to_string())
             .status()
             .expect("kill");
         assert!(killed.success(), "kill -9 {pid}");
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(secs(4)).await;
     }
     println!(
         "killed {kills} workers in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    let recovered = wait_status(
-        &fixture.manifests,
-        name,
-        Duration::from_secs(60),
-        "restarts counted and Running",
-        |s| {
-            s.restarts.unwrap_or(0) >= i64::from(kills)
-                && s.phase == Some(sluice_crds::Phase::Running)
-        },
-    )
-    .await;
+    let recovered = query
+        .wait("restarts counted and Running", secs(60), |s| {
+            s.restarts.unwrap_or(0) >= i64::from(kills) && is_running(s)
+        })
+        .await;
     println!("status.restarts = {:?}", recovered.restarts);
     let rows = producer.finish().await;
-    assert_exactly_once(&fixture.output, rows, Duration::from_secs(60)).await;
+    assert_exactly_once(&output, rows, secs(60)).await;
+    fixture.shutdown().await;
+}
+
+/// Devices of the keyed Kafka input; device `d{i}` goes to partition `i % partitions`.
+const DEVICES: u64 = 8;
+/// Keyed record `k`: device `d{k % 8}`, event time `k / 80` s after the origin (100 rows per
+/// device per 10-second window).
+fn keyed_record(k: u64, partitions: u64) -> (String, String, i32) {
+    let device = format!("d{}", k % DEVICES);
+    let value = format!(
+        r#"{{"deviceId": "{device}", "seq": {k}, "ts": "{}"}}"#,
+        event_time((k / 80) as i64)
+    );
+    (device, value, ((k % DEVICES) % partitions) as i32)
+}
+
+/// What a windowed count over records `0..records` must report, per device or (`by_device`
+/// false) per window only.
+fn expected_keyed_counts(records: u64, by_device: bool) -> WindowCounts {
+    let mut counts = WindowCounts::new();
+    for k in 0..records {
+        let device = if by_device {
+            format!("d{}", k % DEVICES)
+        } else {
+            String::new()
+        };
+        *counts
+            .entry(((k / 80) as i64 / 10 * 10, device))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// The `partitionKey` rule (issue 6): a stateful query scales only when its source is
+/// partitioned by a key the GROUP BY contains.
+///
+/// - `bykey` counts per device per window over a 4-partition topic keyed by `deviceId`
+///   (`partitionKey: deviceId`): under a load above one replica's capacity the autoscaler takes
+///   it above 1 replica; the counts are exact (each device's state moves with its task).
+/// - `perwindow`, the same count without `deviceId` in the GROUP BY over a 1-partition topic,
+///   asks for 3 replicas and is held at 1 with `ScalingLimited=True` and the reason in its
+///   `<name>.status.yaml`; its counts are exact too.
+/// - `spread`, that query over the 4-partition topic, cannot run at all (a window's rows are in
+///   every task): refused with `Degraded`, naming `partitionKey`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
+async fn partition_key_decides_whether_a_stateful_query_scales() {
+    let test = "partition_key_decides_whether_a_stateful_query_scales";
+    let Some(servers) = servers(test) else {
+        return;
+    };
+    let Some(kafka) = servers.kafka(test) else {
+        return;
+    };
+    let fixture = Fixture::new(&servers, "partitionkey", |c| {
+        c.metrics_window = secs(6);
+    });
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (keyed, single) = (format!("keyed-{suffix}"), format!("single-{suffix}"));
+    create_topic(&kafka, &keyed, 4).await;
+    create_topic(&kafka, &single, 1).await;
+    let columns = [("deviceId", "string"), ("seq", "long"), ("ts", "timestamp")];
+    let by_device = "SELECT window(ts, '10 seconds') AS window, deviceId, count(*) AS n FROM events \
+                     GROUP BY window(ts, '10 seconds'), deviceId";
+    let per_window = "SELECT window(ts, '10 seconds') AS window, count(*) AS n FROM events \
+                      GROUP BY window(ts, '10 seconds')";
+    let stateful = "  sqlScope: stream\n  outputMode: update\n";
+    let outputs = (fixture.folder("bykey"), fixture.folder("perwindow"));
+
+    // 2400 records (3 windows) on the single partition for `perwindow`, before it starts.
+    let single_records = 2400;
+    let records: Vec<_> = (0..single_records).map(|k| keyed_record(k, 1)).collect();
+    KafkaProducer::new(&kafka, &single).send(&records).await;
+
+    let (bykey, perwindow, spread) = (
+        fixture.query("bykey"),
+        fixture.query("perwindow"),
+        fixture.query("spread"),
+    );
+    // One replica: 5 ms per row and at most 200 records per batch => 200 rows/s.
+    bykey.apply(
+        &Manifest {
+            name: &bykey.name,
+            source: kafka_source(&kafka, &keyed, 200, "deviceId", &columns),
+            sql: by_device,
+            output: &outputs.0,
+            checkpoint: fixture.checkpoint(&bykey.name),
+            trigger: "1s",
+            extra: &format!(
+                r#"{stateful}  env: [{{name: SLUICE_ROW_COST_MICROS, value: "5000"}}]
+  parallelism:
+    replicas: 1
+    autoscale:
+      enabled: true
+      minReplicas: 1
+      maxReplicas: 4
+      targetUtilization: 0.7
+      catchUpDuration: 30s
+      scaleUpStabilization: 4s
+      scaleDownWindow: 10m
+      cooldown: 10s
+"#
+            ),
+        }
+        .yaml(),
+    );
+    perwindow.apply(
+        &Manifest {
+            name: &perwindow.name,
+            source: kafka_source(&kafka, &single, 1000, "deviceId", &columns),
+            sql: per_window,
+            output: &outputs.1,
+            checkpoint: fixture.checkpoint(&perwindow.name),
+            trigger: "1s",
+            extra: &format!("{stateful}  parallelism: {{replicas: 3}}\n"),
+        }
+        .yaml(),
+    );
+    spread.apply(
+        &Manifest {
+            name: &spread.name,
+            source: kafka_source(&kafka, &keyed, 1000, "deviceId", &columns),
+            sql: per_window,
+            output: &fixture.folder("spread"),
+            checkpoint: fixture.checkpoint(&spread.name),
+            trigger: "1s",
+            extra: &format!("{stateful}  parallelism: {{replicas: 2}}\n"),
+        }
+        .yaml(),
+    );
+
+    // 320 rows/s on the keyed topic: above one replica's 200 rows/s, within two replicas'.
+    let producer = {
+        let sender = KafkaProducer::new(&kafka, &keyed);
+        RateLoop::start(320.0, move |range| {
+            let sender = sender.clone();
+            async move {
+                let records: Vec<_> = range.map(|k| keyed_record(k, 4)).collect();
+                sender.send(&records).await;
+            }
+        })
+    };
+    let refused = spread
+        .wait_condition(DEGRADED, "True", "UpgradeRefused", "partitionKey", secs(60))
+        .await;
+    println!(
+        "spread (4 partitions, key not grouped): refused: {:?}",
+        condition(&refused, DEGRADED)
+    );
+    assert!(
+        refused.replicas.unwrap_or(0) == 0,
+        "a refused query runs workers"
+    );
+
+    let step = Instant::now();
+    bykey.wait_running(secs(60)).await;
+    let limited = perwindow
+        .wait("held at 1 replica, ScalingLimited", secs(60), |s| {
+            is_running(s)
+                && s.replicas == Some(1)
+                && condition(s, SCALING_LIMITED).is_some_and(|(st, reason, m)| {
+                    st == "True"
+                        && reason == "StatefulWithoutPartitionKey"
+                        && m.contains("not in the GROUP BY")
+                })
+        })
+        .await;
+    println!(
+        "perwindow (asks for 3 replicas) held at {:?}: {:?}",
+        limited.replicas,
+        condition(&limited, SCALING_LIMITED)
+    );
+
+    let up = wait_for_scaling(&bykey, true, secs(120)).await;
+    println!(
+        "bykey scaled up {} -> {} {:.1} s after the load started: input {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, TPR {:.1} rows/s",
+        up.from_replicas,
+        up.to_replicas,
+        step.elapsed().as_secs_f64(),
+        up.input_rate,
+        up.processed_rate,
+        up.busy_ratio,
+        up.true_processing_rate
+    );
+    assert!(up.to_replicas >= 2);
+    print_rescale_downtime(&bykey, up.to_replicas).await;
+    let scaled = bykey.status();
+    assert_eq!(
+        condition(&scaled, SCALING_LIMITED).map(|(st, ..)| st),
+        Some("False".to_string()),
+        "a query partitioned by a grouped key is not limited"
+    );
+    // A few more seconds of load on the new replicas, then drain and compare every count.
+    tokio::time::sleep(secs(5)).await;
+    let produced = producer.finish().await;
+    let counts = wait_for_counts(
+        &outputs.0,
+        &expected_keyed_counts(produced, true),
+        secs(120),
+        "bykey's exact counts per device and window",
+    )
+    .await;
+    println!(
+        "bykey: {produced} records, {} (window, device) counts exact on {} replicas",
+        counts.len(),
+        up.to_replicas
+    );
+    let counts = wait_for_counts(
+        &outputs.1,
+        &expected_keyed_counts(single_records, false),
+        secs(60),
+        "perwindow's exact counts per window",
+    )
+    .await;
+    println!(
+        "perwindow: {single_records} records, {} window counts exact",
+        counts.len()
+    );
+    let held = perwindow.status();
+    assert_eq!(held.replicas, Some(1));
+    assert!(
+        held.scaling_history.is_empty(),
+        "{:?}",
+        held.scaling_history
+    );
     fixture.shutdown().await;
 }
