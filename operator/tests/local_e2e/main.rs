@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use sluice_crds::conditions::{DEGRADED, SCALING_LIMITED};
 use support::{
-    FileProducer, Fixture, KafkaProducer, Manifest, RateLoop, WindowCounts, assert_exactly_once,
-    condition, create_topic, drop_file, event_time, file_source, is_running, kafka_source, servers,
-    wait_for_counts,
+    FileProducer, Fixture, Folders, KafkaProducer, RateLoop, Spec, WindowCounts,
+    assert_exactly_once, condition, count_windows, create_topic, drop_file, event_time,
+    file_source, is_running, kafka_source, wait_for_counts,
 };
 
 fn secs(seconds: u64) -> Duration {
@@ -29,35 +29,26 @@ fn secs(seconds: u64) -> Duration {
 /// Columns of the stateless tests' input.
 const ID_V: &[(&str, &str)] = &[("id", "long"), ("v", "string")];
 
-/// (a) + (d): a load step makes the operator scale up within 2 minutes, the backlog drains; when
-/// the load drops it scales back down after the scale-down window; output exactly once; the
-/// measured rescale downtime is printed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
-async fn autoscaler_follows_a_load_step() {
-    let Some(servers) = servers("autoscaler_follows_a_load_step") else {
-        return;
-    };
-    let fixture = Fixture::new(&servers, "autoscale", |c| {
-        c.metrics_window = secs(6);
-    });
-    let (input, staging, output) = (
-        fixture.folder("input"),
-        fixture.folder("staging"),
-        fixture.folder("output"),
-    );
-    let query = fixture.query("loadstep");
-    // One replica: 8 tasks, 4 ms per row => 250 rows/s = 5 files/s; the trigger caps the whole
-    // query at 8 files/s (one file per task per second).
-    query.apply(
-        &Manifest {
-            name: &query.name,
-            source: file_source(&input, 8, ID_V),
-            sql: "SELECT id, v FROM events",
-            output: &output,
-            checkpoint: fixture.checkpoint(&query.name),
-            trigger: "1s",
-            extra: r#"  env: [{name: SLUICE_ROW_COST_MICROS, value: "4000"}]
+/// The stateless tests' query: copies `{id, v}` rows from files (`partitions` tasks) to Parquet.
+fn copy_ids<'a>(io: &'a Folders, partitions: u32, trigger: &'a str, extra: String) -> Spec<'a> {
+    Spec {
+        source: file_source(&io.input, partitions, ID_V),
+        sql: "SELECT id, v FROM events",
+        output: &io.output,
+        trigger,
+        extra,
+    }
+}
+
+/// `spec` lines of the stateful tests: Structured Streaming semantics, changed rows each batch.
+const STATEFUL: &str = "  sqlScope: stream\n  outputMode: update\n";
+
+/// `spec` lines of an autoscaled query starting at 1 replica (at most 4) whose rows cost
+/// `row_cost_micros` each per replica (`SLUICE_ROW_COST_MICROS`), with short windows so that a
+/// decision comes within seconds.
+fn autoscaling(row_cost_micros: u32, scale_down_window: &str) -> String {
+    format!(
+        r#"  env: [{{name: SLUICE_ROW_COST_MICROS, value: "{row_cost_micros}"}}]
   parallelism:
     replicas: 1
     autoscale:
@@ -67,13 +58,29 @@ async fn autoscaler_follows_a_load_step() {
       targetUtilization: 0.7
       catchUpDuration: 30s
       scaleUpStabilization: 4s
-      scaleDownWindow: 20s
+      scaleDownWindow: {scale_down_window}
       cooldown: 10s
-"#,
-        }
-        .yaml(),
-    );
-    let producer = FileProducer::start(&input, &staging, 2.0);
+"#
+    )
+}
+
+/// (a) + (d): a load step makes the operator scale up within 2 minutes, the backlog drains; when
+/// the load drops it scales back down after the scale-down window; output exactly once; the
+/// measured rescale downtime is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
+async fn autoscaler_follows_a_load_step() {
+    let Some(fixture) = Fixture::start("autoscaler_follows_a_load_step", |c| {
+        c.metrics_window = secs(6);
+    }) else {
+        return;
+    };
+    let io = fixture.folders();
+    let query = fixture.query("loadstep");
+    // One replica: 8 tasks, 4 ms per row => 250 rows/s = 5 files/s; the trigger caps the whole
+    // query at 8 files/s (one file per task per second).
+    query.apply_spec(&copy_ids(&io, 8, "1s", autoscaling(4000, "20s")));
+    let producer = FileProducer::start(&io.input, &io.staging, 2.0);
     query.wait("Running", secs(60), is_running).await;
     tokio::time::sleep(secs(10)).await;
     let before = query.status();
@@ -86,20 +93,7 @@ async fn autoscaler_follows_a_load_step() {
     // Step up: 6 files/s = 300 rows/s > 250 rows/s of one replica.
     producer.set_rate(6.0);
     let step = Instant::now();
-    let up = wait_for_scaling(&query, true, secs(120)).await;
-    println!(
-        "scaled up {} -> {} after {:.1} s: input {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, backlog {:.0} rows, TPR {:.1} rows/s",
-        up.from_replicas,
-        up.to_replicas,
-        step.elapsed().as_secs_f64(),
-        up.input_rate,
-        up.processed_rate,
-        up.busy_ratio,
-        up.backlog,
-        up.true_processing_rate
-    );
-    assert!(up.to_replicas >= 2);
-    print_rescale_downtime(&query, up.to_replicas).await;
+    wait_for_scale_up(&query, step).await;
     // Backlog drains: lag (unread files) goes back to a few files.
     query
         .wait("the backlog to drain", secs(90), |s| {
@@ -121,7 +115,7 @@ async fn autoscaler_follows_a_load_step() {
     );
     assert!(drop.elapsed() >= secs(15), "scaled down before the window");
     let rows = producer.finish().await;
-    assert_exactly_once(&output, rows, secs(90)).await;
+    assert_exactly_once(&io.output, rows, secs(90)).await;
     let last = query.status();
     println!(
         "final: replicas {:?}, downtime {:?} s, history {}",
@@ -150,6 +144,31 @@ async fn wait_for_scaling(
         .into_iter()
         .find(wanted)
         .expect("scaling decision")
+}
+
+/// Waits (2 minutes at most) for the autoscaler to take `query` above its replica count under a
+/// load that started at `load_since`; prints the decision's inputs and, once the new replicas
+/// run, the measured rescale downtime.
+async fn wait_for_scale_up(
+    query: &support::Query<'_>,
+    load_since: Instant,
+) -> sluice_crds::ScalingDecision {
+    let up = wait_for_scaling(query, true, secs(120)).await;
+    println!(
+        "{} scaled up {} -> {} {:.1} s after the load step: input {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, backlog {:.0} rows, TPR {:.1} rows/s",
+        query.name,
+        up.from_replicas,
+        up.to_replicas,
+        load_since.elapsed().as_secs_f64(),
+        up.input_rate,
+        up.processed_rate,
+        up.busy_ratio,
+        up.backlog,
+        up.true_processing_rate
+    );
+    assert!(up.to_replicas >= 2, "{up:?}");
+    print_rescale_downtime(query, up.to_replicas).await;
+    up
 }
 
 /// Waits until `replicas` replicas run after a rescale and prints the measured downtime (last
@@ -207,17 +226,13 @@ fn phase_readings(phase: u64) -> Vec<Vec<Reading>> {
 /// Counts per (window, device) a correct engine reports after `phases`, each `(phase, minimum
 /// level)`: the filter of the SQL generation that read that phase.
 fn expected_counts(phases: &[(u64, u64)]) -> WindowCounts {
-    let mut counts = WindowCounts::new();
-    for &(phase, min_level) in phases {
-        for reading in phase_readings(phase).into_iter().flatten() {
-            if reading.level >= min_level {
-                *counts
-                    .entry((reading.second / 10 * 10, reading.device))
-                    .or_default() += 1;
-            }
-        }
-    }
-    counts
+    count_windows(phases.iter().flat_map(|&(phase, min_level)| {
+        phase_readings(phase)
+            .into_iter()
+            .flatten()
+            .filter(move |r| r.level >= min_level)
+            .map(|r| (r.second, r.device))
+    }))
 }
 
 /// (b): upgrades of a stateful query (count per device per 10-second window, update mode).
@@ -229,17 +244,16 @@ fn expected_counts(phases: &[(u64, u64)]) -> WindowCounts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
 async fn stateful_upgrades_keep_window_counts() {
-    let Some(servers) = servers("stateful_upgrades_keep_window_counts") else {
+    let Some(fixture) = Fixture::start("stateful_upgrades_keep_window_counts", |c| {
+        c.ready_timeout = secs(8);
+    }) else {
         return;
     };
-    let fixture = Fixture::new(&servers, "upgrade", |c| {
-        c.ready_timeout = secs(8);
-    });
-    let (input, staging, output) = (
-        fixture.folder("input"),
-        fixture.folder("staging"),
-        fixture.folder("output"),
-    );
+    let Folders {
+        input,
+        staging,
+        output,
+    } = fixture.folders();
     let query = fixture.query("windows");
     let columns = [
         ("id", "long"),
@@ -247,17 +261,14 @@ async fn stateful_upgrades_keep_window_counts() {
         ("level", "long"),
         ("ts", "timestamp"),
     ];
-    let spec = |sql: &str, partitions: u32, extra: &str| {
-        Manifest {
-            name: &query.name,
+    let spec = |sql: &str, partitions: u32| {
+        query.manifest(&Spec {
             source: file_source(&input, partitions, &columns),
             sql,
             output: &output,
-            checkpoint: fixture.checkpoint(&query.name),
             trigger: "500ms",
-            extra: &format!("  sqlScope: stream\n  outputMode: update\n{extra}"),
-        }
-        .yaml()
+            extra: STATEFUL.into(),
+        })
     };
     let feed = |phase: u64| {
         for (file, readings) in phase_readings(phase).into_iter().enumerate() {
@@ -287,9 +298,9 @@ async fn stateful_upgrades_keep_window_counts() {
     // operator (keys window + deviceId, one count) is the same, so `check` accepts the checkpoint.
     let v2_sql = "SELECT window(ts, '10 seconds') AS window, deviceId, count(*) AS n, 'v2' AS version \
                   FROM events WHERE level >= 1 GROUP BY window(ts, '10 seconds'), deviceId";
-    let v2 = spec(v2_sql, 1, "");
+    let v2 = spec(v2_sql, 1);
 
-    query.apply(&spec(v1_sql, 1, ""));
+    query.apply(&spec(v1_sql, 1));
     feed(0);
     let first = query.wait_running(secs(60)).await;
     let generation = first.generation.expect("status.generation");
@@ -332,7 +343,6 @@ async fn stateful_upgrades_keep_window_counts() {
     query.apply(&spec(
         "SELECT window(ts, '10 seconds') AS window, count(*) AS n FROM events GROUP BY window(ts, '10 seconds')",
         1,
-        "",
     ));
     let refused = query
         .wait_condition(
@@ -363,11 +373,8 @@ async fn stateful_upgrades_keep_window_counts() {
 
     // Invalid SQL and a partition change (the checkpoint fixes the task count): refused too.
     for (manifest, message) in [
-        (
-            spec("SELECT nope FROM events", 1, ""),
-            "No field named nope",
-        ),
-        (spec(v2_sql, 2, ""), "partitions"),
+        (spec("SELECT nope FROM events", 1), "No field named nope"),
+        (spec(v2_sql, 2), "partitions"),
     ] {
         query.apply(&manifest);
         let refused = query
@@ -421,29 +428,18 @@ async fn stateful_upgrades_keep_window_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
 async fn killed_workers_are_restarted_exactly_once() {
-    let Some(servers) = servers("killed_workers_are_restarted_exactly_once") else {
+    let Some(fixture) = Fixture::start("killed_workers_are_restarted_exactly_once", |_| {}) else {
         return;
     };
-    let fixture = Fixture::new(&servers, "recovery", |_| {});
-    let (input, staging, output) = (
-        fixture.folder("input"),
-        fixture.folder("staging"),
-        fixture.folder("output"),
-    );
+    let io = fixture.folders();
     let query = fixture.query("recovery");
-    query.apply(
-        &Manifest {
-            name: &query.name,
-            source: file_source(&input, 4, ID_V),
-            sql: "SELECT id, v FROM events",
-            output: &output,
-            checkpoint: fixture.checkpoint(&query.name),
-            trigger: "300ms",
-            extra: "  parallelism: {replicas: 2}\n",
-        }
-        .yaml(),
-    );
-    let producer = FileProducer::start(&input, &staging, 5.0);
+    query.apply_spec(&copy_ids(
+        &io,
+        4,
+        "300ms",
+        "  parallelism: {replicas: 2}\n".into(),
+    ));
+    let producer = FileProducer::start(&io.input, &io.staging, 5.0);
     query.wait_running(secs(60)).await;
     let kills = 8u32;
     let started = Instant::now();
@@ -468,7 +464,7 @@ async fn killed_workers_are_restarted_exactly_once() {
         .await;
     println!("status.restarts = {:?}", recovered.restarts);
     let rows = producer.finish().await;
-    assert_exactly_once(&output, rows, secs(60)).await;
+    assert_exactly_once(&io.output, rows, secs(60)).await;
     fixture.shutdown().await;
 }
 
@@ -488,18 +484,14 @@ fn keyed_record(k: u64, partitions: u64) -> (String, String, i32) {
 /// What a windowed count over records `0..records` must report, per device or (`by_device`
 /// false) per window only.
 fn expected_keyed_counts(records: u64, by_device: bool) -> WindowCounts {
-    let mut counts = WindowCounts::new();
-    for k in 0..records {
+    count_windows((0..records).map(|k| {
         let device = if by_device {
             format!("d{}", k % DEVICES)
         } else {
             String::new()
         };
-        *counts
-            .entry(((k / 80) as i64 / 10 * 10, device))
-            .or_default() += 1;
-    }
-    counts
+        ((k / 80) as i64, device)
+    }))
 }
 
 /// The `partitionKey` rule (issue 6): a stateful query scales only when its source is
@@ -517,15 +509,14 @@ fn expected_keyed_counts(records: u64, by_device: bool) -> WindowCounts {
 #[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
 async fn partition_key_decides_whether_a_stateful_query_scales() {
     let test = "partition_key_decides_whether_a_stateful_query_scales";
-    let Some(servers) = servers(test) else {
-        return;
-    };
-    let Some(kafka) = servers.kafka(test) else {
-        return;
-    };
-    let fixture = Fixture::new(&servers, "partitionkey", |c| {
+    let Some(fixture) = Fixture::start(test, |c| {
         c.metrics_window = secs(6);
-    });
+    }) else {
+        return;
+    };
+    let Some(kafka) = fixture.kafka() else {
+        return;
+    };
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let (keyed, single) = (format!("keyed-{suffix}"), format!("single-{suffix}"));
     create_topic(&kafka, &keyed, 4).await;
@@ -535,7 +526,6 @@ async fn partition_key_decides_whether_a_stateful_query_scales() {
                      GROUP BY window(ts, '10 seconds'), deviceId";
     let per_window = "SELECT window(ts, '10 seconds') AS window, count(*) AS n FROM events \
                       GROUP BY window(ts, '10 seconds')";
-    let stateful = "  sqlScope: stream\n  outputMode: update\n";
     let outputs = (fixture.folder("bykey"), fixture.folder("perwindow"));
 
     // 2400 records (3 windows) on the single partition for `perwindow`, before it starts.
@@ -549,56 +539,27 @@ async fn partition_key_decides_whether_a_stateful_query_scales() {
         fixture.query("spread"),
     );
     // One replica: 5 ms per row and at most 200 records per batch => 200 rows/s.
-    bykey.apply(
-        &Manifest {
-            name: &bykey.name,
-            source: kafka_source(&kafka, &keyed, 200, "deviceId", &columns),
-            sql: by_device,
-            output: &outputs.0,
-            checkpoint: fixture.checkpoint(&bykey.name),
-            trigger: "1s",
-            extra: &format!(
-                r#"{stateful}  env: [{{name: SLUICE_ROW_COST_MICROS, value: "5000"}}]
-  parallelism:
-    replicas: 1
-    autoscale:
-      enabled: true
-      minReplicas: 1
-      maxReplicas: 4
-      targetUtilization: 0.7
-      catchUpDuration: 30s
-      scaleUpStabilization: 4s
-      scaleDownWindow: 10m
-      cooldown: 10s
-"#
-            ),
-        }
-        .yaml(),
-    );
-    perwindow.apply(
-        &Manifest {
-            name: &perwindow.name,
-            source: kafka_source(&kafka, &single, 1000, "deviceId", &columns),
-            sql: per_window,
-            output: &outputs.1,
-            checkpoint: fixture.checkpoint(&perwindow.name),
-            trigger: "1s",
-            extra: &format!("{stateful}  parallelism: {{replicas: 3}}\n"),
-        }
-        .yaml(),
-    );
-    spread.apply(
-        &Manifest {
-            name: &spread.name,
-            source: kafka_source(&kafka, &keyed, 1000, "deviceId", &columns),
-            sql: per_window,
-            output: &fixture.folder("spread"),
-            checkpoint: fixture.checkpoint(&spread.name),
-            trigger: "1s",
-            extra: &format!("{stateful}  parallelism: {{replicas: 2}}\n"),
-        }
-        .yaml(),
-    );
+    bykey.apply_spec(&Spec {
+        source: kafka_source(&kafka, &keyed, 200, "deviceId", &columns),
+        sql: by_device,
+        output: &outputs.0,
+        trigger: "1s",
+        extra: format!("{STATEFUL}{}", autoscaling(5000, "10m")),
+    });
+    perwindow.apply_spec(&Spec {
+        source: kafka_source(&kafka, &single, 1000, "deviceId", &columns),
+        sql: per_window,
+        output: &outputs.1,
+        trigger: "1s",
+        extra: format!("{STATEFUL}  parallelism: {{replicas: 3}}\n"),
+    });
+    spread.apply_spec(&Spec {
+        source: kafka_source(&kafka, &keyed, 1000, "deviceId", &columns),
+        sql: per_window,
+        output: &fixture.folder("spread"),
+        trigger: "1s",
+        extra: format!("{STATEFUL}  parallelism: {{replicas: 2}}\n"),
+    });
 
     // 320 rows/s on the keyed topic: above one replica's 200 rows/s, within two replicas'.
     let producer = {
@@ -642,19 +603,7 @@ async fn partition_key_decides_whether_a_stateful_query_scales() {
         condition(&limited, SCALING_LIMITED)
     );
 
-    let up = wait_for_scaling(&bykey, true, secs(120)).await;
-    println!(
-        "bykey scaled up {} -> {} {:.1} s after the load started: input {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, TPR {:.1} rows/s",
-        up.from_replicas,
-        up.to_replicas,
-        step.elapsed().as_secs_f64(),
-        up.input_rate,
-        up.processed_rate,
-        up.busy_ratio,
-        up.true_processing_rate
-    );
-    assert!(up.to_replicas >= 2);
-    print_rescale_downtime(&bykey, up.to_replicas).await;
+    let up = wait_for_scale_up(&bykey, step).await;
     let scaled = bykey.status();
     assert_eq!(
         condition(&scaled, SCALING_LIMITED).map(|(st, ..)| st),

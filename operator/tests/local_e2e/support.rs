@@ -26,11 +26,11 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// The servers and the worker binary the tests need (from `e2e/servers/start.sh`'s `env.sh` and
 /// `e2e/local/run.sh`).
-pub struct Servers {
-    pub bucket: String,
-    pub prometheus: String,
-    pub sd_dir: PathBuf,
-    pub worker_bin: PathBuf,
+struct Servers {
+    bucket: String,
+    prometheus: String,
+    sd_dir: PathBuf,
+    worker_bin: PathBuf,
     kafka: Option<String>,
 }
 
@@ -43,7 +43,7 @@ fn require_servers() -> bool {
 }
 
 /// The servers, or `None` after a loud `SKIPPED` line (a panic under `SLUICE_REQUIRE_SERVERS=1`).
-pub fn servers(test: &str) -> Option<Servers> {
+fn servers(test: &str) -> Option<Servers> {
     match (
         var("SLUICE_TEST_S3_ENDPOINT"),
         var("SLUICE_TEST_PROMETHEUS"),
@@ -71,20 +71,6 @@ pub fn servers(test: &str) -> Option<Servers> {
     }
 }
 
-impl Servers {
-    /// The Kafka bootstrap address, or `None` after a loud `SKIPPED` line.
-    pub fn kafka(&self, test: &str) -> Option<String> {
-        if self.kafka.is_none() {
-            assert!(
-                !require_servers(),
-                "{test}: SLUICE_TEST_KAFKA missing but SLUICE_REQUIRE_SERVERS=1"
-            );
-            eprintln!("SKIPPED {test}: needs SLUICE_TEST_KAFKA (run e2e/local/run.sh)");
-        }
-        self.kafka.clone()
-    }
-}
-
 /// Polls `probe` every [`POLL`] until it returns `Some`; after `timeout` panics with `what` and
 /// the last description `probe` gave of what it saw. Every wait of these tests is this loop.
 pub async fn wait_for<T>(
@@ -109,6 +95,8 @@ pub async fn wait_for<T>(
 /// An operator (`sluice-operator local`, in process) on a temporary manifests folder, plus
 /// folders for inputs and outputs and a fresh S3 checkpoint prefix.
 pub struct Fixture {
+    test: String,
+    kafka: Option<String>,
     dir: tempfile::TempDir,
     pub manifests: PathBuf,
     checkpoint_base: String,
@@ -117,7 +105,13 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    pub fn new(servers: &Servers, test: &str, configure: impl FnOnce(&mut LocalConfig)) -> Self {
+    /// The fixture of `test` (the name in `SKIPPED` lines and checkpoint prefixes), or `None`
+    /// when the servers are missing; `configure` adjusts the operator's settings.
+    pub fn start(test: &str, configure: impl FnOnce(&mut LocalConfig)) -> Option<Self> {
+        servers(test).map(|servers| Self::new(&servers, test, configure))
+    }
+
+    fn new(servers: &Servers, test: &str, configure: impl FnOnce(&mut LocalConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).expect("mkdir");
@@ -136,12 +130,31 @@ impl Fixture {
             let _ = rx.await;
         }));
         Self {
+            test: test.to_string(),
+            kafka: servers.kafka.clone(),
             dir,
             manifests,
             checkpoint_base,
             shutdown: Some(tx),
             operator: Some(handle),
         }
+    }
+
+    /// The Kafka bootstrap address, or `None` after a loud `SKIPPED` line (a panic under
+    /// `SLUICE_REQUIRE_SERVERS=1`).
+    pub fn kafka(&self) -> Option<String> {
+        if self.kafka.is_none() {
+            assert!(
+                !require_servers(),
+                "{}: SLUICE_TEST_KAFKA missing but SLUICE_REQUIRE_SERVERS=1",
+                self.test
+            );
+            eprintln!(
+                "SKIPPED {}: needs SLUICE_TEST_KAFKA (run e2e/local/run.sh)",
+                self.test
+            );
+        }
+        self.kafka.clone()
     }
 
     /// A fresh folder `name` inside the fixture's temporary directory.
@@ -151,15 +164,21 @@ impl Fixture {
         path
     }
 
-    /// The checkpoint location of query `name` (on S3).
-    pub fn checkpoint(&self, name: &str) -> String {
-        format!("{}/{name}", self.checkpoint_base)
+    /// `input`, `staging` and `output` folders (the common layout of a one-query test).
+    pub fn folders(&self) -> Folders {
+        Folders {
+            input: self.folder("input"),
+            staging: self.folder("staging"),
+            output: self.folder("output"),
+        }
     }
 
+    /// Query `name` of this fixture, with its own checkpoint location on S3.
     pub fn query(&self, name: &str) -> Query<'_> {
         Query {
             manifests: &self.manifests,
             name: name.to_string(),
+            checkpoint: format!("{}/{name}", self.checkpoint_base),
         }
     }
 
@@ -174,13 +193,52 @@ impl Fixture {
     }
 }
 
+/// Where a one-query test's files go: `staging` is where input files are written before they
+/// are moved into `input`.
+pub struct Folders {
+    pub input: PathBuf,
+    pub staging: PathBuf,
+    pub output: PathBuf,
+}
+
 /// One StreamingQuery of a fixture: its manifest file and its `<name>.status.yaml`.
 pub struct Query<'a> {
     manifests: &'a Path,
     pub name: String,
+    checkpoint: String,
 }
 
 impl Query<'_> {
+    /// The manifest of `spec` for this query (its name, its checkpoint).
+    pub fn manifest(&self, spec: &Spec<'_>) -> String {
+        format!(
+            r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: {name}}}
+spec:
+  sources:
+{source}
+  sql: "{sql}"
+  sink:
+    file: {{path: "{output}", format: parquet}}
+  trigger: {{processingTime: "{trigger}"}}
+  checkpoint: {{location: "{checkpoint}"}}
+{extra}"#,
+            name = self.name,
+            source = spec.source.trim_end(),
+            sql = spec.sql,
+            output = spec.output.display(),
+            trigger = spec.trigger,
+            checkpoint = self.checkpoint,
+            extra = spec.extra,
+        )
+    }
+
+    /// Writes the manifest of `spec`.
+    pub fn apply_spec(&self, spec: &Spec<'_>) {
+        self.apply(&self.manifest(spec));
+    }
+
     /// Writes (or replaces) the manifest, atomically as an editor's save would.
     pub fn apply(&self, yaml: &str) {
         let tmp = self.manifests.join(format!(".{}.tmp", self.name));
@@ -288,42 +346,15 @@ pub fn condition(status: &StreamingQueryStatus, type_: &str) -> Option<(String, 
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-/// A StreamingQuery manifest; `extra` holds further `spec` lines (two-space indented).
-pub struct Manifest<'a> {
-    pub name: &'a str,
+/// What varies between the tests' queries; `extra` holds further `spec` lines (two-space
+/// indented). The sink is always Parquet files under `output`.
+pub struct Spec<'a> {
     /// The `- name: events ...` entry of `spec.sources`, indented by four spaces.
     pub source: String,
     pub sql: &'a str,
     pub output: &'a Path,
-    pub checkpoint: String,
     pub trigger: &'a str,
-    pub extra: &'a str,
-}
-
-impl Manifest<'_> {
-    pub fn yaml(&self) -> String {
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamingQuery
-metadata: {{name: {name}}}
-spec:
-  sources:
-{source}
-  sql: "{sql}"
-  sink:
-    file: {{path: "{output}", format: parquet}}
-  trigger: {{processingTime: "{trigger}"}}
-  checkpoint: {{location: "{checkpoint}"}}
-{extra}"#,
-            name = self.name,
-            source = self.source.trim_end(),
-            sql = self.sql,
-            output = self.output.display(),
-            trigger = self.trigger,
-            checkpoint = self.checkpoint,
-            extra = self.extra,
-        )
-    }
+    pub extra: String,
 }
 
 /// A file source `events` of JSON lines (one file per task per batch) with `columns` as
@@ -594,6 +625,21 @@ pub const ORIGIN_S: i64 = 1_767_225_600;
 /// RFC 3339 text of `seconds` after [`ORIGIN_S`] (under an hour).
 pub fn event_time(seconds: i64) -> String {
     format!("2026-01-01T00:{:02}:{:02}Z", seconds / 60, seconds % 60)
+}
+
+/// Length of the tests' tumbling windows, seconds.
+pub const WINDOW_S: i64 = 10;
+
+/// Counts rows `(event second after the origin, device)` per tumbling window and device: what a
+/// correct windowed count reports for them.
+pub fn count_windows(rows: impl IntoIterator<Item = (i64, String)>) -> WindowCounts {
+    let mut counts = WindowCounts::new();
+    for (second, device) in rows {
+        *counts
+            .entry((second.div_euclid(WINDOW_S) * WINDOW_S, device))
+            .or_default() += 1;
+    }
+    counts
 }
 
 /// The latest count per window (and device) of an update-mode aggregation written under `dir`:
