@@ -116,10 +116,16 @@ async fn autoscaler_follows_a_load_step() {
     assert!(drop.elapsed() >= secs(15), "scaled down before the window");
     let rows = producer.finish().await;
     assert_exactly_once(&io.output, rows, secs(90)).await;
-    let last = query.status();
+    let last = query
+        .wait("1 replica Running after the scale-down", secs(60), |s| {
+            is_running(s) && s.replicas == Some(1)
+        })
+        .await;
     println!(
-        "final: replicas {:?}, downtime {:?} s, history {}",
+        "final: phase {:?}, ready replicas {:?}, restarts {:?}, downtime {:?} s, history {}",
+        last.phase,
         last.replicas,
+        last.restarts,
         last.last_rescale_downtime_seconds,
         last.scaling_history.len()
     );
