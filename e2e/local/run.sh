@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# e2e of the local backend (issue 6): autoscaling, upgrades, recovery with real S3 and
-# Prometheus. Needs the servers of e2e/servers/start.sh (s3, prometheus) and their env.sh
-# (sourced here when the variables are not set yet). About 2.5 minutes on 2 cores.
+# e2e of the local backend (issue 6): autoscaling, stateful upgrades, the partitionKey scaling
+# rule and recovery with real S3, Prometheus and Kafka. Needs the servers of
+# e2e/servers/start.sh (s3, prometheus, kafka) and their env.sh (sourced here when the
+# variables are not set yet). About 3 minutes on 2 cores (tests), plus the build.
+# Extra arguments go to the test binary, e.g. `e2e/local/run.sh partition_key` runs one test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 run_dir=${SLUICE_RUN_DIR:-/tmp/sluice-servers}
@@ -15,4 +17,4 @@ cargo build -p sluice-worker --bin sluice-worker
 mkdir -p "$run_dir/bin"
 cp "$CARGO_TARGET_DIR/debug/sluice-worker" "$run_dir/bin/sluice-worker-e2e"
 export SLUICE_WORKER_BIN="$run_dir/bin/sluice-worker-e2e"
-exec cargo test -p sluice-operator --test local_e2e -- --ignored --test-threads=1 --nocapture
+exec cargo test -p sluice-operator --test local_e2e -- --ignored --test-threads=1 --nocapture "$@"

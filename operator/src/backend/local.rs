@@ -95,6 +95,23 @@ pub enum CheckOutcome {
 
 pub use crate::scaling::scaling_limit;
 
+/// `query` as the shared plan must see it when [`scaling_limit`] holds it at one replica (known
+/// from the cached `check` report of its spec): `parallelism.replicas` 1 and no autoscaling.
+/// Planned with the count it asks for, a held query would look like a rollout that never
+/// finishes (phase `Scaling`, never `Running`, no stable spec to roll back to).
+fn held_at_one(query: &StreamingQuery, checks: &BTreeMap<String, CheckReport>) -> StreamingQuery {
+    let mut planned = query.clone();
+    let sources: Vec<String> = query.spec.sources.iter().map(|s| s.name.clone()).collect();
+    let held = checks
+        .get(&spec_hash(&query.spec))
+        .is_some_and(|report| scaling_limit(report, &sources).is_some());
+    if held {
+        planned.spec.parallelism.replicas = 1;
+        planned.spec.parallelism.autoscale = None;
+    }
+    planned
+}
+
 /// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.
 pub async fn run_check(
     worker_bin: &Path,
@@ -553,7 +570,7 @@ impl LocalOperator {
             progress: Some(progress.observation.clone()),
         };
         let mut planned = plan::plan(
-            &query,
+            &held_at_one(&query, &runtime.checks),
             validation,
             &observation,
             &self.operator,
@@ -584,7 +601,7 @@ impl LocalOperator {
             let mut rollback = query.clone();
             rollback.spec = stable;
             planned = plan::plan(
-                &rollback,
+                &held_at_one(&rollback, &runtime.checks),
                 validate_spec(&rollback.spec),
                 &observation,
                 &self.operator,
@@ -1386,6 +1403,47 @@ mod tests {
             .partition_keys
             .insert("events".into(), "deviceId".into());
         assert_eq!(scaling_limit(&stateful, &sources), None);
+    }
+
+    #[test]
+    fn a_held_query_is_planned_with_one_replica() {
+        let query = sluice_crds::parse_manifest(
+            r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {name: q}
+spec:
+  sources:
+    - name: events
+      file: {path: "/tmp/in", format: json, partitions: 1}
+      partitionKey: deviceId
+      schema: [{name: deviceId, type: string}]
+  sql: "SELECT count(*) AS n FROM events"
+  sqlScope: stream
+  sink: {console: {}}
+  parallelism:
+    replicas: 3
+    autoscale: {enabled: true, minReplicas: 2, maxReplicas: 4}
+"#,
+        )
+        .expect("manifest");
+        let hash = spec_hash(&query.spec);
+        // Not checked yet: planned as written.
+        assert_eq!(held_at_one(&query, &BTreeMap::new()).spec, query.spec);
+        let mut report = CheckReport {
+            stateful: true,
+            partition_keys: BTreeMap::from([("events".into(), "deviceId".into())]),
+            tasks: 1,
+            ..CheckReport::default()
+        };
+        let mut checks = BTreeMap::from([(hash.clone(), report.clone())]);
+        let held = held_at_one(&query, &checks);
+        assert_eq!(held.spec.parallelism.replicas, 1);
+        assert_eq!(held.spec.parallelism.autoscale, None);
+        assert_eq!(held.spec.sql, query.spec.sql);
+        // The key is grouped: free to scale, planned as written.
+        report.group_by = vec!["deviceId".into()];
+        checks.insert(hash, report);
+        assert_eq!(held_at_one(&query, &checks).spec, query.spec);
     }
 
     #[test]
