@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use arrow::array::{Array, Float64Array, Int64Array};
+use object_store::ObjectStoreExt;
 use sluice_worker::checkpoint::Checkpoint;
 use sluice_worker::ml::ModelState;
 use sluice_worker::sink::memory::read_table;
@@ -580,4 +581,42 @@ async fn bad_model_input_is_a_user_error_naming_the_model() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn predict_with_an_onnx_model_on_s3() {
+    let Some(bucket) = common::s3_bucket("predict_with_an_onnx_model_on_s3") else {
+        return;
+    };
+    let prefix = Location::parse(&format!("s3://{bucket}/{}", common::unique("onnx-model")))
+        .expect("s3 location");
+    let object = prefix.child("trees.onnx");
+    let bytes = std::fs::read(onnx_file("trees.onnx")).expect("read");
+    prefix
+        .store
+        .put(&object, bytes.into())
+        .await
+        .expect("upload");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = scoring_manifest(
+        "onnx_s3",
+        dir.path(),
+        &format!(
+            "[{{name: trees, file: {{path: \"{}/trees.onnx\"}}}}]",
+            prefix.url
+        ),
+        "SELECT predict('trees', a, b) AS p FROM rows",
+    );
+    let result = run_scoring(
+        &manifest,
+        dir.path(),
+        &["{\"a\":30,\"b\":7.0}\n{\"a\":5,\"b\":1.0}\n"],
+    )
+    .await;
+    prefix.store.delete(&object).await.expect("delete");
+    result.expect("run");
+    assert_eq!(
+        scores("onnx_s3", 0),
+        vec![Some(0.5 + 0.375), Some(0.25 + 0.125)]
+    );
 }
