@@ -6,9 +6,9 @@
 //!   graph (`format: onnx` or a `.onnx` path) run by tract once per batch on a `[rows, features]`
 //!   tensor (see [`onnx`] for which output is the score). The file is re-read when its
 //!   modification time or size changes (checked once per batch); when a new version cannot be
-//!   read or parsed, the previous one keeps scoring (warning logged) and the read is retried next
-//!   batch. Features must be numeric, as many as the model takes; a row with a null feature
-//!   scores null.
+//!   read or is not a model, the previous one keeps scoring (warning logged) until a readable
+//!   version appears. Features must be numeric, as many as the model takes; a row with a null
+//!   feature scores null.
 //! - Models learned from the stream (`streamingKMeans`, `streamingLinearRegression`, as MLlib's):
 //!   trained on every micro-batch of their source, per task, AFTER the batch's SQL ran (a row is
 //!   scored by the model as it stood before the row arrived, MLlib's `predictOn` after the previous
@@ -65,7 +65,6 @@ pub enum FileModel {
 impl FileModel {
     /// The score of one row.
     pub fn score(&self, x: &[f64]) -> f64 {
-        // Callers check `x.len() == self.features()`.
         match self {
             Self::Linear {
                 coefficients,
@@ -77,10 +76,8 @@ impl FileModel {
             } => 1.0 / (1.0 + (-(dot(coefficients, x) + intercept)).exp()),
         }
     }
-}
 
-impl FileModel {
-    /// The number of features the model takes.
+    /// The number of features the model takes (`predict` checks it before [`FileModel::score`]).
     pub fn features(&self) -> usize {
         match self {
             Self::Linear { coefficients, .. } | Self::Logistic { coefficients, .. } => {
@@ -101,16 +98,16 @@ pub enum ModelState {
     File {
         model: FileModel,
     },
-    /// An ONNX model file: never checkpointed (it is re-read from its file).
-    #[serde(skip)]
-    Onnx {
-        model: OnnxModel,
-    },
     KMeans {
         state: KMeansState,
     },
     Regression {
         state: RegressionState,
+    },
+    /// An ONNX model file: never checkpointed (it is re-read from its file).
+    #[serde(skip)]
+    Onnx {
+        model: OnnxModel,
     },
 }
 
