@@ -520,6 +520,39 @@ async fn an_onnx_model_file_replaced_between_batches_is_reloaded() {
 }
 
 #[tokio::test]
+async fn a_broken_new_model_version_leaves_the_previous_one_scoring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(onnx_file("linear.onnx"), &model).expect("copy");
+    let manifest = scoring_manifest(
+        "onnx_broken_update",
+        dir.path(),
+        &format!("[{{name: m, file: {{path: \"{}\"}}}}]", model.display()),
+        "SELECT predict('m', a, b) AS score FROM rows",
+    );
+    let row = "{\"a\":30,\"b\":7.0}\n";
+    run_scoring_with(
+        &manifest,
+        dir.path(),
+        &[row, row, row],
+        |batch| match batch {
+            0 => std::fs::write(&model, b"half an upload").expect("break"),
+            1 => std::fs::copy(onnx_file("trees.onnx"), &model)
+                .map(|_| ())
+                .expect("fix"),
+            _ => {}
+        },
+    )
+    .await
+    .expect("a broken update must not stop the query");
+    // Batches 0 and 1 by the linear model (the broken version is skipped), batch 2 by the trees.
+    assert_eq!(
+        scores("onnx_broken_update", 0),
+        vec![Some(57.5), Some(57.5), Some(0.875)]
+    );
+}
+
+#[tokio::test]
 async fn bad_model_input_is_a_user_error_naming_the_model() {
     let dir = tempfile::tempdir().expect("tempdir");
     let linear = onnx_file("linear.onnx");
