@@ -681,6 +681,27 @@ pub struct ModelSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelFileSpec {
     pub path: String,
+    /// `json` (coefficients) or `onnx`; by default `onnx` when `path` ends in `.onnx`, else `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ModelFormat>,
+    /// ONNX only: name of the graph output holding the score; default: the first output of a
+    /// floating-point type (a classifier's probabilities rather than its label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// ONNX only: column of a `[rows, classes]` output taken as the score; default 1 (the
+    /// positive class) for two columns, 0 for one; required for more than two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_index: Option<u32>,
+}
+
+/// Format of a model file; by default `onnx` when the path ends in `.onnx`, else `json`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// `{"type": "linear" | "logistic", "coefficients": [..], "intercept": b}`.
+    Json,
+    /// An ONNX graph (standard and `ai.onnx.ml` operators), run by tract.
+    Onnx,
 }
 
 /// MLlib's `StreamingKMeans`: k centers updated every micro-batch with a forgetting factor.

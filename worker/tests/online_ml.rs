@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use arrow::array::{Array, Float64Array, Int64Array};
+use object_store::ObjectStoreExt;
 use sluice_worker::checkpoint::Checkpoint;
 use sluice_worker::ml::ModelState;
 use sluice_worker::sink::memory::read_table;
@@ -341,5 +342,314 @@ fn kmeans_state_survives_sigkill_and_ends_equal_to_an_uninterrupted_run() {
         &clean,
         1e-12,
         "centers after SIGKILLs vs uninterrupted",
+    );
+}
+
+/// A tiny ONNX model of `tests/data/ml` (made by `make_models.py` there).
+fn onnx_file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/ml")
+        .join(name)
+}
+
+/// A query over the JSON rows in `input` (`a BIGINT`, `b DOUBLE`, `c STRING`), one file per batch,
+/// with `models` (a YAML flow list) and `sql`, writing to memory table `name`.
+fn scoring_manifest(name: &str, dir: &Path, models: &str, sql: &str) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: {name}}}
+spec:
+  sources:
+    - name: rows
+      file: {{path: "{}", format: json, partitions: 1, maxFilesPerTrigger: 1}}
+      schema: [{{name: a, type: long}}, {{name: b, type: double}}, {{name: c, type: string}}]
+  models: {models}
+  sql: {sql}
+  sink: {{memory: {{name: {name}}}}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{}"}}
+"#,
+        dir.join("in").display(),
+        dir.join("ckpt").display()
+    )
+}
+
+/// Writes input files (one per batch), runs the query to the end and returns its first error.
+async fn run_scoring(manifest: &str, dir: &Path, files: &[&str]) -> sluice_worker::Result<()> {
+    run_scoring_with(manifest, dir, files, |_| {}).await
+}
+
+async fn run_scoring_with(
+    manifest: &str,
+    dir: &Path,
+    files: &[&str],
+    mut after_batch: impl FnMut(u64),
+) -> sluice_worker::Result<()> {
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    for (i, text) in files.iter().enumerate() {
+        std::fs::write(input.join(format!("rows-{i:03}.json")), text).expect("write");
+    }
+    let query = sluice_crds::parse_manifest(manifest).expect("manifest");
+    let mut batches = 0;
+    Engine::start(QueryConfig::local(query), Shared::new())
+        .await?
+        .run(|_| {
+            after_batch(batches);
+            batches += 1;
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Column `column` of every row of memory table `name`, in batch order (None for null).
+fn scores(name: &str, column: usize) -> Vec<Option<f64>> {
+    read_table(name)
+        .values()
+        .flatten()
+        .flat_map(|batch| {
+            let scores = batch
+                .column(column)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("scores are DOUBLE")
+                .clone();
+            (0..scores.len())
+                .map(|i| (!scores.is_null(i)).then(|| scores.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn predict_with_an_onnx_linear_model_gives_w_x_plus_b() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = scoring_manifest(
+        "onnx_linear",
+        dir.path(),
+        &format!(
+            "[{{name: lin, file: {{path: \"{}\"}}}}]",
+            onnx_file("linear.onnx").display()
+        ),
+        "SELECT a, b, predict('lin', a, b) AS score FROM rows",
+    );
+    run_scoring(
+        &manifest,
+        dir.path(),
+        &["{\"a\":1,\"b\":2.0}\n{\"a\":-3,\"b\":0.25}\n{\"a\":7,\"b\":null}\n{\"a\":100,\"b\":-8.0}\n"],
+    )
+    .await
+    .expect("run");
+    // linear.onnx: y = 2 a - 0.5 b + 1; a row with a null feature scores null.
+    assert_eq!(
+        scores("onnx_linear", 2),
+        vec![
+            Some(2.0 * 1.0 - 0.5 * 2.0 + 1.0),
+            Some(2.0 * -3.0 - 0.5 * 0.25 + 1.0),
+            None,
+            Some(2.0 * 100.0 - 0.5 * -8.0 + 1.0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn predict_with_an_onnx_tree_ensemble_gives_the_leaf_sums() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trees = onnx_file("trees.onnx");
+    let manifest = scoring_manifest(
+        "onnx_trees",
+        dir.path(),
+        &format!(
+            "[{{name: trees, file: {{path: \"{0}\"}}}}, \
+              {{name: trees_class0, file: {{path: \"{0}\", format: onnx, output: probabilities, classIndex: 0}}}}]",
+            trees.display()
+        ),
+        "SELECT a, b, predict('trees', a, b) AS p, predict('trees_class0', a, b) AS q FROM rows",
+    );
+    run_scoring(
+        &manifest,
+        dir.path(),
+        &[
+            "{\"a\":5,\"b\":1.0}\n{\"a\":10,\"b\":5.0}\n",
+            "{\"a\":30,\"b\":7.0}\n{\"a\":20,\"b\":9.0}\n{\"a\":11,\"b\":4.5}\n",
+        ],
+    )
+    .await
+    .expect("run");
+    // Tree 0: a <= 10 ? 0.25 : 0.5. Tree 1: b < 5 ? 0.125 : (a > 20 ? 0.375 : 0.25).
+    // The positive class's probability is the sum s; class 0's is 1 - s.
+    let expected = [
+        0.25 + 0.125, // a=5 <= 10; b=1 < 5
+        0.25 + 0.25,  // a=10 <= 10 (LEQ boundary); b=5 not < 5, a=10 not > 20
+        0.5 + 0.375,  // a=30 > 10; b=7, a=30 > 20
+        0.5 + 0.25,   // a=20 > 10; b=9, a=20 not > 20 (GT boundary)
+        0.5 + 0.125,  // a=11 > 10; b=4.5 < 5
+    ];
+    assert_eq!(
+        scores("onnx_trees", 2),
+        expected.iter().map(|s| Some(*s)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        scores("onnx_trees", 3),
+        expected.iter().map(|s| Some(1.0 - s)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_onnx_model_file_replaced_between_batches_is_reloaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(onnx_file("linear.onnx"), &model).expect("copy");
+    let manifest = scoring_manifest(
+        "onnx_reload",
+        dir.path(),
+        &format!("[{{name: m, file: {{path: \"{}\"}}}}]", model.display()),
+        "SELECT predict('m', a, b) AS score FROM rows",
+    );
+    let row = "{\"a\":30,\"b\":7.0}\n";
+    run_scoring_with(&manifest, dir.path(), &[row, row], |batch| {
+        if batch == 0 {
+            std::fs::copy(onnx_file("trees.onnx"), &model).expect("replace");
+        }
+    })
+    .await
+    .expect("run");
+    // Batch 0 by the linear model (2·30 − 0.5·7 + 1), batch 1 by the trees (0.5 + 0.375).
+    assert_eq!(scores("onnx_reload", 0), vec![Some(57.5), Some(0.875)]);
+}
+
+#[tokio::test]
+async fn a_broken_new_model_version_leaves_the_previous_one_scoring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(onnx_file("linear.onnx"), &model).expect("copy");
+    let manifest = scoring_manifest(
+        "onnx_broken_update",
+        dir.path(),
+        &format!("[{{name: m, file: {{path: \"{}\"}}}}]", model.display()),
+        "SELECT predict('m', a, b) AS score FROM rows",
+    );
+    let row = "{\"a\":30,\"b\":7.0}\n";
+    run_scoring_with(
+        &manifest,
+        dir.path(),
+        &[row, row, row],
+        |batch| match batch {
+            0 => std::fs::write(&model, b"half an upload").expect("break"),
+            1 => std::fs::copy(onnx_file("trees.onnx"), &model)
+                .map(|_| ())
+                .expect("fix"),
+            _ => {}
+        },
+    )
+    .await
+    .expect("a broken update must not stop the query");
+    // Batches 0 and 1 by the linear model (the broken version is skipped), batch 2 by the trees.
+    assert_eq!(
+        scores("onnx_broken_update", 0),
+        vec![Some(57.5), Some(57.5), Some(0.875)]
+    );
+}
+
+#[tokio::test]
+async fn bad_model_input_is_a_user_error_naming_the_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let linear = onnx_file("linear.onnx");
+    let not_onnx = dir.path().join("broken.onnx");
+    std::fs::write(&not_onnx, b"not a protobuf graph").expect("write");
+    let cases = [
+        (
+            format!(
+                "{{name: gone, file: {{path: \"{}\"}}}}",
+                dir.path().join("missing.onnx").display()
+            ),
+            "predict('gone', a, b)",
+            vec!["model `gone`", "not found"],
+        ),
+        (
+            format!(
+                "{{name: broken, file: {{path: \"{}\"}}}}",
+                not_onnx.display()
+            ),
+            "predict('broken', a, b)",
+            vec!["model `broken`", "not an ONNX model"],
+        ),
+        (
+            format!("{{name: lin, file: {{path: \"{}\"}}}}", linear.display()),
+            "predict('lin', a, b, b)",
+            vec!["model `lin` takes 2 features, got 3"],
+        ),
+        (
+            format!("{{name: lin, file: {{path: \"{}\"}}}}", linear.display()),
+            "predict('lin', a, c)",
+            vec!["model `lin`: feature 2 is of type Utf8", "not a number"],
+        ),
+        (
+            format!(
+                "{{name: lin, file: {{path: \"{}\", output: nope}}}}",
+                linear.display()
+            ),
+            "predict('lin', a, b)",
+            vec!["model `lin`", "no output named `nope`"],
+        ),
+    ];
+    for (i, (model, call, expected)) in cases.iter().enumerate() {
+        let case = dir.path().join(format!("case-{i}"));
+        let manifest = scoring_manifest(
+            &format!("onnx_bad_{i}"),
+            &case,
+            &format!("[{model}]"),
+            &format!("SELECT {call} AS score FROM rows"),
+        );
+        let error = run_scoring(&manifest, &case, &["{\"a\":1,\"b\":2.0,\"c\":\"x\"}\n"])
+            .await
+            .expect_err("bad input must fail the query");
+        assert_eq!(error.class(), sluice_worker::ErrorClass::User, "{error}");
+        let message = error.to_string();
+        for part in expected {
+            assert!(
+                message.contains(part),
+                "case {i}: `{message}` lacks `{part}`"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn predict_with_an_onnx_model_on_s3() {
+    let Some(bucket) = common::s3_bucket("predict_with_an_onnx_model_on_s3") else {
+        return;
+    };
+    let prefix = Location::parse(&format!("s3://{bucket}/{}", common::unique("onnx-model")))
+        .expect("s3 location");
+    let object = prefix.child("trees.onnx");
+    let bytes = std::fs::read(onnx_file("trees.onnx")).expect("read");
+    prefix
+        .store
+        .put(&object, bytes.into())
+        .await
+        .expect("upload");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = scoring_manifest(
+        "onnx_s3",
+        dir.path(),
+        &format!(
+            "[{{name: trees, file: {{path: \"{}/trees.onnx\"}}}}]",
+            prefix.url
+        ),
+        "SELECT predict('trees', a, b) AS p FROM rows",
+    );
+    let result = run_scoring(
+        &manifest,
+        dir.path(),
+        &["{\"a\":30,\"b\":7.0}\n{\"a\":5,\"b\":1.0}\n"],
+    )
+    .await;
+    prefix.store.delete(&object).await.expect("delete");
+    result.expect("run");
+    assert_eq!(
+        scores("onnx_s3", 0),
+        vec![Some(0.5 + 0.375), Some(0.25 + 0.125)]
     );
 }

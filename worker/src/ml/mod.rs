@@ -2,8 +2,13 @@
 //!
 //! - Models trained offline (`models[].file`): a JSON file `{"type": "linear" | "logistic",
 //!   "coefficients": [..], "intercept": b}` scored by `predict('name', x1, x2, ...)` →
-//!   `Float64` (`b + Σ cᵢxᵢ`, passed through the logistic function for `logistic`). The file is
-//!   re-read when its modification time or size changes (checked once per batch).
+//!   `Float64` (`b + Σ cᵢxᵢ`, passed through the logistic function for `logistic`), or an ONNX
+//!   graph (`format: onnx` or a `.onnx` path) run by tract once per batch on a `[rows, features]`
+//!   tensor (see [`onnx`] for which output is the score). The file is re-read when its
+//!   modification time or size changes (checked once per batch); when a new version cannot be
+//!   read or is not a model, the previous one keeps scoring (warning logged) until a readable
+//!   version appears. Features must be numeric, as many as the model takes; a row with a null
+//!   feature scores null.
 //! - Models learned from the stream (`streamingKMeans`, `streamingLinearRegression`, as MLlib's):
 //!   trained on every micro-batch of their source, per task, AFTER the batch's SQL ran (a row is
 //!   scored by the model as it stood before the row arrived, MLlib's `predictOn` after the previous
@@ -17,6 +22,7 @@
 //!   trains from exactly the state the lost run had.
 
 pub mod kmeans;
+pub mod onnx;
 pub mod regression;
 
 use std::collections::BTreeMap;
@@ -34,9 +40,10 @@ use datafusion::logical_expr::{
 };
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
-use sluice_crds::{KMeansTimeUnit, ModelSpec};
+use sluice_crds::{KMeansTimeUnit, ModelFormat, ModelSpec};
 
 use self::kmeans::{Decay, KMeansState, decay_from_half_life};
+use self::onnx::OnnxModel;
 use self::regression::RegressionState;
 use crate::error::{EngineError, Result};
 use crate::storage::Location;
@@ -69,6 +76,15 @@ impl FileModel {
             } => 1.0 / (1.0 + (-(dot(coefficients, x) + intercept)).exp()),
         }
     }
+
+    /// The number of features the model takes (`predict` checks it before [`FileModel::score`]).
+    pub fn features(&self) -> usize {
+        match self {
+            Self::Linear { coefficients, .. } | Self::Logistic { coefficients, .. } => {
+                coefficients.len()
+            }
+        }
+    }
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -79,9 +95,20 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ModelState {
-    File { model: FileModel },
-    KMeans { state: KMeansState },
-    Regression { state: RegressionState },
+    File {
+        model: FileModel,
+    },
+    KMeans {
+        state: KMeansState,
+    },
+    Regression {
+        state: RegressionState,
+    },
+    /// An ONNX model file: never checkpointed (it is re-read from its file).
+    #[serde(skip)]
+    Onnx {
+        model: OnnxModel,
+    },
 }
 
 /// Models of one task, shared with the SQL functions of that task's session.
@@ -89,10 +116,17 @@ pub type ModelTable = Arc<RwLock<BTreeMap<String, ModelState>>>;
 
 struct FileSource {
     name: String,
+    /// The path as the spec gives it, for messages.
+    spec_path: String,
+    format: ModelFormat,
+    output: Option<String>,
+    class_index: Option<u32>,
     location: Location,
     path: object_store::path::Path,
     /// (modified ms, size) of the loaded version.
     version: Option<(i64, u64)>,
+    /// A version that was read and is not a model (not read again).
+    rejected: Option<(i64, u64)>,
 }
 
 /// The models of one task: their state, how to train them, where their files are.
@@ -122,11 +156,31 @@ impl TaskModels {
                     .rsplit_once('/')
                     .unwrap_or((".", file.path.as_str()));
                 let location = Location::parse(if dir.is_empty() { "/" } else { dir })?;
+                let format =
+                    file.format
+                        .unwrap_or(if file.path.to_ascii_lowercase().ends_with(".onnx") {
+                            ModelFormat::Onnx
+                        } else {
+                            ModelFormat::Json
+                        });
+                if format == ModelFormat::Json
+                    && (file.output.is_some() || file.class_index.is_some())
+                {
+                    return Err(EngineError::InvalidQuery(format!(
+                        "model `{}`: `output` and `classIndex` apply to ONNX models only",
+                        spec.name
+                    )));
+                }
                 files.push(FileSource {
                     name: spec.name.clone(),
+                    spec_path: file.path.clone(),
+                    format,
+                    output: file.output.clone(),
+                    class_index: file.class_index,
                     path: location.child(name),
                     location,
                     version: None,
+                    rejected: None,
                 });
             } else if let Some(state) = restored.remove(&spec.name) {
                 table.insert(spec.name.clone(), state);
@@ -235,50 +289,51 @@ impl TaskModels {
                     )?;
                     out.push((format!("{name}_weights"), batch));
                 }
-                ModelState::File { .. } => {}
+                ModelState::File { .. } | ModelState::Onnx { .. } => {}
             }
         }
         Ok(out)
     }
 
-    /// Re-reads model files that changed since they were loaded.
+    /// Re-reads model files that changed since they were loaded. A model that was loaded before
+    /// keeps scoring when its new version cannot be read or parsed (a warning is logged and the
+    /// read retried next batch): a half-written file must not stop the query.
     ///
     /// # Errors
-    /// [`EngineError::Storage`] (retryable) when a file cannot be read; [`EngineError::InvalidQuery`]
-    /// when it is not a model.
+    /// Only for a model not loaded yet: [`EngineError::InvalidQuery`] when its file does not exist
+    /// or is not a model; [`EngineError::Storage`] (retryable) when it cannot be read.
     pub async fn refresh_files(&mut self) -> Result<()> {
         for file in &mut self.files {
-            let meta = file
-                .location
-                .store
-                .head(&file.path)
-                .await
-                .map_err(|e| EngineError::storage(file.path.to_string(), e))?;
-            let version = (meta.last_modified.timestamp_millis(), meta.size);
-            if file.version == Some(version) {
+            let loaded = file.version.is_some();
+            let version = match file_version(file).await {
+                Ok(version) => version,
+                Err(e) if loaded => {
+                    tracing::warn!(model = %file.name, error = %e, "model file not checked; the loaded version keeps scoring");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if file.version == Some(version) || file.rejected == Some(version) {
                 continue;
             }
-            let bytes = file
-                .location
-                .store
-                .get(&file.path)
-                .await
-                .map_err(|e| EngineError::storage(file.path.to_string(), e))?
-                .bytes()
-                .await
-                .map_err(|e| EngineError::storage(file.path.to_string(), e))?;
-            let model: FileModel = serde_json::from_slice(&bytes).map_err(|e| {
-                EngineError::InvalidQuery(format!(
-                    "model `{}` ({}): not a model file: {e}",
-                    file.name, file.path
-                ))
-            })?;
-            tracing::info!(model = %file.name, "loaded model file");
-            self.table
-                .write()
-                .map_err(|_| EngineError::Internal("model table lock poisoned".into()))?
-                .insert(file.name.clone(), ModelState::File { model });
-            file.version = Some(version);
+            match load_file(file).await {
+                Ok(model) => {
+                    tracing::info!(model = %file.name, path = %file.spec_path, "loaded model file");
+                    self.table
+                        .write()
+                        .map_err(|_| EngineError::Internal("model table lock poisoned".into()))?
+                        .insert(file.name.clone(), model);
+                    file.version = Some(version);
+                }
+                Err(e) if loaded => {
+                    tracing::warn!(model = %file.name, error = %e, "model file not reloaded; the previous version keeps scoring");
+                    if !e.is_retryable() {
+                        // Not a model: wait for the next version rather than re-read this one.
+                        file.rejected = Some(version);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -349,7 +404,7 @@ impl TaskModels {
         Ok(self
             .read()?
             .iter()
-            .filter(|(_, s)| !matches!(s, ModelState::File { .. }))
+            .filter(|(_, s)| !matches!(s, ModelState::File { .. } | ModelState::Onnx { .. }))
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect())
     }
@@ -359,6 +414,62 @@ impl TaskModels {
             .read()
             .map_err(|_| EngineError::Internal("model table lock poisoned".into()))
     }
+}
+
+fn storage_error(file: &FileSource, e: object_store::Error) -> EngineError {
+    match e {
+        object_store::Error::NotFound { .. } => EngineError::InvalidQuery(format!(
+            "model `{}`: file {} not found",
+            file.name, file.spec_path
+        )),
+        e => EngineError::storage(format!("model `{}` file {}", file.name, file.spec_path), e),
+    }
+}
+
+/// The (modified ms, size) version of a model file.
+async fn file_version(file: &FileSource) -> Result<(i64, u64)> {
+    let meta = file
+        .location
+        .store
+        .head(&file.path)
+        .await
+        .map_err(|e| storage_error(file, e))?;
+    Ok((meta.last_modified.timestamp_millis(), meta.size))
+}
+
+/// Reads and parses a model file.
+async fn load_file(file: &FileSource) -> Result<ModelState> {
+    let bytes = file
+        .location
+        .store
+        .get(&file.path)
+        .await
+        .map_err(|e| storage_error(file, e))?
+        .bytes()
+        .await
+        .map_err(|e| storage_error(file, e))?;
+    let invalid = |e: String| {
+        EngineError::InvalidQuery(format!("model `{}` ({}): {e}", file.name, file.spec_path))
+    };
+    Ok(match file.format {
+        ModelFormat::Json => ModelState::File {
+            model: serde_json::from_slice(&bytes)
+                .map_err(|e| invalid(format!("not a model file: {e}")))?,
+        },
+        ModelFormat::Onnx => {
+            let (output, class_index) = (file.output.clone(), file.class_index);
+            // Graph analysis and optimisation are CPU work: off the async threads. A panic in
+            // the loader (a malformed graph) ends the blocking task, not the worker.
+            let loaded = tokio::task::spawn_blocking(move || {
+                OnnxModel::load(&bytes, output.as_deref(), class_index)
+            })
+            .await
+            .map_err(|e| invalid(format!("the ONNX loader failed: {e}")))?;
+            ModelState::Onnx {
+                model: loaded.map_err(invalid)?,
+            }
+        }
+    })
 }
 
 fn centers_schema() -> SchemaRef {
@@ -499,6 +610,15 @@ impl ScalarUDFImpl for ModelUdf {
                 ));
             }
         };
+        for (i, feature) in features.iter().enumerate() {
+            let data_type = feature.data_type();
+            if !(data_type.is_numeric() || data_type == DataType::Null) {
+                return Err(plan_error(format!(
+                    "model `{name}`: feature {} is of type {data_type}, not a number",
+                    i + 1
+                )));
+            }
+        }
         let rows = args.number_rows;
         let columns = features
             .iter()
@@ -518,6 +638,24 @@ impl ScalarUDFImpl for ModelUdf {
         let model = table
             .get(&name)
             .ok_or_else(|| plan_error(format!("no model named `{name}`")))?;
+        let takes = match model {
+            ModelState::File { model } => Some(model.features()),
+            ModelState::Onnx { model } => Some(model.features()),
+            _ => None,
+        };
+        if let Some(takes) = takes
+            && takes != columns.len()
+        {
+            return Err(plan_error(format!(
+                "model `{name}` takes {takes} features, got {}",
+                columns.len()
+            )));
+        }
+        if let (ModelFunction::Predict, ModelState::Onnx { model }) = (self.kind, model) {
+            return onnx_scores(model, &columns, rows)
+                .map(|scores| ColumnarValue::Array(Arc::new(scores)))
+                .map_err(|e| plan_error(format!("model `{name}`: {e}")));
+        }
         let mut point = vec![0.0; columns.len()];
         let mut floats = Float64Builder::with_capacity(rows);
         let mut ints = Int64Builder::with_capacity(rows);
@@ -555,6 +693,28 @@ impl ScalarUDFImpl for ModelUdf {
             _ => Arc::new(floats.finish()),
         }))
     }
+}
+
+/// Scores the rows of `columns` with one run of `model` over the rows without a null feature
+/// (a `[rows, features]` tensor); rows with a null feature score null.
+fn onnx_scores(
+    model: &OnnxModel,
+    columns: &[&Float64Array],
+    rows: usize,
+) -> std::result::Result<Float64Array, String> {
+    let complete: Vec<bool> = (0..rows)
+        .map(|i| columns.iter().all(|c| !c.is_null(i)))
+        .collect();
+    let n = complete.iter().filter(|c| **c).count();
+    let mut values = Vec::with_capacity(n * columns.len());
+    for i in (0..rows).filter(|i| complete[*i]) {
+        values.extend(columns.iter().map(|c| c.value(i)));
+    }
+    let mut scores = model.score(n, &values)?.into_iter();
+    Ok(complete
+        .iter()
+        .map(|c| if *c { scores.next() } else { None })
+        .collect())
 }
 
 #[cfg(test)]
