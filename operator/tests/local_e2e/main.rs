@@ -599,7 +599,7 @@ async fn partition_key_decides_whether_a_stateful_query_scales() {
                 && condition(s, SCALING_LIMITED).is_some_and(|(st, reason, m)| {
                     st == "True"
                         && reason == "StatefulWithoutPartitionKey"
-                        && m.contains("not in the GROUP BY")
+                        && m.contains("does not contain the partition key")
                 })
         })
         .await;
