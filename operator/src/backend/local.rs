@@ -22,8 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::conditions::{self, DEGRADED, READY, SCALING_LIMITED};
 use sluice_crds::{
-    AutoscaleMode, Phase, ScalingDecision, StreamingQuery, StreamingQuerySpec,
-    StreamingQueryStatus, validate_spec,
+    AutoscaleMode, Phase, StreamingQuery, StreamingQuerySpec, StreamingQueryStatus, validate_spec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -804,41 +803,15 @@ impl LocalOperator {
                         tracing::debug!(query = %name, ?metrics, ?evaluation, "autoscaler");
                         if let Action::Scale(to) = evaluation.action {
                             let applied = auto.mode == AutoscaleMode::Apply;
-                            let decision = ScalingDecision {
-                                time: Timestamp::now().to_string(),
-                                from_replicas: current,
-                                to_replicas: to,
-                                input_rate: metrics.input_rate.unwrap_or(0.0),
-                                processed_rate: metrics.processed_rate.unwrap_or(0.0),
-                                busy_ratio: metrics.busy_ratio.unwrap_or(0.0),
-                                backlog: metrics.backlog.unwrap_or(0.0),
-                                true_processing_rate: evaluation
-                                    .true_processing_rate
-                                    .unwrap_or(0.0),
+                            let (decision, event) = crate::scaling::decision(
+                                current,
+                                to,
                                 applied,
-                                reason: evaluation.reason.clone(),
-                            };
-                            let note = format!(
-                                "{} {current} -> {to}: {} (λ {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, backlog {:.0} rows, TPR {:.1} rows/s, expected capacity {:.1} rows/s)",
-                                if applied { "scaling" } else { "recommending" },
-                                evaluation.reason,
-                                decision.input_rate,
-                                decision.processed_rate,
-                                decision.busy_ratio,
-                                decision.backlog,
-                                decision.true_processing_rate,
-                                decision.true_processing_rate * f64::from(to),
+                                &evaluation,
+                                &metrics,
+                                Timestamp::now().to_string(),
                             );
-                            events.push(PlannedEvent {
-                                severity: EventSeverity::Normal,
-                                reason: if applied {
-                                    "Autoscaled".into()
-                                } else {
-                                    "ScalingRecommended".into()
-                                },
-                                action: "Autoscale".into(),
-                                note,
-                            });
+                            events.push(event);
                             self.metrics.count_scaling_decision(
                                 query.metadata.namespace.as_deref().unwrap_or("default"),
                                 &name,
