@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{GetResultPayload, ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sluice_crds::{FileFormat, FileSourceSpec, SourceSpec};
@@ -225,45 +225,20 @@ impl SourceTask for FileTask {
         encode_range(&FileRange { files }).map(Some)
     }
 
+    /// Decodes the range's files a few at a time (see [`files_decoded_at_once`]); batches and
+    /// bad records come out in the range's file order whatever order the files finish in.
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
         let range: FileRange = decode_range(&self.source.name, range)?;
+        let reads = range.files.into_iter().map(|file| {
+            let config = Arc::clone(&self.source);
+            async move { read_file(&config, &file).await }
+        });
+        let decoded: Vec<_> = futures::stream::iter(reads)
+            .buffered(files_decoded_at_once())
+            .try_collect()
+            .await?;
         let mut output = ReadOutput::default();
-        for file in &range.files {
-            let location = &self.source.location;
-            let path = location.child(&file.path);
-            let schema = self.source.schema.clone();
-            let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
-            let object = location
-                .store
-                .get(&path)
-                .await
-                .map_err(|e| EngineError::storage(path.to_string(), e))?;
-            // Decoding is CPU-bound: keep it off the async worker threads.
-            let decoded = match self.source.format {
-                FileFormat::Parquet => {
-                    let data = object
-                        .bytes()
-                        .await
-                        .map_err(|e| EngineError::storage(path.to_string(), e))?;
-                    blocking(move || decode_parquet(&schema, &origin, data)).await?
-                }
-                _ => {
-                    // Text is decoded a run of lines at a time as it arrives, never whole.
-                    let decoder =
-                        TextFileDecoder::new(schema, self.source.text_format.clone(), origin);
-                    let range = object.range.clone();
-                    match object.payload {
-                        GetResultPayload::File(file, _) => {
-                            let name = path.to_string();
-                            blocking(move || decode_local_file(decoder, file, range, &name)).await?
-                        }
-                        GetResultPayload::Stream(pieces) => {
-                            decode_stream(decoder, pieces, path.as_ref()).await?
-                        }
-                    }
-                }
-            };
-            let (batches, bad) = decoded;
+        for (batches, bad) in decoded {
             output.batches.extend(batches);
             output.bad_records.extend(bad);
         }
@@ -272,6 +247,54 @@ impl SourceTask for FileTask {
 
     fn backlog(&self) -> Option<u64> {
         Some(self.backlog)
+    }
+}
+
+/// How many files of one range a task decodes at the same time: the cores this process may use
+/// (at most 4). A task with `maxFilesPerTrigger` > 1 then uses idle cores, e.g. a stateful query,
+/// which runs as one task (README, "Stateful streaming"). Memory grows by one 8 MiB read buffer
+/// per extra file; the decoded batches are held until the batch's SQL runs either way.
+fn files_decoded_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Reads and decodes one file of a range into batches of the source schema and bad records.
+async fn read_file(
+    config: &FileConfig,
+    file: &FileEntry,
+) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+    let location = &config.location;
+    let path = location.child(&file.path);
+    let schema = config.schema.clone();
+    let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
+    let object = location
+        .store
+        .get(&path)
+        .await
+        .map_err(|e| EngineError::storage(path.to_string(), e))?;
+    // Decoding is CPU-bound: keep it off the async worker threads.
+    match config.format {
+        FileFormat::Parquet => {
+            let data = object
+                .bytes()
+                .await
+                .map_err(|e| EngineError::storage(path.to_string(), e))?;
+            blocking(move || decode_parquet(&schema, &origin, data)).await
+        }
+        _ => {
+            // Text is decoded a run of lines at a time as it arrives, never whole.
+            let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin);
+            let range = object.range.clone();
+            match object.payload {
+                GetResultPayload::File(file, _) => {
+                    let name = path.to_string();
+                    blocking(move || decode_local_file(decoder, file, range, &name)).await
+                }
+                GetResultPayload::Stream(pieces) => {
+                    decode_stream(decoder, pieces, path.as_ref()).await
+                }
+            }
+        }
     }
 }
 

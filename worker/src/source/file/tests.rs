@@ -149,3 +149,46 @@ async fn frozen_task_ignores_files_added_later() {
             .is_none()
     );
 }
+
+/// Files of one range are decoded concurrently; rows still come out in the range's file order
+/// (the first file here is large, so it finishes decoding last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_reads_in_file_order_though_files_decode_concurrently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big: String = (0..200_000)
+        .map(|i| format!("{{\"id\":\"a{i}\"}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("a.json"), big).expect("write");
+    for name in ["b", "c", "d"] {
+        std::fs::write(
+            dir.path().join(format!("{name}.json")),
+            format!("{{\"id\":\"{name}0\"}}\n{{\"id\":\"{name}1\"}}\n"),
+        )
+        .expect("write");
+    }
+    let (spec, file) = spec(dir.path(), None, 1);
+    let source = FileSource::new(&spec, &file).expect("source");
+    let mut task = source.open(0, &[]).await.expect("open");
+    let range = task
+        .plan(PlanLimit::PerTrigger)
+        .await
+        .expect("plan")
+        .expect("files");
+    let order: Vec<String> = range["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["path"].as_str().unwrap_or_default()[..1].to_string())
+        .collect();
+    let ids = ids(&task.read(&range).await.expect("read"));
+    assert_eq!(ids.len(), 200_006);
+    let mut expected = Vec::new();
+    for name in &order {
+        if name == "a" {
+            expected.extend((0..200_000).map(|i| format!("a{i}")));
+        } else {
+            expected.extend([format!("{name}0"), format!("{name}1")]);
+        }
+    }
+    assert_eq!(ids, expected, "rows in the range's file order {order:?}");
+}
