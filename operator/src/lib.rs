@@ -9,6 +9,7 @@
 //! * [`progress`] — the workers' `/progress` summed into status figures.
 //! * [`scaling`] — the stateful scaling limit and the autoscaler step of a reconcile.
 //! * [`checkpoint`] — checkpoint location resolution, ownership claim, retention.
+//! * [`clients`] — `sluice-worker check`, HTTP to workers and Prometheus.
 //! * [`controller`] — the kube-runtime controller, finalizer, error policy.
 //! * [`leader`] — Lease-based leader election.
 //! * [`metrics`] — the operator's own `/metrics` and `/healthz`.
@@ -17,6 +18,7 @@
 pub mod autoscaler;
 pub mod backend;
 pub mod checkpoint;
+pub mod clients;
 pub mod controller;
 pub mod error;
 pub mod leader;

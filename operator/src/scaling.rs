@@ -6,7 +6,7 @@
 //! `sluice-worker check` ([`QueryInspector`]); the rates come from Prometheus ([`MetricsSource`]).
 //! Both are traits so tests can stand in for them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
 use sluice_crds::conditions::{self, SCALING_LIMITED};
 use sluice_crds::{AutoscaleMode, Phase, ScalingDecision, StreamingQuery};
 
@@ -25,17 +24,7 @@ use crate::plan::{EventSeverity, Plan, PlannedEvent, SpecChange, WorkersAction};
 /// Entries kept in `status.scalingHistory`.
 pub const SCALING_HISTORY: usize = 20;
 
-/// What `sluice-worker check` reports about a valid query.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckReport {
-    pub stateful: bool,
-    #[serde(default)]
-    pub group_by: Vec<String>,
-    #[serde(default)]
-    pub partition_keys: BTreeMap<String, String>,
-    pub tasks: u32,
-}
+pub use crate::clients::CheckReport;
 
 /// The rule of issue 6: a stateful query scales only when every source's `partitionKey` is one of
 /// the GROUP BY columns (then each key's state lives in exactly one task). Returns the reason
@@ -66,15 +55,9 @@ pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<String>
     None
 }
 
-/// Outcome of inspecting a query's SQL.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Inspection {
-    Valid(CheckReport),
-    /// The planner refused the query (the message says why).
-    Refused(String),
-    /// Could not inspect (binary missing, store unreachable): try again on the next reconcile.
-    Unknown(String),
-}
+/// Outcome of inspecting a query's SQL: `Valid`, `Refused` (the planner said why) or `Unknown`
+/// (could not inspect: try again on the next reconcile).
+pub type Inspection = crate::clients::CheckOutcome;
 
 /// Tells what a query's SQL does (the worker's planner).
 pub trait QueryInspector: Send + Sync {
@@ -95,13 +78,9 @@ impl QueryInspector for WorkerCheck {
             if let Err(e) = tokio::fs::write(&path, manifest_yaml).await {
                 return Inspection::Unknown(format!("cannot write {}: {e}", path.display()));
             }
-            let outcome = crate::backend::local::run_check(&self.worker_bin, &path, None).await;
+            let outcome = crate::clients::run_check(&self.worker_bin, &path, None).await;
             let _ = tokio::fs::remove_file(&path).await;
-            match outcome {
-                crate::backend::local::CheckOutcome::Valid(report) => Inspection::Valid(report),
-                crate::backend::local::CheckOutcome::Refused(m) => Inspection::Refused(m),
-                crate::backend::local::CheckOutcome::Unknown(m) => Inspection::Unknown(m),
-            }
+            outcome
         })
     }
 }
@@ -148,7 +127,7 @@ impl MetricsSource for PrometheusMetrics {
             let window = format!("{}s", self.window.as_secs().max(2));
             let mut values = Vec::new();
             for promql in prometheus_queries(&target.namespace, &target.name, &window) {
-                match crate::backend::local::prometheus_scalar(&self.url, &promql).await {
+                match crate::clients::prometheus_scalar(&self.url, &promql).await {
                     Ok(value) => values.push(value),
                     Err(e) => {
                         tracing::warn!(query = %target.name, error = %e, %promql, "prometheus query failed");

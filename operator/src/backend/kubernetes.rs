@@ -34,7 +34,7 @@ use kube::{Client, Resource};
 use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
 use super::Backend;
-use super::local::http;
+use crate::clients::http;
 use crate::error::{Error, Result};
 use crate::plan::{DesiredWorkers, EventSeverity, PlannedEvent, WorkersObservation, child_name};
 use crate::progress::WorkerProgress;

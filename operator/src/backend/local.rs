@@ -24,7 +24,6 @@ use sluice_crds::conditions::{self, DEGRADED, READY, SCALING_LIMITED};
 use sluice_crds::{
     AutoscaleMode, Phase, StreamingQuery, StreamingQuerySpec, StreamingQueryStatus, validate_spec,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use crate::autoscaler::{self, Action, Policy};
@@ -80,17 +79,8 @@ impl LocalConfig {
     }
 }
 
+use crate::clients::{CheckOutcome, http, prometheus_scalar, run_check};
 pub use crate::scaling::CheckReport;
-
-/// Outcome of running `sluice-worker check`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum CheckOutcome {
-    Valid(CheckReport),
-    /// Exit 2: the manifest, SQL or its fit with the checkpoint is invalid.
-    Refused(String),
-    /// Anything else (store unreachable, binary missing): try again later.
-    Unknown(String),
-}
 
 pub use crate::scaling::scaling_limit;
 
@@ -109,120 +99,6 @@ fn held_at_one(query: &StreamingQuery, checks: &BTreeMap<String, CheckReport>) -
         planned.spec.parallelism.autoscale = None;
     }
     planned
-}
-
-/// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.
-pub async fn run_check(
-    worker_bin: &Path,
-    manifest: &Path,
-    checkpoint: Option<&str>,
-) -> CheckOutcome {
-    let mut command = Command::new(worker_bin);
-    command.arg("check").arg(manifest);
-    if let Some(location) = checkpoint {
-        command.arg("--checkpoint").arg(location);
-    }
-    command.env("RUST_LOG", "error");
-    match command.output().await {
-        Ok(output) => {
-            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-            match output.status.code() {
-                Some(0) => match serde_json::from_slice(&output.stdout) {
-                    Ok(report) => CheckOutcome::Valid(report),
-                    Err(e) => CheckOutcome::Unknown(format!("unreadable check report: {e}")),
-                },
-                Some(2) => CheckOutcome::Refused(
-                    stderr
-                        .trim_start_matches("error: ")
-                        .lines()
-                        .next()
-                        .unwrap_or("invalid")
-                        .to_string(),
-                ),
-                _ => CheckOutcome::Unknown(stderr),
-            }
-        }
-        Err(e) => CheckOutcome::Unknown(format!("cannot run {}: {e}", worker_bin.display())),
-    }
-}
-
-/// A minimal HTTP/1.0 client for 127.0.0.1 endpoints (workers, Prometheus): no TLS, no
-/// keep-alive, the body is read to the end of the connection.
-///
-/// # Errors
-/// A message for connection failures, timeouts and non-2xx answers.
-pub async fn http(
-    method: &str,
-    url: &str,
-    timeout: Duration,
-) -> std::result::Result<String, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
-    let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    let mut target = parsed.path().to_string();
-    if let Some(query) = parsed.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let request = format!(
-            "{method} {target} HTTP/1.0\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(response)
-    };
-    let response = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("{url}: timed out"))??;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .unwrap_or(0);
-    if (200..300).contains(&code) {
-        Ok(body.to_string())
-    } else {
-        Err(format!("{url}: HTTP {code}: {}", body.trim()))
-    }
-}
-
-/// One instant query to Prometheus' `/api/v1/query`; `None` when the result is empty or NaN.
-///
-/// # Errors
-/// Transport errors and non-success answers.
-pub async fn prometheus_scalar(
-    base: &str,
-    promql: &str,
-) -> std::result::Result<Option<f64>, String> {
-    let encoded: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
-    let body = http(
-        "GET",
-        &format!(
-            "{}/api/v1/query?query={encoded}",
-            base.trim_end_matches('/')
-        ),
-        Duration::from_secs(3),
-    )
-    .await?;
-    let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    Ok(value
-        .pointer("/data/result/0/value/1")
-        .and_then(|v| v.as_str())
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite()))
 }
 
 pub use crate::progress::commit_ms;
@@ -1428,33 +1304,5 @@ spec:
         let start: Timestamp = "2026-11-21T10:00:00.500Z".parse().expect("ts");
         assert_eq!(commit_ms(&progress), Some(start.as_millisecond() + 250));
         assert_eq!(commit_ms(&serde_json::json!({})), None);
-    }
-
-    #[tokio::test]
-    async fn http_client_reads_status_and_body() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            for answer in [
-                "HTTP/1.0 200 OK\r\n\r\n{\"ok\":1}",
-                "HTTP/1.0 503 Nope\r\n\r\ndown",
-            ] {
-                let (mut socket, _) = listener.accept().await.expect("accept");
-                let mut buf = [0u8; 1024];
-                let _ = socket.read(&mut buf).await;
-                socket.write_all(answer.as_bytes()).await.expect("write");
-            }
-        });
-        let url = format!("http://127.0.0.1:{port}/x?q=1");
-        assert_eq!(
-            http("GET", &url, Duration::from_secs(2)).await.as_deref(),
-            Ok("{\"ok\":1}")
-        );
-        let err = http("GET", &url, Duration::from_secs(2))
-            .await
-            .expect_err("503");
-        assert!(err.contains("503"), "{err}");
     }
 }

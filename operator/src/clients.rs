@@ -1,0 +1,183 @@
+//! The small clients the operator talks through, shared by both backends and the autoscaler:
+//! `sluice-worker check` (the engine's own validation of a spec), a minimal HTTP/1.0 client for
+//! the workers' `/progress` and `/stop` and for Prometheus, and Prometheus instant queries.
+//!
+//! They live apart from the backends so that `scaling` (used by both) depends on neither.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// What `sluice-worker check` reports about a valid query (its JSON on stdout; the worker's
+/// `check::CheckReport`, of which the operator reads these fields).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub stateful: bool,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default)]
+    pub partition_keys: BTreeMap<String, String>,
+    pub tasks: u32,
+}
+
+/// Outcome of running `sluice-worker check`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckOutcome {
+    Valid(CheckReport),
+    /// Exit 2: the manifest, SQL or its fit with the checkpoint is invalid.
+    Refused(String),
+    /// Anything else (store unreachable, binary missing): try again later.
+    Unknown(String),
+}
+
+/// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.
+pub async fn run_check(
+    worker_bin: &Path,
+    manifest: &Path,
+    checkpoint: Option<&str>,
+) -> CheckOutcome {
+    let mut command = Command::new(worker_bin);
+    command.arg("check").arg(manifest);
+    if let Some(location) = checkpoint {
+        command.arg("--checkpoint").arg(location);
+    }
+    command.env("RUST_LOG", "error");
+    match command.output().await {
+        Ok(output) => {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            match output.status.code() {
+                Some(0) => match serde_json::from_slice(&output.stdout) {
+                    Ok(report) => CheckOutcome::Valid(report),
+                    Err(e) => CheckOutcome::Unknown(format!("unreadable check report: {e}")),
+                },
+                Some(2) => CheckOutcome::Refused(
+                    stderr
+                        .trim_start_matches("error: ")
+                        .lines()
+                        .next()
+                        .unwrap_or("invalid")
+                        .to_string(),
+                ),
+                _ => CheckOutcome::Unknown(stderr),
+            }
+        }
+        Err(e) => CheckOutcome::Unknown(format!("cannot run {}: {e}", worker_bin.display())),
+    }
+}
+
+/// A minimal HTTP/1.0 client for 127.0.0.1 endpoints (workers, Prometheus): no TLS, no
+/// keep-alive, the body is read to the end of the connection.
+///
+/// # Errors
+/// A message for connection failures, timeouts and non-2xx answers.
+pub async fn http(
+    method: &str,
+    url: &str,
+    timeout: Duration,
+) -> std::result::Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let mut target = parsed.path().to_string();
+    if let Some(query) = parsed.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "{method} {target} HTTP/1.0\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(response)
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{url}: timed out"))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(0);
+    if (200..300).contains(&code) {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{url}: HTTP {code}: {}", body.trim()))
+    }
+}
+
+/// One instant query to Prometheus' `/api/v1/query`; `None` when the result is empty or NaN.
+///
+/// # Errors
+/// Transport errors and non-success answers.
+pub async fn prometheus_scalar(
+    base: &str,
+    promql: &str,
+) -> std::result::Result<Option<f64>, String> {
+    let encoded: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+    let body = http(
+        "GET",
+        &format!(
+            "{}/api/v1/query?query={encoded}",
+            base.trim_end_matches('/')
+        ),
+        Duration::from_secs(3),
+    )
+    .await?;
+    let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    Ok(value
+        .pointer("/data/result/0/value/1")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn http_client_reads_status_and_body() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.0 200 OK\r\n\r\n{\"ok\":1}",
+                "HTTP/1.0 503 Nope\r\n\r\ndown",
+            ] {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                socket.write_all(answer.as_bytes()).await.expect("write");
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/x?q=1");
+        assert_eq!(
+            http("GET", &url, Duration::from_secs(2)).await.as_deref(),
+            Ok("{\"ok\":1}")
+        );
+        let err = http("GET", &url, Duration::from_secs(2))
+            .await
+            .expect_err("503");
+        assert!(err.contains("503"), "{err}");
+    }
+}
