@@ -990,21 +990,15 @@ impl LocalOperator {
         let window = format!("{}s", self.config.metrics_window.as_secs().max(2));
         if let Some(base) = &self.config.prometheus {
             let namespace = "default";
-            let selector = format!("query=\"{}\",namespace=\"{namespace}\"", runtime.name);
             let query = |q: String| async move { prometheus_scalar(base, &q).await };
-            let processed = query(format!(
-                "sum(rate(sluice_processed_rows_total{{{selector}}}[{window}]))"
-            ))
-            .await;
-            let busy = query(format!(
-                "sum(rate(sluice_batch_busy_seconds_total{{{selector}}}[{window}]))"
-            ))
-            .await;
-            let backlog = query(format!("sum(sluice_source_backlog_rows{{{selector}}})")).await;
-            let growth = query(format!(
-                "deriv(sum(sluice_source_backlog_rows{{{selector}}})[{window}:1s])"
-            ))
-            .await;
+            // The Kubernetes backend's four queries, plus the batch rate for the file backlog unit.
+            let [processed, busy, backlog, growth] =
+                crate::scaling::prometheus_queries(namespace, &runtime.name, &window);
+            let processed = query(processed).await;
+            let busy = query(busy).await;
+            let backlog = query(backlog).await;
+            let growth = query(growth).await;
+            let selector = format!("query=\"{}\",namespace=\"{namespace}\"", runtime.name);
             let batches = query(format!(
                 "sum(rate(sluice_batch_duration_seconds_count{{{selector}}}[{window}]))"
             ))
