@@ -905,11 +905,7 @@ impl LocalOperator {
             return summary;
         };
         let mut ready = 0;
-        let mut input = 0.0;
-        let mut processed = 0.0;
-        let mut lag = 0i64;
-        let mut batch: Option<i64> = None;
-        let mut first_commits = Vec::new();
+        let mut answers = Vec::new();
         for worker in &deployment.workers {
             let base = format!("http://127.0.0.1:{}", worker.port);
             if http(
@@ -934,41 +930,28 @@ impl LocalOperator {
             let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
                 continue;
             };
-            if let Some(latest) = value.get("latest").filter(|l| !l.is_null()) {
-                input += latest
-                    .get("inputRowsPerSecond")
-                    .and_then(serde_json::Value::as_f64)
-                    .unwrap_or(0.0);
-                processed += latest
-                    .get("processedRowsPerSecond")
-                    .and_then(serde_json::Value::as_f64)
-                    .unwrap_or(0.0);
-                if let Some(sources) = latest.get("sources").and_then(|s| s.as_array()) {
-                    lag += sources
-                        .iter()
-                        .filter_map(|s| s.get("backlog").and_then(serde_json::Value::as_i64))
-                        .sum::<i64>();
-                }
-                if let Some(id) = latest.get("batchId").and_then(serde_json::Value::as_i64) {
-                    batch = Some(batch.map_or(id, |b: i64| b.max(id)));
-                }
-            }
-            if let Some(recent) = value.get("recent").and_then(|r| r.as_array()) {
-                if let Some(first) = recent.first().and_then(commit_ms) {
-                    first_commits.push(first);
-                }
-                summary.recent.push(recent.clone());
-            }
+            answers.push(value);
         }
         deployment.ready = ready;
-        summary.first_commit_ms = first_commits.into_iter().min();
-        summary.observation = plan::ProgressObservation {
-            input_rows_per_second: Some(input),
-            processed_rows_per_second: Some(processed),
-            last_committed_batch_id: batch,
-            lag: Some(lag),
-            watermark: None,
-        };
+        summary.first_commit_ms = answers
+            .iter()
+            .filter_map(|a| a.pointer("/recent/0").and_then(commit_ms))
+            .min();
+        summary.recent = answers
+            .iter()
+            .filter_map(|a| a.get("recent").and_then(|r| r.as_array()).cloned())
+            .collect();
+        // The same sums as the Kubernetes backend's status; before any commit the local status
+        // shows zero rates (a local run starts from nothing, there are no earlier figures to keep).
+        summary.observation = crate::progress::summarize(&answers)
+            .map(|p| p.observation)
+            .unwrap_or(plan::ProgressObservation {
+                input_rows_per_second: Some(0.0),
+                processed_rows_per_second: Some(0.0),
+                last_committed_batch_id: None,
+                lag: Some(0),
+                watermark: None,
+            });
         summary
     }
 
