@@ -705,10 +705,22 @@ fn kafka_hook() -> Vec<String> {
         Ok(output) => {
             let text = String::from_utf8_lossy(&output.stdout);
             print!("{text}");
-            text.lines()
+            let mut notes: Vec<String> = text
+                .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| format!("bench_kafka: {l}"))
-                .collect()
+                .collect();
+            if !output.status.success() {
+                // Say why in the report (e.g. no `$SLUICE_TEST_KAFKA`), not only on a terminal.
+                let errors = String::from_utf8_lossy(&output.stderr);
+                eprint!("{errors}");
+                notes.push(format!(
+                    "bench_kafka failed ({}): {}",
+                    output.status,
+                    errors.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
+                ));
+            }
+            notes
         }
         Err(e) => vec![format!("bench_kafka failed to start: {e}")],
     }

@@ -5,6 +5,9 @@
 //! - end-to-end latency p50/p99 (ms) at `--rate` rows/s (default 1,000) with the default trigger and
 //!   with `continuous`: each input value carries its send time (µs since the epoch); latency = time
 //!   the output record is consumed − send time;
+//! - the same latency for a no-op relay (consume → produce, no query, the worker's client
+//!   settings): the broker's own floor for a path with two hops, printed beside the worker's figures
+//!   so that they can be read against it;
 //! - max throughput (rows/s): `--throughput-rows` records produced first, then one `availableNow`
 //!   run; rows / wall time of the run (including the worker's start, so a lower bound).
 //!
@@ -22,7 +25,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 #[derive(Parser, Debug)]
@@ -51,6 +54,12 @@ struct Args {
     /// record in a request of its own.
     #[arg(long, default_value_t = 5)]
     linger_ms: u32,
+    /// Extra librdkafka options for the worker's Kafka source, `key=value` (repeatable).
+    #[arg(long = "source-option")]
+    source_options: Vec<String>,
+    /// Extra librdkafka options for the worker's Kafka sink, `key=value` (repeatable).
+    #[arg(long = "sink-option")]
+    sink_options: Vec<String>,
 }
 
 fn now_us() -> i64 {
@@ -101,13 +110,22 @@ fn consumer(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
     Ok(consumer)
 }
 
-fn manifest(
-    dir: &Path,
-    bootstrap: &str,
-    input: &str,
-    output: &str,
-    trigger: &str,
-) -> Result<PathBuf> {
+/// `key=value` pairs as a YAML flow mapping of strings: `{"k": "v", ...}`.
+fn options_yaml(pairs: &[String]) -> Result<String> {
+    let mut entries = Vec::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("option `{pair}` is not key=value"))?;
+        entries.push(format!("{key:?}: {value:?}"));
+    }
+    Ok(format!("{{{}}}", entries.join(", ")))
+}
+
+fn manifest(dir: &Path, args: &Args, input: &str, output: &str, trigger: &str) -> Result<PathBuf> {
+    let bootstrap = &args.bootstrap;
+    let source_options = options_yaml(&args.source_options)?;
+    let sink_options = options_yaml(&args.sink_options)?;
     let path = dir.join(format!("{input}.yaml"));
     std::fs::write(
         &path,
@@ -118,10 +136,10 @@ metadata: {{name: bench-kafka}}
 spec:
   sources:
     - name: events
-      kafka: {{bootstrapServers: "{bootstrap}", topic: {input}}}
+      kafka: {{bootstrapServers: "{bootstrap}", topic: {input}, options: {source_options}}}
   sql: SELECT key, value FROM events WHERE CAST(value AS VARCHAR) NOT LIKE 'drop%'
   sink:
-    kafka: {{bootstrapServers: "{bootstrap}", topic: {output}}}
+    kafka: {{bootstrapServers: "{bootstrap}", topic: {output}, options: {sink_options}}}
   trigger: {trigger}
   checkpoint: {{location: "{ckpt}"}}
 "#,
@@ -150,14 +168,96 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// What carries the records from the input topic to the output topic in a latency run.
+enum Pipeline<'a> {
+    /// The worker binary running the filter query with this trigger (YAML).
+    Worker { binary: &'a Path, trigger: &'a str },
+    /// The broker's floor: a consumer that hands every record to a producer at once and waits for
+    /// its acknowledgement, with no query in between, using the worker's client settings.
+    Relay,
+}
+
+/// A running [`Pipeline`]; stopped (killed / joined) on drop.
+enum Running {
+    Worker(Child),
+    Relay {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        match self {
+            Running::Worker(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Relay { stop, thread } => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+}
+
+/// Starts the no-op relay from `input` to `output`: poll what has arrived (waiting at most 5 ms,
+/// the worker source's `fetch.wait.max.ms`), produce each record, flush (wait for the acks, as the
+/// worker's sink does before a commit). Producer `linger.ms` 1, as the worker's sink.
+fn start_relay(bootstrap: &str, input: &str, output: &str) -> Result<Running> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-bench-relay")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(input, 0, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "1")
+        .create()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = std::sync::Arc::clone(&stop);
+    let output = output.to_string();
+    let thread = std::thread::spawn(move || {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut wait = Duration::from_millis(5);
+            let mut deliveries = Vec::new();
+            while let Some(Ok(m)) = consumer.poll(wait) {
+                let record = FutureRecord::<[u8], [u8]>::to(&output)
+                    .payload(m.payload().unwrap_or_default());
+                match producer.send_result(record) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err(_) => break,
+                }
+                wait = Duration::ZERO;
+            }
+            futures::executor::block_on(futures::future::join_all(deliveries));
+        }
+    });
+    Ok(Running::Relay {
+        stop,
+        thread: Some(thread),
+    })
+}
+
 /// Latency run: returns sorted latencies in ms.
-fn latency_run(args: &Args, worker: &Path, dir: &Path, trigger: &str) -> Result<Vec<f64>> {
+fn latency_run(args: &Args, pipeline: Pipeline<'_>, dir: &Path) -> Result<Vec<f64>> {
     let input = unique("bench-in");
     let output = unique("bench-out");
     create_topic(&args.bootstrap, &input, 1)?;
     create_topic(&args.bootstrap, &output, 1)?;
-    let manifest = manifest(dir, &args.bootstrap, &input, &output, trigger)?;
-    let mut child = spawn(worker, &manifest)?;
+    let running = match pipeline {
+        Pipeline::Worker { binary, trigger } => {
+            let manifest = manifest(dir, args, &input, &output, trigger)?;
+            Running::Worker(spawn(binary, &manifest)?)
+        }
+        Pipeline::Relay => start_relay(&args.bootstrap, &input, &output)?,
+    };
     let producer = producer(&args.bootstrap, args.linger_ms)?;
     let consumer = consumer(&args.bootstrap, &output)?;
     // Warm-up: until the first record comes through.
@@ -171,7 +271,6 @@ fn latency_run(args: &Args, worker: &Path, dir: &Path, trigger: &str) -> Result<
             break;
         }
         if warm.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
             bail!("no output within 60 s");
         }
     }
@@ -204,8 +303,7 @@ fn latency_run(args: &Args, worker: &Path, dir: &Path, trigger: &str) -> Result<
         }
     }
     producer.flush(Duration::from_secs(5))?;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     latencies.sort_by(f64::total_cmp);
     if (latencies.len() as u64) < total {
         eprintln!(
@@ -246,13 +344,7 @@ fn throughput_run(args: &Args, worker: &Path, dir: &Path) -> Result<f64> {
         }
     }
     producer.flush(Duration::from_secs(60))?;
-    let manifest = manifest(
-        dir,
-        &args.bootstrap,
-        &input,
-        &output,
-        "{availableNow: true}",
-    )?;
+    let manifest = manifest(dir, args, &input, &output, "{availableNow: true}")?;
     let started = Instant::now();
     let status = spawn(worker, &manifest)?.wait()?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -280,11 +372,27 @@ fn main() -> Result<()> {
         args.linger_ms,
         worker.display()
     );
-    for (label, trigger) in [
-        ("default trigger", "{}".to_string()),
-        ("continuous", format!("{{continuous: {}}}", args.epoch)),
+    let continuous = format!("{{continuous: {}}}", args.epoch);
+    // The relay runs first: tansu's latency grows as its in-memory topics fill, so a floor measured
+    // last would flatter the worker.
+    for (label, pipeline) in [
+        ("no-op relay", Pipeline::Relay),
+        (
+            "default trigger",
+            Pipeline::Worker {
+                binary: &worker,
+                trigger: "{}",
+            },
+        ),
+        (
+            "continuous",
+            Pipeline::Worker {
+                binary: &worker,
+                trigger: &continuous,
+            },
+        ),
     ] {
-        let latencies = latency_run(&args, &worker, dir.path(), &trigger)?;
+        let latencies = latency_run(&args, pipeline, dir.path())?;
         println!(
             "latency {label:16} p50 {:8.2} ms  p99 {:8.2} ms  ({} records)",
             percentile(&latencies, 0.50),
