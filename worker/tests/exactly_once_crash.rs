@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-
 use common::{expected_high, iot_manifest, output_rows, s3_bucket, unique};
 use sluice_worker::storage::Location;
 
@@ -14,17 +12,6 @@ const SEED: u64 = 11;
 const FILES: u64 = 80;
 const ROWS: u64 = 4_000;
 const KILLS: usize = 6;
-
-fn spawn(manifest: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
-        .arg("run")
-        .arg(manifest)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn worker")
-}
 
 #[test]
 fn local_checkpoint_every_row_exactly_once_after_sigkills() {
@@ -45,7 +32,12 @@ fn local_checkpoint_every_row_exactly_once_after_sigkills() {
         ),
     )
     .expect("manifest");
-    common::run_with_crashes(|| spawn(&manifest), KILLS, 20..350, None);
+    common::run_with_crashes(
+        || common::spawn_worker(&manifest, &[]),
+        KILLS,
+        20..350,
+        None,
+    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let actual = runtime.block_on(output_rows(
         &Location::parse(output.to_str().expect("utf8")).expect("loc"),
@@ -86,7 +78,12 @@ fn s3_checkpoint_every_row_exactly_once_after_sigkills() {
         ),
     )
     .expect("manifest");
-    common::run_with_crashes(|| spawn(&manifest), KILLS, 20..350, None);
+    common::run_with_crashes(
+        || common::spawn_worker(&manifest, &[]),
+        KILLS,
+        20..350,
+        None,
+    );
     let actual = runtime.block_on(output_rows(&Location::parse(&output).expect("s3 output")));
     let expected = expected_high(SEED, FILES, ROWS);
     assert_eq!(actual.len(), expected.len(), "no row lost or duplicated");

@@ -8,10 +8,8 @@ mod kafka_util;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Row, expected_high, output_rows};
-use kafka_util::{
-    create_topic, iot_lines, kafka, postgres, produce, read_topic, spawn_worker, unique,
-};
+use common::{Row, expected_high, output_rows, postgres, spawn_worker};
+use kafka_util::{create_topic, iot_lines, kafka, produce, read_topic, unique};
 use sluice_worker::storage::Location;
 
 const SEED: u64 = 23;

@@ -7,6 +7,7 @@
 //! beside other tests that use them: it is `#[ignore]`d and `.ci/run` runs it in a step of its own
 //! (`cargo test -p sluice-worker --test kafka_outage -- --ignored`).
 
+mod common;
 mod kafka_util;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_util::{create_topic, kafka, postgres, produce, unique};
+use common::{postgres, server_env};
+use kafka_util::{create_topic, kafka, produce, unique};
 use sluice_worker::engine::{Engine, QueryConfig, Shared};
 
 const SEED: u64 = 31;
@@ -134,9 +136,7 @@ async fn postgres_and_s3_outages_wait_retry_resume_exactly_once() {
     let (Some(bootstrap), Some(pg_url)) = (kafka(test), postgres(test)) else {
         return;
     };
-    let Ok(bucket) = std::env::var("SLUICE_TEST_S3_BUCKET") else {
-        assert!(std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"));
-        eprintln!("SKIPPED {test}: no S3 server");
+    let Some(bucket) = server_env("SLUICE_TEST_S3_BUCKET", test) else {
         return;
     };
     let topic = unique("outage-in");

@@ -4,6 +4,8 @@
 //! database outage retried with the batch committed once. Needs `SLUICE_TEST_PG_URL` (and
 //! `PGPASSWORD`), from `source $SLUICE_RUN_DIR/env.sh`.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,19 +15,7 @@ use sluice_worker::sink::memory::read_table;
 use sluice_worker::{Engine, QueryConfig, Shared};
 
 fn postgres(test: &str) -> Option<url::Url> {
-    match std::env::var("SLUICE_TEST_PG_URL") {
-        Ok(v) => Some(url::Url::parse(&v).expect("pg url")),
-        Err(_) => {
-            assert!(
-                std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "{test}: SLUICE_TEST_PG_URL is not set but SLUICE_REQUIRE_SERVERS=1"
-            );
-            eprintln!(
-                "SKIPPED {test}: SLUICE_TEST_PG_URL is not set (run `bash .ci/run`, or source $SLUICE_RUN_DIR/env.sh)"
-            );
-            None
-        }
-    }
+    common::postgres(test).map(|v| url::Url::parse(&v).expect("pg url"))
 }
 
 async fn client(url: &url::Url) -> tokio_postgres::Client {

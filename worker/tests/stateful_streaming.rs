@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, StructArray};
 use arrow::datatypes::DataType;
@@ -136,17 +135,6 @@ fn assert_tables_eq(actual: &Table, expected: &Table) {
     );
 }
 
-fn spawn(manifest: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
-        .arg("run")
-        .arg(manifest)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn worker")
-}
-
 const SEED: u64 = 21;
 const FILES: u64 = 30;
 const ROWS: u64 = 3_000;
@@ -170,7 +158,7 @@ fn windowed_aggregation_local_checkpoint_exact_after_sigkills() {
         ),
     )
     .expect("manifest");
-    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
+    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 50..500, None);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let actual = runtime.block_on(output_table(
         &Location::parse(output.to_str().expect("utf8")).expect("loc"),
@@ -211,7 +199,7 @@ fn windowed_aggregation_s3_checkpoint_exact_after_sigkills() {
         ),
     )
     .expect("manifest");
-    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
+    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 50..500, None);
     let actual = runtime.block_on(output_table(&Location::parse(&output).expect("s3")));
     let expected = expected(SEED, FILES, ROWS);
     assert_tables_eq(&actual, &expected);

@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use arrow::array::{Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, TimeUnit};
@@ -165,17 +164,6 @@ async fn output_pairs(location: &Location) -> BTreeSet<Pair> {
     out
 }
 
-fn spawn(manifest: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
-        .arg("run")
-        .arg(manifest)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn worker")
-}
-
 #[test]
 fn impressions_clicks_join_exact_after_sigkills() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -187,7 +175,7 @@ fn impressions_clicks_join_exact_after_sigkills() {
     let expected = expected(&data);
     assert!(expected.len() > 500, "{} pairs", expected.len());
 
-    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
+    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 50..500, None);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let actual = runtime.block_on(output_pairs(
         &Location::parse(dir.path().join("out").to_str().expect("utf8")).expect("location"),
@@ -300,7 +288,7 @@ fn impressions_clicks_join_s3_checkpoint_exact_after_sigkills() {
     }
     let path = dir.path().join("query.yaml");
     std::fs::write(&path, manifest(&root)).expect("manifest");
-    common::run_with_crashes(|| spawn(&path), 6, 50..500, None);
+    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 50..500, None);
     let actual = runtime.block_on(output_pairs(
         &Location::parse(&format!("{root}/out")).expect("s3"),
     ));

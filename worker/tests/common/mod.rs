@@ -152,24 +152,50 @@ spec:
     )
 }
 
-/// S3 settings from the environment `.ci/run` sets up, or `None` (the test then skips loudly).
+/// The value of a test server's variable `var` (set by `.ci/run`, or by sourcing
+/// `$SLUICE_RUN_DIR/env.sh` after `e2e/servers/start.sh`), or `None`: the test then skips loudly.
 /// With `SLUICE_REQUIRE_SERVERS=1` a missing server is a failure, not a skip.
-pub fn s3_bucket(test: &str) -> Option<String> {
-    match std::env::var("SLUICE_TEST_S3_ENDPOINT") {
-        Ok(_) => {
-            Some(std::env::var("SLUICE_TEST_S3_BUCKET").unwrap_or_else(|_| "sluice-test".into()))
-        }
+pub fn server_env(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
         Err(_) => {
             assert!(
                 std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "{test}: SLUICE_TEST_S3_ENDPOINT is not set but SLUICE_REQUIRE_SERVERS=1"
+                "{test}: {var} is not set but SLUICE_REQUIRE_SERVERS=1"
             );
             eprintln!(
-                "SKIPPED {test}: no S3 server (run `bash .ci/run`, or source /tmp/sluice-servers/env.sh)"
+                "SKIPPED {test}: {var} is not set (run `bash .ci/run`, or source $SLUICE_RUN_DIR/env.sh)"
             );
             None
         }
     }
+}
+
+/// The S3 bucket of the test S3 server, or `None` (see [`server_env`]).
+pub fn s3_bucket(test: &str) -> Option<String> {
+    server_env("SLUICE_TEST_S3_ENDPOINT", test)?;
+    Some(std::env::var("SLUICE_TEST_S3_BUCKET").unwrap_or_else(|_| "sluice-test".into()))
+}
+
+/// The test PostgreSQL server's URL, or `None` (see [`server_env`]).
+pub fn postgres(test: &str) -> Option<String> {
+    server_env("SLUICE_TEST_PG_URL", test)
+}
+
+/// Starts the `sluice-worker` binary of this build on `manifest` with `extra_env` set (stdout
+/// discarded, stderr shown).
+pub fn spawn_worker(manifest: &Path, extra_env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"));
+    command
+        .arg("run")
+        .arg(manifest)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    command.spawn().expect("spawn worker")
 }
 
 /// Generates the IoT data set into `local` (kept for a local run to compare with) and uploads it to

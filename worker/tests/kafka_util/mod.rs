@@ -1,9 +1,9 @@
 //! Helpers for the tests against a real Kafka broker (tansu) and PostgreSQL: topics, producing
-//! test data with rdkafka, reading a topic back, running the worker binary.
+//! test data with rdkafka, reading a topic back, running the worker binary. A test binary that
+//! uses it also declares `mod common;` (the server variables are read there).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -14,30 +14,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// The broker from `.ci/run`/`start.sh`, or `None` (the test then skips loudly).
+/// The broker from `.ci/run`/`start.sh`, or `None` (see `common::server_env`).
 pub fn kafka(test: &str) -> Option<String> {
-    server("SLUICE_TEST_KAFKA", test)
-}
-
-/// The PostgreSQL URL from `.ci/run`/`start.sh`, or `None`.
-pub fn postgres(test: &str) -> Option<String> {
-    server("SLUICE_TEST_PG_URL", test)
-}
-
-fn server(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            assert!(
-                std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-                "{test}: {var} is not set but SLUICE_REQUIRE_SERVERS=1"
-            );
-            eprintln!(
-                "SKIPPED {test}: {var} is not set (run `bash .ci/run`, or source $SLUICE_RUN_DIR/env.sh)"
-            );
-            None
-        }
-    }
+    crate::common::server_env("SLUICE_TEST_KAFKA", test)
 }
 
 /// Creates `topic` with `partitions` partitions.
@@ -155,21 +134,6 @@ pub fn iot_lines(seed: u64, files: u64, rows: u64) -> Vec<String> {
     sluice_bench::events(seed, files, rows)
         .map(|e| sluice_bench::json_line(&e).trim_end().to_string())
         .collect()
-}
-
-/// Spawns the worker binary on a manifest.
-pub fn spawn_worker(manifest: &std::path::Path, extra_env: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-worker"));
-    command
-        .arg("run")
-        .arg(manifest)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
-    command.spawn().expect("spawn worker")
 }
 
 /// A fresh name.
