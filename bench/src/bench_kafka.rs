@@ -97,12 +97,14 @@ fn producer(
         .create()?)
 }
 
-fn consumer(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
+/// A consumer of partition 0 of `topic` from the beginning, fetching with `fetch.wait.max.ms`
+/// `fetch_wait_ms`.
+fn consumer(bootstrap: &str, topic: &str, group: &str, fetch_wait_ms: u32) -> Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-bench")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "1")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create()?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Beginning)?;
@@ -207,15 +209,7 @@ impl Drop for Running {
 /// the worker source's `fetch.wait.max.ms`), produce each record, flush (wait for the acks, as the
 /// worker's sink does before a commit). Producer `linger.ms` 1, as the worker's sink.
 fn start_relay(bootstrap: &str, input: &str, output: &str) -> Result<Running> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-bench-relay")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(input, 0, Offset::Beginning)?;
-    consumer.assign(&list)?;
+    let consumer = consumer(bootstrap, input, "sluice-bench-relay", 5)?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "1")
@@ -259,7 +253,7 @@ fn latency_run(args: &Args, pipeline: Pipeline<'_>, dir: &Path) -> Result<Vec<f6
         Pipeline::Relay => start_relay(&args.bootstrap, &input, &output)?,
     };
     let producer = producer(&args.bootstrap, args.linger_ms)?;
-    let consumer = consumer(&args.bootstrap, &output)?;
+    let consumer = consumer(&args.bootstrap, &output, "sluice-bench", 1)?;
     // Warm-up: until the first record comes through.
     let warm = Instant::now();
     loop {
