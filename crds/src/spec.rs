@@ -562,6 +562,12 @@ pub struct CheckpointSpec {
     pub location: Option<String>,
     #[serde(default)]
     pub retention: Retention,
+    /// Batches each task's log keeps whole (default 100, Spark's `minBatchesToRetain`); older
+    /// offsets, commits and state files are folded into one compacted entry and deleted, so the
+    /// checkpoint stays bounded. Also how far back a stale writer is still fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_batches_to_retain: Option<u32>,
 }
 
 /// What happens to the checkpoint when the query is deleted.

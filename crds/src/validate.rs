@@ -264,6 +264,12 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if let Some(interval) = &trigger.continuous {
         parse_duration(interval).map_err(|m| err("spec.trigger.continuous", m))?;
     }
+    if spec.checkpoint.min_batches_to_retain == Some(0) {
+        return Err(err(
+            "spec.checkpoint.minBatchesToRetain",
+            "must be at least 1 (the last committed batch is always kept)",
+        ));
+    }
     let parallelism = &spec.parallelism;
     if parallelism.replicas == 0 {
         return Err(err("spec.parallelism.replicas", "must be at least 1"));
@@ -440,6 +446,14 @@ mod tests {
             "{SOURCES}  sink: {{console: {{}}}}\n  trigger: {{once: true, processingTime: 1s}}\n"
         ));
         assert!(e.contains("spec.trigger"), "{e}");
+    }
+
+    #[test]
+    fn zero_batches_to_retain_is_rejected() {
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{console: {{}}}}\n  checkpoint: {{minBatchesToRetain: 0}}\n"
+        ));
+        assert!(e.contains("spec.checkpoint.minBatchesToRetain"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! 10 minutes, append mode) over the generated IoT data, through the engine and the worker binary.
 //!
 //! - killed with SIGKILL at random points and restarted, the output equals the expected table
-//!   (each window exactly once, none lost, none doubled), local and S3 checkpoints;
+//!   (each window exactly once, none lost, none doubled), local and S3 checkpoints, with checkpoint
+//!   retention folding old batches while it happens (the checkpoint stays bounded);
 //! - over a long run the state holds only the open windows (a bound), the output is complete;
 //! - a restart with a changed aggregation is refused, naming what changed.
 
@@ -138,6 +139,52 @@ fn assert_tables_eq(actual: &Table, expected: &Table) {
 const SEED: u64 = 21;
 const FILES: u64 = 30;
 const ROWS: u64 = 3_000;
+/// `checkpoint.minBatchesToRetain` of the crash tests: small, so that the 30 batches are folded
+/// several times between (and during) the kills.
+const RETAIN: usize = 3;
+
+fn with_retention(manifest: String) -> String {
+    let retained = manifest.replace("\"}\n", &format!("\", minBatchesToRetain: {RETAIN}}}\n"));
+    assert!(retained.contains("minBatchesToRetain"), "{retained}");
+    retained
+}
+
+/// The file names under `<checkpoint>/tasks/0/<dir>`.
+async fn task_files(checkpoint: &Location, dir: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let prefix = checkpoint.child(&format!("tasks/0/{dir}"));
+    let listed: Vec<_> = checkpoint
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .expect("list");
+    listed
+        .iter()
+        .filter_map(|meta| meta.location.filename().map(str::to_string))
+        .collect()
+}
+
+/// After 30 batches with retention 3 the log holds at most the unfolded batches (fewer than
+/// 2 × 3, plus one a kill left uncommitted), one or two compacted entries (a kill between writing
+/// one and deleting the older), and the state files since the last snapshot before the fold.
+async fn assert_checkpoint_bounded(checkpoint: &Location) {
+    let offsets = task_files(checkpoint, "offsets").await;
+    let commits = task_files(checkpoint, "commits").await;
+    let compacted = task_files(checkpoint, "compacted").await;
+    let state = task_files(checkpoint, "state").await;
+    assert!(offsets.len() <= 2 * RETAIN, "offsets {offsets:?}");
+    assert!(commits.len() <= 2 * RETAIN, "commits {commits:?}");
+    assert!(
+        (1..=2).contains(&compacted.len()),
+        "compacted {compacted:?}"
+    );
+    let snapshot_every = sluice_worker::state::SNAPSHOT_EVERY as usize;
+    assert!(
+        state.len() <= snapshot_every + 2 * RETAIN + 1,
+        "state files {state:?}"
+    );
+}
 
 #[test]
 fn windowed_aggregation_local_checkpoint_exact_after_sigkills() {
@@ -146,16 +193,17 @@ fn windowed_aggregation_local_checkpoint_exact_after_sigkills() {
     sluice_bench::write_json_files(&input, SEED, FILES, ROWS).expect("generate");
     let output = dir.path().join("out");
     let path = dir.path().join("query.yaml");
+    let checkpoint = dir.path().join("ckpt");
     std::fs::write(
         &path,
-        manifest(
+        with_retention(manifest(
             "window-crash",
             input.to_str().expect("utf8"),
             output.to_str().expect("utf8"),
-            dir.path().join("ckpt").to_str().expect("utf8"),
+            checkpoint.to_str().expect("utf8"),
             SQL,
             "append",
-        ),
+        )),
     )
     .expect("manifest");
     common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 50..500, None);
@@ -166,6 +214,9 @@ fn windowed_aggregation_local_checkpoint_exact_after_sigkills() {
     let expected = expected(SEED, FILES, ROWS);
     assert!(expected.len() > 3_000, "{} windows", expected.len());
     assert_tables_eq(&actual, &expected);
+    runtime.block_on(assert_checkpoint_bounded(
+        &Location::parse(checkpoint.to_str().expect("utf8")).expect("loc"),
+    ));
 }
 
 #[test]
@@ -187,22 +238,26 @@ fn windowed_aggregation_s3_checkpoint_exact_after_sigkills() {
     ));
     let output = format!("s3://{bucket}/{prefix}/out");
     let path = dir.path().join("query.yaml");
+    let checkpoint = format!("s3://{bucket}/{prefix}/ckpt");
     std::fs::write(
         &path,
-        manifest(
+        with_retention(manifest(
             "window-crash-s3",
             &input,
             &output,
-            &format!("s3://{bucket}/{prefix}/ckpt"),
+            &checkpoint,
             SQL,
             "append",
-        ),
+        )),
     )
     .expect("manifest");
     common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 50..500, None);
     let actual = runtime.block_on(output_table(&Location::parse(&output).expect("s3")));
     let expected = expected(SEED, FILES, ROWS);
     assert_tables_eq(&actual, &expected);
+    runtime.block_on(assert_checkpoint_bounded(
+        &Location::parse(&checkpoint).expect("s3"),
+    ));
 }
 
 /// 100 minutes of events (600,000 rows, 1,000 devices): with a 10-minute watermark the state holds

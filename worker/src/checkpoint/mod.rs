@@ -5,6 +5,7 @@
 //! metadata.json                      query id, source partition counts, created (ms)
 //! tasks/<task>/offsets/<batchId>     planned input range per source, written BEFORE processing
 //! tasks/<task>/commits/<batchId>     written AFTER the sink accepted the batch
+//! tasks/<task>/compacted/<batchId>   every batch up to batchId folded into one entry (retention)
 //! bad-records/task-<task>/batch-<batchId>.jsonl
 //! ```
 //! Batch ids are zero-padded to 20 digits so a listing sorts numerically. Offsets and commits are
@@ -64,13 +65,26 @@ pub struct CommitEntry {
 /// What a task's log says at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct TaskLog {
-    /// All offsets entries, in batch order.
+    /// The newest compacted entry: one range per source standing for every batch up to its
+    /// `batch_id`, all committed (`engine/retention.rs`). `None` before the first compaction.
+    pub compacted: Option<OffsetsEntry>,
+    /// The offsets entries after `compacted`, in batch order.
     pub offsets: Vec<OffsetsEntry>,
     /// Highest committed batch id.
     pub last_committed: Option<u64>,
 }
 
 impl TaskLog {
+    /// Every range logged for `source`, oldest first (the compacted one first): what
+    /// [`crate::source::Source::open`] continues after.
+    pub fn ranges(&self, source: &str) -> Vec<serde_json::Value> {
+        self.compacted
+            .iter()
+            .chain(&self.offsets)
+            .filter_map(|entry| entry.sources.get(source).cloned())
+            .collect()
+    }
+
     /// The batch to replay: the last planned batch when it has no commit.
     pub fn uncommitted(&self) -> Option<&OffsetsEntry> {
         let last = self.offsets.last()?;
@@ -206,33 +220,95 @@ impl Checkpoint {
         self.get_bytes(&self.location.child(relative)).await
     }
 
-    /// Reads a task's offsets and commits.
+    /// Reads a task's log: the newest compacted entry, the offsets entries after it, the last
+    /// committed batch.
     ///
     /// # Errors
     /// [`EngineError::Storage`] on store failure, [`EngineError::Checkpoint`] on unreadable entries.
     pub async fn read_task_log(&self, task: u32) -> Result<TaskLog> {
-        let offsets_dir = self.location.child(&format!("tasks/{task}/offsets"));
-        let mut offset_paths: Vec<_> = self.list(&offsets_dir).await?;
-        offset_paths.sort();
-        let mut offsets = Vec::with_capacity(offset_paths.len());
-        for path in offset_paths {
+        let newest_compacted = self
+            .batch_ids(&format!("tasks/{task}/compacted"))
+            .await?
+            .into_iter()
+            .max();
+        let compacted: Option<OffsetsEntry> = match newest_compacted {
+            Some(batch_id) => {
+                let path = self
+                    .location
+                    .child(&format!("tasks/{task}/compacted/{}", batch_name(batch_id)));
+                let entry = self
+                    .get_json(&path)
+                    .await?
+                    .ok_or_else(|| self.corrupt(&format!("{path} vanished")))?;
+                Some(entry)
+            }
+            None => None,
+        };
+        let mut offset_ids: Vec<u64> = self
+            .batch_ids(&format!("tasks/{task}/offsets"))
+            .await?
+            .into_iter()
+            // Entries a compaction covers but could not delete yet.
+            .filter(|id| newest_compacted.is_none_or(|cut| *id > cut))
+            .collect();
+        offset_ids.sort_unstable();
+        let mut offsets = Vec::with_capacity(offset_ids.len());
+        for batch_id in offset_ids {
+            let path = self
+                .location
+                .child(&format!("tasks/{task}/offsets/{}", batch_name(batch_id)));
             let entry: OffsetsEntry = self
                 .get_json(&path)
                 .await?
                 .ok_or_else(|| self.corrupt(&format!("{path} vanished")))?;
             offsets.push(entry);
         }
-        let commits_dir = self.location.child(&format!("tasks/{task}/commits"));
         let last_committed = self
-            .list(&commits_dir)
+            .batch_ids(&format!("tasks/{task}/commits"))
             .await?
-            .iter()
-            .filter_map(|p| p.filename().and_then(|f| f.parse::<u64>().ok()))
+            .into_iter()
+            .chain(newest_compacted)
             .max();
         Ok(TaskLog {
+            compacted,
             offsets,
             last_committed,
         })
+    }
+
+    /// The batch ids named by the files directly under `relative` (other names are skipped).
+    async fn batch_ids(&self, relative: &str) -> Result<Vec<u64>> {
+        Ok(self
+            .list_names(relative)
+            .await?
+            .iter()
+            .filter_map(|name| name.parse::<u64>().ok())
+            .collect())
+    }
+
+    /// Writes `tasks/<task>/compacted/<batchId>`: `entry` stands for every batch up to its id.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure.
+    pub async fn write_compacted(&self, task: u32, entry: &OffsetsEntry) -> Result<()> {
+        let body = serde_json::to_vec(entry).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.put(
+            &format!("tasks/{task}/compacted/{}", batch_name(entry.batch_id)),
+            body,
+        )
+        .await
+    }
+
+    /// Deletes `relative`; an object already gone is no error.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure.
+    pub async fn delete(&self, relative: &str) -> Result<()> {
+        let path = self.location.child(relative);
+        match self.location.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(EngineError::storage(path.to_string(), e)),
+        }
     }
 
     /// Writes `tasks/<task>/offsets/<batchId>` if absent.

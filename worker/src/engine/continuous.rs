@@ -4,7 +4,7 @@
 //! Each task runs a long-lived loop instead of discrete micro-batches: it takes whatever records
 //! the source has *now* (waiting at most a few ms), runs the SQL on them and writes them to the sink
 //! at once, without writing the offsets log first. Every trigger interval ends an **epoch**: the
-//! ranges read during the epoch are merged ([`SourceTask::merge`]) and written as one offsets entry
+//! ranges read during the epoch are merged ([`SourceTask::merge`](crate::source::SourceTask::merge)) and written as one offsets entry
 //! plus its commit (batch id = epoch).
 //!
 //! **Delivery guarantee: at-least-once** (the same as Spark's continuous mode). Output is written
@@ -197,8 +197,7 @@ async fn run_task(mut parts: RunnerParts, context: TaskContext) -> Result<()> {
         }
         let started = Instant::now();
         if !commit_epoch(
-            &parts.checkpoint.clone(),
-            parts.task,
+            &mut parts,
             &context,
             entry.batch_id,
             &epoch,
@@ -258,16 +257,7 @@ async fn run_task(mut parts: RunnerParts, context: TaskContext) -> Result<()> {
         if epoch.ranges.is_empty() {
             continue;
         }
-        if !commit_epoch(
-            &parts.checkpoint.clone(),
-            parts.task,
-            &context,
-            epoch_id,
-            &epoch,
-            None,
-        )
-        .await?
-        {
+        if !commit_epoch(&mut parts, &context, epoch_id, &epoch, None).await? {
             return Ok(());
         }
         report(&parts, &context, epoch_id, &epoch, started, false);
@@ -353,10 +343,10 @@ async fn process(
     Ok(true)
 }
 
-/// Writes the epoch's merged offsets entry and its commit. `Ok(false)` when a stop interrupted.
+/// Writes the epoch's merged offsets entry and its commit, then lets retention fold old epochs.
+/// `Ok(false)` when a stop interrupted.
 async fn commit_epoch(
-    checkpoint: &crate::checkpoint::Checkpoint,
-    task: u32,
+    parts: &mut RunnerParts,
     context: &TaskContext,
     epoch_id: u64,
     epoch: &Epoch,
@@ -373,13 +363,21 @@ async fn commit_epoch(
         input_rows: epoch.input_rows,
         output_rows: epoch.output_rows,
     };
+    let checkpoint = parts.checkpoint.clone();
+    let task = parts.task;
     let done = context
         .retry(|| async {
             checkpoint.write_offsets(task, &entry).await?;
             checkpoint.write_commit(task, &commit).await
         })
         .await?;
-    Ok(done.is_some())
+    if done.is_none() {
+        return Ok(false);
+    }
+    if let Some(due) = parts.retention.record(&entry, &parts.inputs) {
+        parts.retention.compact(&checkpoint, due).await;
+    }
+    Ok(true)
 }
 
 fn report(

@@ -8,6 +8,7 @@
 //! the query with the error.
 
 pub mod continuous;
+pub mod retention;
 mod stop;
 pub mod task;
 
@@ -357,6 +358,10 @@ impl Engine {
             sink,
             checkpoint: checkpoint.clone(),
             bad_records,
+            min_batches_to_retain: spec
+                .checkpoint
+                .min_batches_to_retain
+                .map_or(retention::DEFAULT_MIN_BATCHES_TO_RETAIN, u64::from),
         };
         let task_count = sources.iter().map(|s| s.partitions()).max().unwrap_or(1);
         let replicas = config.replicas.max(1);
@@ -368,11 +373,7 @@ impl Engine {
                 if task >= source.partitions() {
                     continue;
                 }
-                let logged: Vec<_> = log
-                    .offsets
-                    .iter()
-                    .filter_map(|o| o.sources.get(source.name()).cloned())
-                    .collect();
+                let logged = log.ranges(source.name());
                 task_inputs.push(TaskInput {
                     name: source.name().to_string(),
                     reader: source.open(task, &logged).await?,

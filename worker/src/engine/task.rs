@@ -18,6 +18,7 @@ use object_store::ObjectStoreExt;
 use sluice_crds::BadRecordPolicy;
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry, TaskLog};
+use crate::engine::retention::LogRetention;
 use crate::error::{EngineError, Result};
 use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
@@ -41,6 +42,8 @@ pub struct TaskTargets {
     pub checkpoint: Checkpoint,
     /// Location for records that did not decode.
     pub bad_records: Location,
+    /// Batches each task's checkpoint log keeps (`checkpoint.minBatchesToRetain`).
+    pub min_batches_to_retain: u64,
 }
 
 /// What a finished batch reports.
@@ -75,6 +78,7 @@ pub(crate) struct RunnerParts {
     pub next_batch_id: u64,
     /// The logged, uncommitted batch.
     pub pending: Option<OffsetsEntry>,
+    pub retention: LogRetention,
 }
 
 /// Runs micro-batches of one task.
@@ -88,6 +92,7 @@ pub struct TaskRunner {
     next_batch_id: u64,
     pending: Option<Pending>,
     models: TaskModels,
+    retention: LogRetention,
 }
 
 fn now_ms() -> i64 {
@@ -121,6 +126,7 @@ impl TaskRunner {
                 logged: true,
             }),
             models,
+            retention: LogRetention::new(task, targets.min_batches_to_retain, log),
         }
     }
 
@@ -135,6 +141,7 @@ impl TaskRunner {
             bad_records: self.bad_records,
             next_batch_id: self.next_batch_id,
             pending: self.pending.filter(|p| p.logged).map(|p| p.entry),
+            retention: self.retention,
         }
     }
 
@@ -288,6 +295,9 @@ impl TaskRunner {
         }
         self.pending = None;
         self.next_batch_id = entry.batch_id + 1;
+        if let Some(due) = self.retention.record(&entry, &self.inputs) {
+            self.retention.compact(&self.checkpoint, due).await;
+        }
         durations.trigger_execution = elapsed_ms(started);
 
         let backlog_per_source = self

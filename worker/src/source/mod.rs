@@ -72,8 +72,10 @@ pub trait SourceTask: Send {
     async fn read(&mut self, range: &Range) -> Result<ReadOutput>;
     /// The range was committed: resources for it may be released.
     fn committed(&mut self, _range: &Range) {}
-    /// One range covering `earlier` and the range planned right after it (the `continuous`
-    /// trigger checkpoints one merged range per epoch); `None` when the source cannot merge.
+    /// One range covering `earlier` and the range planned right after it; `None` when the source
+    /// cannot merge. The merged range must read as both did (the `continuous` trigger checkpoints
+    /// one merged range per epoch) and, given to [`Source::open`] in their place, continue after
+    /// both (checkpoint retention folds old batches this way, `engine/retention.rs`).
     fn merge(&self, _earlier: &Range, _later: &Range) -> Option<Range> {
         None
     }

@@ -446,6 +446,30 @@ fn key_sort_fields(schema: &Schema, num_keys: usize) -> Vec<SortField> {
         .collect()
 }
 
+/// The state files of a task (`names` as listed under `tasks/<task>/state`) that no restore can
+/// need once every batch up to `through` is committed: those older than the newest snapshot at or
+/// below `through`. A later restore starts at that snapshot or a newer one.
+pub fn prunable_state_files(names: &[String], through: u64) -> Vec<String> {
+    let id_of = |name: &String| -> Option<(u64, bool)> {
+        let (id, kind) = name.split_once('.')?;
+        Some((id.parse().ok()?, kind.starts_with("snapshot")))
+    };
+    let Some(floor) = names
+        .iter()
+        .filter_map(id_of)
+        .filter(|(id, snapshot)| *snapshot && *id <= through)
+        .map(|(id, _)| id)
+        .max()
+    else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .filter(|name| id_of(name).is_some_and(|(id, _)| id < floor))
+        .cloned()
+        .collect()
+}
+
 fn state_file(task: u32, batch_id: u64, kind: &str) -> String {
     format!("tasks/{task}/state/{batch_id:020}.{kind}.arrow")
 }

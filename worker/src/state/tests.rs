@@ -103,3 +103,30 @@ async fn restore_applies_snapshot_then_deltas_up_to_the_committed_batch() {
         .expect("restore");
     assert!(restored.is_empty());
 }
+
+#[test]
+fn prunable_state_files_keep_the_newest_snapshot_at_or_below_the_cut_and_everything_after() {
+    let names: Vec<String> = [
+        "00000000000000000000.snapshot.arrow",
+        "00000000000000000001.delta.arrow",
+        "00000000000000000009.delta.arrow",
+        "00000000000000000010.snapshot.arrow",
+        "00000000000000000011.delta.arrow",
+        "00000000000000000020.snapshot.arrow",
+        "00000000000000000021.delta.arrow",
+        "unrelated.txt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Cut at 15: a restore needs snapshot 10 (or 20) and the deltas after it.
+    assert_eq!(
+        prunable_state_files(&names, 15),
+        names[..3].to_vec(),
+        "files older than snapshot 10"
+    );
+    // Cut at 20: snapshot 20 is the floor.
+    assert_eq!(prunable_state_files(&names, 20), names[..5].to_vec());
+    // No snapshot at or below the cut: nothing can go.
+    assert!(prunable_state_files(&names[1..3], 5).is_empty());
+}

@@ -248,6 +248,14 @@ impl SourceTask for FileTask {
     fn backlog(&self) -> Option<u64> {
         Some(self.backlog)
     }
+
+    /// The files of both ranges, in order (each file is planned once, so no path repeats).
+    fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {
+        let mut merged: FileRange = serde_json::from_value(earlier.clone()).ok()?;
+        let later: FileRange = serde_json::from_value(later.clone()).ok()?;
+        merged.files.extend(later.files);
+        encode_range(&merged).ok()
+    }
 }
 
 /// How many files of one range a task decodes at the same time: the cores this process may use

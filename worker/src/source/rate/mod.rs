@@ -155,4 +155,16 @@ impl SourceTask for RateTask {
             bad_records: Vec::new(),
         })
     }
+
+    /// Consecutive ranges of one task are one run of values: `[earlier.start, later.end)`.
+    fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {
+        let earlier: RateRange = serde_json::from_value(earlier.clone()).ok()?;
+        let later: RateRange = serde_json::from_value(later.clone()).ok()?;
+        encode_range(&RateRange {
+            start_ms: earlier.start_ms,
+            start: earlier.start,
+            end: later.end,
+        })
+        .ok()
+    }
 }

@@ -196,4 +196,15 @@ impl SourceTask for SocketTask {
     fn backlog(&self) -> Option<u64> {
         self.received().ok().map(|r| r.saturating_sub(self.next))
     }
+
+    /// Consecutive line ranges are one run of lines: `[earlier.start, later.end)`.
+    fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {
+        let earlier: SocketRange = serde_json::from_value(earlier.clone()).ok()?;
+        let later: SocketRange = serde_json::from_value(later.clone()).ok()?;
+        encode_range(&SocketRange {
+            start: earlier.start,
+            end: later.end,
+        })
+        .ok()
+    }
 }
