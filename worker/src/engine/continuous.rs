@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::task::{BatchOutcome, RunnerParts, handle_bad_records};
+use super::task::{BatchOutcome, RunnerParts, handle_bad_records, merge_with};
 use super::{Engine, MAX_RETRY_BACKOFF, RunSummary, Shared, StopHandle, elapsed_ms};
 use crate::checkpoint::{CommitEntry, OffsetsEntry};
 use crate::error::{EngineError, Result, backoff};
@@ -374,7 +374,7 @@ async fn commit_epoch(
     if done.is_none() {
         return Ok(false);
     }
-    if let Some(due) = parts.retention.record(&entry, &parts.inputs) {
+    if let Some(due) = parts.retention.record(&entry, merge_with(&parts.inputs)) {
         parts.retention.compact(&checkpoint, due).await;
     }
     Ok(true)

@@ -21,7 +21,6 @@
 use std::collections::VecDeque;
 
 use crate::checkpoint::{Checkpoint, OffsetsEntry, TaskLog};
-use crate::engine::task::TaskInput;
 use crate::error::Result;
 use crate::source::Range;
 use crate::state::prunable_state_files;
@@ -60,9 +59,14 @@ impl LogRetention {
     }
 
     /// Records that `entry`'s batch is committed; returns the compaction due when
-    /// `2 × minBatchesToRetain` batches are on record. (Separate from [`Self::compact`] so that
-    /// the sources are not borrowed across the writes.)
-    pub fn record(&mut self, entry: &OffsetsEntry, inputs: &[TaskInput]) -> Option<Compaction> {
+    /// `2 × minBatchesToRetain` batches are on record. `merge(source, earlier, later)` is the
+    /// source's [`SourceTask::merge`](crate::source::SourceTask::merge). (Separate from
+    /// [`Self::compact`] so that the sources are not borrowed across the writes.)
+    pub fn record(
+        &mut self,
+        entry: &OffsetsEntry,
+        merge: impl Fn(&str, &Range, &Range) -> Option<Range>,
+    ) -> Option<Compaction> {
         if !self.enabled {
             return None;
         }
@@ -71,12 +75,6 @@ impl LogRetention {
             return None;
         }
         let folded = self.recent.len() - self.min_batches as usize;
-        let merge = |source: &str, earlier: &Range, later: &Range| {
-            inputs
-                .iter()
-                .find(|input| input.name == source)
-                .and_then(|input| input.reader.merge(earlier, later))
-        };
         match fold_entries(
             self.compacted.as_ref(),
             self.recent.iter().take(folded),

@@ -24,7 +24,7 @@ use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
 use crate::source::decode::{BadRecord, bad_records_jsonl, fail_on};
-use crate::source::{PlanLimit, SourceTask};
+use crate::source::{PlanLimit, Range, SourceTask};
 use crate::sql::BatchQuery;
 use crate::storage::Location;
 
@@ -295,7 +295,7 @@ impl TaskRunner {
         }
         self.pending = None;
         self.next_batch_id = entry.batch_id + 1;
-        if let Some(due) = self.retention.record(&entry, &self.inputs) {
+        if let Some(due) = self.retention.record(&entry, merge_with(&self.inputs)) {
             self.retention.compact(&self.checkpoint, due).await;
         }
         durations.trigger_execution = elapsed_ms(started);
@@ -328,6 +328,19 @@ impl TaskRunner {
             .iter()
             .filter_map(|i| i.reader.backlog().map(|b| (i.name.clone(), b)))
             .collect()
+    }
+}
+
+/// Merges two ranges of a source with that source's reader (what checkpoint retention folds with).
+pub(crate) fn merge_with(
+    inputs: &[TaskInput],
+) -> impl Fn(&str, &Range, &Range) -> Option<Range> + '_ {
+    move |source, earlier, later| {
+        inputs
+            .iter()
+            .find(|input| input.name == source)?
+            .reader
+            .merge(earlier, later)
     }
 }
 
