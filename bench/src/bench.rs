@@ -64,8 +64,9 @@ struct Args {
     /// Results directory (bench.json, bench.png).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
-    /// The worker binary; default: `sluice-worker` next to this binary.
-    #[arg(long)]
+    /// The worker binary; default: `sluice-worker` next to this binary (`bench/run.sh` passes the
+    /// `dist` build).
+    #[arg(long, env = "SLUICE_BENCH_WORKER")]
     worker: Option<PathBuf>,
     /// Python with pyspark (and matplotlib for the chart).
     #[arg(long, env = "SLUICE_BENCH_PYTHON")]
@@ -172,6 +173,12 @@ fn main() -> anyhow::Result<()> {
         "Throughput = generated input rows / time. Sluice: worker spawn to exit (start-up included); Spark: query.start() to termination (JVM start-up excluded).".into(),
         "Rate scenario: per-micro-batch GROUP BY value % 10 (Sluice sqlScope: microBatch, Spark foreachBatch + noop sink): each batch aggregated on its own in both.".into(),
     ];
+    // Which build was measured: the profile is in the path (`dist` or `release`).
+    let worker_mb = std::fs::metadata(&ctx.worker).map_or(0, |m| m.len() >> 20);
+    notes.push(format!(
+        "Sluice worker binary: {} ({worker_mb} MiB).",
+        ctx.worker.display()
+    ));
     let run = |name: &str| args.scenarios.iter().any(|s| s == name);
     let spark = |f: &dyn Fn(&Setup) -> anyhow::Result<Vec<Cell>>, n: usize| -> Vec<Cell> {
         match spark_missing {
