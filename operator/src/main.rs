@@ -12,7 +12,9 @@ use sluice_operator::controller::{self, Context};
 use sluice_operator::leader::LeaderElector;
 use sluice_operator::metrics::Metrics;
 use sluice_operator::plan::OperatorConfig;
-use sluice_operator::scaling::{MetricsSource, PrometheusMetrics, Scaler, WorkerCheck};
+use sluice_operator::scaling::{
+    MetricsSource, ProgressMetrics, PrometheusMetrics, Scaler, WorkerCheck, pod_url,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -207,17 +209,20 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
         config,
         metrics.clone(),
     );
-    let source = args.prometheus.map(|url| {
-        Arc::new(PrometheusMetrics {
-            url,
-            window: Duration::from_secs(args.metrics_window),
-        }) as Arc<dyn MetricsSource>
-    });
+    let window = Duration::from_secs(args.metrics_window);
+    // Without Prometheus the autoscaler reads the workers' own /progress.
+    let source: Arc<dyn MetricsSource> = match args.prometheus {
+        Some(url) => Arc::new(PrometheusMetrics { url, window }),
+        None => Arc::new(ProgressMetrics::new(
+            Arc::new(|name, namespace, ordinal| pod_url(name, namespace, ordinal, 9464)),
+            window,
+        )),
+    };
     ctx.scaler = Some(Scaler::new(
         Arc::new(WorkerCheck {
             worker_bin: args.worker_bin,
         }),
-        source,
+        Some(source),
         metrics,
     ));
     ctx.status_refresh = Duration::from_secs(args.status_refresh.max(1));

@@ -97,11 +97,135 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
     })
 }
 
+/// A worker's `recent` progress entries (oldest first) from its `/progress` answer.
+pub fn recent_of(answer: &Value) -> Vec<Value> {
+    answer
+        .get("recent")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The autoscaler's inputs from the workers' own progress, for an operator without Prometheus
+/// (both backends; Flink's autoscaler likewise reads the job's metrics from the job). `recent` has
+/// each replica's recent entries; the batches committed in the `window` before `now_ms` count:
+/// processed rows/s = their input rows / window (s), also taken as λ (growth of the backlog is not
+/// seen here: the decision then rests on the backlog and the busy ratio); busy ratio =
+/// their `triggerExecution` time / window / `replicas`; backlog = the sum of each replica's latest
+/// source backlogs. A file source counts its backlog in files: with `files_per_batch` (its
+/// `maxFilesPerTrigger`) the files become rows at the observed rows per file, kept in
+/// `rows_per_unit` between calls (the last figure while nothing ran).
+pub fn autoscaler_metrics(
+    recent: &[Vec<Value>],
+    now_ms: i64,
+    window: std::time::Duration,
+    replicas: u32,
+    files_per_batch: Option<u32>,
+    rows_per_unit: &mut f64,
+) -> crate::autoscaler::Metrics {
+    let since = now_ms - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let mut rows = 0.0;
+    let mut busy_ms = 0.0;
+    let mut batches = 0.0;
+    let mut backlog = 0.0;
+    for entries in recent {
+        for entry in entries {
+            if commit_ms(entry).is_some_and(|c| c >= since) {
+                rows += entry
+                    .get("numInputRows")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                busy_ms += entry
+                    .pointer("/durationMs/triggerExecution")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                batches += entry
+                    .get("tasks")
+                    .and_then(Value::as_array)
+                    .map_or(1.0, |t| t.len() as f64);
+            }
+        }
+        if let Some(last) = entries
+            .last()
+            .and_then(|l| l.get("sources"))
+            .and_then(Value::as_array)
+        {
+            backlog += last
+                .iter()
+                .filter_map(|s| s.get("backlog").and_then(Value::as_f64))
+                .sum::<f64>();
+        }
+    }
+    let seconds = window.as_secs_f64().max(1.0);
+    if let Some(files) = files_per_batch
+        && batches > 0.0
+        && rows > 0.0
+    {
+        *rows_per_unit = rows / (batches * f64::from(files));
+    }
+    let unit = if files_per_batch.is_some() {
+        *rows_per_unit
+    } else {
+        1.0
+    };
+    crate::autoscaler::Metrics {
+        input_rate: Some(rows / seconds),
+        processed_rate: Some(rows / seconds),
+        busy_ratio: Some(busy_ms / 1000.0 / seconds / f64::from(replicas.max(1))),
+        backlog: Some(backlog * unit),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A recent entry committed at `commit_ms`: one task, `rows` rows, `busy_ms` of trigger time.
+    fn entry(commit_ms: i64, rows: u64, busy_ms: i64, backlog: u64) -> Value {
+        let start = Timestamp::from_millisecond(commit_ms - busy_ms).expect("time");
+        json!({
+            "timestamp": start.to_string(),
+            "numInputRows": rows,
+            "durationMs": {"triggerExecution": busy_ms},
+            "tasks": [{"task": 0}],
+            "sources": [{"backlog": backlog}],
+        })
+    }
+
+    #[test]
+    fn autoscaler_metrics_count_the_window_and_turn_file_backlog_into_rows() {
+        let now = 1_800_000_000_000;
+        let recent = vec![
+            vec![
+                entry(now - 20_000, 9_999, 900, 99), // before the 10 s window
+                entry(now - 5_000, 1_000, 500, 4),
+                entry(now - 1_000, 1_000, 500, 3),
+            ],
+            vec![entry(now - 2_000, 2_000, 1_000, 5)],
+        ];
+        let mut unit = 1.0;
+        let window = std::time::Duration::from_secs(10);
+        let rows = autoscaler_metrics(&recent, now, window, 2, None, &mut unit);
+        assert_eq!(
+            rows,
+            crate::autoscaler::Metrics {
+                input_rate: Some(400.0),
+                processed_rate: Some(400.0),
+                busy_ratio: Some(0.1),
+                backlog: Some(8.0),
+            }
+        );
+        // A file source: 3 batches of 2 files read 4,000 rows, so a file is ~667 rows.
+        let files = autoscaler_metrics(&recent, now, window, 2, Some(2), &mut unit);
+        assert!((unit - 4_000.0 / 6.0).abs() < 1e-9, "{unit}");
+        assert_eq!(files.backlog, Some(8.0 * (4_000.0 / 6.0)));
+        // Nothing in the window: the rows per file stay as learned.
+        let idle = autoscaler_metrics(&recent, now + 60_000, window, 2, Some(2), &mut unit);
+        assert_eq!(idle.processed_rate, Some(0.0));
+        assert_eq!(idle.backlog, Some(8.0 * (4_000.0 / 6.0)));
+    }
 
     fn answer(batch: i64, input: f64, processed: f64, backlog: i64, at: &str, mark: &str) -> Value {
         json!({

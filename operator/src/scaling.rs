@@ -3,7 +3,8 @@
 //! [`crate::autoscaler`].
 //!
 //! What the SQL does (stateful? GROUP BY columns? task count?) comes from the worker's planner,
-//! `sluice-worker check` ([`QueryInspector`]); the rates come from Prometheus ([`MetricsSource`]).
+//! `sluice-worker check` ([`QueryInspector`]); the rates come from Prometheus, or from the workers'
+//! own `/progress` when the operator has none ([`MetricsSource`]).
 //! Both are traits so tests can stand in for them.
 
 use std::collections::HashMap;
@@ -92,6 +93,99 @@ pub struct ScalingTarget {
     pub name: String,
     /// Replicas running now.
     pub replicas: u32,
+    /// `maxFilesPerTrigger` of a file source (its backlog counts files), `None` for others.
+    pub files_per_batch: Option<u32>,
+}
+
+/// `maxFilesPerTrigger` of the query's file source, if it has one (its backlog counts files).
+pub fn files_per_batch(spec: &sluice_crds::StreamingQuerySpec) -> Option<u32> {
+    spec.sources
+        .iter()
+        .find_map(|s| s.file.as_ref())
+        .map(|f| f.max_files_per_trigger.unwrap_or(1).max(1))
+}
+
+/// A worker pod's base URL from (query name, namespace, ordinal).
+pub type ProgressUrl = Arc<dyn Fn(&str, &str, i32) -> String + Send + Sync>;
+
+/// How long one worker's `/progress` may take before it counts as unanswered.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The `GET /progress` answers of replicas `0..replicas` of a query that answered in time.
+pub async fn worker_progress(
+    url: &ProgressUrl,
+    name: &str,
+    namespace: &str,
+    replicas: i32,
+) -> Vec<serde_json::Value> {
+    let fetches = (0..replicas.max(0)).map(|ordinal| {
+        let url = format!("{}/progress", url(name, namespace, ordinal));
+        async move {
+            match crate::clients::http("GET", &url, PROGRESS_TIMEOUT).await {
+                Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
+                    .map_err(|e| tracing::debug!(%url, error = %e, "unreadable progress"))
+                    .ok(),
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "no progress from worker");
+                    None
+                }
+            }
+        }
+    });
+    futures::future::join_all(fetches)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The autoscaler's inputs from the workers' `GET /progress` ([`crate::progress::autoscaler_metrics`])
+/// for an operator started without `--prometheus`. Every replica must answer, else the figures
+/// would understate the query: the metrics are then empty and the autoscaler holds.
+pub struct ProgressMetrics {
+    pub worker_url: ProgressUrl,
+    pub window: Duration,
+    /// Rows per backlog unit (file) learned per query (`namespace/name`).
+    rows_per_unit: Mutex<HashMap<String, f64>>,
+}
+
+impl ProgressMetrics {
+    pub fn new(worker_url: ProgressUrl, window: Duration) -> Self {
+        Self {
+            worker_url,
+            window,
+            rows_per_unit: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl MetricsSource for ProgressMetrics {
+    fn metrics<'a>(&'a self, target: &'a ScalingTarget) -> BoxFuture<'a, autoscaler::Metrics> {
+        Box::pin(async move {
+            let replicas = i32::try_from(target.replicas).unwrap_or(i32::MAX);
+            let answers =
+                worker_progress(&self.worker_url, &target.name, &target.namespace, replicas).await;
+            if answers.len() < target.replicas as usize {
+                tracing::debug!(query = %target.name, answered = answers.len(), "not every worker answered /progress; autoscaler holds");
+                return autoscaler::Metrics::default();
+            }
+            let recent: Vec<_> = answers.iter().map(crate::progress::recent_of).collect();
+            let key = format!("{}/{}", target.namespace, target.name);
+            let mut units = self
+                .rows_per_unit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let unit = units.entry(key).or_insert(1.0);
+            crate::progress::autoscaler_metrics(
+                &recent,
+                now_ms(),
+                self.window,
+                target.replicas,
+                target.files_per_batch,
+                unit,
+            )
+        })
+    }
 }
 
 /// The autoscaler's inputs for a query.
@@ -206,7 +300,8 @@ fn now_ms() -> i64 {
 /// windows per query in memory.
 pub struct Scaler {
     pub inspector: Arc<dyn QueryInspector>,
-    /// `None`: no Prometheus configured; autoscaling queries are left at their replica count.
+    /// Prometheus or the workers' `/progress`; `None` (tests) leaves autoscaling queries at their
+    /// replica count.
     pub metrics: Option<Arc<dyn MetricsSource>>,
     pub counters: crate::metrics::Metrics,
     /// `namespace/name` → (restart hash, report).
@@ -306,7 +401,7 @@ impl Scaler {
             return;
         };
         let Some(source) = &self.metrics else {
-            tracing::warn!(query = %key, "spec.parallelism.autoscale is set but the operator has no --prometheus URL");
+            tracing::warn!(query = %key, "spec.parallelism.autoscale is set but the operator has no metrics source");
             self.put_state(key, state);
             return;
         };
@@ -323,6 +418,7 @@ impl Scaler {
             namespace: query.metadata.namespace.clone().unwrap_or_default(),
             name: query.metadata.name.clone().unwrap_or_default(),
             replicas: current,
+            files_per_batch: files_per_batch(spec),
         };
         let metrics = source.metrics(&target).await;
         let evaluation = autoscaler::evaluate(&policy, &mut state, now_ms(), current, &metrics);
@@ -595,6 +691,7 @@ mod tests {
             namespace: "prod".into(),
             name: "q".into(),
             replicas: 2,
+            files_per_batch: None,
         };
         assert_eq!(
             source.metrics(&target).await,
@@ -617,6 +714,79 @@ mod tests {
         };
         assert_eq!(
             source.metrics(&target).await,
+            autoscaler::Metrics::default()
+        );
+    }
+
+    /// A stand-in worker answering `GET /progress` with `answer`.
+    async fn worker(answer: serde_json::Value) -> String {
+        let app = axum::Router::new().route(
+            "/progress",
+            axum::routing::get(move || {
+                let answer = answer.clone();
+                async move { axum::Json(answer) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn progress_source_reads_every_replica_and_holds_when_one_is_missing() {
+        let batch = |rows: u64, busy_ms: i64, backlog: u64| {
+            let start = Timestamp::from_millisecond(now_ms() - 1_000 - busy_ms).expect("time");
+            serde_json::json!({
+                "timestamp": start.to_string(),
+                "numInputRows": rows,
+                "durationMs": {"triggerExecution": busy_ms},
+                "tasks": [{"task": 0}],
+                "sources": [{"backlog": backlog}],
+            })
+        };
+        let replica = |rows, busy, backlog| serde_json::json!({"latest": null, "recent": [batch(rows, busy, backlog)], "lastError": null});
+        let urls = vec![
+            worker(replica(3_000, 2_000, 100)).await,
+            worker(replica(1_000, 1_000, 50)).await,
+        ];
+        let by_ordinal = urls.clone();
+        let source = ProgressMetrics::new(
+            Arc::new(move |name, namespace, ordinal| {
+                assert_eq!((name, namespace), ("q", "prod"));
+                by_ordinal[ordinal as usize].clone()
+            }),
+            Duration::from_secs(10),
+        );
+        let mut target = ScalingTarget {
+            namespace: "prod".into(),
+            name: "q".into(),
+            replicas: 2,
+            files_per_batch: None,
+        };
+        assert_eq!(
+            source.metrics(&target).await,
+            autoscaler::Metrics {
+                input_rate: Some(400.0),
+                processed_rate: Some(400.0),
+                busy_ratio: Some(0.15),
+                backlog: Some(150.0),
+            }
+        );
+        // A third replica does not answer: partial figures would understate the query.
+        target.replicas = 3;
+        let missing = ProgressMetrics::new(
+            Arc::new(move |_, _, ordinal| {
+                urls.get(ordinal as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "http://127.0.0.1:9".into())
+            }),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            missing.metrics(&target).await,
             autoscaler::Metrics::default()
         );
     }

@@ -973,7 +973,8 @@ async fn autoscaler_scales_up_with_event_history_and_metric() {
         [ScalingTarget {
             namespace: "default".into(),
             name: "q".into(),
-            replicas: 1
+            replicas: 1,
+            files_per_batch: None,
         }]
     );
     let set = api.body_of("PATCH", STS_PATH);

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -34,7 +33,6 @@ use kube::{Client, Resource};
 use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
 use super::Backend;
-use crate::clients::http;
 use crate::error::{Error, Result};
 use crate::plan::{DesiredWorkers, EventSeverity, PlannedEvent, WorkersObservation, child_name};
 use crate::progress::WorkerProgress;
@@ -390,11 +388,7 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
     }
 }
 
-/// Base URL of a worker pod's HTTP server from `(query name, namespace, ordinal)`.
-pub type ProgressUrl = Arc<dyn Fn(&str, &str, i32) -> String + Send + Sync>;
-
-/// How long one worker's `/progress` may take before it counts as unanswered.
-pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::scaling::{PROGRESS_TIMEOUT, ProgressUrl};
 
 /// Applies and observes children through the Kubernetes API.
 #[derive(Clone)]
@@ -495,28 +489,13 @@ impl Backend for KubernetesBackend {
         workers: &WorkersObservation,
     ) -> Option<WorkerProgress> {
         let (name, namespace) = name_and_namespace(query).ok()?;
-        let fetches = (0..workers.replicas.max(0)).map(|ordinal| {
-            let url = format!(
-                "{}/progress",
-                (self.progress_url)(&name, &namespace, ordinal)
-            );
-            async move {
-                match http("GET", &url, PROGRESS_TIMEOUT).await {
-                    Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
-                        .map_err(|e| tracing::debug!(%url, error = %e, "unreadable progress"))
-                        .ok(),
-                    Err(e) => {
-                        tracing::debug!(%url, error = %e, "no progress from worker");
-                        None
-                    }
-                }
-            }
-        });
-        let answers: Vec<serde_json::Value> = futures::future::join_all(fetches)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let answers = crate::scaling::worker_progress(
+            &self.progress_url,
+            &name,
+            &namespace,
+            workers.replicas,
+        )
+        .await;
         // Figures of some replicas only would understate the query: keep the last full ones.
         if answers.len() < usize::try_from(workers.replicas).unwrap_or(0) {
             tracing::debug!(query = %name, answered = answers.len(), replicas = workers.replicas, "not every worker answered /progress");

@@ -1014,58 +1014,14 @@ impl LocalOperator {
             }
         }
         // Fallback: the workers' recent progress over the window.
-        let since =
-            now_ms() - i64::try_from(self.config.metrics_window.as_millis()).unwrap_or(10_000);
-        let mut rows = 0.0;
-        let mut busy_ms = 0.0;
-        let mut batches = 0.0;
-        let mut backlog = 0.0;
-        for recent in &progress.recent {
-            for entry in recent {
-                if commit_ms(entry).is_some_and(|c| c >= since) {
-                    rows += entry
-                        .get("numInputRows")
-                        .and_then(serde_json::Value::as_f64)
-                        .unwrap_or(0.0);
-                    busy_ms += entry
-                        .pointer("/durationMs/triggerExecution")
-                        .and_then(serde_json::Value::as_f64)
-                        .unwrap_or(0.0);
-                    batches += entry
-                        .get("tasks")
-                        .and_then(|t| t.as_array())
-                        .map_or(1.0, |t| t.len() as f64);
-                }
-            }
-            if let Some(last) = recent
-                .last()
-                .and_then(|l| l.get("sources"))
-                .and_then(|s| s.as_array())
-            {
-                backlog += last
-                    .iter()
-                    .filter_map(|s| s.get("backlog").and_then(serde_json::Value::as_f64))
-                    .sum::<f64>();
-            }
-        }
-        let seconds = self.config.metrics_window.as_secs_f64().max(1.0);
-        if let Some(files) = files_per_batch
-            && batches > 0.0
-            && rows > 0.0
-        {
-            runtime.rows_per_unit = rows / (batches * f64::from(files));
-        }
-        let unit = if files_per_batch.is_some() {
-            runtime.rows_per_unit
-        } else {
-            1.0
-        };
-        autoscaler::Metrics {
-            input_rate: Some(rows / seconds),
-            processed_rate: Some(rows / seconds),
-            busy_ratio: Some(busy_ms / 1000.0 / seconds / f64::from(replicas.max(1))),
-            backlog: Some(backlog * unit),
-        }
+        crate::progress::autoscaler_metrics(
+            &progress.recent,
+            now_ms(),
+            self.config.metrics_window,
+            replicas,
+            files_per_batch,
+            &mut runtime.rows_per_unit,
+        )
     }
 
     fn sd_path(&self, name: &str) -> Option<PathBuf> {
