@@ -1,7 +1,8 @@
 //! `bench`: Sluice and Spark Structured Streaming side by side on the same data and cores.
 //!
 //! Generates the IoT data once (deterministic, cached), then runs each scenario (see
-//! `sluice_bench::engines`) with the release `sluice-worker` and — when a Python with `pyspark` is
+//! `sluice_bench::engines`) with `sluice-worker` (`bench/run.sh` builds the shipped `dist` profile)
+//! and — when a Python with `pyspark` is
 //! there (`bench/run.sh --install-spark` makes one) — with Spark `local[2]`, prints the table and
 //! writes `bench.json` and `bench.png` (via `bench/plot.py`) into the results directory.
 //!
@@ -11,9 +12,10 @@
 //!   JVM and session start-up left out, in Spark's favour).
 //! - max sustained rate (3): the highest rate of a doubling ladder at which, after a warm-up of a
 //!   third of the run, the processed rows/s stay ≥ 90 % of the rate and no trigger takes over 2 s.
-//! - start-up (4): process spawn to the first committed batch that read rows.
+//! - start-up (4): process spawn to the first committed batch that read rows; median of `--runs`.
 //! - peak RSS (5): the process tree's peak resident memory (`wait4` `ru_maxrss` and `/proc`
-//!   sampling); idle RSS: the tree's resident memory a few seconds after the first batch.
+//!   sampling); idle RSS: the tree's resident memory a few seconds after the first batch (median
+//!   of `--runs`, from the same runs as 4).
 //!
 //! Nothing here is faked: a scenario an engine cannot run shows why instead of a number.
 
@@ -232,10 +234,24 @@ fn main() -> anyhow::Result<()> {
     }
     if run("startup") {
         let label = "4 start-up (1 file x 1000 rows)";
+        // Each start-up is one sample of a few ms to s: take the median of `--runs`, as for 1 and 2.
+        let runs = ctx.args.runs.max(1);
         eprintln!("== {label}: Sluice");
-        let sluice = sluice_startup(&ctx)?;
+        let sluice = median_of_runs(
+            (0..runs)
+                .map(|_| sluice_startup(&ctx))
+                .collect::<anyhow::Result<_>>()?,
+        );
         eprintln!("== {label}: Spark");
-        let spark = spark(&spark_startup, 2);
+        let spark = spark(
+            &|c| {
+                let samples = (0..runs)
+                    .map(|_| spark_startup(c))
+                    .collect::<anyhow::Result<_>>()?;
+                Ok(median_of_runs(samples))
+            },
+            2,
+        );
         rows.push(Row {
             scenario: label.into(),
             metric: "start → 1st batch".into(),
@@ -252,7 +268,7 @@ fn main() -> anyhow::Result<()> {
         });
     }
     if args.kafka {
-        notes.extend(kafka_hook());
+        notes.extend(kafka_hook(&ctx.worker));
     }
 
     let report = Report {
@@ -371,6 +387,26 @@ fn sluice_file(ctx: &Setup, name: &str) -> anyhow::Result<Vec<Cell>> {
         measured.push((input as f64 / seconds, rss(&result.outcome)));
     }
     Ok(median(measured))
+}
+
+/// Column-wise median of several runs' cells; a run without a value in a column gives that
+/// column its reason instead.
+fn median_of_runs(runs: Vec<Vec<Cell>>) -> Vec<Cell> {
+    let columns = runs.first().map_or(0, Vec::len);
+    (0..columns)
+        .map(|column| {
+            let mut values = Vec::new();
+            for run in &runs {
+                match run.get(column) {
+                    Some(Cell { value: Some(v), .. }) => values.push(*v),
+                    Some(missing) => return missing.clone(),
+                    None => return Cell::missing("no value"),
+                }
+            }
+            values.sort_by(f64::total_cmp);
+            Cell::value(values[values.len() / 2])
+        })
+        .collect()
 }
 
 fn median(mut runs: Vec<(f64, Cell)>) -> Vec<Cell> {
@@ -697,7 +733,7 @@ fn spark_startup(ctx: &Setup) -> anyhow::Result<Vec<Cell>> {
 
 /// Runs `bench_kafka` (the Kafka → Kafka latency benchmark) when it is built next to this binary;
 /// its output lines become notes of the report.
-fn kafka_hook() -> Vec<String> {
+fn kafka_hook(worker: &Path) -> Vec<String> {
     let candidates = ["bench_kafka", "bench-kafka"];
     let Some(binary) = candidates
         .iter()
@@ -708,7 +744,8 @@ fn kafka_hook() -> Vec<String> {
         return vec!["Kafka → Kafka latency: bench_kafka not built in this tree".into()];
     };
     eprintln!("== Kafka → Kafka latency: {}", binary.display());
-    match Command::new(&binary).output() {
+    // The same worker as the other scenarios.
+    match Command::new(&binary).arg("--worker").arg(worker).output() {
         Ok(output) => {
             let text = String::from_utf8_lossy(&output.stdout);
             print!("{text}");
@@ -791,6 +828,16 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_up_runs_give_the_median_of_each_column_or_the_reason_of_a_failed_run() {
+        let run = |ms: f64, rss: f64| vec![Cell::value(ms), Cell::value(rss)];
+        let medians = median_of_runs(vec![run(247.0, 37.0), run(15.0, 38.0), run(29.0, 36.0)]);
+        assert_eq!(medians, vec![Cell::value(29.0), Cell::value(37.0)]);
+        let failed = vec![Cell::missing("failed: boom"), Cell::value(1.0)];
+        let medians = median_of_runs(vec![run(15.0, 38.0), failed]);
+        assert_eq!(medians, vec![Cell::missing("failed: boom"), Cell::value(38.0)]);
+    }
 
     fn trigger(ms: u64, rows: u64, duration_ms: u64) -> Trigger {
         Trigger {
