@@ -836,7 +836,10 @@ mod tests {
         assert_eq!(medians, vec![Cell::value(29.0), Cell::value(37.0)]);
         let failed = vec![Cell::missing("failed: boom"), Cell::value(1.0)];
         let medians = median_of_runs(vec![run(15.0, 38.0), failed]);
-        assert_eq!(medians, vec![Cell::missing("failed: boom"), Cell::value(38.0)]);
+        assert_eq!(
+            medians,
+            vec![Cell::missing("failed: boom"), Cell::value(38.0)]
+        );
     }
 
     fn trigger(ms: u64, rows: u64, duration_ms: u64) -> Trigger {
