@@ -665,12 +665,17 @@ mod tests {
                 },
             ),
         );
+        (serve(app).await, seen)
+    }
+
+    /// Serves `app` on a free loopback port; its base URL.
+    async fn serve(app: axum::Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{address}"), seen)
+        format!("http://{address}")
     }
 
     #[tokio::test]
@@ -727,12 +732,7 @@ mod tests {
                 async move { axum::Json(answer) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{address}")
+        serve(app).await
     }
 
     #[tokio::test]

@@ -6,25 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{expected_high, iot_manifest, output_rows};
+use common::{expected_high, iot_manifest, output_rows, task_files};
 use sluice_worker::storage::Location;
 use sluice_worker::{Engine, QueryConfig, Shared};
 
 const SEED: u64 = 8;
 const ROWS: u64 = 500;
-
-/// The names under `<checkpoint>/tasks/0/<dir>`, sorted.
-fn names(checkpoint: &Path, dir: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(checkpoint.join("tasks/0").join(dir))
-        .map(|entries| {
-            entries
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
 
 fn batch(id: u64) -> String {
     format!("{id:020}")
@@ -81,9 +68,16 @@ async fn compacted_log_keeps_the_last_batches_and_a_restart_reads_only_new_files
     // 12 files, one per batch (0..=11). With N = 2, every 2 batches once 4 are on record the oldest
     // are folded: the last compaction (after batch 11) folds 0..=9 and keeps 10 and 11.
     assert_eq!(run(&manifest).await, (0..12).collect::<Vec<_>>());
-    assert_eq!(names(&checkpoint, "offsets"), [batch(10), batch(11)]);
-    assert_eq!(names(&checkpoint, "commits"), [batch(10), batch(11)]);
-    assert_eq!(names(&checkpoint, "compacted"), [batch(9)]);
+    let checkpoint = Location::parse(checkpoint.to_str().expect("utf8")).expect("checkpoint");
+    assert_eq!(
+        task_files(&checkpoint, "offsets").await,
+        [batch(10), batch(11)]
+    );
+    assert_eq!(
+        task_files(&checkpoint, "commits").await,
+        [batch(10), batch(11)]
+    );
+    assert_eq!(task_files(&checkpoint, "compacted").await, [batch(9)]);
     let location = Location::parse(output.to_str().expect("utf8")).expect("output");
     assert_eq!(output_rows(&location).await, expected_high(SEED, 12, ROWS));
 
@@ -96,10 +90,10 @@ async fn compacted_log_keeps_the_last_batches_and_a_restart_reads_only_new_files
         "every row once: the folded files were not read again"
     );
     assert_eq!(
-        names(&checkpoint, "offsets"),
+        task_files(&checkpoint, "offsets").await,
         [batch(12), batch(13), batch(14)]
     );
-    assert_eq!(names(&checkpoint, "compacted"), [batch(11)]);
+    assert_eq!(task_files(&checkpoint, "compacted").await, [batch(11)]);
 
     // Nothing new: nothing runs.
     assert!(run(&manifest).await.is_empty());

@@ -8,7 +8,7 @@ mod kafka_util;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Row, expected_high, output_rows, postgres, spawn_worker};
+use common::{Row, expected_high, output_rows, postgres, spawn_worker, task_files};
 use kafka_util::{create_topic, iot_lines, kafka, produce, read_topic, unique};
 use sluice_worker::storage::Location;
 
@@ -387,11 +387,7 @@ spec:
     tokio::time::sleep(Duration::from_secs(1)).await;
     shared.stop.request();
     let summary = running.await.expect("join").expect("run");
-    let mut actual: Vec<String> = read_topic(&bootstrap, &output, 1, Duration::from_secs(2))
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
-    actual.sort();
+    let actual = sorted_values(&bootstrap, &output);
     expected.sort();
     assert_eq!(actual, expected);
     assert_eq!(summary.input_rows, 150);
@@ -467,6 +463,44 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_bac
     assert_eq!(values, vec!["a", "b", "c"]);
 }
 
+/// A query relaying the `value` of every topic matching `<prefix>-.*` to `output`
+/// (`availableNow`); `source_options` are appended to the Kafka source's map.
+fn pattern_relay_manifest(
+    name: &str,
+    bootstrap: &str,
+    prefix: &str,
+    output: &str,
+    checkpoint: &std::path::Path,
+    source_options: &str,
+) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: {name}}}
+spec:
+  sources:
+    - name: events
+      kafka: {{bootstrapServers: "{bootstrap}", topicPattern: "{prefix}-.*"{source_options}}}
+  sql: SELECT value FROM events
+  sink:
+    kafka: {{bootstrapServers: "{bootstrap}", topic: {output}}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{ckpt}"}}
+"#,
+        ckpt = checkpoint.display()
+    )
+}
+
+/// Every record value of the one-partition topic `topic`, sorted.
+fn sorted_values(bootstrap: &str, topic: &str) -> Vec<String> {
+    let mut values: Vec<String> = read_topic(bootstrap, topic, 1, Duration::from_secs(2))
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    values.sort();
+    values
+}
+
 /// tansu refuses CreatePartitions (UnsupportedFeature), so the source's partitions grow through
 /// `topicPattern`: a second matching topic appears between two runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,21 +520,13 @@ async fn partitions_added_after_start_are_read_after_a_restart_with_the_checkpoi
     let manifest = dir.path().join("query.yaml");
     std::fs::write(
         &manifest,
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamingQuery
-metadata: {{name: grow}}
-spec:
-  sources:
-    - name: events
-      kafka: {{bootstrapServers: "{bootstrap}", topicPattern: "{prefix}-.*"}}
-  sql: SELECT value FROM events
-  sink:
-    kafka: {{bootstrapServers: "{bootstrap}", topic: {output}}}
-  trigger: {{availableNow: true}}
-  checkpoint: {{location: "{ckpt}"}}
-"#,
-            ckpt = dir.path().join("ckpt").display()
+        pattern_relay_manifest(
+            "grow",
+            &bootstrap,
+            &prefix,
+            &output,
+            &dir.path().join("ckpt"),
+            "",
         ),
     )
     .expect("manifest");
@@ -523,11 +549,7 @@ spec:
     let status = spawn_worker(&manifest, &[]).wait().expect("worker");
     assert!(status.success(), "restart with more partitions than tasks");
 
-    let mut actual: Vec<String> = read_topic(&bootstrap, &output, 1, Duration::from_secs(2))
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
-    actual.sort();
+    let actual = sorted_values(&bootstrap, &output);
     let mut expected: Vec<String> = first
         .iter()
         .chain(&more_a)
@@ -561,26 +583,17 @@ async fn compacted_checkpoint_keeps_the_offset_of_a_partition_idle_since() {
     let dir = tempfile::tempdir().expect("tempdir");
     let checkpoint = dir.path().join("ckpt");
     let manifest = dir.path().join("query.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamingQuery
-metadata: {{name: retain}}
-spec:
-  sources:
-    - name: events
-      kafka: {{bootstrapServers: "{bootstrap}", topicPattern: "{prefix}-.*", maxOffsetsPerTrigger: 2}}
-  sql: SELECT value FROM events
-  sink:
-    kafka: {{bootstrapServers: "{bootstrap}", topic: {output}}}
-  trigger: {{availableNow: true}}
-  checkpoint: {{location: "{ckpt}", minBatchesToRetain: 2}}
-"#,
-            ckpt = checkpoint.display()
-        ),
+    let text = pattern_relay_manifest(
+        "retain",
+        &bootstrap,
+        &prefix,
+        &output,
+        &checkpoint,
+        ", maxOffsetsPerTrigger: 2",
     )
-    .expect("manifest");
+    .replace("\"}\n", "\", minBatchesToRetain: 2}\n");
+    assert!(text.contains("minBatchesToRetain: 2"), "{text}");
+    std::fs::write(&manifest, text).expect("manifest");
     let run = || {
         let status = spawn_worker(&manifest, &[]).wait().expect("worker");
         assert!(status.success(), "worker failed: {status}");
@@ -602,18 +615,12 @@ spec:
     let a_busy = records("a-busy", 12);
     produce(&bootstrap, &topic_a, &a_busy).await;
     run();
-    let names = |dir: &str| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(checkpoint.join("tasks/0").join(dir))
-            .expect("listed")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
-    let compacted = names("compacted");
+    let location = Location::parse(checkpoint.to_str().expect("utf8")).expect("checkpoint");
+    let compacted = task_files(&location, "compacted").await;
     assert_eq!(compacted.len(), 1, "{compacted:?}");
     let folded_through: u64 = compacted[0].parse().expect("batch id");
-    let b_batches: Vec<u64> = names("offsets")
+    let b_batches: Vec<u64> = task_files(&location, "offsets")
+        .await
         .iter()
         .filter_map(|n| n.parse::<u64>().ok())
         .filter(|id| *id <= folded_through)
@@ -634,11 +641,7 @@ spec:
     produce(&bootstrap, &topic_b, &b_later).await;
     run();
 
-    let mut actual: Vec<String> = read_topic(&bootstrap, &output, 1, Duration::from_secs(2))
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
-    actual.sort();
+    let actual = sorted_values(&bootstrap, &output);
     let mut expected: Vec<String> = [a_first, b_first, a_busy, b_later]
         .concat()
         .into_iter()

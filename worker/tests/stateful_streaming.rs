@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, StructArray};
 use arrow::datatypes::DataType;
-use common::{read_parquet_dir, s3_bucket, unique};
+use common::{read_parquet_dir, s3_bucket, task_files, unique};
 use sluice_worker::storage::Location;
 use sluice_worker::{Engine, QueryConfig, Shared};
 
@@ -147,22 +147,6 @@ fn with_retention(manifest: String) -> String {
     let retained = manifest.replace("\"}\n", &format!("\", minBatchesToRetain: {RETAIN}}}\n"));
     assert!(retained.contains("minBatchesToRetain"), "{retained}");
     retained
-}
-
-/// The file names under `<checkpoint>/tasks/0/<dir>`.
-async fn task_files(checkpoint: &Location, dir: &str) -> Vec<String> {
-    use futures::TryStreamExt;
-    let prefix = checkpoint.child(&format!("tasks/0/{dir}"));
-    let listed: Vec<_> = checkpoint
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .expect("list");
-    listed
-        .iter()
-        .filter_map(|meta| meta.location.filename().map(str::to_string))
-        .collect()
 }
 
 /// After 30 batches with retention 3 the log holds at most the unfolded batches (fewer than

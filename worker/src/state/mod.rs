@@ -277,10 +277,7 @@ impl StateStore {
             .await?;
         let mut parsed: Vec<(u64, bool)> = files
             .iter()
-            .filter_map(|name| {
-                let (id, kind) = name.split_once('.')?;
-                Some((id.parse::<u64>().ok()?, kind.starts_with("snapshot")))
-            })
+            .filter_map(|name| state_file_id(name))
             .filter(|(id, _)| *id <= last)
             .collect();
         parsed.sort();
@@ -450,13 +447,9 @@ fn key_sort_fields(schema: &Schema, num_keys: usize) -> Vec<SortField> {
 /// need once every batch up to `through` is committed: those older than the newest snapshot at or
 /// below `through`. A later restore starts at that snapshot or a newer one.
 pub fn prunable_state_files(names: &[String], through: u64) -> Vec<String> {
-    let id_of = |name: &String| -> Option<(u64, bool)> {
-        let (id, kind) = name.split_once('.')?;
-        Some((id.parse().ok()?, kind.starts_with("snapshot")))
-    };
     let Some(floor) = names
         .iter()
-        .filter_map(id_of)
+        .filter_map(|name| state_file_id(name))
         .filter(|(id, snapshot)| *snapshot && *id <= through)
         .map(|(id, _)| id)
         .max()
@@ -465,9 +458,15 @@ pub fn prunable_state_files(names: &[String], through: u64) -> Vec<String> {
     };
     names
         .iter()
-        .filter(|name| id_of(name).is_some_and(|(id, _)| id < floor))
+        .filter(|name| state_file_id(name).is_some_and(|(id, _)| id < floor))
         .cloned()
         .collect()
+}
+
+/// `(batch id, is a snapshot)` of a state file name written by [`state_file`]; `None` for others.
+fn state_file_id(name: &str) -> Option<(u64, bool)> {
+    let (id, kind) = name.split_once('.')?;
+    Some((id.parse().ok()?, kind.starts_with("snapshot")))
 }
 
 fn state_file(task: u32, batch_id: u64, kind: &str) -> String {

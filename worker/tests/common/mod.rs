@@ -107,6 +107,24 @@ pub async fn read_parquet_dir(location: &Location) -> BTreeMap<String, Vec<Recor
     out
 }
 
+/// The file names under `<checkpoint>/tasks/0/<dir>` (offsets, commits, compacted, state), sorted;
+/// local or S3.
+pub async fn task_files(checkpoint: &Location, dir: &str) -> Vec<String> {
+    let prefix = checkpoint.child(&format!("tasks/0/{dir}"));
+    let listed: Vec<_> = checkpoint
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .expect("list");
+    let mut names: Vec<String> = listed
+        .iter()
+        .filter_map(|meta| meta.location.filename().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
 /// All IoT rows under an output location (Hive `danger_level=` directories understood), sorted.
 pub async fn output_rows(location: &Location) -> Vec<Row> {
     let mut rows = Vec::new();
