@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::CustomResourceExt;
 use serde_json::{Value, json};
-use sluice_crds::StreamingQuery;
-use sluice_crds::crd::{CRD_CHART_PATH, crd_yaml};
+use sluice_crds::crd::{CRD_CHART_PATH, crd, crd_yaml};
 use sluice_crds::duration::parse_duration;
 
 fn workspace_root() -> PathBuf {
@@ -27,7 +25,7 @@ fn crd_file_matches_generated() {
 
 #[test]
 fn crd_has_short_name_printer_columns_and_subresources() {
-    let crd = serde_json::to_value(StreamingQuery::crd()).expect("json");
+    let crd = serde_json::to_value(crd().expect("CRD")).expect("json");
     assert_eq!(crd["metadata"]["name"], "streamingqueries.sluice.dev");
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["sq"]));
     assert_eq!(crd["spec"]["scope"], "Namespaced");
@@ -73,7 +71,7 @@ fn crd_has_short_name_printer_columns_and_subresources() {
 }
 
 fn schema() -> Value {
-    let crd = serde_json::to_value(StreamingQuery::crd()).expect("json");
+    let crd = serde_json::to_value(crd().expect("CRD")).expect("json");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 

@@ -1,63 +1,16 @@
 //! Renders `charts/sluice` with `helm template` and checks the objects: kinds, least-privilege
-//! RBAC (cluster-wide and namespaced), images, leader election, ServiceMonitor toggle, and that the
-//! chart's CRD is crdgen's output. helm comes from `PATH` or `$SLUICE_CACHE/bin/helm`
-//! (default `$HOME/.cache/sluice/bin/helm`, installed by `e2e/servers/install.sh`); without it the
-//! tests skip loudly, unless `SLUICE_REQUIRE_SERVERS=1`.
+//! RBAC (cluster-wide and namespaced; `rbac.rs` derives the verbs from the operator's calls),
+//! images, leader election, ServiceMonitor toggle, and that the chart's CRD is crdgen's output.
+//! helm comes from `support::helm` (skipped loudly without it).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::{Value, json};
-
-fn chart_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice")
-}
-
-fn helm() -> Option<PathBuf> {
-    let cache = std::env::var("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice")
-        });
-    let cached = cache.join("bin/helm");
-    if cached.is_file() {
-        return Some(cached);
-    }
-    let on_path = std::env::var_os("PATH").map(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("helm"))
-            .find(|p| p.is_file())
-    });
-    if let Some(found) = on_path.flatten() {
-        return Some(found);
-    }
-    assert!(
-        std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-        "SLUICE_REQUIRE_SERVERS=1 but helm is not installed: run e2e/servers/install.sh"
-    );
-    eprintln!(
-        "\n*** SKIPPED: helm not found on PATH or in $SLUICE_CACHE/bin; run e2e/servers/install.sh ***\n"
-    );
-    None
-}
-
-fn render(helm: &Path, args: &[&str]) -> Vec<Value> {
-    let output = Command::new(helm)
-        .args(["template", "sluice"])
-        .arg(chart_dir())
-        .args(["--namespace", "sluice-system", "--include-crds"])
-        .args(args)
-        .output()
-        .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("utf-8");
-    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rendered YAML parses");
-    documents.into_iter().filter(|d| !d.is_null()).collect()
-}
+use support::helm::{chart_dir, find, helm, render};
+use support::rbac::{Grant, grants};
 
 fn kinds(objects: &[Value]) -> Vec<String> {
     let mut kinds: Vec<String> = objects
@@ -68,74 +21,10 @@ fn kinds(objects: &[Value]) -> Vec<String> {
     kinds
 }
 
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
-}
-
-/// `(apiGroup, resource) -> verbs` of a Role/ClusterRole.
-fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
-    let mut out = Vec::new();
-    for rule in role["rules"].as_array().expect("rules") {
-        let verbs: Vec<String> = rule["verbs"]
-            .as_array()
-            .expect("verbs")
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        for group in rule["apiGroups"].as_array().expect("groups") {
-            for resource in rule["resources"].as_array().expect("resources") {
-                out.push((
-                    group.as_str().unwrap_or_default().into(),
-                    resource.as_str().unwrap_or_default().into(),
-                    verbs.clone(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn v(verbs: &[&str]) -> Vec<String> {
-    verbs.iter().map(|s| s.to_string()).collect()
-}
-
-fn expected_rules() -> Vec<(String, String, Vec<String>)> {
-    let mut expected = vec![
-        (
-            "sluice.dev".to_string(),
-            "streamingqueries".to_string(),
-            v(&["get", "list", "watch", "patch"]),
-        ),
-        (
-            "sluice.dev".into(),
-            "streamingqueries/status".into(),
-            v(&["get", "patch"]),
-        ),
-        (
-            "apps".into(),
-            "statefulsets".into(),
-            v(&["get", "list", "watch", "patch"]),
-        ),
-        ("".into(), "configmaps".into(), v(&["get", "patch"])),
-        ("".into(), "services".into(), v(&["get", "patch"])),
-        (
-            "policy".into(),
-            "poddisruptionbudgets".into(),
-            v(&["get", "patch"]),
-        ),
-        ("".into(), "pods".into(), v(&["get", "list", "watch"])),
-        (
-            "events.k8s.io".into(),
-            "events".into(),
-            v(&["create", "patch"]),
-        ),
-    ];
-    expected.sort();
-    expected
+/// The operator's rules as `(group, resource, verb)`: exactly the chart's `sluice.rules`, which
+/// `rbac.rs` derives from the operator's calls.
+fn expected_grants() -> BTreeSet<Grant> {
+    support::rbac::operator_grants()
 }
 
 #[test]
@@ -164,21 +53,36 @@ fn default_render_is_cluster_wide_least_privilege() {
         ]
     );
     let role = find(&objects, "ClusterRole", "sluice");
-    assert_eq!(rules(role), expected_rules());
-    for (_, _, verbs) in rules(role) {
+    let granted = grants(&role["rules"]);
+    assert_eq!(granted, expected_grants());
+    for (group, resource, verb) in &granted {
         assert!(
-            !verbs.iter().any(|v| v == "*" || v == "delete"),
-            "no wildcard or delete verbs: {verbs:?}"
+            verb != "*" && verb != "delete" && resource != "*" && group != "*",
+            "no wildcards or delete: {group}/{resource} {verb}"
         );
+        assert!(
+            !["pods", "secrets"].contains(&resource.as_str()),
+            "the operator reads no {resource}"
+        );
+    }
+    // Server-side apply creates the children: create with patch on every applied kind.
+    for resource in [
+        "configmaps",
+        "services",
+        "statefulsets",
+        "poddisruptionbudgets",
+    ] {
+        for verb in ["create", "patch"] {
+            assert!(
+                granted.iter().any(|(_, r, v)| r == resource && v == verb),
+                "{resource} {verb}"
+            );
+        }
     }
     let lease_role = find(&objects, "Role", "sluice-leader-election");
     assert_eq!(
-        rules(lease_role),
-        [(
-            "coordination.k8s.io".to_string(),
-            "leases".to_string(),
-            v(&["get", "create", "update"])
-        )]
+        grants(&lease_role["rules"]),
+        support::rbac::leader_election_grants()
     );
 
     let deployment = find(&objects, "Deployment", "sluice");
@@ -244,7 +148,7 @@ fn namespaced_rbac_and_service_monitor() {
     );
     let role = find(&objects, "Role", "sluice");
     assert_eq!(role["metadata"]["namespace"], "sluice-system");
-    assert_eq!(rules(role), expected_rules());
+    assert_eq!(grants(&role["rules"]), expected_grants());
     let binding = find(&objects, "RoleBinding", "sluice");
     assert_eq!(binding["roleRef"]["kind"], "Role");
     let deployment = find(&objects, "Deployment", "sluice");
