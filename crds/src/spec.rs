@@ -87,6 +87,13 @@ fn option_values(schema: &mut schemars::Schema) {
     }
 }
 
+/// CEL transition rule (at the root, the only place a rule may read status): once the operator
+/// claimed a checkpoint (it pins `status.checkpointLocation` only after a successful claim),
+/// `spec.checkpoint.location` may no longer change, set or unset. Before that it may: the
+/// operator's advice for an unusable or foreign location is to set another one and apply again.
+pub const CHECKPOINT_LOCATION_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.status.checkpointLocation) || ((has(self.spec.checkpoint) && has(self.spec.checkpoint.location)) ? self.spec.checkpoint.location : '') == ((has(oldSelf.spec.checkpoint) && has(oldSelf.spec.checkpoint.location)) ? oldSelf.spec.checkpoint.location : '')";
+const CHECKPOINT_LOCATION_MESSAGE: &str = "checkpoint.location cannot change once the checkpoint is claimed (status.checkpointLocation): the checkpoint would be orphaned; create a new query instead";
+
 /// A continuously running SQL query over one or more unbounded sources, written to one sink.
 ///
 /// The query runs as micro-batches: each trigger reads the new rows of every source (per task),
@@ -113,6 +120,7 @@ fn option_values(schema: &mut schemars::Schema) {
     printcolumn = r#"{"name":"Last-Batch","type":"date","priority":1,"jsonPath":".status.lastBatchTime"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
+#[kube(validation = Rule::new(CHECKPOINT_LOCATION_RULE).message(CHECKPOINT_LOCATION_MESSAGE).field_path(".spec.checkpoint.location"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingQuerySpec {
     /// Named input streams; each name is a table name in `sql`.
@@ -194,6 +202,9 @@ pub struct SourceSpec {
     /// (a stream's schema cannot be inferred, as in Spark).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_COLUMNS))]
+    // Keyed by column name: an apply that only defaults `nullable` merges instead of replacing
+    // the whole list (client-side then server-side apply conflicted on an atomic list).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schema: Vec<ColumnSpec>,
     /// Event-time watermark: `max(column) - delay`, advanced at the end of each batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,6 +424,9 @@ pub struct TableSpec {
     pub postgres: Option<PostgresTableSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_COLUMNS))]
+    // Keyed by column name: an apply that only defaults `nullable` merges instead of replacing
+    // the whole list (client-side then server-side apply conflicted on an atomic list).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schema: Vec<ColumnSpec>,
     /// Reload period, e.g. `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -662,9 +676,8 @@ pub struct TriggerSpec {
 }
 
 /// Checkpoint location and its fate when the query is deleted.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("!has(oldSelf.location) || (has(self.location) && self.location == oldSelf.location)").message("checkpoint.location cannot change once set: the checkpoint would be orphaned; create a new query instead"))]
 pub struct CheckpointSpec {
     /// URL or local path; the operator appends `<namespace>/<name>/<uid>/`. Defaults to the chart's value
     /// (operator) or `./checkpoints/<name>` (local run).

@@ -46,6 +46,7 @@ fn default_render_is_cluster_wide_least_privilege() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -175,4 +176,229 @@ fn helm_lint_is_clean() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("0 chart(s) failed"), "{text}");
+}
+
+/// Only the operator and Prometheus reach the workers' HTTP port (the chart's NetworkPolicy, on
+/// by default, in every namespace listed).
+#[test]
+fn network_policy_lets_only_the_operator_and_prometheus_reach_workers() {
+    let Some(helm) = helm() else { return };
+    let objects = render(&helm, &[]);
+    let policy = find(&objects, "NetworkPolicy", "sluice-workers");
+    assert_eq!(policy["metadata"]["namespace"], "sluice-system");
+    assert_eq!(
+        policy["spec"]["podSelector"],
+        json!({"matchLabels": {"app.kubernetes.io/name": "sluice-worker"}})
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "sluice-system"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "sluice-operator",
+                                                 "app.kubernetes.io/instance": "sluice"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+            ],
+            "ports": [{"protocol": "TCP", "port": 9464}]
+        }])
+    );
+    // The operator's pods carry the labels the policy admits.
+    let deployment = find(&objects, "Deployment", "sluice");
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"],
+        json!({"app.kubernetes.io/name": "sluice-operator", "app.kubernetes.io/instance": "sluice"})
+    );
+
+    let objects = render(
+        &helm,
+        &["--set", "networkPolicy.namespaces={team-a,team-b}"],
+    );
+    let namespaces: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .map(|o| &o["metadata"]["namespace"])
+        .collect();
+    assert_eq!(namespaces, [&json!("team-a"), &json!("team-b")]);
+    let objects = render(&helm, &["--set", "networkPolicy.enabled=false"]);
+    assert!(!kinds(&objects).contains(&"NetworkPolicy".to_string()));
+}
+
+#[test]
+fn images_are_referenced_by_digest_when_set() {
+    let Some(helm) = helm() else { return };
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let objects = render(
+        &helm,
+        &[
+            "--set",
+            &format!("image.digest={digest}"),
+            "--set",
+            &format!("workerImage.digest={digest}"),
+            "--set",
+            "image.tag=v9",
+        ],
+    );
+    let container =
+        &find(&objects, "Deployment", "sluice")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/sluice/sluice-operator@{digest}")
+    );
+    let worker = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SLUICE_WORKER_IMAGE")
+        .expect("worker image");
+    assert_eq!(
+        worker["value"],
+        format!("ghcr.io/sluice/sluice-worker@{digest}")
+    );
+}
+
+/// Evaluates the rendered ValidatingAdmissionPolicy's CEL (variables, then validations) over
+/// `object`, as the apiserver does; returns the messages of the failed validations.
+fn admission_refusals(policy: &Value, object: &Value) -> Vec<String> {
+    let mut context = cel::Context::default();
+    context
+        .add_variable("object", object.clone())
+        .expect("object");
+    let mut variables = std::collections::HashMap::new();
+    for variable in policy["spec"]["variables"].as_array().expect("variables") {
+        let program = cel::Program::compile(variable["expression"].as_str().expect("expression"))
+            .expect("compiles");
+        let value = program.execute(&context).expect("evaluates");
+        variables.insert(variable["name"].as_str().expect("name").to_string(), value);
+    }
+    context.add_variable_from_value("variables", variables);
+    let mut refusals = Vec::new();
+    for validation in policy["spec"]["validations"]
+        .as_array()
+        .expect("validations")
+    {
+        let program = cel::Program::compile(validation["expression"].as_str().expect("expression"))
+            .expect("compiles");
+        if program.execute(&context).expect("evaluates") != cel::Value::Bool(true) {
+            refusals.push(
+                validation["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    refusals
+}
+
+#[test]
+fn admission_policy_refuses_other_images_and_secrets() {
+    let Some(helm) = helm() else { return };
+    let objects = render(
+        &helm,
+        &[
+            "--set",
+            "admissionPolicy.enabled=true",
+            "--set",
+            "allowedImages={registry.example/sluice/*,ghcr.io/sluice/sluice-worker:0.1.*}",
+            "--set",
+            "allowedSecrets={pg-password}",
+            "--set",
+            "checkpoint.credentialsSecret=minio-credentials",
+        ],
+    );
+    let policy = find(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "sluice-streamingqueries",
+    );
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"],
+        json!(["streamingqueries"])
+    );
+    let binding = find(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "sluice-streamingqueries",
+    );
+    assert_eq!(binding["spec"]["policyName"], "sluice-streamingqueries");
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+
+    let query = |spec: Value| {
+        let mut spec_object = json!({"sources": [{"name": "e", "rate": {"rowsPerSecond": 1}}],
+                                     "sql": "SELECT * FROM e", "sink": {"console": {}}});
+        for (k, v) in spec.as_object().expect("object") {
+            spec_object[k] = v.clone();
+        }
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingQuery",
+               "metadata": {"name": "q"}, "spec": spec_object})
+    };
+    let secret_env = |name: &str| {
+        json!([{"name": "PGPASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}}},
+               {"name": "PLAIN", "value": "x"}])
+    };
+    let image_refused = "spec.image is not one of the chart's allowedImages";
+    let env_refused = "spec.env reads a Secret (valueFrom.secretKeyRef) that is not one of the chart's allowedSecrets";
+    let storage_refused = "spec.storageSecretRef is not one of the chart's allowedSecrets";
+    for (spec, expected) in [
+        (json!({}), vec![]),
+        (json!({"image": "registry.example/sluice/worker:1"}), vec![]),
+        (
+            json!({"image": "ghcr.io/sluice/sluice-worker:0.1.3"}),
+            vec![],
+        ),
+        (
+            json!({"image": "ghcr.io/sluice/sluice-worker:0.2.0"}),
+            vec![image_refused],
+        ),
+        // `.` is not a wildcard: registryXexample does not match registry.example.
+        (
+            json!({"image": "registryXexample/sluice/worker:1"}),
+            vec![image_refused],
+        ),
+        (
+            json!({"image": "evil.example/miner:latest"}),
+            vec![image_refused],
+        ),
+        (json!({"env": secret_env("pg-password")}), vec![]),
+        (
+            json!({"env": secret_env("cluster-admin-token")}),
+            vec![env_refused],
+        ),
+        (json!({"storageSecretRef": "minio-credentials"}), vec![]),
+        (
+            json!({"storageSecretRef": "other-team-s3"}),
+            vec![storage_refused],
+        ),
+    ] {
+        assert_eq!(
+            admission_refusals(policy, &query(spec.clone())),
+            expected,
+            "{spec}"
+        );
+    }
+
+    // Without allowedImages only the chart's worker repository is allowed; off by default.
+    let objects = render(&helm, &["--set", "admissionPolicy.enabled=true"]);
+    let policy = find(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "sluice-streamingqueries",
+    );
+    assert_eq!(
+        admission_refusals(
+            policy,
+            &query(
+                json!({"image": format!("ghcr.io/sluice/sluice-worker@sha256:{}", "b".repeat(64))})
+            )
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        admission_refusals(policy, &query(json!({"image": "ghcr.io/sluice/other:1"}))),
+        [image_refused]
+    );
+    assert!(!kinds(&render(&helm, &[])).contains(&"ValidatingAdmissionPolicy".to_string()));
 }

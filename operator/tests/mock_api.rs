@@ -1004,3 +1004,40 @@ async fn delete_never_removes_a_checkpoint_another_query_owns() {
         "data kept"
     );
 }
+
+/// The chart's `checkpoint.credentialsSecret`/`endpoint` reach the workers (they read the
+/// checkpoint the operator claimed); a query naming its own `storageSecretRef` keeps only that.
+#[tokio::test]
+async fn workers_get_the_charts_storage_settings_unless_the_query_names_its_own() {
+    let storage = sluice_operator::backend::kubernetes::WorkerStorage {
+        credentials_secret: Some("minio-credentials".into()),
+        endpoint: Some("http://minio.sluice-dev:9000".into()),
+        region: Some("us-east-1".into()),
+    };
+    for (spec, env_from, endpoint) in [
+        (
+            SPEC.to_string(),
+            json!([{"secretRef": {"name": "minio-credentials", "optional": false}}]),
+            json!("http://minio.sluice-dev:9000"),
+        ),
+        (
+            format!("{SPEC}  storageSecretRef: own-s3\n"),
+            json!([{"secretRef": {"name": "own-s3", "optional": false}}]),
+            Value::Null,
+        ),
+    ] {
+        let fixture = Fixture::new();
+        let q = query(&spec, 1, None);
+        let (client, api) = start(q.clone(), None);
+        let ctx = fixture.context(client);
+        let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("one owner"));
+        ctx.backend = ctx.backend.clone().with_worker_storage(storage.clone());
+        reconcile(Arc::new(q), Arc::new(ctx))
+            .await
+            .expect("reconcile");
+        let set = api.body_of("PATCH", STS_PATH);
+        let container = &set["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["envFrom"], env_from, "{spec}");
+        assert_eq!(env_value(&set, "AWS_ENDPOINT_URL"), endpoint, "{spec}");
+    }
+}

@@ -19,6 +19,15 @@ app.kubernetes.io/name: sluice-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* An image reference: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "sluice.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .appVersion) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "sluice.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "sluice.fullname" .) .Values.serviceAccount.name -}}

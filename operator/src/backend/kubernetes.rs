@@ -390,12 +390,64 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
 
 pub use crate::scaling::{PROGRESS_TIMEOUT, ProgressUrl};
 
+/// The chart's object-store settings (`checkpoint.credentialsSecret`, `checkpoint.endpoint`,
+/// `checkpoint.region`), given to the workers of queries without `spec.storageSecretRef` so they
+/// reach the checkpoint the operator claimed for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStorage {
+    /// Secret with `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, by name: it must exist in the
+    /// query's namespace (a pod reads Secrets of its own namespace only).
+    pub credentials_secret: Option<String>,
+    /// `AWS_ENDPOINT_URL` (MinIO, SeaweedFS).
+    pub endpoint: Option<String>,
+    /// `AWS_REGION`.
+    pub region: Option<String>,
+}
+
+/// Adds `storage` to the worker container of `set`: the secret as `envFrom`, endpoint and
+/// region as `env`. Queries with their own `spec.storageSecretRef` keep only theirs (apply
+/// this only to the others).
+pub fn add_worker_storage(set: &mut StatefulSet, storage: &WorkerStorage) {
+    let Some(container) = set
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    else {
+        return;
+    };
+    if let Some(secret) = &storage.credentials_secret {
+        container
+            .env_from
+            .get_or_insert_with(Vec::new)
+            .push(EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            });
+    }
+    let env = container.env.get_or_insert_with(Vec::new);
+    for (name, value) in [
+        ("AWS_ENDPOINT_URL", &storage.endpoint),
+        ("AWS_REGION", &storage.region),
+    ] {
+        if let Some(value) = value
+            && !env.iter().any(|e| e.name == name)
+        {
+            env.push(env_var(name, value.clone()));
+        }
+    }
+}
+
 /// Applies and observes children through the Kubernetes API.
 #[derive(Clone)]
 pub struct KubernetesBackend {
     client: Client,
     recorder: Recorder,
     progress_url: ProgressUrl,
+    storage: WorkerStorage,
 }
 
 impl KubernetesBackend {
@@ -409,7 +461,15 @@ impl KubernetesBackend {
             progress_url: Arc::new(|name, namespace, ordinal| {
                 crate::scaling::pod_url(name, namespace, ordinal, 9464)
             }),
+            storage: WorkerStorage::default(),
         }
+    }
+
+    /// Gives workers of queries without `spec.storageSecretRef` the chart's object-store settings.
+    #[must_use]
+    pub fn with_worker_storage(mut self, storage: WorkerStorage) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Replaces how a worker pod's base URL is found (the worker port, or a test server).
@@ -458,8 +518,11 @@ impl Backend for KubernetesBackend {
         let (_, namespace) = name_and_namespace(query)?;
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
-        self.apply(&namespace, &stateful_set(query, desired)?)
-            .await?;
+        let mut set = stateful_set(query, desired)?;
+        if desired.storage_secret_ref.is_none() {
+            add_worker_storage(&mut set, &self.storage);
+        }
+        self.apply(&namespace, &set).await?;
         self.apply(&namespace, &pod_disruption_budget(query)?)
             .await?;
         Ok(())
