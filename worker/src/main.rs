@@ -202,6 +202,8 @@ async fn check(manifest: &std::path::Path, checkpoint: Option<&str>) -> anyhow::
         }
         // A store that cannot be reached says nothing about the manifest: exit 1, retry later.
         Err(e) if e.class() == ErrorClass::External => Err(classify(e)),
+        // Already names its field (e.g. `spec.sql`).
+        Err(e @ sluice_worker::EngineError::Manifest(_)) => Err(e.into()),
         // Every other refusal is a bad manifest for the caller (exit 2).
         Err(e) => Err(
             sluice_worker::EngineError::Manifest(sluice_crds::CrdError::Invalid(
