@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_worker::control::ControlAuth;
 use sluice_worker::engine::describe_sink;
 use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
 
@@ -38,9 +39,15 @@ struct RunArgs {
     /// Checkpoint location (path or URL); overrides the manifest's.
     #[arg(long)]
     checkpoint: Option<String>,
-    /// Serve /metrics, /progress, /healthz, /stop on this address (port 0: any free port).
-    #[arg(long)]
+    /// Serve /metrics, /progress, /healthz, /stop on this address: `PORT` (on 127.0.0.1) or
+    /// `ADDR:PORT` (port 0: any free port).
+    #[arg(long, value_parser = parse_http_addr)]
     http: Option<SocketAddr>,
+    /// File holding the token that `POST /stop` must bear (`Authorization: Bearer <token>`);
+    /// without it, `SLUICE_CONTROL_TOKEN`; without either, /stop is open (to whoever can reach
+    /// the address).
+    #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
     /// This replica's index (0-based).
     #[arg(long, default_value_t = 0)]
     replica: u32,
@@ -72,6 +79,10 @@ enum Command {
         manifest: PathBuf,
         #[arg(long, default_value_t = 9464)]
         http_port: u16,
+        /// File holding the control token (the operator mounts it from the query's Secret);
+        /// without it, `SLUICE_CONTROL_TOKEN`; without either, `POST /stop` is refused.
+        #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
+        control_token_file: Option<PathBuf>,
     },
 }
 
@@ -105,8 +116,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (manifest, args) = match cli.command {
-        Command::Run { manifest, args } => (manifest, args),
+    let (manifest, args, auth) = match cli.command {
+        Command::Run { manifest, args } => {
+            let auth =
+                ControlAuth::from_sources(args.control_token_file.as_deref(), ControlAuth::Open)
+                    .map_err(anyhow::Error::msg)?;
+            (manifest, args, auth)
+        }
         Command::Check {
             manifest,
             checkpoint,
@@ -114,7 +130,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pod {
             manifest,
             http_port,
+            control_token_file,
         } => {
+            // Reachable from the whole cluster: no token, no control.
+            let auth =
+                ControlAuth::from_sources(control_token_file.as_deref(), ControlAuth::Disabled)
+                    .map_err(anyhow::Error::msg)?;
             let args = RunArgs {
                 checkpoint: std::env::var("SLUICE_CHECKPOINT_LOCATION").ok(),
                 http: Some(SocketAddr::from(([0, 0, 0, 0], http_port))),
@@ -123,8 +144,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1),
+                control_token_file,
             };
-            (manifest, args)
+            (manifest, args, auth)
         }
     };
     let text = std::fs::read_to_string(&manifest)
@@ -152,7 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let shared = Shared::new();
     if let Some(addr) = args.http {
-        let bound = sluice_worker::http::serve(addr, shared.clone())
+        let bound = sluice_worker::http::serve_with_auth(addr, shared.clone(), auth)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("serving /metrics /progress /healthz /stop on http://{bound}");
@@ -281,6 +303,17 @@ fn classify(e: sluice_worker::EngineError) -> anyhow::Error {
         ErrorClass::Internal => "this is a bug in Sluice",
     };
     anyhow::Error::new(e).context(hint)
+}
+
+/// `--http` value: a bare port binds 127.0.0.1 (local runs are not exposed to the network unless
+/// asked, e.g. `0.0.0.0:9464`).
+fn parse_http_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("`{value}` is neither a port nor an ADDR:PORT address"))
 }
 
 /// Replica index: `SLUICE_REPLICA_INDEX`, else the ordinal suffix of the StatefulSet pod name
