@@ -139,14 +139,26 @@ pub fn headers_type() -> DataType {
     )))
 }
 
-/// The librdkafka configuration of a source or sink: `bootstrap.servers` plus the spec's options.
-pub fn client_config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+/// The librdkafka configuration of a source or sink: `bootstrap.servers`, the spec's options, and
+/// its `secretOptions` read now from their environment variables or files. TLS and SASL are
+/// librdkafka's own (`security.protocol: ssl | sasl_ssl`, `ssl.ca.location`, `sasl.mechanism`, ...).
+///
+/// # Errors
+/// [`EngineError::Manifest`] when a secret option's variable or file cannot be read.
+pub fn client_config(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+    secret_options: &BTreeMap<String, sluice_crds::SecretRef>,
+) -> Result<ClientConfig> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (k, v) in options {
         config.set(k, v);
     }
-    config
+    for (k, v) in crate::secrets::resolve_all("kafka.secretOptions", secret_options)? {
+        config.set(k, v);
+    }
+    Ok(config)
 }
 
 fn source_error(name: &str, message: impl std::fmt::Display) -> EngineError {
@@ -307,7 +319,7 @@ impl KafkaSource {
 }
 
 fn new_consumer(spec: &KafkaSourceSpec, name: &str) -> Result<BaseConsumer> {
-    let mut config = client_config(&spec.bootstrap_servers, &spec.options);
+    let mut config = client_config(&spec.bootstrap_servers, &spec.options, &spec.secret_options)?;
     // No consumer group offsets: the checkpoint is the source of truth.
     config
         .set_if_absent("group.id", "sluice")
@@ -559,7 +571,11 @@ impl KafkaTask {
 
     /// Fetches exactly the records of `range` again (a replay after a restart).
     async fn refetch(&self, range: &KafkaRange) -> Result<Vec<OwnedRecord>> {
-        let mut config = client_config(&self.spec.bootstrap_servers, &self.spec.options);
+        let mut config = client_config(
+            &self.spec.bootstrap_servers,
+            &self.spec.options,
+            &self.spec.secret_options,
+        )?;
         config
             .set_if_absent("group.id", "sluice")
             .set_if_absent("enable.auto.commit", "false")
