@@ -179,6 +179,13 @@ async fn query_over_tls_works_a_wrong_ca_is_refused_and_secrets_stay_out_of_outp
     let check = worker("check", &bad);
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert_eq!(check.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(
+        error.contains("last broker error") && error.contains("certificate verify failed"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(SECRET));
 }
