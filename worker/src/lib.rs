@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod checkpoint;
+pub mod confine;
 pub mod control;
 pub mod engine;
 pub mod error;

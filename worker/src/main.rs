@@ -48,6 +48,10 @@ struct RunArgs {
     /// the address).
     #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
     control_token_file: Option<PathBuf>,
+    /// Local file locations (sources, tables, models, file sink, checkpoint) must be under one of
+    /// these directories (comma-separated); `s3://` is not affected.
+    #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
+    allowed_paths: Vec<PathBuf>,
     /// This replica's index (0-based).
     #[arg(long, default_value_t = 0)]
     replica: u32,
@@ -72,6 +76,9 @@ enum Command {
         /// Checkpoint location to check the query against (partition counts, state fingerprint).
         #[arg(long)]
         checkpoint: Option<String>,
+        /// As for `run`.
+        #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
+        allowed_paths: Vec<PathBuf>,
     },
     /// Run inside a Kubernetes pod (replica from the environment).
     Pod {
@@ -83,6 +90,9 @@ enum Command {
         /// without it, `SLUICE_CONTROL_TOKEN`; without either, `POST /stop` is refused.
         #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
         control_token_file: Option<PathBuf>,
+        /// As for `run`.
+        #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
+        allowed_paths: Vec<PathBuf>,
     },
 }
 
@@ -126,11 +136,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check {
             manifest,
             checkpoint,
-        } => return check(&manifest, checkpoint.as_deref()).await,
+            allowed_paths,
+        } => return check(&manifest, checkpoint.as_deref(), &allowed_paths).await,
         Command::Pod {
             manifest,
             http_port,
             control_token_file,
+            allowed_paths,
         } => {
             // Reachable from the whole cluster: no token, no control.
             let auth =
@@ -145,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1),
                 control_token_file,
+                allowed_paths,
             };
             (manifest, args, auth)
         }
@@ -152,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
+    confine(&args.allowed_paths, &query.spec, args.checkpoint.as_deref())?;
     let sink = describe_sink(&query.spec.sink);
     let mut config = QueryConfig::local(query);
     if let Some(checkpoint) = &args.checkpoint {
@@ -213,10 +227,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
-async fn check(manifest: &std::path::Path, checkpoint: Option<&str>) -> anyhow::Result<()> {
+async fn check(
+    manifest: &std::path::Path,
+    checkpoint: Option<&str>,
+    allowed_paths: &[PathBuf],
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
+    confine(allowed_paths, &query.spec, checkpoint)?;
     match sluice_worker::check::check(&query, checkpoint).await {
         Ok(report) => {
             println!("{}", serde_json::to_string(&report)?);
@@ -303,6 +322,20 @@ fn classify(e: sluice_worker::EngineError) -> anyhow::Error {
         ErrorClass::Internal => "this is a bug in Sluice",
     };
     anyhow::Error::new(e).context(hint)
+}
+
+/// Refuses local locations outside `--allowed-paths` (nothing to check without it).
+fn confine(
+    roots: &[PathBuf],
+    spec: &sluice_crds::StreamingQuerySpec,
+    checkpoint: Option<&str>,
+) -> anyhow::Result<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let allowed = sluice_worker::confine::AllowedPaths::new(roots).map_err(anyhow::Error::msg)?;
+    allowed.check_spec(spec, checkpoint)?;
+    Ok(())
 }
 
 /// `--http` value: a bare port binds 127.0.0.1 (local runs are not exposed to the network unless
