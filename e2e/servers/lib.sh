@@ -16,7 +16,14 @@
 #                        (and SLUICE_RUN_DIR) runs a second, independent set.
 #   SLUICE_KAFKA_PORT    (19092)  tansu Kafka broker
 #   SLUICE_PROM_PORT     (19090)  Prometheus
-#   SLUICE_PG_PORT       (15432)  PostgreSQL
+#   SLUICE_PG_PORT       (15432)  PostgreSQL (plain and TLS: ssl = on)
+#   SLUICE_KAFKA_TLS_PORT (19093) Kafka over TLS: stunnel (server `tlsproxy`)
+#                        terminating TLS in front of a second tansu broker
+#                        (server `kafkatls`, on port +1, advertising this
+#                        port), since tansu 0.6 has no working TLS listener.
+#   TLS material: a throwaway CA and a server certificate for 127.0.0.1 and
+#   localhost, made by openssl in ${SLUICE_RUN_DIR}/tls on first start; and a
+#   second, unrelated CA (wrong-ca.crt) for refusal tests.
 #   SLUICE_KAFKA_STORAGE memory (default: topics are lost when tansu stops)
 #                        or s3 (topics kept in bucket sluice-kafka on the
 #                        local SeaweedFS, so they survive `ctl.sh stop kafka`;
@@ -28,12 +35,15 @@
 SERVERS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SLUICE_CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 SLUICE_RUN_DIR=${SLUICE_RUN_DIR:-/tmp/sluice-servers}
-ALL_SERVERS=(s3 kafka prometheus postgres)
+ALL_SERVERS=(s3 kafka prometheus postgres kafkatls tlsproxy)
 
 S3_PORT=${SLUICE_S3_PORT:-19000}
 KAFKA_PORT=${SLUICE_KAFKA_PORT:-19092}
 PROM_PORT=${SLUICE_PROM_PORT:-19090}
 PG_PORT=${SLUICE_PG_PORT:-15432}
+KAFKA_TLS_PORT=${SLUICE_KAFKA_TLS_PORT:-19093}
+KAFKA_TLS_BACKEND_PORT=$((KAFKA_TLS_PORT + 1))
+STUNNEL_BIN=${SLUICE_STUNNEL_BIN:-$(command -v stunnel4 || command -v stunnel || echo stunnel4)}
 WAIT_SECS=${SLUICE_SERVER_WAIT:-60}
 
 S3_ACCESS_KEY=sluice
@@ -100,6 +110,8 @@ exe_name() {
         kafka) basename "$TANSU_BIN" ;;
         prometheus) echo prometheus ;;
         postgres) echo postgres ;;
+        kafkatls) basename "$TANSU_BIN" ;;
+        tlsproxy) basename "$STUNNEL_BIN" ;;
     esac
 }
 
@@ -111,6 +123,8 @@ port_of() {
         kafka) echo "$KAFKA_PORT" ;;
         prometheus) echo "$PROM_PORT" ;;
         postgres) echo "$PG_PORT" ;;
+        kafkatls) echo "$KAFKA_TLS_BACKEND_PORT" ;;
+        tlsproxy) echo "$KAFKA_TLS_PORT" ;;
     esac
 }
 
@@ -307,6 +321,86 @@ start_kafka() {
     wait_ready kafka kafka_metadata_ok
 }
 
+# ----------------------------------------------------------------- TLS -----
+tls_dir() { printf '%s/tls' "$SLUICE_RUN_DIR"; }
+
+# make_tls: a throwaway CA, a server certificate signed by it for 127.0.0.1
+# and localhost, and an unrelated CA; kept across restarts of one run dir.
+make_tls() {
+    local d
+    d=$(tls_dir)
+    [ -f "$d/server.crt" ] && [ -f "$d/wrong-ca.crt" ] && return 0
+    command -v openssl >/dev/null 2>&1 || die "tls: openssl not found (run e2e/servers/install.sh)"
+    rm -rf "$d"
+    mkdir -p "$d"
+    (
+        cd "$d" || exit 1
+        openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=Sluice test CA" \
+            -keyout ca.key -out ca.crt
+        openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=Unrelated test CA" \
+            -keyout wrong-ca.key -out wrong-ca.crt
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+        printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
+            'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile server.ext -out server.crt
+        chmod 644 ./*.crt
+        chmod 600 ./*.key
+    ) >>"$SLUICE_RUN_DIR/tls.log" 2>&1 || {
+        tail -n 20 "$SLUICE_RUN_DIR/tls.log" >&2
+        die "tls: openssl failed (log: $SLUICE_RUN_DIR/tls.log)"
+    }
+    log "tls: throwaway CA and server certificate in $d"
+}
+
+# A second tansu for TLS clients: it advertises the stunnel port, so clients
+# that bootstrap through stunnel keep talking TLS to it.
+start_kafkatls() {
+    local dir
+    dir=$(server_dir kafkatls)
+    [ -x "$TANSU_BIN" ] || die "kafkatls: tansu not found at $TANSU_BIN (run e2e/servers/install.sh)"
+    require_free_ports kafkatls "$KAFKA_TLS_BACKEND_PORT"
+    mkdir -p "$dir"
+    (
+        cd "$dir" || exit 1
+        spawn kafkatls "$TANSU_BIN" broker \
+            --listener-url "tcp://127.0.0.1:$KAFKA_TLS_BACKEND_PORT" \
+            --advertised-listener-url "tcp://127.0.0.1:$KAFKA_TLS_PORT" \
+            --storage-engine "memory://tansu/"
+    )
+    wait_ready kafkatls port_open "$KAFKA_TLS_BACKEND_PORT"
+}
+
+# A real TLS handshake with certificate verification against the test CA.
+tls_handshake_ok() {
+    openssl s_client -connect "127.0.0.1:$KAFKA_TLS_PORT" -CAfile "$(tls_dir)/ca.crt" \
+        -verify_return_error -brief </dev/null 2>&1 | grep -q 'Verification: OK'
+}
+
+start_tlsproxy() {
+    local dir
+    dir=$(server_dir tlsproxy)
+    command -v "$STUNNEL_BIN" >/dev/null 2>&1 || die "tlsproxy: stunnel4 not found (run e2e/servers/install.sh)"
+    require_free_ports tlsproxy "$KAFKA_TLS_PORT"
+    make_tls
+    mkdir -p "$dir"
+    cat >"$dir/stunnel.conf" <<EOF
+; Written by e2e/servers/lib.sh: TLS on 127.0.0.1:$KAFKA_TLS_PORT in front of
+; the kafkatls broker on 127.0.0.1:$KAFKA_TLS_BACKEND_PORT.
+foreground = yes
+pid =
+debug = notice
+[kafka]
+accept = 127.0.0.1:$KAFKA_TLS_PORT
+connect = 127.0.0.1:$KAFKA_TLS_BACKEND_PORT
+cert = $(tls_dir)/server.crt
+key = $(tls_dir)/server.key
+EOF
+    spawn tlsproxy "$STUNNEL_BIN" "$dir/stunnel.conf"
+    wait_ready tlsproxy port_open "$KAFKA_TLS_PORT"
+    wait_ready tlsproxy tls_handshake_ok
+}
+
 # ---------------------------------------------------------- Prometheus -----
 prom_ready() {
     [ "$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROM_PORT/-/ready")" = 200 ]
@@ -432,6 +526,17 @@ full_page_writes = off
 max_connections = 200
 EOF
     fi
+    # TLS with the throwaway CA (plain connections keep working: pg_hba's
+    # `host` lines match both). Set on every start so an old data dir gets it.
+    make_tls
+    cp "$(tls_dir)/server.crt" "$data/server.crt"
+    cp "$(tls_dir)/server.key" "$data/server.key"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$data/server.crt" "$data/server.key"; fi
+    chmod 600 "$data/server.key"
+    if ! grep -q '^ssl = on' "$data/postgresql.conf"; then
+        printf '%s\n' "ssl = on" "ssl_cert_file = 'server.crt'" "ssl_key_file = 'server.key'" \
+            >>"$data/postgresql.conf"
+    fi
     # After a crash (ctl.sh kill postgres) the old postmaster may linger as an
     # unreaped zombie and its children may take a moment to notice and exit;
     # postgres refuses to start until they are gone, so retry for a while.
@@ -541,6 +646,13 @@ write_env() {
             q SLUICE_TEST_PG_URL "$(pg_url)"
             q PGPASSWORD sluice
             q SLUICE_PG_BIN_DIR "$(pg_bin_dir)"
+        fi
+        if is_running tlsproxy && is_running kafkatls; then
+            q SLUICE_TEST_KAFKA_TLS "127.0.0.1:$KAFKA_TLS_PORT"
+        fi
+        if [ -f "$(tls_dir)/ca.crt" ]; then
+            q SLUICE_TEST_TLS_CA "$(tls_dir)/ca.crt"
+            q SLUICE_TEST_TLS_WRONG_CA "$(tls_dir)/wrong-ca.crt"
         fi
         for s in "${ALL_SERVERS[@]}"; do is_running "$s" || all=0; done
         # Tests skip when a server's variable is unset, unless this is 1.

@@ -10,6 +10,8 @@
 # Kafka: create a topic, produce and consume one message (confluent-kafka).
 # Prometheus: /-/ready, a file_sd target is picked up and scraped.
 # PostgreSQL: login as sluice/sluice over TCP, create a table, select.
+# TLS: the Kafka TLS proxy and PostgreSQL verify against the test CA and are
+# refused with the unrelated one.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -173,10 +175,32 @@ pg_checks() {
     fi
 }
 
+tls_checks() {
+    [ -n "${SLUICE_TEST_TLS_CA:-}" ] || return 0
+    local v
+    if [ -n "${SLUICE_TEST_KAFKA_TLS:-}" ]; then
+        v=$(openssl s_client -connect "$SLUICE_TEST_KAFKA_TLS" -CAfile "$SLUICE_TEST_TLS_CA" \
+            -verify_return_error -brief </dev/null 2>&1 | grep -c 'Verification: OK' || true)
+        expect "kafka TLS proxy verifies with the test CA" 1 "$v"
+        if openssl s_client -connect "$SLUICE_TEST_KAFKA_TLS" -CAfile "$SLUICE_TEST_TLS_WRONG_CA" \
+            -verify_return_error -brief </dev/null >/dev/null 2>&1; then
+            bad "kafka TLS proxy accepted with an unrelated CA"
+        else
+            ok "kafka TLS proxy refused with an unrelated CA"
+        fi
+    fi
+    if [ -n "${SLUICE_TEST_PG_URL:-}" ]; then
+        v=$(PGSSLMODE=verify-full PGSSLROOTCERT="$SLUICE_TEST_TLS_CA" pg_q \
+            -c 'select ssl from pg_stat_ssl where pid = pg_backend_pid()' 2>&1 || true)
+        expect "postgres verify-full with the test CA is encrypted" t "$v"
+    fi
+}
+
 s3_checks
 kafka_checks
 prom_checks
 pg_checks
+tls_checks
 
 if [ "$outage" = 1 ]; then
     ctl="$SERVERS_DIR/ctl.sh"

@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ -d "$SLUICE_RUN_DIR" ] || exit 0
 # Reverse start order: kafka may keep its data in s3.
-for s in postgres prometheus kafka s3; do
+for s in tlsproxy kafkatls postgres prometheus kafka s3; do
     if [ -f "$(pid_file "$s")" ]; then
         stop_server "$s"
     fi

@@ -74,11 +74,23 @@ impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Manifest(_) | Self::InvalidQuery(_) | Self::BadRecord { .. } => ErrorClass::User,
-            Self::Sql(e) => match e {
+            // The root cause decides: DataFusion wraps errors in `Context` / `Diagnostic` layers.
+            Self::Sql(e) => match e.find_root() {
                 datafusion::error::DataFusionError::Plan(_)
                 | datafusion::error::DataFusionError::SQL(..)
                 | datafusion::error::DataFusionError::SchemaError(..)
                 | datafusion::error::DataFusionError::NotImplemented(_) => ErrorClass::User,
+                // A value the SQL cannot handle (a failing cast, a division by zero, an overflow):
+                // the SQL or the data must change.
+                datafusion::error::DataFusionError::ArrowError(e, _) => match **e {
+                    arrow::error::ArrowError::CastError(_)
+                    | arrow::error::ArrowError::ParseError(_)
+                    | arrow::error::ArrowError::DivideByZero
+                    | arrow::error::ArrowError::ArithmeticOverflow(_)
+                    | arrow::error::ArrowError::ComputeError(_)
+                    | arrow::error::ArrowError::InvalidArgumentError(_) => ErrorClass::User,
+                    _ => ErrorClass::Internal,
+                },
                 _ => ErrorClass::Internal,
             },
             Self::Fenced(_) | Self::Checkpoint { .. } => ErrorClass::User,

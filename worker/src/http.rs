@@ -4,23 +4,37 @@
 //! trigger loop has exited after its final commit, with the latest progress, so a caller knows the
 //! worker's last commit; the process then exits).
 //!
+//! Mutating endpoints (`POST /stop`) follow [`ControlAuth`]: with a control token they need
+//! `Authorization: Bearer <token>` and answer 401 otherwise; read-only ones are always open.
+//!
 //! The page is plain HTML with uPlot (MIT, `worker/assets/vendor/uplot/`), embedded in the binary:
 //! nothing to build or fetch at run time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::control::ControlAuth;
 use crate::engine::Shared;
 
-/// The router over the shared engine state.
+/// The router over the shared engine state, with mutating endpoints open to anyone who can reach
+/// it (see [`router_with_auth`]).
 pub fn router(shared: Arc<Shared>) -> Router {
+    router_with_auth(shared, ControlAuth::Open)
+}
+
+/// The router, with mutating endpoints guarded by `auth`.
+pub fn router_with_auth(shared: Arc<Shared>, auth: ControlAuth) -> Router {
+    let control = Router::new()
+        .route("/stop", post(stop))
+        .route_layer(middleware::from_fn_with_state(Arc::new(auth), authorize));
     Router::new()
         .route("/", get(page))
         .route("/assets/uPlot.iife.min.js", get(uplot_js))
@@ -28,8 +42,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/progress", get(progress))
-        .route("/stop", post(stop))
+        .merge(control)
         .with_state(shared)
+}
+
+async fn authorize(State(auth): State<Arc<ControlAuth>>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match auth.authorize(header) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": refusal.message()})),
+        )
+            .into_response(),
+    }
 }
 
 /// Binds `addr` and serves in the background; returns the bound address (port 0 picks one).
@@ -37,10 +67,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// # Errors
 /// The bind error.
 pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+    serve_with_auth(addr, shared, ControlAuth::Open).await
+}
+
+/// As [`serve`], with mutating endpoints guarded by `auth`.
+///
+/// # Errors
+/// The bind error.
+pub async fn serve_with_auth(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    auth: ControlAuth,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(shared)).await {
+        if let Err(e) = axum::serve(listener, router_with_auth(shared, auth)).await {
             tracing::error!(error = %e, "http server stopped");
         }
     });

@@ -7,14 +7,18 @@
 
 pub mod check;
 pub mod checkpoint;
+pub mod confine;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod ml;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod progress;
 pub mod schema;
+pub mod secrets;
 pub mod sink;
 pub mod source;
 pub mod sql;

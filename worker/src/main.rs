@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_worker::control::ControlAuth;
 use sluice_worker::engine::describe_sink;
 use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
 
@@ -38,9 +39,19 @@ struct RunArgs {
     /// Checkpoint location (path or URL); overrides the manifest's.
     #[arg(long)]
     checkpoint: Option<String>,
-    /// Serve /metrics, /progress, /healthz, /stop on this address (port 0: any free port).
-    #[arg(long)]
+    /// Serve /metrics, /progress, /healthz, /stop on this address: `PORT` (on 127.0.0.1) or
+    /// `ADDR:PORT` (port 0: any free port).
+    #[arg(long, value_parser = parse_http_addr)]
     http: Option<SocketAddr>,
+    /// File holding the token that `POST /stop` must bear (`Authorization: Bearer <token>`);
+    /// without it, `SLUICE_CONTROL_TOKEN`; without either, /stop is open (to whoever can reach
+    /// the address).
+    #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
+    /// Local file locations (sources, tables, models, file sink, checkpoint) must be under one of
+    /// these directories (comma-separated); `s3://` is not affected.
+    #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
+    allowed_paths: Vec<PathBuf>,
     /// This replica's index (0-based).
     #[arg(long, default_value_t = 0)]
     replica: u32,
@@ -65,6 +76,9 @@ enum Command {
         /// Checkpoint location to check the query against (partition counts, state fingerprint).
         #[arg(long)]
         checkpoint: Option<String>,
+        /// As for `run`.
+        #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
+        allowed_paths: Vec<PathBuf>,
     },
     /// Run inside a Kubernetes pod (replica from the environment).
     Pod {
@@ -72,6 +86,13 @@ enum Command {
         manifest: PathBuf,
         #[arg(long, default_value_t = 9464)]
         http_port: u16,
+        /// File holding the control token (the operator mounts it from the query's Secret);
+        /// without it, `SLUICE_CONTROL_TOKEN`; without either, `POST /stop` is refused.
+        #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
+        control_token_file: Option<PathBuf>,
+        /// As for `run`.
+        #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
+        allowed_paths: Vec<PathBuf>,
     },
 }
 
@@ -105,16 +126,28 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (manifest, args) = match cli.command {
-        Command::Run { manifest, args } => (manifest, args),
+    let (manifest, args, auth) = match cli.command {
+        Command::Run { manifest, args } => {
+            let auth =
+                ControlAuth::from_sources(args.control_token_file.as_deref(), ControlAuth::Open)
+                    .map_err(anyhow::Error::msg)?;
+            (manifest, args, auth)
+        }
         Command::Check {
             manifest,
             checkpoint,
-        } => return check(&manifest, checkpoint.as_deref()).await,
+            allowed_paths,
+        } => return check(&manifest, checkpoint.as_deref(), &allowed_paths).await,
         Command::Pod {
             manifest,
             http_port,
+            control_token_file,
+            allowed_paths,
         } => {
+            // Reachable from the whole cluster: no token, no control.
+            let auth =
+                ControlAuth::from_sources(control_token_file.as_deref(), ControlAuth::Disabled)
+                    .map_err(anyhow::Error::msg)?;
             let args = RunArgs {
                 checkpoint: std::env::var("SLUICE_CHECKPOINT_LOCATION").ok(),
                 http: Some(SocketAddr::from(([0, 0, 0, 0], http_port))),
@@ -123,13 +156,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1),
+                control_token_file,
+                allowed_paths,
             };
-            (manifest, args)
+            (manifest, args, auth)
         }
     };
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
+    confine(&args.allowed_paths, &query.spec, args.checkpoint.as_deref())?;
     let sink = describe_sink(&query.spec.sink);
     let mut config = QueryConfig::local(query);
     if let Some(checkpoint) = &args.checkpoint {
@@ -152,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let shared = Shared::new();
     if let Some(addr) = args.http {
-        let bound = sluice_worker::http::serve(addr, shared.clone())
+        let bound = sluice_worker::http::serve_with_auth(addr, shared.clone(), auth)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("serving /metrics /progress /healthz /stop on http://{bound}");
@@ -191,10 +227,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
-async fn check(manifest: &std::path::Path, checkpoint: Option<&str>) -> anyhow::Result<()> {
+async fn check(
+    manifest: &std::path::Path,
+    checkpoint: Option<&str>,
+    allowed_paths: &[PathBuf],
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
+    confine(allowed_paths, &query.spec, checkpoint)?;
     match sluice_worker::check::check(&query, checkpoint).await {
         Ok(report) => {
             println!("{}", serde_json::to_string(&report)?);
@@ -202,6 +243,8 @@ async fn check(manifest: &std::path::Path, checkpoint: Option<&str>) -> anyhow::
         }
         // A store that cannot be reached says nothing about the manifest: exit 1, retry later.
         Err(e) if e.class() == ErrorClass::External => Err(classify(e)),
+        // Already names its field (e.g. `spec.sql`).
+        Err(e @ sluice_worker::EngineError::Manifest(_)) => Err(e.into()),
         // Every other refusal is a bad manifest for the caller (exit 2).
         Err(e) => Err(
             sluice_worker::EngineError::Manifest(sluice_crds::CrdError::Invalid(
@@ -279,6 +322,31 @@ fn classify(e: sluice_worker::EngineError) -> anyhow::Error {
         ErrorClass::Internal => "this is a bug in Sluice",
     };
     anyhow::Error::new(e).context(hint)
+}
+
+/// Refuses local locations outside `--allowed-paths` (nothing to check without it).
+fn confine(
+    roots: &[PathBuf],
+    spec: &sluice_crds::StreamingQuerySpec,
+    checkpoint: Option<&str>,
+) -> anyhow::Result<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let allowed = sluice_worker::confine::AllowedPaths::new(roots).map_err(anyhow::Error::msg)?;
+    allowed.check_spec(spec, checkpoint)?;
+    Ok(())
+}
+
+/// `--http` value: a bare port binds 127.0.0.1 (local runs are not exposed to the network unless
+/// asked, e.g. `0.0.0.0:9464`).
+fn parse_http_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("`{value}` is neither a port nor an ADDR:PORT address"))
 }
 
 /// Replica index: `SLUICE_REPLICA_INDEX`, else the ordinal suffix of the StatefulSet pod name

@@ -423,6 +423,7 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_bac
         key_column: None,
         exactly_once: true,
         options: Default::default(),
+        secret_options: Default::default(),
     };
     let sink = sluice_worker::sink::kafka::KafkaSink::new(&spec, "test/eos", "id");
     let batch = |values: Vec<&str>| {

@@ -34,6 +34,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
 use crate::state::{StateDelta, StateStore};
 
+pub mod guard;
 pub mod stream_join;
 pub mod streaming;
 pub mod tables;
@@ -110,6 +111,7 @@ impl BatchQuery {
     ///
     /// # Errors
     /// [`EngineError::Sql`] when DataFusion cannot parse or plan it (unknown column, type error);
+    /// [`EngineError::Manifest`] at `spec.sql` for a statement other than a query (see [`guard`]);
     /// [`EngineError::InvalidQuery`] when it needs state that the scope does not keep, or the
     /// output mode does not fit it (Spark's rule: `complete` needs an aggregation).
     pub async fn new(
@@ -194,6 +196,7 @@ impl BatchQuery {
         let mut statement = ctx
             .state()
             .sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
+        guard::ensure_query(&statement)?;
         rewrite_spark_functions(&mut statement);
         let mut query = Self {
             ctx,
@@ -624,6 +627,7 @@ impl BatchQuery {
             .state()
             .statement_to_plan(self.statement.clone())
             .await?;
+        guard::verify_plan(&plan)?;
         if !self.distinct_as_grouping {
             return Ok(plan);
         }

@@ -101,8 +101,12 @@ impl KafkaSink {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn config(&self) -> rdkafka::ClientConfig {
-        let mut config = client_config(&self.spec.bootstrap_servers, &self.spec.options);
+    fn config(&self) -> Result<rdkafka::ClientConfig> {
+        let mut config = client_config(
+            &self.spec.bootstrap_servers,
+            &self.spec.options,
+            &self.spec.secret_options,
+        )?;
         if !self.spec.options.contains_key("linger.ms") {
             // Low latency by default: a micro-batch is sent at once anyway.
             config.set("linger.ms", "1");
@@ -110,7 +114,7 @@ impl KafkaSink {
         if !self.spec.options.contains_key("message.timeout.ms") {
             config.set("message.timeout.ms", "30000");
         }
-        config
+        Ok(config)
     }
 
     async fn plain_producer(&self) -> Result<Arc<FutureProducer>> {
@@ -119,7 +123,7 @@ impl KafkaSink {
             return Ok(Arc::clone(p));
         }
         let producer: FutureProducer = self
-            .config()
+            .config()?
             .create()
             .map_err(|e| sink_error(format!("producer: {e}")))?;
         let producer = Arc::new(producer);
@@ -137,7 +141,7 @@ impl KafkaSink {
         if let Some(p) = guard.get(&task) {
             return Ok(Some(Arc::clone(p)));
         }
-        let mut config = self.config();
+        let mut config = self.config()?;
         config.set(
             "transactional.id",
             format!("sluice-{}-{task}", self.query.replace('/', ".")),

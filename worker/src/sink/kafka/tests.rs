@@ -11,6 +11,7 @@ fn spec(format: KafkaFormat, key_column: Option<&str>) -> KafkaSinkSpec {
         key_column: key_column.map(str::to_string),
         exactly_once: false,
         options: Default::default(),
+        secret_options: Default::default(),
     }
 }
 

@@ -12,6 +12,8 @@ fn spec(mode: PostgresWriteMode, keys: &[&str]) -> PostgresSinkSpec {
             database: "db".into(),
             user: "u".into(),
             password_env: None,
+            ssl_mode: Default::default(),
+            ssl_root_cert: None,
         },
         table: "public.counts".into(),
         mode,

@@ -42,8 +42,11 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use async_trait::async_trait;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -139,14 +142,26 @@ pub fn headers_type() -> DataType {
     )))
 }
 
-/// The librdkafka configuration of a source or sink: `bootstrap.servers` plus the spec's options.
-pub fn client_config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+/// The librdkafka configuration of a source or sink: `bootstrap.servers`, the spec's options, and
+/// its `secretOptions` read now from their environment variables or files. TLS and SASL are
+/// librdkafka's own (`security.protocol: ssl | sasl_ssl`, `ssl.ca.location`, `sasl.mechanism`, ...).
+///
+/// # Errors
+/// [`EngineError::Manifest`] when a secret option's variable or file cannot be read.
+pub fn client_config(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+    secret_options: &BTreeMap<String, sluice_crds::SecretRef>,
+) -> Result<ClientConfig> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (k, v) in options {
         config.set(k, v);
     }
-    config
+    for (k, v) in crate::secrets::resolve_all("kafka.secretOptions", secret_options)? {
+        config.set(k, v);
+    }
+    Ok(config)
 }
 
 fn source_error(name: &str, message: impl std::fmt::Display) -> EngineError {
@@ -222,8 +237,8 @@ impl StartingOffsets {
 }
 
 /// Lists the partitions of the spec's topics (sorted).
-fn discover(
-    consumer: &BaseConsumer,
+fn discover<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     spec: &KafkaSourceSpec,
     name: &str,
 ) -> Result<Vec<TopicPartition>> {
@@ -286,8 +301,12 @@ impl KafkaSource {
             ),
         };
         let starting = StartingOffsets::parse(&kafka.starting_offsets)?;
-        let consumer = new_consumer(kafka, &spec.name)?;
-        let initial = discover(&consumer, kafka, &spec.name)?;
+        let consumer = new_consumer_with(kafka, &spec.name, LastBrokerError::default())?;
+        let initial = discover(&consumer, kafka, &spec.name).map_err(|e| {
+            // librdkafka queues its logs and errors until a poll: serve them before explaining.
+            let _ = consumer.poll(Duration::from_millis(100));
+            consumer.context().explain(e)
+        })?;
         if initial.is_empty() {
             return Err(source_error(
                 &spec.name,
@@ -307,7 +326,15 @@ impl KafkaSource {
 }
 
 fn new_consumer(spec: &KafkaSourceSpec, name: &str) -> Result<BaseConsumer> {
-    let mut config = client_config(&spec.bootstrap_servers, &spec.options);
+    new_consumer_with(spec, name, DefaultConsumerContext)
+}
+
+fn new_consumer_with<C: ConsumerContext>(
+    spec: &KafkaSourceSpec,
+    name: &str,
+    context: C,
+) -> Result<BaseConsumer<C>> {
+    let mut config = client_config(&spec.bootstrap_servers, &spec.options, &spec.secret_options)?;
     // No consumer group offsets: the checkpoint is the source of truth.
     config
         .set_if_absent("group.id", "sluice")
@@ -317,8 +344,71 @@ fn new_consumer(spec: &KafkaSourceSpec, name: &str) -> Result<BaseConsumer> {
         .set_if_absent("fetch.wait.max.ms", "5")
         .set_if_absent("auto.offset.reset", "earliest");
     config
-        .create()
+        .create_with_context(context)
         .map_err(|e| source_error(name, format!("consumer: {e}")))
+}
+
+/// Keeps librdkafka's last error (a TLS handshake or SASL failure, say) so that a failed metadata
+/// request says why instead of only "broker transport failure". librdkafka's reasons name brokers,
+/// mechanisms and certificate problems, never a credential.
+#[derive(Default)]
+struct LastBrokerError(std::sync::Mutex<Option<String>>);
+
+impl ClientContext for LastBrokerError {
+    // A failed connection (`FAIL`, e.g. a TLS handshake) is logged at error level.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+                self.record(log_message);
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        self.record(reason);
+    }
+}
+
+impl ConsumerContext for LastBrokerError {}
+
+impl LastBrokerError {
+    fn record(&self, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+
+    /// `e` with the last broker error appended to a source error's message.
+    fn explain(&self, e: EngineError) -> EngineError {
+        let last = self.0.lock().ok().and_then(|l| l.clone());
+        match (e, last) {
+            (
+                EngineError::Source {
+                    source_name,
+                    message,
+                },
+                Some(reason),
+            ) => EngineError::Source {
+                source_name,
+                message: format!("{message}; last broker error: {reason}"),
+            },
+            (e, _) => e,
+        }
+    }
 }
 
 trait SetIfAbsent {
@@ -559,7 +649,11 @@ impl KafkaTask {
 
     /// Fetches exactly the records of `range` again (a replay after a restart).
     async fn refetch(&self, range: &KafkaRange) -> Result<Vec<OwnedRecord>> {
-        let mut config = client_config(&self.spec.bootstrap_servers, &self.spec.options);
+        let mut config = client_config(
+            &self.spec.bootstrap_servers,
+            &self.spec.options,
+            &self.spec.secret_options,
+        )?;
         config
             .set_if_absent("group.id", "sluice")
             .set_if_absent("enable.auto.commit", "false")
