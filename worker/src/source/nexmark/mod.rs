@@ -373,11 +373,18 @@ impl SourceTask for NexmarkTask {
         .ok()
     }
 
-    /// Unknown (unbounded) for an unpaced stream without `maxEvents`.
+    /// This table's share of the events available and not planned (its 1, 3 or 46 in 50);
+    /// unknown (unbounded) for an unpaced stream without `maxEvents`.
     fn backlog(&self) -> Option<u64> {
         if self.events_per_second.is_none() && self.max_events.is_none() {
             return None;
         }
-        Some(self.available(now_ms()).saturating_sub(self.next))
+        let events = self.available(now_ms()).saturating_sub(self.next);
+        let share = match self.table {
+            NexmarkTable::Person => model::PERSON_PROPORTION,
+            NexmarkTable::Auction => model::AUCTION_PROPORTION,
+            NexmarkTable::Bid => model::BID_PROPORTION,
+        };
+        Some(events.saturating_mul(share) / model::PROPORTION_DENOMINATOR)
     }
 }

@@ -269,6 +269,11 @@ async fn unpaced_plans_stop_at_max_events() {
     );
     let mut task = source.open(1, &[]).await.expect("open");
     task.freeze().await.expect("freeze");
+    assert_eq!(
+        task.backlog(),
+        Some(125_000 * 46 / 50),
+        "bids among the partition's events"
+    );
     let mut ranges = Vec::new();
     while let Some(range) = task.plan(PlanLimit::PerTrigger).await.expect("plan") {
         let range: NexmarkRange = serde_json::from_value(range).expect("range");
@@ -276,6 +281,7 @@ async fn unpaced_plans_stop_at_max_events() {
     }
     // Partition 1 holds the odd events below 250001: 125000 of them, 100000 per batch.
     assert_eq!(ranges, vec![(0, 100_000), (100_000, 125_000)]);
+    assert_eq!(task.backlog(), Some(0));
     let mut once = source.open(0, &[]).await.expect("open");
     let all: NexmarkRange = serde_json::from_value(
         once.plan(PlanLimit::Unbounded)
