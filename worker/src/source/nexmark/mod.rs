@@ -52,7 +52,9 @@ pub const EVENTS_PER_BATCH: u64 = 100_000;
 pub struct NexmarkRange {
     /// Wall time of the first batch, ms since the Unix epoch (paces `eventsPerSecond`).
     pub start_ms: i64,
+    /// First k of the range (this partition's k-th event is `task + k * partitions`).
     pub start: u64,
+    /// One past the last k.
     pub end: u64,
 }
 
@@ -67,6 +69,7 @@ pub struct NexmarkSource {
 }
 
 impl NexmarkSource {
+    /// The source named `name` (its table name in SQL) over `spec`'s table of the event stream.
     pub fn new(name: &str, spec: &NexmarkSourceSpec) -> Self {
         Self {
             name: name.to_string(),

@@ -11,15 +11,21 @@
 
 use super::java_random::JavaRandom;
 
-/// Person, auction and bid events per 50 (`GeneratorConfig.PERSON_PROPORTION`, ...).
+/// Person events per 50 (`GeneratorConfig.PERSON_PROPORTION`).
 pub const PERSON_PROPORTION: u64 = 1;
+/// Auction events per 50.
 pub const AUCTION_PROPORTION: u64 = 3;
+/// Bid events per 50.
 pub const BID_PROPORTION: u64 = 46;
+/// Events per round of the mix.
 pub const PROPORTION_DENOMINATOR: u64 = PERSON_PROPORTION + AUCTION_PROPORTION + BID_PROPORTION;
 
-/// First ids, so that queries find matches on small data (`GeneratorConfig.FIRST_*_ID`).
+/// First person id; ids start high so that queries find matches on small data
+/// (`GeneratorConfig.FIRST_PERSON_ID`).
 pub const FIRST_PERSON_ID: i64 = 1000;
+/// First auction id (`GeneratorConfig.FIRST_AUCTION_ID`).
 pub const FIRST_AUCTION_ID: i64 = 1000;
+/// First category id (`GeneratorConfig.FIRST_CATEGORY_ID`).
 pub const FIRST_CATEGORY_ID: i64 = 10;
 
 /// Event time of event 0: Beam's `NexmarkUtils.BASE_TIME`, 2015-07-15T00:00:00Z, in ms.
