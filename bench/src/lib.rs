@@ -9,6 +9,7 @@
 
 pub mod engines;
 pub mod measure;
+pub mod nexmark;
 pub mod report;
 
 use std::fmt::Write as _;

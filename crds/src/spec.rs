@@ -183,10 +183,10 @@ pub struct StreamingQuerySpec {
     pub suspend: bool,
 }
 
-/// One named input stream. Exactly one of `file`, `kafka`, `socket`, `rate` is set.
+/// One named input stream. Exactly one of `file`, `kafka`, `socket`, `rate`, `nexmark` is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("(has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.socket) ? 1 : 0) + (has(self.rate) ? 1 : 0) == 1").message("exactly one of file, kafka, socket, rate must be set"))]
+#[x_kube(validation = Rule::new("(has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.socket) ? 1 : 0) + (has(self.rate) ? 1 : 0) + (has(self.nexmark) ? 1 : 0) == 1").message("exactly one of file, kafka, socket, rate, nexmark must be set"))]
 pub struct SourceSpec {
     /// Table name in SQL.
     #[schemars(length(max = MAX_IDENTIFIER))]
@@ -199,6 +199,8 @@ pub struct SourceSpec {
     pub socket: Option<SocketSourceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateSourceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexmark: Option<NexmarkSourceSpec>,
     /// Columns of the decoded records. Required for `file` and for `kafka` with a decoding `format`
     /// (a stream's schema cannot be inferred, as in Spark).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -226,6 +228,7 @@ pub enum SourceKind {
     Kafka,
     Socket,
     Rate,
+    Nexmark,
 }
 
 impl SourceSpec {
@@ -243,6 +246,9 @@ impl SourceSpec {
         }
         if self.rate.is_some() {
             kinds.push(SourceKind::Rate);
+        }
+        if self.nexmark.is_some() {
+            kinds.push(SourceKind::Nexmark);
         }
         kinds
     }
@@ -371,6 +377,43 @@ pub struct RateSourceSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("rate.partitions is fixed when the checkpoint is created; start a new query to change it"))]
     #[schemars(range(min = 1))]
     pub partitions: u32,
+}
+
+/// One table of the Nexmark benchmark's generated auction site (persons, auctions, bids), as the
+/// Beam/Flink Nexmark generator makes it. Events are a pure function of their offset, so every
+/// `nexmark` source with the same `eventsPerSecond` and `maxEvents` sees the same event stream: a
+/// manifest declares one source per table it reads (`person`, `auction`, `bid`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NexmarkSourceSpec {
+    /// Which events of the stream this source's rows are.
+    pub table: NexmarkTable,
+    /// Events per second over all partitions and all three tables; event times are spaced by
+    /// `1 / eventsPerSecond`. Unset: events are available as fast as they are read, and event
+    /// times are spaced as at the reference default of 10,000 events/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub events_per_second: Option<u64>,
+    /// Total events (all three tables) after which the stream ends; unset: unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<u64>,
+    /// Number of partitions (= tasks); event `n` belongs to partition `n % partitions`.
+    #[serde(default = "default_one")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("nexmark.partitions is fixed when the checkpoint is created; start a new query to change it"))]
+    #[schemars(range(min = 1))]
+    pub partitions: u32,
+}
+
+/// A table of the Nexmark event stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NexmarkTable {
+    /// New users: 1 event in 50.
+    Person,
+    /// New auctions: 3 events in 50.
+    Auction,
+    /// Bids: 46 events in 50.
+    Bid,
 }
 
 fn default_one() -> u32 {

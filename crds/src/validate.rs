@@ -66,7 +66,7 @@ impl ColumnType {
 ///
 /// # Errors
 /// The first broken rule, with the field path, e.g. ``"`spec.sources[0]`: exactly one of file,
-/// kafka, socket, rate must be set"``.
+/// kafka, socket, rate, nexmark must be set"``.
 pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if spec.sources.is_empty() {
         return Err(err("spec.sources", "at least one source is required"));
@@ -88,7 +88,7 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
         if kinds.len() != 1 {
             return Err(err(
                 path,
-                "exactly one of file, kafka, socket, rate must be set",
+                "exactly one of file, kafka, socket, rate, nexmark must be set",
             ));
         }
         check_schema(&format!("{path}.schema"), &source.schema)?;
@@ -149,14 +149,39 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
                 )?;
             }
             SourceKind::Socket => {}
+            SourceKind::Nexmark => {
+                let nexmark = source
+                    .nexmark
+                    .as_ref()
+                    .ok_or_else(|| err(&path, "nexmark"))?;
+                if nexmark.events_per_second == Some(0) {
+                    return Err(err(
+                        format!("{path}.nexmark.eventsPerSecond"),
+                        "must be positive (leave it unset for as fast as possible)",
+                    ));
+                }
+                if nexmark.partitions == 0 {
+                    return Err(err(
+                        format!("{path}.nexmark.partitions"),
+                        "must be at least 1",
+                    ));
+                }
+                if !source.schema.is_empty() {
+                    return Err(err(
+                        format!("{path}.schema"),
+                        "a nexmark source has a fixed schema; leave schema unset",
+                    ));
+                }
+            }
         }
         if let Some(watermark) = &source.watermark {
             let column = source.schema.iter().find(|c| c.name == watermark.column);
             let is_timestamp = column
                 .and_then(|c| ColumnType::parse(&c.data_type))
                 .is_some_and(|t| t == ColumnType::Timestamp);
-            // The rate source has a built-in `timestamp` column.
-            let builtin = source.rate.is_some() && watermark.column == "timestamp";
+            // The rate source has a built-in `timestamp` column; nexmark tables `dateTime`.
+            let builtin = (source.rate.is_some() && watermark.column == "timestamp")
+                || (source.nexmark.is_some() && watermark.column == "dateTime");
             if !is_timestamp && !builtin {
                 return Err(err(
                     format!("{path}.watermark.column"),
@@ -458,6 +483,36 @@ mod tests {
             "{SOURCES}      watermark: {{column: ts, delay: soon}}\n  sink: {{console: {{}}}}\n"
         ));
         assert!(e.contains("spec.sources[0].watermark.delay"), "{e}");
+    }
+
+    #[test]
+    fn nexmark_source_rules() {
+        let nexmark = |options: &str, rest: &str| {
+            manifest(&format!(
+                "  sources:\n    - name: events\n      nexmark: {{{options}}}\n{rest}  sink: {{console: {{}}}}\n"
+            ))
+        };
+        // The built-in `dateTime` column takes a watermark.
+        let ok = nexmark(
+            "table: bid, maxEvents: 1000",
+            "      watermark: {column: dateTime, delay: 5s}\n",
+        );
+        parse_manifest(&ok).expect("valid nexmark source");
+        let e = parse_manifest(&nexmark("table: bid, eventsPerSecond: 0", ""))
+            .expect_err("zero rate")
+            .to_string();
+        assert!(e.contains("spec.sources[0].nexmark.eventsPerSecond"), "{e}");
+        let e = parse_manifest(&nexmark(
+            "table: person",
+            "      schema: [{name: id, type: long}]\n",
+        ))
+        .expect_err("schema")
+        .to_string();
+        assert!(e.contains("spec.sources[0].schema"), "{e}");
+        let e = parse_manifest(&nexmark("table: bids", ""))
+            .expect_err("unknown table")
+            .to_string();
+        assert!(e.contains("table"), "{e}");
     }
 
     #[test]

@@ -840,6 +840,11 @@ fn describe_source(source: &sluice_crds::SourceSpec) -> String {
             "RateSource[rowsPerSecond={}, partitions={}]",
             rate.rows_per_second, rate.partitions
         )
+    } else if let Some(nexmark) = &source.nexmark {
+        format!(
+            "NexmarkSource[table={:?}, eventsPerSecond={:?}, maxEvents={:?}, partitions={}]",
+            nexmark.table, nexmark.events_per_second, nexmark.max_events, nexmark.partitions
+        )
     } else if let Some(socket) = &source.socket {
         format!(
             "TextSocketSource[host: {}, port: {}]",

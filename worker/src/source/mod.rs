@@ -11,6 +11,7 @@
 pub mod decode;
 pub mod file;
 pub mod kafka;
+pub mod nexmark;
 pub mod rate;
 pub mod socket;
 
@@ -118,6 +119,9 @@ pub fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
     }
     if let Some(kafka) = &spec.kafka {
         return Ok(Box::new(kafka::KafkaSource::new(spec, kafka)?));
+    }
+    if let Some(nexmark) = &spec.nexmark {
+        return Ok(Box::new(nexmark::NexmarkSource::new(&spec.name, nexmark)));
     }
     if let Some(socket) = &spec.socket {
         return Ok(Box::new(socket::SocketSource::new(&spec.name, socket)));

@@ -20,6 +20,7 @@ fn spec(
         file: Some(file.clone()),
         kafka: None,
         socket: None,
+        nexmark: None,
         rate: None,
         schema: vec![ColumnSpec {
             name: "id".into(),
