@@ -9,6 +9,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod http;
 pub mod metrics;
 pub mod ml;

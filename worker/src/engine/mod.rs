@@ -354,7 +354,10 @@ impl Engine {
             Some(path) => Location::parse(path)?,
             None => checkpoint.location().sub("bad-records"),
         };
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let epoch = crate::checkpoint::Epoch::starting_now(&run_id);
         let targets = TaskTargets {
+            epoch: epoch.clone(),
             sink,
             checkpoint: checkpoint.clone(),
             bad_records,
@@ -368,6 +371,13 @@ impl Engine {
         let mut runners = Vec::new();
         for task in (0..task_count).filter(|t| t % replicas == config.replica) {
             let log = checkpoint.read_task_log(task).await?;
+            checkpoint
+                .claim_task(
+                    task,
+                    &epoch,
+                    log.compacted.as_ref().and_then(|c| c.epoch.as_ref()),
+                )
+                .await?;
             let mut task_inputs = Vec::new();
             for (source, spec_source) in sources.iter().zip(&spec.sources) {
                 if task >= source.partitions() {
@@ -423,7 +433,7 @@ impl Engine {
             source_descriptions,
             trigger,
             query_id: metadata.query_id,
-            run_id: uuid::Uuid::new_v4().to_string(),
+            run_id,
             runners,
             shared,
             config,
