@@ -234,6 +234,11 @@ pub struct KafkaSourceSpec {
     /// Extra librdkafka properties.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// Spark's `failOnDataLoss`: when offsets the query still had to read were deleted (retention,
+    /// a recreated topic), stop the query (`true`, the default) or skip them, counting the skipped
+    /// ranges in `sluice_data_loss_total` and naming them in `/progress` (`false`).
+    #[serde(default = "default_true")]
+    pub fail_on_data_loss: bool,
 }
 
 fn default_starting_offsets() -> String {
@@ -445,7 +450,7 @@ pub struct KafkaSinkSpec {
     /// Column whose value is the record key when `format` encodes the row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_column: Option<String>,
-    /// Use Kafka transactions (exactly once) where the broker supports them.
+    /// Use Kafka transactions (exactly once); a broker that refuses them is an error.
     #[serde(default)]
     pub exactly_once: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -53,6 +53,15 @@ pub enum EngineError {
         source_name: String,
         message: String,
     },
+    /// Source input the query still had to read no longer exists (Kafka offsets deleted by
+    /// retention, a recreated topic) and `failOnDataLoss` is true (Spark's default).
+    #[error(
+        "source `{source_name}`: data loss: {message} (set `failOnDataLoss: false` on the source to skip them)"
+    )]
+    DataLoss {
+        source_name: String,
+        message: String,
+    },
     /// A sink failed to write.
     #[error("sink: {0}")]
     Sink(String),
@@ -81,7 +90,7 @@ impl EngineError {
                 | datafusion::error::DataFusionError::NotImplemented(_) => ErrorClass::User,
                 _ => ErrorClass::Internal,
             },
-            Self::Fenced(_) | Self::Checkpoint { .. } => ErrorClass::User,
+            Self::Fenced(_) | Self::Checkpoint { .. } | Self::DataLoss { .. } => ErrorClass::User,
             Self::Storage { .. } | Self::Source { .. } | Self::Sink(_) | Self::Lookup { .. } => {
                 ErrorClass::External
             }

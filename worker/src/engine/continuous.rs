@@ -402,6 +402,7 @@ fn report(
                 trigger_execution: elapsed_ms(started),
                 ..DurationMs::default()
             },
+            ..TaskProgress::default()
         },
         rows_per_source: epoch.rows_per_source.clone(),
         // Continuous processing is stateless.

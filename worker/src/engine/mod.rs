@@ -640,6 +640,12 @@ impl Engine {
                 .bad_records
                 .get_or_create(&labels)
                 .inc_by(p.num_bad_records);
+            if p.num_lost_ranges > 0 {
+                metrics
+                    .data_loss
+                    .get_or_create(&labels)
+                    .inc_by(p.num_lost_ranges);
+            }
             let seconds = p.duration_ms.trigger_execution as f64 / 1000.0;
             metrics
                 .batch_duration

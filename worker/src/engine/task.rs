@@ -236,6 +236,9 @@ impl TaskRunner {
         let mut rows = Vec::with_capacity(self.inputs.len());
         let mut rows_per_source = BTreeMap::new();
         let mut bad_total = 0u64;
+        let mut lost_offsets = 0u64;
+        let mut lost_ranges = 0u64;
+        let mut data_loss = Vec::new();
         for input in &mut self.inputs {
             let Some(range) = entry.sources.get(&input.name) else {
                 rows.push(Vec::new());
@@ -245,6 +248,9 @@ impl TaskRunner {
             let count: u64 = output.batches.iter().map(|b| b.num_rows() as u64).sum();
             rows_per_source.insert(input.name.clone(), count);
             bad_total += output.bad_records.len() as u64;
+            lost_offsets += output.lost_offsets;
+            lost_ranges += output.lost_ranges;
+            data_loss.extend(output.data_loss);
             handle_bad_records(
                 &self.bad_records,
                 self.task,
@@ -339,6 +345,9 @@ impl TaskRunner {
                 num_output_rows: written,
                 num_bad_records: bad_total,
                 replayed,
+                num_lost_ranges: lost_ranges,
+                num_lost_offsets: lost_offsets,
+                data_loss,
                 duration_ms: durations,
             },
             rows_per_source,
