@@ -87,6 +87,13 @@ pub struct StreamingQuerySpec {
     /// How a spec change is rolled out: keep state (`lastState`) or start afresh (`stateless`).
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
+    /// Attempts a batch gets when it fails with an error that retrying will not fix (bad data the
+    /// sink refuses, a value SQL cannot convert, a bug): after this many (counted across worker
+    /// restarts in the checkpoint) the query stops with `PoisonBatch` naming the batch, the task
+    /// and the error instead of crash-looping. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_batch_attempts: Option<u32>,
     /// Worker container image; the chart's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

@@ -264,6 +264,14 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if let Some(interval) = &trigger.continuous {
         parse_duration(interval).map_err(|m| err("spec.trigger.continuous", m))?;
     }
+    if let Some(attempts) = spec.max_batch_attempts
+        && !(1..=100).contains(&attempts)
+    {
+        return Err(err(
+            "spec.maxBatchAttempts",
+            format!("must be between 1 and 100, got {attempts}"),
+        ));
+    }
     if spec.checkpoint.min_batches_to_retain == Some(0) {
         return Err(err(
             "spec.checkpoint.minBatchesToRetain",

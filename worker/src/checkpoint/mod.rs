@@ -5,6 +5,7 @@
 //! metadata.json                      query id, source partition counts, created (ms)
 //! tasks/<task>/offsets/<batchId>     planned input range per source, written BEFORE processing
 //! tasks/<task>/sinks/<batchId>       the sink accepted the batch (rows), before the commit
+//! tasks/<task>/attempts/<batchId>    failed attempts of a batch that did not commit (poison)
 //! tasks/<task>/commits/<batchId>     written AFTER the sink accepted the batch
 //! tasks/<task>/compacted/<batchId>   every batch up to batchId folded into one entry (retention)
 //! tasks/<task>/epochs/<epoch>        the worker that owns the task (see [`epoch`])
@@ -84,6 +85,15 @@ pub struct SinkRecord {
     /// The writer's epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<Epoch>,
+}
+
+/// One `attempts/<batchId>` entry: failed attempts of a batch (poison batch detection).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedAttempts {
+    pub batch_id: u64,
+    pub attempts: u32,
+    pub last_error: String,
 }
 
 /// What a task's log says at start-up.
@@ -400,6 +410,36 @@ impl Checkpoint {
             .get_json::<SinkRecord>(&path)
             .await?
             .map(|record| record.rows))
+    }
+
+    /// Counts one more failed attempt of batch `batch_id` of `task` in
+    /// `tasks/<task>/attempts/<batchId>` (so attempts add up across worker restarts) and returns
+    /// the count.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails.
+    pub async fn record_failed_attempt(
+        &self,
+        task: u32,
+        batch_id: u64,
+        error: &str,
+    ) -> Result<u32> {
+        let relative = format!("tasks/{task}/attempts/{}", batch_name(batch_id));
+        let previous = self
+            .get_json::<FailedAttempts>(&self.location.child(&relative))
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |a| a.attempts);
+        let attempts = FailedAttempts {
+            batch_id,
+            attempts: previous.saturating_add(1),
+            last_error: error.to_string(),
+        };
+        let body =
+            serde_json::to_vec(&attempts).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.put(&relative, body).await?;
+        Ok(attempts.attempts)
     }
 
     /// Saves the learned models' state of a batch as `tasks/<task>/models/<batchId>` (before the

@@ -150,7 +150,7 @@ pub fn fold_entries<'a>(
 
 /// Deletes what the compacted entry of batch `through` made unnecessary.
 async fn prune(checkpoint: &Checkpoint, task: u32, through: u64) -> Result<()> {
-    for dir in ["offsets", "commits", "sinks", "models"] {
+    for dir in ["offsets", "commits", "sinks", "attempts", "models"] {
         delete_ids(checkpoint, task, dir, |id| id <= through).await?;
     }
     delete_ids(checkpoint, task, "compacted", |id| id < through).await?;

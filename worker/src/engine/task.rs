@@ -183,6 +183,11 @@ impl TaskRunner {
         result
     }
 
+    /// The id of the batch this task has planned but not committed, if any.
+    pub fn pending_batch(&self) -> Option<u64> {
+        self.pending.as_ref().map(|p| p.entry.batch_id)
+    }
+
     /// The learned models of this task (for progress).
     pub fn models(&self) -> &TaskModels {
         &self.models
