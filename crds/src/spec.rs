@@ -194,6 +194,11 @@ pub struct FileSourceSpec {
     /// CSV only: field delimiter (default `,`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<String>,
+    /// JSON/CSV: the longest record (line) read, in bytes (default 16 MiB). A longer one is a bad
+    /// record (its first KiB kept) instead of an unbounded buffer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_record_bytes: Option<u64>,
 }
 
 fn default_file_partitions() -> u32 {

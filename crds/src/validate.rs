@@ -264,6 +264,16 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if let Some(interval) = &trigger.continuous {
         parse_duration(interval).map_err(|m| err("spec.trigger.continuous", m))?;
     }
+    for (i, source) in spec.sources.iter().enumerate() {
+        if let Some(bytes) = source.file.as_ref().and_then(|f| f.max_record_bytes)
+            && !(1024..=1_073_741_824).contains(&bytes)
+        {
+            return Err(err(
+                format!("spec.sources[{i}].file.maxRecordBytes"),
+                format!("must be between 1024 and 1073741824 (1 GiB), got {bytes}"),
+            ));
+        }
+    }
     if let Some(attempts) = spec.max_batch_attempts
         && !(1..=100).contains(&attempts)
     {

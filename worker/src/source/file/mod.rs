@@ -59,6 +59,8 @@ struct FileConfig {
     schema: SchemaRef,
     partitions: u32,
     max_files_per_trigger: Option<usize>,
+    /// Longest JSON/CSV record (`maxRecordBytes`).
+    max_record_bytes: usize,
 }
 
 impl FileSource {
@@ -84,6 +86,11 @@ impl FileSource {
             schema: arrow_schema(&spec.schema)?,
             partitions: file.partitions,
             max_files_per_trigger: file.max_files_per_trigger.map(|n| n as usize),
+            max_record_bytes: file
+                .max_record_bytes
+                .map_or(TextFileDecoder::MAX_RECORD_BYTES, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
         };
         Ok(Self {
             config: Arc::new(config),
@@ -331,7 +338,8 @@ async fn read_file(
         }
         _ => {
             // Text is decoded a run of lines at a time as it arrives, never whole.
-            let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin);
+            let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin)
+                .with_max_record_bytes(config.max_record_bytes);
             let range = object.range.clone();
             match object.payload {
                 GetResultPayload::File(file, _) => {
@@ -372,7 +380,7 @@ fn decode_local_file(
             break;
         }
         remaining -= read as u64;
-        decoder.push(&buffer[..read]);
+        decoder.push(&buffer[..read])?;
         if decoder.ready() {
             decoder.decode_ready()?;
         }
@@ -391,7 +399,7 @@ async fn decode_stream(
         .await
         .map_err(|e| EngineError::storage(name.to_string(), e))?
     {
-        decoder.push(&piece);
+        decoder.push(&piece)?;
         if decoder.ready() {
             decoder = blocking(move || {
                 decoder.decode_ready()?;
