@@ -498,6 +498,12 @@ pub struct PostgresSinkSpec {
     /// Key columns for `upsert` and `accumulate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_columns: Vec<String>,
+    /// PostgreSQL's `statement_timeout` for the sink's statements (a duration, default `60s`): a
+    /// write that hangs (a lock, a slow trigger) fails and is retried instead of stalling the batch
+    /// forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub statement_timeout: Option<String>,
 }
 
 /// How rows are written to PostgreSQL.

@@ -247,6 +247,21 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     {
         return Err(err("spec.sink.file.path", "empty path"));
     }
+    if let Some(timeout) = spec
+        .sink
+        .postgres
+        .as_ref()
+        .and_then(|pg| pg.statement_timeout.as_deref())
+    {
+        let parsed =
+            parse_duration(timeout).map_err(|m| err("spec.sink.postgres.statementTimeout", m))?;
+        if parsed.is_zero() {
+            return Err(err(
+                "spec.sink.postgres.statementTimeout",
+                "must be positive (0 would disable the timeout)",
+            ));
+        }
+    }
     let trigger = &spec.trigger;
     let set = usize::from(trigger.processing_time.is_some())
         + usize::from(trigger.once == Some(true))
