@@ -163,6 +163,13 @@ pub struct StreamingQuerySpec {
     /// How a spec change is rolled out: keep state (`lastState`) or start afresh (`stateless`).
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
+    /// Attempts a batch gets when it fails with an error that retrying will not fix (bad data the
+    /// sink refuses, a value SQL cannot convert, a bug): after this many (counted across worker
+    /// restarts in the checkpoint) the query stops with `PoisonBatch` naming the batch, the task
+    /// and the error instead of crash-looping. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_batch_attempts: Option<u32>,
     /// Worker container image; the chart's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_IMAGE))]
@@ -280,6 +287,11 @@ pub struct FileSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4))]
     pub delimiter: Option<String>,
+    /// JSON/CSV: the longest record (line) read, in bytes (default 16 MiB). A longer one is a bad
+    /// record (its first KiB kept) instead of an unbounded buffer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_record_bytes: Option<u64>,
 }
 
 fn default_file_partitions() -> u32 {
@@ -336,6 +348,11 @@ pub struct KafkaSourceSpec {
     #[schemars(extend("maxProperties" = MAX_OPTIONS))]
     #[schemars(transform = option_values)]
     pub options: BTreeMap<String, String>,
+    /// Spark's `failOnDataLoss`: when offsets the query still had to read were deleted (retention,
+    /// a recreated topic), stop the query (`true`, the default) or skip them, counting the skipped
+    /// ranges in `sluice_data_loss_total` and naming them in `/progress` (`false`).
+    #[serde(default = "default_true")]
+    pub fail_on_data_loss: bool,
     /// librdkafka properties whose values are secrets, read at run time from an environment
     /// variable or a file (e.g. `sasl.password: {env: KAFKA_PASSWORD}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -609,7 +626,7 @@ pub struct KafkaSinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_IDENTIFIER))]
     pub key_column: Option<String>,
-    /// Use Kafka transactions (exactly once) where the broker supports them.
+    /// Use Kafka transactions (exactly once); a broker that refuses them is an error.
     #[serde(default)]
     pub exactly_once: bool,
     /// Extra librdkafka properties, as for the Kafka source.
@@ -683,6 +700,12 @@ pub struct PostgresSinkSpec {
     #[schemars(length(max = MAX_KEY_COLUMNS))]
     #[schemars(inner(length(max = MAX_IDENTIFIER)))]
     pub key_columns: Vec<String>,
+    /// PostgreSQL's `statement_timeout` for the sink's statements (a duration, default `60s`): a
+    /// write that hangs (a lock, a slow trigger) fails and is retried instead of stalling the batch
+    /// forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub statement_timeout: Option<String>,
 }
 
 /// How rows are written to PostgreSQL.

@@ -289,6 +289,21 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if let Some(pg) = &spec.sink.postgres {
         check_pg_connection("spec.sink.postgres.connection", &pg.connection)?;
     }
+    if let Some(timeout) = spec
+        .sink
+        .postgres
+        .as_ref()
+        .and_then(|pg| pg.statement_timeout.as_deref())
+    {
+        let parsed =
+            parse_duration(timeout).map_err(|m| err("spec.sink.postgres.statementTimeout", m))?;
+        if parsed.is_zero() {
+            return Err(err(
+                "spec.sink.postgres.statementTimeout",
+                "must be positive (0 would disable the timeout)",
+            ));
+        }
+    }
     let trigger = &spec.trigger;
     let set = usize::from(trigger.processing_time.is_some())
         + usize::from(trigger.once == Some(true))
@@ -305,6 +320,24 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     }
     if let Some(interval) = &trigger.continuous {
         parse_duration(interval).map_err(|m| err("spec.trigger.continuous", m))?;
+    }
+    for (i, source) in spec.sources.iter().enumerate() {
+        if let Some(bytes) = source.file.as_ref().and_then(|f| f.max_record_bytes)
+            && !(1024..=1_073_741_824).contains(&bytes)
+        {
+            return Err(err(
+                format!("spec.sources[{i}].file.maxRecordBytes"),
+                format!("must be between 1024 and 1073741824 (1 GiB), got {bytes}"),
+            ));
+        }
+    }
+    if let Some(attempts) = spec.max_batch_attempts
+        && !(1..=100).contains(&attempts)
+    {
+        return Err(err(
+            "spec.maxBatchAttempts",
+            format!("must be between 1 and 100, got {attempts}"),
+        ));
     }
     if spec.checkpoint.min_batches_to_retain == Some(0) {
         return Err(err(

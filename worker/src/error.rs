@@ -53,6 +53,26 @@ pub enum EngineError {
         source_name: String,
         message: String,
     },
+    /// Source input the query still had to read no longer exists (Kafka offsets deleted by
+    /// retention, a recreated topic) and `failOnDataLoss` is true (Spark's default).
+    #[error(
+        "source `{source_name}`: data loss: {message} (set `failOnDataLoss: false` on the source to skip them)"
+    )]
+    DataLoss {
+        source_name: String,
+        message: String,
+    },
+    /// A batch failed [`PoisonBatch`](Self::PoisonBatch)`.attempts` times (counted across worker
+    /// restarts) with errors retrying does not fix: the query stops instead of crash-looping.
+    #[error(
+        "PoisonBatch: batch {batch_id} of task {task} failed {attempts} times (spec.maxBatchAttempts); last error: {error}"
+    )]
+    PoisonBatch {
+        task: u32,
+        batch_id: u64,
+        attempts: u32,
+        error: String,
+    },
     /// A sink failed to write.
     #[error("sink: {0}")]
     Sink(String),
@@ -93,7 +113,10 @@ impl EngineError {
                 },
                 _ => ErrorClass::Internal,
             },
-            Self::Fenced(_) | Self::Checkpoint { .. } => ErrorClass::User,
+            Self::Fenced(_)
+            | Self::Checkpoint { .. }
+            | Self::DataLoss { .. }
+            | Self::PoisonBatch { .. } => ErrorClass::User,
             Self::Storage { .. } | Self::Source { .. } | Self::Sink(_) | Self::Lookup { .. } => {
                 ErrorClass::External
             }
@@ -104,6 +127,22 @@ impl EngineError {
     /// Whether running the same batch again may succeed.
     pub fn is_retryable(&self) -> bool {
         self.class() == ErrorClass::External
+    }
+
+    /// Whether this error, failing a batch, will fail it again when the batch is replayed: bad
+    /// data or a query the sink refuses, SQL that cannot convert a value, a bug. Such a batch is
+    /// retried up to `spec.maxBatchAttempts` times, then reported as
+    /// [`EngineError::PoisonBatch`]. Outages (retryable), fencing, data loss, checkpoint conflicts
+    /// and `onBadRecord: fail` stop or wait as they always do.
+    pub fn is_deterministic_batch_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidQuery(_)
+                | Self::Sql(_)
+                | Self::Arrow(_)
+                | Self::Parquet(_)
+                | Self::Internal(_)
+        )
     }
 
     /// Wraps an object_store error with the location it concerns.

@@ -5,12 +5,16 @@
 //! task, logs it in the [`checkpoint`], reads it from the [`source`]s, runs the [`sql`] with
 //! DataFusion, writes the [`sink`] idempotently and commits. See DESIGN §4.
 
+// No `unwrap`/`expect` in library code: input must never reach a panic (tests may use them).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod check;
 pub mod checkpoint;
 pub mod confine;
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod http;
 pub mod metrics;
 pub mod ml;

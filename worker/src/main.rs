@@ -117,10 +117,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            let manifest_error = e
-                .downcast_ref::<sluice_worker::EngineError>()
-                .is_some_and(|e| matches!(e, sluice_worker::EngineError::Manifest(_)));
-            std::process::ExitCode::from(if manifest_error { 2 } else { 1 })
+            // 2: the manifest is invalid; 3: a poison batch (restarting replays it again).
+            let code = match e.downcast_ref::<sluice_worker::EngineError>() {
+                Some(sluice_worker::EngineError::Manifest(_)) => 2,
+                Some(sluice_worker::EngineError::PoisonBatch { .. }) => 3,
+                _ => 1,
+            };
+            std::process::ExitCode::from(code)
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub state_rows: Family<TaskLabels, Gauge>,
     pub late_rows_dropped: Family<TaskLabels, Counter>,
     pub bad_records: Family<TaskLabels, Counter>,
+    /// Source offset ranges skipped because they were deleted before they were read
+    /// (`failOnDataLoss: false`).
+    pub data_loss: Family<TaskLabels, Counter>,
     /// Unread input (rows, or files for the file source).
     pub source_backlog: Family<TaskLabels, Gauge>,
     pub sink_rows_written: Family<TaskLabels, Counter>,
@@ -80,6 +83,7 @@ impl Metrics {
         let state_rows = Family::<TaskLabels, Gauge>::default();
         let late_rows_dropped = Family::<TaskLabels, Counter>::default();
         let bad_records = Family::<TaskLabels, Counter>::default();
+        let data_loss = Family::<TaskLabels, Counter>::default();
         let source_backlog = Family::<TaskLabels, Gauge>::default();
         let sink_rows_written = Family::<TaskLabels, Counter>::default();
         let batch_retries = Family::<TaskLabels, Counter>::default();
@@ -123,6 +127,11 @@ impl Metrics {
             bad_records.clone(),
         );
         registry.register(
+            "data_loss",
+            "Source offset ranges skipped because they were deleted before they were read (failOnDataLoss: false)",
+            data_loss.clone(),
+        );
+        registry.register(
             "source_backlog_rows",
             "Unread input: rows (files for file sources)",
             source_backlog.clone(),
@@ -158,6 +167,7 @@ impl Metrics {
             state_rows,
             late_rows_dropped,
             bad_records,
+            data_loss,
             source_backlog,
             sink_rows_written,
             batch_retries,

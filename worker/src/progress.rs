@@ -52,6 +52,14 @@ pub struct TaskProgress {
     pub num_bad_records: u64,
     /// True when the batch re-ran a logged but uncommitted range.
     pub replayed: bool,
+    /// Source ranges and offsets the batch skipped because they were deleted before they were
+    /// read (`failOnDataLoss: false`), and what they were.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub num_lost_ranges: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub num_lost_offsets: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_loss: Vec<String>,
     pub duration_ms: DurationMs,
 }
 
@@ -128,4 +136,8 @@ pub fn human(value: f64) -> String {
     } else {
         format!("{value:.0}")
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

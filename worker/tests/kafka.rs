@@ -406,11 +406,11 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_back() {
+async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction() {
     use arrow::array::{ArrayRef, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use sluice_worker::sink::Sink;
-    let test = "kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_back";
+    let test = "kafka_sink_exactly_once_writes_each_batch_in_a_transaction";
     let Some(bootstrap) = kafka(test) else {
         return;
     };
@@ -448,14 +448,6 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_or_falls_bac
             .await
             .expect("batch 1"),
         1
-    );
-    eprintln!(
-        "kafka sink on this broker: {}",
-        if sink.transactional() {
-            "transactions (exactly-once per batch)"
-        } else {
-            "no transactions: at-least-once with dedup headers"
-        }
     );
     let values: Vec<String> = read_topic(&bootstrap, &topic, 1, Duration::from_secs(2))
         .into_iter()

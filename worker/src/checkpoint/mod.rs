@@ -4,8 +4,11 @@
 //! ```text
 //! metadata.json                      query id, source partition counts, created (ms)
 //! tasks/<task>/offsets/<batchId>     planned input range per source, written BEFORE processing
+//! tasks/<task>/sinks/<batchId>       the sink accepted the batch (rows), before the commit
+//! tasks/<task>/attempts/<batchId>    failed attempts of a batch that did not commit (poison)
 //! tasks/<task>/commits/<batchId>     written AFTER the sink accepted the batch
 //! tasks/<task>/compacted/<batchId>   every batch up to batchId folded into one entry (retention)
+//! tasks/<task>/epochs/<epoch>        the worker that owns the task (see [`epoch`])
 //! bad-records/task-<task>/batch-<batchId>.jsonl
 //! ```
 //! Batch ids are zero-padded to 20 digits so a listing sorts numerically. Offsets and commits are
@@ -13,6 +16,8 @@
 //! fenced (as Spark's `HDFSMetadataLog` refuses to overwrite a batch). On start, an offsets entry
 //! without a commit is the batch that was in flight: it is replayed with exactly its recorded range,
 //! and the sinks' idempotent writes make the replay overwrite identical output.
+
+pub mod epoch;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::storage::Location;
+
+pub use self::epoch::Epoch;
 
 /// `metadata.json`: fixed when the checkpoint is created.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -48,6 +55,9 @@ pub struct OffsetsEntry {
     pub planned_ms: i64,
     /// Source name → source-specific range (e.g. `{"files": [...]}`, `{"start": 0, "end": 100}`).
     pub sources: BTreeMap<String, serde_json::Value>,
+    /// The writer's epoch (absent in checkpoints written before epochs existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
 }
 
 /// One `commits/<batchId>` entry.
@@ -60,6 +70,30 @@ pub struct CommitEntry {
     /// Rows read, rows written.
     pub input_rows: u64,
     pub output_rows: u64,
+    /// The writer's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
+}
+
+/// One `sinks/<batchId>` entry: the sink accepted the batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkRecord {
+    pub batch_id: u64,
+    /// Rows the sink accepted.
+    pub rows: u64,
+    /// The writer's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
+}
+
+/// One `attempts/<batchId>` entry: failed attempts of a batch (poison batch detection).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedAttempts {
+    pub batch_id: u64,
+    pub attempts: u32,
+    pub last_error: String,
 }
 
 /// What a task's log says at start-up.
@@ -337,6 +371,77 @@ impl Checkpoint {
         self.create(&path, body).await
     }
 
+    /// Records that the sink accepted batch `batch_id` with `rows` rows:
+    /// `tasks/<task>/sinks/<batchId>`, written after the sink and before the commit. A replay that
+    /// finds it skips the sink (Kafka: no second transaction for a committed batch).
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails.
+    pub async fn write_sink_record(
+        &self,
+        task: u32,
+        batch_id: u64,
+        rows: u64,
+        epoch: Option<&Epoch>,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(&SinkRecord {
+            batch_id,
+            rows,
+            epoch: epoch.cloned(),
+        })
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.put(
+            &format!("tasks/{task}/sinks/{}", batch_name(batch_id)),
+            body,
+        )
+        .await
+    }
+
+    /// The rows the sink accepted for batch `batch_id`, if [`Checkpoint::write_sink_record`]
+    /// recorded it.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails, [`EngineError::Checkpoint`] when unreadable.
+    pub async fn read_sink_record(&self, task: u32, batch_id: u64) -> Result<Option<u64>> {
+        let path = self
+            .location
+            .child(&format!("tasks/{task}/sinks/{}", batch_name(batch_id)));
+        Ok(self
+            .get_json::<SinkRecord>(&path)
+            .await?
+            .map(|record| record.rows))
+    }
+
+    /// Counts one more failed attempt of batch `batch_id` of `task` in
+    /// `tasks/<task>/attempts/<batchId>` (so attempts add up across worker restarts) and returns
+    /// the count.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] when the store fails.
+    pub async fn record_failed_attempt(
+        &self,
+        task: u32,
+        batch_id: u64,
+        error: &str,
+    ) -> Result<u32> {
+        let relative = format!("tasks/{task}/attempts/{}", batch_name(batch_id));
+        let previous = self
+            .get_json::<FailedAttempts>(&self.location.child(&relative))
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |a| a.attempts);
+        let attempts = FailedAttempts {
+            batch_id,
+            attempts: previous.saturating_add(1),
+            last_error: error.to_string(),
+        };
+        let body =
+            serde_json::to_vec(&attempts).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.put(&relative, body).await?;
+        Ok(attempts.attempts)
+    }
+
     /// Saves the learned models' state of a batch as `tasks/<task>/models/<batchId>` (before the
     /// batch's commit, so the state of every committed batch is on record).
     ///
@@ -462,6 +567,7 @@ mod tests {
             batch_id,
             planned_ms: 0,
             sources: BTreeMap::from([("events".to_string(), serde_json::json!({"end": batch_id}))]),
+            epoch: None,
         }
     }
 
@@ -479,6 +585,7 @@ mod tests {
             committed_ms: 1,
             input_rows: 1,
             output_rows: 1,
+            epoch: None,
         };
         checkpoint.write_commit(0, &commit).await.expect("commit 0");
         checkpoint

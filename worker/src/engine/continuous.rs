@@ -356,12 +356,14 @@ async fn commit_epoch(
         batch_id: epoch_id,
         planned_ms: chrono::Utc::now().timestamp_millis(),
         sources: epoch.ranges.clone(),
+        epoch: None,
     });
     let commit = CommitEntry {
         batch_id: epoch_id,
         committed_ms: chrono::Utc::now().timestamp_millis(),
         input_rows: epoch.input_rows,
         output_rows: epoch.output_rows,
+        epoch: None,
     };
     let checkpoint = parts.checkpoint.clone();
     let task = parts.task;
@@ -400,6 +402,7 @@ fn report(
                 trigger_execution: elapsed_ms(started),
                 ..DurationMs::default()
             },
+            ..TaskProgress::default()
         },
         rows_per_source: epoch.rows_per_source.clone(),
         // Continuous processing is stateless.

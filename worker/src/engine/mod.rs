@@ -36,6 +36,9 @@ pub const PROGRESS_HISTORY: usize = 100;
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Longest pause between retries of a failing batch.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// Attempts a batch failing deterministically gets before it is a poison batch
+/// (`spec.maxBatchAttempts`).
+pub const DEFAULT_MAX_BATCH_ATTEMPTS: u32 = 3;
 
 /// When triggers fire (Spark's `Trigger`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -290,7 +293,12 @@ pub struct Engine {
     source_descriptions: BTreeMap<String, String>,
     runners: Vec<TaskRunner>,
     shared: Arc<Shared>,
+    checkpoint: Checkpoint,
+    max_batch_attempts: u32,
 }
+
+/// One task's result in a round: the task, its pending batch after the attempt, the result.
+type TaskResult = (u32, Option<u64>, Result<Option<BatchOutcome>>);
 
 impl Engine {
     /// Builds sources, sink and the runners of this replica's tasks, opening (or creating) the
@@ -354,7 +362,10 @@ impl Engine {
             Some(path) => Location::parse(path)?,
             None => checkpoint.location().sub("bad-records"),
         };
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let epoch = crate::checkpoint::Epoch::starting_now(&run_id);
         let targets = TaskTargets {
+            epoch: epoch.clone(),
             sink,
             checkpoint: checkpoint.clone(),
             bad_records,
@@ -368,6 +379,13 @@ impl Engine {
         let mut runners = Vec::new();
         for task in (0..task_count).filter(|t| t % replicas == config.replica) {
             let log = checkpoint.read_task_log(task).await?;
+            checkpoint
+                .claim_task(
+                    task,
+                    &epoch,
+                    log.compacted.as_ref().and_then(|c| c.epoch.as_ref()),
+                )
+                .await?;
             let mut task_inputs = Vec::new();
             for (source, spec_source) in sources.iter().zip(&spec.sources) {
                 if task >= source.partitions() {
@@ -423,9 +441,14 @@ impl Engine {
             source_descriptions,
             trigger,
             query_id: metadata.query_id,
-            run_id: uuid::Uuid::new_v4().to_string(),
+            run_id,
             runners,
             shared,
+            checkpoint,
+            max_batch_attempts: spec
+                .max_batch_attempts
+                .unwrap_or(DEFAULT_MAX_BATCH_ATTEMPTS)
+                .max(1),
             config,
         })
     }
@@ -487,11 +510,35 @@ impl Engine {
             }
             let mut outcomes = Vec::new();
             let mut retryable = None;
-            for result in results {
+            for (task, batch, result) in results {
                 match result {
                     Ok(Some(outcome)) => outcomes.push(outcome),
                     Ok(None) => {}
                     Err(e) if e.is_retryable() => retryable = Some(e),
+                    Err(e) if e.is_deterministic_batch_failure() => {
+                        let Some(batch_id) = batch else {
+                            return Err(e);
+                        };
+                        let message = e.to_string();
+                        let attempts = self
+                            .checkpoint
+                            .record_failed_attempt(task, batch_id, &message)
+                            .await?;
+                        if attempts >= self.max_batch_attempts {
+                            let poison = EngineError::PoisonBatch {
+                                task,
+                                batch_id,
+                                attempts,
+                                error: message,
+                            };
+                            if let Ok(mut last) = self.shared.last_error.lock() {
+                                *last = Some(poison.to_string());
+                            }
+                            return Err(poison);
+                        }
+                        tracing::warn!(task, batch_id, attempts, error = %message, "batch failed; replaying it before declaring it a poison batch");
+                        retryable = Some(e);
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -543,11 +590,24 @@ impl Engine {
     }
 
     /// One batch on every task, in parallel.
-    async fn run_round(&mut self, limit: PlanLimit) -> Vec<Result<Option<BatchOutcome>>> {
+    async fn run_round(&mut self, limit: PlanLimit) -> Vec<TaskResult> {
+        use futures::FutureExt;
         let runners = std::mem::take(&mut self.runners);
         let handles = runners.into_iter().map(|mut runner| {
             tokio::spawn(async move {
-                let result = runner.run_once(limit).await;
+                // A panic fails the batch but keeps the runner, so the batch can be replayed
+                // (and, failing every time, reported as a poison batch).
+                let result = std::panic::AssertUnwindSafe(runner.run_once(limit))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(EngineError::Internal(format!("task panicked: {what}")))
+                    });
                 (runner, result)
             })
         });
@@ -564,10 +624,14 @@ impl Engine {
                             .get_or_create(&self.labels(runner.task))
                             .inc();
                     }
+                    results.push((runner.task, runner.pending_batch(), result));
                     self.runners.push(runner);
-                    results.push(result);
                 }
-                Err(e) => results.push(Err(EngineError::Internal(format!("task panicked: {e}")))),
+                Err(e) => results.push((
+                    u32::MAX,
+                    None,
+                    Err(EngineError::Internal(format!("task panicked: {e}"))),
+                )),
             }
         }
         self.runners.sort_by_key(|r| r.task);
@@ -584,17 +648,13 @@ impl Engine {
 
     /// How much longer the round must take to have cost `rows × row_cost`
     /// (see [`QueryConfig::row_cost`]).
-    fn row_cost_wait(
-        &self,
-        results: &[Result<Option<BatchOutcome>>],
-        started: Instant,
-    ) -> Duration {
+    fn row_cost_wait(&self, results: &[TaskResult], started: Instant) -> Duration {
         if self.config.row_cost.is_zero() {
             return Duration::ZERO;
         }
         let rows: u64 = results
             .iter()
-            .filter_map(|r| r.as_ref().ok().and_then(|o| o.as_ref()))
+            .filter_map(|(_, _, r)| r.as_ref().ok().and_then(|o| o.as_ref()))
             .map(|o| o.progress.num_input_rows)
             .sum();
         let cost = self
@@ -630,6 +690,12 @@ impl Engine {
                 .bad_records
                 .get_or_create(&labels)
                 .inc_by(p.num_bad_records);
+            if p.num_lost_ranges > 0 {
+                metrics
+                    .data_loss
+                    .get_or_create(&labels)
+                    .inc_by(p.num_lost_ranges);
+            }
             let seconds = p.duration_ms.trigger_execution as f64 / 1000.0;
             metrics
                 .batch_duration

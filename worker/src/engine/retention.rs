@@ -102,6 +102,8 @@ impl LogRetention {
             return;
         }
         let through = due.entry.batch_id;
+        // The batch id of a retention crash point is the last batch the compacted entry folds.
+        crate::fault::crash_point(crate::fault::CrashPoint::MidRetention, through);
         self.recent.drain(..due.folded);
         self.compacted = Some(due.entry);
         if let Err(e) = prune(checkpoint, self.task, through).await {
@@ -139,13 +141,16 @@ pub fn fold_entries<'a>(
         }
         into.batch_id = entry.batch_id;
         into.planned_ms = entry.planned_ms;
+        // The newest writer epoch of the folded batches: it keeps fencing older writers after
+        // their entries are deleted.
+        into.epoch = entry.epoch.clone().max(into.epoch.take());
     }
     folded
 }
 
 /// Deletes what the compacted entry of batch `through` made unnecessary.
 async fn prune(checkpoint: &Checkpoint, task: u32, through: u64) -> Result<()> {
-    for dir in ["offsets", "commits", "models"] {
+    for dir in ["offsets", "commits", "sinks", "attempts", "models"] {
         delete_ids(checkpoint, task, dir, |id| id <= through).await?;
     }
     delete_ids(checkpoint, task, "compacted", |id| id < through).await?;
@@ -190,6 +195,7 @@ mod tests {
                 .iter()
                 .map(|(name, range)| (name.to_string(), range.clone()))
                 .collect::<BTreeMap<_, _>>(),
+            epoch: None,
         }
     }
 

@@ -4,8 +4,9 @@
 //!    uncommitted batch to replay);
 //! 2. read exactly that range; set aside bad records;
 //! 3. run the SQL;
-//! 4. write the sink, idempotently for (task, batchId);
-//! 5. write `commits/<batchId>`.
+//! 4. write the sink, idempotently for (task, batchId), and record that it accepted the batch in
+//!    `sinks/<batchId>` (a retry or a restart after that skips the sink);
+//! 5. write state and learned models, then `commits/<batchId>`.
 //!
 //! A failure anywhere after step 1 leaves the batch pending: the next attempt (or the next process)
 //! replays the same range, so nothing is lost and the sink's idempotence means nothing is doubled.
@@ -17,9 +18,10 @@ use std::time::Instant;
 use object_store::ObjectStoreExt;
 use sluice_crds::BadRecordPolicy;
 
-use crate::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry, TaskLog};
+use crate::checkpoint::{Checkpoint, CommitEntry, Epoch, OffsetsEntry, TaskLog};
 use crate::engine::retention::LogRetention;
 use crate::error::{EngineError, Result};
+use crate::fault::{CrashPoint, crash_point};
 use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
@@ -44,6 +46,9 @@ pub struct TaskTargets {
     pub bad_records: Location,
     /// Batches each task's checkpoint log keeps (`checkpoint.minBatchesToRetain`).
     pub min_batches_to_retain: u64,
+    /// This worker's epoch: written into the task's checkpoint entries, checked before planning
+    /// and before committing (`checkpoint/epoch.rs`).
+    pub epoch: Epoch,
 }
 
 /// What a finished batch reports.
@@ -65,6 +70,12 @@ struct Pending {
     entry: OffsetsEntry,
     /// Whether `entry` is in the offsets log already.
     logged: bool,
+    /// Whether the sink may have seen this batch before (a replay from the log, or a retry): the
+    /// checkpoint's sink record is then read before writing the sink.
+    sink_tried: bool,
+    /// Rows the sink accepted for this batch, once it did (a retry after a later step failed
+    /// skips the sink even when the checkpoint store is down).
+    sink_done: Option<u64>,
 }
 
 /// A runner taken apart, for the `continuous` trigger (`engine/continuous.rs`).
@@ -93,6 +104,7 @@ pub struct TaskRunner {
     pending: Option<Pending>,
     models: TaskModels,
     retention: LogRetention,
+    epoch: Epoch,
 }
 
 fn now_ms() -> i64 {
@@ -124,9 +136,12 @@ impl TaskRunner {
             pending: log.uncommitted().cloned().map(|entry| Pending {
                 entry,
                 logged: true,
+                sink_tried: true,
+                sink_done: None,
             }),
             models,
             retention: LogRetention::new(task, targets.min_batches_to_retain, log),
+            epoch: targets.epoch,
         }
     }
 
@@ -168,6 +183,11 @@ impl TaskRunner {
         result
     }
 
+    /// The id of the batch this task has planned but not committed, if any.
+    pub fn pending_batch(&self) -> Option<u64> {
+        self.pending.as_ref().map(|p| p.entry.batch_id)
+    }
+
     /// The learned models of this task (for progress).
     pub fn models(&self) -> &TaskModels {
         &self.models
@@ -178,6 +198,8 @@ impl TaskRunner {
         let mut durations = DurationMs::default();
         let replayed = self.pending.as_ref().is_some_and(|p| p.logged);
         if self.pending.is_none() {
+            // A newer worker may own the task now: stop before planning anything.
+            self.checkpoint.check_epoch(self.task, &self.epoch).await?;
             let mut sources = BTreeMap::new();
             for input in &mut self.inputs {
                 if let Some(range) = input.reader.plan(limit).await? {
@@ -193,10 +215,13 @@ impl TaskRunner {
                 batch_id: self.next_batch_id,
                 planned_ms: now_ms(),
                 sources,
+                epoch: Some(self.epoch.clone()),
             };
             self.pending = Some(Pending {
                 entry,
                 logged: false,
+                sink_tried: false,
+                sink_done: None,
             });
         }
         let Some(pending) = self.pending.as_mut() else {
@@ -216,6 +241,9 @@ impl TaskRunner {
         let mut rows = Vec::with_capacity(self.inputs.len());
         let mut rows_per_source = BTreeMap::new();
         let mut bad_total = 0u64;
+        let mut lost_offsets = 0u64;
+        let mut lost_ranges = 0u64;
+        let mut data_loss = Vec::new();
         for input in &mut self.inputs {
             let Some(range) = entry.sources.get(&input.name) else {
                 rows.push(Vec::new());
@@ -225,6 +253,9 @@ impl TaskRunner {
             let count: u64 = output.batches.iter().map(|b| b.num_rows() as u64).sum();
             rows_per_source.insert(input.name.clone(), count);
             bad_total += output.bad_records.len() as u64;
+            lost_offsets += output.lost_offsets;
+            lost_ranges += output.lost_ranges;
+            data_loss.extend(output.data_loss);
             handle_bad_records(
                 &self.bad_records,
                 self.task,
@@ -260,16 +291,19 @@ impl TaskRunner {
         }
         durations.query_planning_and_execution = elapsed_ms(phase);
 
-        // Sink.
+        // Sink, once per batch: a batch the sink accepted before (this process knows, or the
+        // checkpoint's sink record says) is not written again.
         let phase = Instant::now();
-        let written = self.sink.write(self.task, entry.batch_id, &output).await?;
+        let written = self.write_sink(entry.batch_id, &output).await?;
         durations.add_batch = elapsed_ms(phase);
+        crash_point(CrashPoint::AfterSinkWrite, entry.batch_id);
 
         // State and learned models before the commit: a restart loads the state of the last
         // committed batch, so every committed batch must have it on record.
         self.query
             .write_state(&self.checkpoint, self.task, entry.batch_id)
             .await?;
+        crash_point(CrashPoint::MidStateWrite, entry.batch_id);
 
         // Commit.
         let phase = Instant::now();
@@ -284,7 +318,10 @@ impl TaskRunner {
             committed_ms: now_ms(),
             input_rows,
             output_rows: written,
+            epoch: Some(self.epoch.clone()),
         };
+        self.checkpoint.check_epoch(self.task, &self.epoch).await?;
+        crash_point(CrashPoint::BeforeCommit, entry.batch_id);
         self.checkpoint.write_commit(self.task, &commit).await?;
         self.query.commit_state();
         durations.commit = elapsed_ms(phase);
@@ -313,6 +350,9 @@ impl TaskRunner {
                 num_output_rows: written,
                 num_bad_records: bad_total,
                 replayed,
+                num_lost_ranges: lost_ranges,
+                num_lost_offsets: lost_offsets,
+                data_loss,
                 duration_ms: durations,
             },
             rows_per_source,
@@ -320,6 +360,55 @@ impl TaskRunner {
             state: self.query.state_progress(),
             lookups: self.query.lookup_progress().to_vec(),
         }))
+    }
+
+    /// Writes the batch's output to the sink unless the sink accepted it already, then records in
+    /// the checkpoint that it did (`tasks/<p>/sinks/<batchId>`, before the commit). Returns the
+    /// rows the sink accepted.
+    ///
+    /// # Errors
+    /// The sink's or the checkpoint's error; the batch stays pending.
+    async fn write_sink(
+        &mut self,
+        batch_id: u64,
+        output: &[arrow::record_batch::RecordBatch],
+    ) -> Result<u64> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(EngineError::Internal("no pending batch".into()));
+        };
+        let written = match pending.sink_done {
+            Some(rows) => rows,
+            None => {
+                let recorded = if pending.sink_tried {
+                    self.checkpoint
+                        .read_sink_record(self.task, batch_id)
+                        .await?
+                } else {
+                    None
+                };
+                match recorded {
+                    Some(rows) => {
+                        tracing::info!(
+                            task = self.task,
+                            batch_id,
+                            "the sink accepted this batch before: not writing it again"
+                        );
+                        pending.sink_done = Some(rows);
+                        return Ok(rows);
+                    }
+                    None => {
+                        pending.sink_tried = true;
+                        let rows = self.sink.write(self.task, batch_id, output).await?;
+                        pending.sink_done = Some(rows);
+                        rows
+                    }
+                }
+            }
+        };
+        self.checkpoint
+            .write_sink_record(self.task, batch_id, written, Some(&self.epoch))
+            .await?;
+        Ok(written)
     }
 
     /// Backlog of each source now (rows or files), for metrics when no batch ran.

@@ -1,8 +1,11 @@
 //! Sinks: where a batch's result rows go.
 //!
 //! Every sink write is **idempotent per (task, batch id)**: a batch replayed after a crash writes the
-//! same rows to the same place (deterministic file names, keyed rows), so output stays exactly-once
-//! even though the commit is written after the sink. Each sink lives in its own folder.
+//! same rows to the same place or nothing (file names and a commit log per run, keyed rows, a
+//! commits table), so output stays exactly-once even though the checkpoint commit is written after
+//! the sink. The engine also records in the checkpoint that the sink accepted a batch
+//! (`tasks/<p>/sinks/<batchId>`), so a batch retried after that point skips the sink. Each sink
+//! lives in its own folder.
 
 pub mod console;
 pub mod file;
@@ -59,7 +62,7 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
         return Ok(Box::new(console::ConsoleSink::new(console.num_rows)));
     }
     if let Some(file) = &spec.file {
-        return Ok(Box::new(file::FileSink::new(file)?));
+        return Ok(Box::new(file::FileSink::new(file, &context.query_id)?));
     }
     if let Some(memory) = &spec.memory {
         return Ok(Box::new(memory::MemorySink::new(&memory.name)));

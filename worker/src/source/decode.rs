@@ -52,7 +52,7 @@ pub fn decode_text(
     data: &[u8],
 ) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
     let mut decoder = TextFileDecoder::new(schema.clone(), format.clone(), origin.to_string());
-    decoder.push(data);
+    decoder.push(data)?;
     decoder.finish()
 }
 
@@ -69,6 +69,12 @@ pub struct TextFileDecoder {
     next_line: u64,
     header_pending: bool,
     chunk_bytes: usize,
+    /// Longest record (line) kept; longer ones become bad records.
+    max_record_bytes: usize,
+    /// Bytes of the unfinished last line in `pending`.
+    tail_bytes: usize,
+    /// Discarding the rest of an over-long line (its bad record is out already).
+    skipping: bool,
     batches: Vec<RecordBatch>,
     bad: Vec<BadRecord>,
 }
@@ -76,6 +82,10 @@ pub struct TextFileDecoder {
 impl TextFileDecoder {
     /// Buffered bytes at which a run of whole lines is decoded (8 MiB).
     pub const CHUNK_BYTES: usize = 8 << 20;
+    /// Default longest record (`maxRecordBytes`, 16 MiB).
+    pub const MAX_RECORD_BYTES: usize = 16 << 20;
+    /// Bytes of an over-long record kept in its bad record.
+    pub const KEPT_PREFIX_BYTES: usize = 1024;
 
     /// A decoder for one file (`origin` names it in bad records).
     pub fn new(schema: SchemaRef, format: TextFormat, origin: String) -> Self {
@@ -88,6 +98,9 @@ impl TextFileDecoder {
             next_line: 1,
             header_pending,
             chunk_bytes: Self::CHUNK_BYTES,
+            max_record_bytes: Self::MAX_RECORD_BYTES,
+            tail_bytes: 0,
+            skipping: false,
             batches: Vec::new(),
             bad: Vec::new(),
         }
@@ -99,9 +112,78 @@ impl TextFileDecoder {
         self
     }
 
-    /// Appends the next bytes of the file.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
+    /// The same decoder with another record size limit (`maxRecordBytes`).
+    pub fn with_max_record_bytes(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes.max(1);
+        self
+    }
+
+    /// Appends the next bytes of the file. A line growing past the record size limit becomes a
+    /// bad record and the rest of it is skipped, so the buffer stays bounded.
+    ///
+    /// # Errors
+    /// As [`decode_text`] (the whole lines before an over-long one are decoded first).
+    pub fn push(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let newline = memchr::memchr(b'\n', bytes);
+            if self.skipping {
+                let Some(end) = newline else {
+                    return Ok(());
+                };
+                self.skipping = false;
+                self.next_line += 1;
+                bytes = bytes.get(end + 1..).unwrap_or_default();
+                continue;
+            }
+            match newline {
+                Some(end) => {
+                    let (line, rest) = bytes.split_at(end + 1);
+                    if self.tail_bytes + end > self.max_record_bytes {
+                        self.over_long(line)?;
+                        self.next_line += 1;
+                    } else {
+                        self.pending.extend_from_slice(line);
+                        self.tail_bytes = 0;
+                    }
+                    bytes = rest;
+                }
+                None => {
+                    if self.tail_bytes + bytes.len() > self.max_record_bytes {
+                        self.over_long(bytes)?;
+                        self.skipping = true;
+                    } else {
+                        self.pending.extend_from_slice(bytes);
+                        self.tail_bytes += bytes.len();
+                    }
+                    bytes = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the unfinished line (its buffered start plus `more`) as a bad record: decodes the
+    /// whole lines before it, keeps its first [`Self::KEPT_PREFIX_BYTES`] bytes, empties the buffer.
+    fn over_long(&mut self, more: &[u8]) -> Result<()> {
+        let tail_start = self.pending.len().saturating_sub(self.tail_bytes);
+        if tail_start > 0 {
+            self.decode_through(tail_start)?;
+        }
+        let mut prefix = std::mem::take(&mut self.pending);
+        prefix.extend_from_slice(more.get(..Self::KEPT_PREFIX_BYTES).unwrap_or(more));
+        prefix.truncate(Self::KEPT_PREFIX_BYTES);
+        self.bad.push(BadRecord {
+            origin: self.origin.clone(),
+            line: self.next_line,
+            record: String::from_utf8_lossy(&prefix).into_owned(),
+            error: format!(
+                "record longer than maxRecordBytes ({} bytes); only its first {} bytes are kept here",
+                self.max_record_bytes,
+                Self::KEPT_PREFIX_BYTES
+            ),
+        });
+        self.tail_bytes = 0;
+        Ok(())
     }
 
     /// Whether enough is buffered for [`Self::decode_ready`] to be worth a call.
@@ -458,7 +540,7 @@ mod tests {
             let mut decoder =
                 TextFileDecoder::new(schema(), format.clone(), "f".into()).with_chunk_bytes(50);
             for piece in data.as_bytes().chunks(7) {
-                decoder.push(piece);
+                decoder.push(piece).expect("push");
                 if decoder.ready() {
                     decoder.decode_ready().expect("decode");
                 }
@@ -485,5 +567,45 @@ mod tests {
         assert!(batches.is_empty());
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].line, 0);
+    }
+
+    #[test]
+    fn a_record_longer_than_max_record_bytes_is_a_bad_record_and_the_buffer_stays_bounded() {
+        let long = format!("{{\"id\": \"{}\"}}", "x".repeat(5000));
+        let data = format!("{{\"id\": \"a\"}}\n{long}\n{{\"id\": \"b\"}}\n");
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        for piece_size in [7, 100, 10_000] {
+            let mut decoder = TextFileDecoder::new(schema.clone(), TextFormat::Json, "f".into())
+                .with_max_record_bytes(1024);
+            for piece in data.as_bytes().chunks(piece_size) {
+                decoder.push(piece).expect("push");
+                // At most the limit plus the short whole lines not decoded yet.
+                assert!(decoder.pending.len() <= 1024 + 64, "bounded buffer");
+            }
+            let (batches, bad) = decoder.finish().expect("finish");
+            let ids: Vec<String> = batches
+                .iter()
+                .flat_map(|b| {
+                    let a = b
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::StringArray>()
+                        .expect("utf8")
+                        .clone();
+                    (0..a.len()).map(move |i| a.value(i).to_string())
+                })
+                .collect();
+            assert_eq!(ids, vec!["a", "b"], "pieces of {piece_size}");
+            assert_eq!(bad.len(), 1);
+            assert_eq!(bad[0].line, 2);
+            assert_eq!(bad[0].record.len(), 1024);
+            assert!(
+                bad[0].error.contains("maxRecordBytes (1024 bytes)"),
+                "{}",
+                bad[0].error
+            );
+        }
     }
 }

@@ -42,6 +42,12 @@ pub struct ReadOutput {
     pub batches: Vec<RecordBatch>,
     /// Records that did not decode, with their origin.
     pub bad_records: Vec<BadRecord>,
+    /// Input the source had to skip because it no longer exists (Kafka offsets deleted before they
+    /// were read, with `failOnDataLoss: false`): what was lost, how many ranges, and how many
+    /// offsets where known (a partition whose offsets went back counts a range, no offsets).
+    pub data_loss: Vec<String>,
+    pub lost_ranges: u64,
+    pub lost_offsets: u64,
 }
 
 /// A configured source: knows its schema and partition count, opens one reader per task.

@@ -66,8 +66,12 @@ pub fn rows_of(batches: &[RecordBatch], level_from_dir: Option<&str>) -> Vec<Row
     out
 }
 
-/// Reads every `part-*.parquet` under `location`: relative path → batches.
+/// Reads every committed `part-*.parquet` under `location` (those the file sink's commit log lists,
+/// or every one when there is no log): relative path → batches.
 pub async fn read_parquet_dir(location: &Location) -> BTreeMap<String, Vec<RecordBatch>> {
+    let committed = sluice_worker::sink::file::committed_files(location)
+        .await
+        .expect("commit log");
     let prefix = (!location.prefix.as_ref().is_empty()).then_some(&location.prefix);
     let metas: Vec<_> = location
         .store
@@ -85,6 +89,9 @@ pub async fn read_parquet_dir(location: &Location) -> BTreeMap<String, Vec<Recor
             .to_string();
         let name = relative.rsplit('/').next().unwrap_or_default();
         if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+            continue;
+        }
+        if committed.as_ref().is_some_and(|c| !c.contains(&relative)) {
             continue;
         }
         let bytes = location

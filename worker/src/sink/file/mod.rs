@@ -1,52 +1,157 @@
-//! File sink: Parquet, JSON lines or CSV files under a directory (local or `s3://`).
+//! File sink: Parquet, JSON lines or CSV files under a directory (local or `s3://`), with a commit
+//! log.
 //!
-//! Each (task, batch) writes its rows to `part-<task>-<batchId>-<n>.<ext>` (zero-padded), so a
-//! replayed batch overwrites the same object with identical bytes. With `partitionBy`, rows are
-//! split into Hive-style directories `col=value/` (values percent-escaped as Spark does; null is
-//! `__HIVE_DEFAULT_PARTITION__`) and the partition columns are left out of the files. A batch with
-//! no rows writes nothing. Object stores publish an object only when it is complete (local: rename,
-//! S3: multipart complete), so readers never see half a file.
+//! **Names.** Each (run, task, batch) writes its rows to
+//! `part-<task>-<batchId>-<run>-000.<ext>` (task and batch zero-padded), where `run` is the
+//! checkpoint's query id. A re-created query or a `stateless` upgrade starts a new checkpoint (a new
+//! query id) whose batch ids restart at 0, so its files never overwrite an earlier run's. With
+//! `partitionBy`, rows are split into Hive-style directories `col=value/` (values percent-escaped as
+//! Spark does; null is `__HIVE_DEFAULT_PARTITION__`) and the partition columns are left out of the
+//! files. A batch with no rows writes nothing. Object stores publish an object only when it is
+//! complete (local: rename, S3: multipart complete), so readers never see half a file.
+//!
+//! **Commit log.** After a batch's files are written, and before the engine commits the batch in
+//! its checkpoint, the sink writes `_sluice_log/<run>/<task>-<batchId>.json` ([`LogEntry`]) listing
+//! the batch's files. The files of an output directory that count are exactly those listed in
+//! the log ([`committed_files`]); Sluice's own file source reads only those when the directory has
+//! a log. A batch replayed after its entry was written is not written again (the entry's files
+//! stand). A batch replayed before that first deletes the files an earlier attempt left under its
+//! names (with `partitionBy`, a replay whose rows land in other partitions would otherwise leave
+//! orphans), then writes and logs anew. Names starting with `_` are skipped by Spark, DuckDB's Hive
+//! reader and pyarrow datasets, so the log never mixes with the data.
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::Schema;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
 use sluice_crds::{FileFormat, FileSinkSpec};
 
 use crate::error::{EngineError, Result};
+use crate::fault::{CrashPoint, crash_point};
 use crate::sink::Sink;
 use crate::storage::Location;
 
 /// Hive's name for a null partition value.
 pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
+/// The directory of the commit log under the output location.
+pub const LOG_DIR: &str = "_sluice_log";
+
+/// One commit-log entry: the files of one (run, task, batch), written once they are all complete.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    /// The checkpoint's query id.
+    pub run: String,
+    pub task: u32,
+    pub batch_id: u64,
+    /// Rows written by the batch.
+    pub rows: u64,
+    /// The batch's files, relative to the output location (`a=1/part-....parquet`).
+    pub files: Vec<String>,
+}
+
 /// The configured file sink.
 pub struct FileSink {
     location: Location,
     format: FileFormat,
     partition_by: Vec<String>,
+    /// The checkpoint's query id: names files and log entries.
+    run: String,
+    /// Per task, the batch this process last started and whether it was written and logged: the
+    /// batch after a logged one cannot be a replay, so only other writes (a task's first in this
+    /// process, a retry) check the log.
+    written: Mutex<HashMap<u32, (u64, bool)>>,
 }
 
 impl FileSink {
+    /// A sink for `spec` whose files and log entries carry `run` (the checkpoint's query id).
+    ///
     /// # Errors
     /// [`EngineError::InvalidQuery`] for an unusable path.
-    pub fn new(spec: &FileSinkSpec) -> Result<Self> {
+    pub fn new(spec: &FileSinkSpec, run: &str) -> Result<Self> {
         Ok(Self {
             location: Location::parse(&spec.path)?,
             format: spec.format,
             partition_by: spec.partition_by.clone(),
+            run: run.to_string(),
+            written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The data file name of (task, batch) of this run.
+    pub fn file_name(&self, task: u32, batch_id: u64) -> String {
+        format!(
+            "{}-000.{}",
+            self.file_stem(task, batch_id),
+            self.extension()
+        )
+    }
+
+    fn file_stem(&self, task: u32, batch_id: u64) -> String {
+        format!("part-{task:05}-{batch_id:020}-{}", self.run)
+    }
+
+    fn log_path(&self, task: u32, batch_id: u64) -> object_store::path::Path {
+        self.location.child(&format!(
+            "{LOG_DIR}/{}/{task:05}-{batch_id:020}.json",
+            self.run
+        ))
+    }
+
+    async fn read_log_entry(&self, task: u32, batch_id: u64) -> Result<Option<LogEntry>> {
+        let path = self.log_path(task, batch_id);
+        match self.location.store.get(&path).await {
+            Ok(result) => {
+                let bytes = result
+                    .bytes()
+                    .await
+                    .map_err(|e| EngineError::storage(path.to_string(), e))?;
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    EngineError::Sink(format!("unreadable commit-log entry {path}: {e}"))
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(EngineError::storage(path.to_string(), e)),
+        }
+    }
+
+    /// Deletes the files an earlier, unlogged attempt of (task, batch) left behind.
+    async fn remove_unlogged(&self, task: u32, batch_id: u64) -> Result<()> {
+        let stem = self.file_stem(task, batch_id);
+        let prefix = (!self.location.prefix.as_ref().is_empty()).then_some(&self.location.prefix);
+        let leftovers: Vec<object_store::path::Path> = self
+            .location
+            .store
+            .list(prefix)
+            .map_ok(|meta| meta.location)
+            .try_filter(|path| {
+                futures::future::ready(path.filename().is_some_and(|n| n.starts_with(&stem)))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| EngineError::storage(self.location.url.clone(), e))?;
+        for path in leftovers {
+            match self.location.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(EngineError::storage(path.to_string(), e)),
+            }
+        }
+        Ok(())
     }
 
     fn extension(&self) -> &'static str {
@@ -59,11 +164,19 @@ impl FileSink {
 
     /// Writes `batches` (one schema, at least one batch) as one file, batch by batch: no
     /// concatenated copy of the rows is made.
-    async fn write_file(&self, relative: &str, batches: &[RecordBatch]) -> Result<()> {
-        let Some(first) = batches.first() else {
-            return Ok(());
-        };
+    /// Returns the file's path relative to the output location as the store spells it (what the
+    /// commit log lists).
+    async fn write_file(&self, relative: &str, batches: &[RecordBatch]) -> Result<String> {
         let path = self.location.child(relative);
+        let stored = path
+            .as_ref()
+            .strip_prefix(self.location.prefix.as_ref())
+            .unwrap_or(path.as_ref())
+            .trim_start_matches('/')
+            .to_string();
+        let Some(first) = batches.first() else {
+            return Ok(stored);
+        };
         let store = self.location.store.clone();
         let fail = |e: &dyn std::fmt::Display| EngineError::Sink(format!("writing {path}: {e}"));
         match self.format {
@@ -105,7 +218,7 @@ impl FileSink {
                     .map_err(|e| fail(&e))?;
             }
         }
-        Ok(())
+        Ok(stored)
     }
 }
 
@@ -120,19 +233,109 @@ impl Sink for FileSink {
         let Some(first) = batches.first() else {
             return Ok(0);
         };
+        let follows_own_write = match self.written.lock() {
+            Ok(mut written) => {
+                let previous = written.insert(task, (batch_id, false));
+                previous.is_some_and(|(last, done)| done && last.checked_add(1) == Some(batch_id))
+            }
+            Err(_) => false,
+        };
+        if !follows_own_write {
+            // Possibly a replay: a logged batch stands as written; an unlogged one starts clean.
+            if let Some(entry) = self.read_log_entry(task, batch_id).await? {
+                self.remember(task, batch_id);
+                return Ok(entry.rows);
+            }
+            self.remove_unlogged(task, batch_id).await?;
+        }
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let file_name = format!("part-{task:05}-{batch_id:020}-000.{}", self.extension());
+        let file_name = self.file_name(task, batch_id);
+        let mut files = Vec::new();
         if self.partition_by.is_empty() {
-            self.write_file(&file_name, &batches).await?;
-            return Ok(rows);
+            files.push(self.write_file(&file_name, &batches).await?);
+        } else {
+            let batch = concat_batches(&first.schema(), &batches)?;
+            for (directory, part) in split_by_partition(&batch, &self.partition_by)? {
+                files.push(
+                    self.write_file(&format!("{directory}/{file_name}"), &[part])
+                        .await?,
+                );
+            }
         }
-        let batch = concat_batches(&first.schema(), &batches)?;
-        for (directory, part) in split_by_partition(&batch, &self.partition_by)? {
-            self.write_file(&format!("{directory}/{file_name}"), &[part])
-                .await?;
-        }
+        crash_point(CrashPoint::MidSinkWrite, batch_id);
+        let entry = LogEntry {
+            run: self.run.clone(),
+            task,
+            batch_id,
+            rows,
+            files,
+        };
+        let body = serde_json::to_vec(&entry).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let path = self.log_path(task, batch_id);
+        self.location
+            .store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| EngineError::storage(path.to_string(), e))?;
+        self.remember(task, batch_id);
         Ok(rows)
     }
+}
+
+impl FileSink {
+    fn remember(&self, task: u32, batch_id: u64) {
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(task, (batch_id, true));
+        }
+    }
+}
+
+/// The committed data files under an output `location` (relative paths, sorted): those listed in
+/// its commit log. `None` when the directory has no commit log (not written by Sluice's file sink).
+///
+/// # Errors
+/// [`EngineError::Storage`] when the store fails; [`EngineError::Sink`] for an unreadable entry.
+pub async fn committed_files(location: &Location) -> Result<Option<Vec<String>>> {
+    let log = location.child(LOG_DIR);
+    let entries: Vec<object_store::path::Path> = location
+        .store
+        .list(Some(&log))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .map_err(|e| EngineError::storage(location.url.clone(), e))?;
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    for path in entries {
+        if !path.as_ref().ends_with(".json") {
+            continue;
+        }
+        files.extend(read_log_entry_at(location, &path).await?.files);
+    }
+    files.sort();
+    Ok(Some(files))
+}
+
+/// Reads the commit-log entry at `path` (a full path under `location`).
+///
+/// # Errors
+/// As [`committed_files`].
+pub async fn read_log_entry_at(
+    location: &Location,
+    path: &object_store::path::Path,
+) -> Result<LogEntry> {
+    let bytes = location
+        .store
+        .get(path)
+        .await
+        .map_err(|e| EngineError::storage(path.to_string(), e))?
+        .bytes()
+        .await
+        .map_err(|e| EngineError::storage(path.to_string(), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EngineError::Sink(format!("unreadable commit-log entry {path}: {e}")))
 }
 
 /// Splits `batch` by the values of `columns`: `("a=1/b=x", rows without a and b)` per distinct

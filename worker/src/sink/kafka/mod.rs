@@ -14,10 +14,12 @@
 //! sink write and the checkpoint commit is written again, with the same dedup headers). With
 //! `exactlyOnce: true` each (task, batch) is one Kafka transaction (`transactional.id =
 //! sluice-<query>-<task>`, fencing zombies); readers with `isolation.level=read_committed` never see a
-//! partial or aborted batch. A batch replayed after its transaction committed is still written again
-//! (Spark's Kafka sink has the same limit), so dedup on the headers remains the rule for exactly-once
-//! consumption. When the broker refuses transactions (`init_transactions` fails) the sink logs a
-//! warning and falls back to at-least-once.
+//! partial or aborted batch. Once a batch's transaction committed, the engine records that in the
+//! checkpoint (`tasks/<p>/sinks/<batchId>`) before the batch's commit, so neither a retry (say the
+//! checkpoint store was down) nor a restart sends it again. One window remains, as in Spark: a crash
+//! between the transaction's commit and that record (one object write) replays the batch, with the
+//! same dedup headers. A broker that refuses transactions (authorization, version) is an error
+//! naming `exactlyOnce`: the sink never falls back to at-least-once silently.
 
 #[cfg(test)]
 mod tests;
@@ -69,9 +71,8 @@ pub struct KafkaSink {
     query_id: String,
     /// Non-transactional producer, shared by all tasks.
     shared: Mutex<Option<Arc<FutureProducer>>>,
-    /// Transactional producers per task (`exactlyOnce`); `None` once the broker refused them.
+    /// Transactional producers per task (`exactlyOnce`).
     transactional: Mutex<HashMap<u32, Arc<FutureProducer>>>,
-    transactions_refused: std::sync::atomic::AtomicBool,
 }
 
 fn sink_error(message: impl std::fmt::Display) -> EngineError {
@@ -88,17 +89,12 @@ impl KafkaSink {
             query_id: query_id.to_string(),
             shared: Mutex::new(None),
             transactional: Mutex::new(HashMap::new()),
-            transactions_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Whether writes use Kafka transactions: `exactlyOnce` was asked for and the broker has not
-    /// refused them (known after the first write).
+    /// Whether writes use Kafka transactions (`exactlyOnce`).
     pub fn transactional(&self) -> bool {
         self.spec.exactly_once
-            && !self
-                .transactions_refused
-                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn config(&self) -> Result<rdkafka::ClientConfig> {
@@ -131,15 +127,15 @@ impl KafkaSink {
         Ok(producer)
     }
 
-    /// The task's transactional producer, or `None` when the broker does not support transactions.
-    async fn transactional_producer(&self, task: u32) -> Result<Option<Arc<FutureProducer>>> {
-        use std::sync::atomic::Ordering;
-        if self.transactions_refused.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
+    /// The task's transactional producer.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] when the broker refuses transactions (not authorized, too
+    /// old): `exactlyOnce: true` cannot be kept; [`EngineError::Sink`] when it is unreachable.
+    async fn transactional_producer(&self, task: u32) -> Result<Arc<FutureProducer>> {
         let mut guard = self.transactional.lock().await;
         if let Some(p) = guard.get(&task) {
-            return Ok(Some(Arc::clone(p)));
+            return Ok(Arc::clone(p));
         }
         let mut config = self.config()?;
         config.set(
@@ -157,13 +153,13 @@ impl KafkaSink {
         match result {
             Ok(()) => {
                 guard.insert(task, Arc::clone(&producer));
-                Ok(Some(producer))
+                Ok(producer)
             }
-            Err(e) if is_unsupported(&e) => {
-                tracing::warn!(error = %e, "kafka sink: the broker does not support transactions; writing at-least-once with dedup headers");
-                self.transactions_refused.store(true, Ordering::Relaxed);
-                Ok(None)
-            }
+            Err(e) if is_unsupported(&e) => Err(EngineError::InvalidQuery(format!(
+                "sink.kafka.exactlyOnce: the broker refuses transactions ({e}); allow this \
+                 principal to use transactional ids `sluice-*` (or upgrade the broker), or set \
+                 `exactlyOnce: false` for at-least-once delivery with dedup headers"
+            ))),
             Err(e) => Err(sink_error(format!("init transactions: {e}"))),
         }
     }
@@ -264,7 +260,7 @@ impl Sink for KafkaSink {
             return Ok(0);
         }
         let transactional = if self.spec.exactly_once {
-            self.transactional_producer(task).await?
+            Some(self.transactional_producer(task).await?)
         } else {
             None
         };
@@ -340,10 +336,16 @@ fn raw_records(batch: &RecordBatch, out: &mut Vec<OutRecord>) -> Result<()> {
     let partitions = partitions
         .as_ref()
         .and_then(|a| a.as_any().downcast_ref::<Int32Array>());
-    let headers = schema
-        .index_of("headers")
-        .ok()
-        .and_then(|i| batch.column(i).as_any().downcast_ref::<ListArray>());
+    let headers = match schema.index_of("headers") {
+        Ok(i) => Some(
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .ok_or_else(|| headers_type_error(batch.column(i).data_type()))?,
+        ),
+        Err(_) => None,
+    };
     for row in 0..batch.num_rows() {
         let mut record = OutRecord {
             key: keys.as_ref().and_then(|k| k[row].clone()),
@@ -355,22 +357,36 @@ fn raw_records(batch: &RecordBatch, out: &mut Vec<OutRecord>) -> Result<()> {
             && list.is_valid(row)
         {
             let entries = list.value(row);
-            let entries = entries.as_struct();
-            if let (Some(k), Some(v)) = (
+            let entries = entries
+                .as_struct_opt()
+                .ok_or_else(|| headers_type_error(list.data_type()))?;
+            let (Some(k), Some(v)) = (
                 entries.column_by_name("key"),
                 entries.column_by_name("value"),
-            ) {
-                let keys = cast(k, &DataType::Utf8)?;
-                let keys = keys.as_string::<i32>();
-                let values = bytes_column(v.as_ref(), "headers.value")?;
-                for (i, value) in values.into_iter().enumerate() {
-                    record.headers.push((keys.value(i).to_string(), value));
-                }
+            ) else {
+                return Err(headers_type_error(list.data_type()));
+            };
+            let keys = cast(k, &DataType::Utf8).map_err(|e| {
+                EngineError::InvalidQuery(format!("kafka sink: column `headers.key`: {e}"))
+            })?;
+            let keys = keys.as_string::<i32>();
+            let values = bytes_column(v.as_ref(), "headers.value")?;
+            for (key, value) in keys.iter().zip(values) {
+                record
+                    .headers
+                    .push((key.unwrap_or_default().to_string(), value));
             }
         }
         out.push(record);
     }
     Ok(())
+}
+
+fn headers_type_error(found: &DataType) -> EngineError {
+    EngineError::InvalidQuery(format!(
+        "kafka sink: column `headers` must be a list of structs {{key: string, value: binary}} \
+         (the Kafka source's `headers`), not {found}"
+    ))
 }
 
 fn encoded_records(

@@ -95,3 +95,43 @@ fn json_and_csv_encode_whole_rows_with_key_column() {
     let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("missing")), "q", "id");
     assert!(sink.records(0, 0, &[batch]).is_err());
 }
+
+#[test]
+fn headers_of_the_wrong_type_are_a_user_error_not_a_panic() {
+    // A list of strings where a list of {key, value} structs belongs (this used to panic).
+    let list =
+        arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int32Type, _, _>(vec![
+            Some(vec![Some(1), Some(2)]),
+        ]);
+    let batch = RecordBatch::try_new(
+        StdArc::new(Schema::new(vec![
+            Field::new("value", DataType::Utf8, true),
+            Field::new("headers", list.data_type().clone(), true),
+        ])),
+        vec![
+            StdArc::new(StringArray::from(vec!["v"])) as ArrayRef,
+            StdArc::new(list) as ArrayRef,
+        ],
+    )
+    .expect("batch");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q", "id-1");
+    let err = sink.records(0, 0, &[batch]).expect_err("wrong type");
+    assert!(
+        matches!(err, EngineError::InvalidQuery(_)) && err.to_string().contains("`headers`"),
+        "{err}"
+    );
+    // Not a list at all.
+    let batch = RecordBatch::try_new(
+        StdArc::new(Schema::new(vec![
+            Field::new("value", DataType::Utf8, true),
+            Field::new("headers", DataType::Utf8, true),
+        ])),
+        vec![
+            StdArc::new(StringArray::from(vec!["v"])) as ArrayRef,
+            StdArc::new(StringArray::from(vec!["h"])) as ArrayRef,
+        ],
+    )
+    .expect("batch");
+    let err = sink.records(0, 0, &[batch]).expect_err("wrong type");
+    assert!(err.to_string().contains("not Utf8"), "{err}");
+}

@@ -32,6 +32,9 @@ use tokio_postgres::Client;
 use crate::error::{EngineError, Result};
 use crate::sink::Sink;
 
+/// `statement_timeout` of the sink's session when `statementTimeout` is not set.
+pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The table recording which (query, task, batch) were written.
 pub const COMMITS_TABLE: &str = "sluice_commits";
 
@@ -77,6 +80,19 @@ impl PostgresSink {
         let client = crate::postgres::connect(&self.spec.connection, "sluice")
             .await
             .map_err(sink_error)?;
+        let timeout = match self.spec.statement_timeout.as_deref() {
+            Some(text) => sluice_crds::duration::parse_duration(text).map_err(|m| {
+                EngineError::InvalidQuery(format!("sink.postgres.statementTimeout: {m}"))
+            })?,
+            None => DEFAULT_STATEMENT_TIMEOUT,
+        };
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                timeout.as_millis().max(1)
+            ))
+            .await
+            .map_err(|e| sink_error(format!("set statement_timeout: {e}")))?;
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {COMMITS_TABLE} (\
@@ -150,12 +166,17 @@ struct BatchRows<'a> {
 
 /// User errors (undefined table/column, bad data) are not retryable; the rest is.
 fn classify(table: &str, e: tokio_postgres::Error) -> EngineError {
+    // `Display` of a server error is only "db error": the server's message and SQLSTATE say what.
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
     match e.code().map(|c| c.code()) {
         // Class 42 (syntax/undefined object) and 22 (data exception): the query or table is wrong.
         Some(code) if code.starts_with("42") || code.starts_with("22") => {
-            EngineError::InvalidQuery(format!("postgres sink table `{table}`: {e}"))
+            EngineError::InvalidQuery(format!("postgres sink table `{table}`: {detail}"))
         }
-        _ => sink_error(format!("write {table}: {e}")),
+        _ => sink_error(format!("write {table}: {detail}")),
     }
 }
 

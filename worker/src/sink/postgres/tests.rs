@@ -18,6 +18,7 @@ fn spec(mode: PostgresWriteMode, keys: &[&str]) -> PostgresSinkSpec {
         table: "public.counts".into(),
         mode,
         key_columns: keys.iter().map(|k| k.to_string()).collect(),
+        statement_timeout: None,
     }
 }
 

@@ -7,7 +7,9 @@
 //! (by modification time, then path), at most `maxFilesPerTrigger` per batch.
 //!
 //! Names starting with `.` or `_` are ignored, so writers can create a file under a hidden name and
-//! rename it when complete (the usual way to publish files atomically).
+//! rename it when complete (the usual way to publish files atomically). A directory written by
+//! Sluice's file sink has a commit log (`_sluice_log/`): then only the files its entries list are
+//! read, so a query reading another query's output never sees a batch that is not committed.
 
 #[cfg(test)]
 mod tests;
@@ -57,6 +59,8 @@ struct FileConfig {
     schema: SchemaRef,
     partitions: u32,
     max_files_per_trigger: Option<usize>,
+    /// Longest JSON/CSV record (`maxRecordBytes`).
+    max_record_bytes: usize,
 }
 
 impl FileSource {
@@ -82,6 +86,11 @@ impl FileSource {
             schema: arrow_schema(&spec.schema)?,
             partitions: file.partitions,
             max_files_per_trigger: file.max_files_per_trigger.map(|n| n as usize),
+            max_record_bytes: file
+                .max_record_bytes
+                .map_or(TextFileDecoder::MAX_RECORD_BYTES, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
         };
         Ok(Self {
             config: Arc::new(config),
@@ -125,6 +134,8 @@ impl Source for FileSource {
             seen,
             frozen: None,
             backlog: 0,
+            committed: HashSet::new(),
+            log_entries_read: HashSet::new(),
         }))
     }
 }
@@ -137,6 +148,10 @@ struct FileTask {
     /// Files available when frozen (`availableNow` / `once`).
     frozen: Option<Vec<FileEntryWithTime>>,
     backlog: u64,
+    /// Files listed in the directory's commit log (a Sluice file sink's output), if it has one.
+    committed: HashSet<String>,
+    /// Commit-log entries already read (entries never change once written).
+    log_entries_read: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -160,8 +175,36 @@ impl FileTask {
         (!hidden && !relative.is_empty()).then(|| relative.to_string())
     }
 
-    /// This task's files in the directory now, oldest first.
-    async fn list(&self) -> Result<Vec<FileEntryWithTime>> {
+    /// Reads the commit-log entries under `metas` not read yet into `committed`; whether the
+    /// directory has a commit log.
+    async fn read_commit_log(&mut self, metas: &[ObjectMeta]) -> Result<bool> {
+        let location = &self.source.location;
+        let log_prefix = location.child(crate::sink::file::LOG_DIR);
+        let mut has_log = false;
+        for meta in metas {
+            if !meta.location.prefix_matches(&log_prefix) {
+                continue;
+            }
+            has_log = true;
+            let key = meta.location.as_ref().to_string();
+            if !key.ends_with(".json") || self.log_entries_read.contains(&key) {
+                continue;
+            }
+            let entry = crate::sink::file::read_log_entry_at(location, &meta.location)
+                .await
+                .map_err(|e| EngineError::Source {
+                    source_name: self.source.name.clone(),
+                    message: e.to_string(),
+                })?;
+            self.committed.extend(entry.files);
+            self.log_entries_read.insert(key);
+        }
+        Ok(has_log)
+    }
+
+    /// This task's files in the directory now, oldest first (only committed ones in a directory
+    /// with a commit log).
+    async fn list(&mut self) -> Result<Vec<FileEntryWithTime>> {
         let location = &self.source.location;
         let prefix = (!location.prefix.as_ref().is_empty()).then_some(&location.prefix);
         let metas: Vec<ObjectMeta> = location
@@ -170,10 +213,14 @@ impl FileTask {
             .try_collect()
             .await
             .map_err(|e| EngineError::storage(location.url.clone(), e))?;
+        let has_log = self.read_commit_log(&metas).await?;
         let mut files: Vec<FileEntryWithTime> = metas
             .iter()
             .filter_map(|meta| {
                 let path = self.relative(meta)?;
+                if has_log && !self.committed.contains(&path) {
+                    return None;
+                }
                 (partition_of(&path, self.source.partitions) == self.task).then(|| {
                     FileEntryWithTime {
                         entry: FileEntry {
@@ -291,7 +338,8 @@ async fn read_file(
         }
         _ => {
             // Text is decoded a run of lines at a time as it arrives, never whole.
-            let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin);
+            let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin)
+                .with_max_record_bytes(config.max_record_bytes);
             let range = object.range.clone();
             match object.payload {
                 GetResultPayload::File(file, _) => {
@@ -332,7 +380,7 @@ fn decode_local_file(
             break;
         }
         remaining -= read as u64;
-        decoder.push(&buffer[..read]);
+        decoder.push(&buffer[..read])?;
         if decoder.ready() {
             decoder.decode_ready()?;
         }
@@ -351,7 +399,7 @@ async fn decode_stream(
         .await
         .map_err(|e| EngineError::storage(name.to_string(), e))?
     {
-        decoder.push(&piece);
+        decoder.push(&piece)?;
         if decoder.ready() {
             decoder = blocking(move || {
                 decoder.decode_ready()?;

@@ -14,6 +14,7 @@ fn spec(
         partitions,
         header: true,
         delimiter: None,
+        max_record_bytes: None,
     };
     let source = SourceSpec {
         name: "events".into(),

@@ -79,6 +79,45 @@ pub const LATEST: i64 = -1;
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct KafkaRange {
     pub partitions: BTreeMap<String, [i64; 2]>,
+    /// Offsets `[from, until)` per partition that were deleted before the task read them and were
+    /// skipped (`failOnDataLoss: false`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lost: BTreeMap<String, [i64; 2]>,
+}
+
+/// Whether a partition lost records between the offset a task expected next and the first record
+/// it got, given the partition's log start offset `low` (when known): `[expected, first]` when the
+/// offsets went back (a recreated or truncated topic; `first < expected`), `[expected, end)` when
+/// the log now starts after `expected` (deleted by retention; `end` is the log start or the first
+/// record, whichever is lower). A gap the log start does not explain (transaction markers,
+/// compaction) is no loss, nor is no gap.
+pub fn loss_of(expected: i64, first: i64, low: Option<i64>) -> Option<[i64; 2]> {
+    if first < expected {
+        return Some([expected, first]);
+    }
+    match low {
+        Some(low) if first > expected && low > expected => Some([expected, low.min(first)]),
+        _ => None,
+    }
+}
+
+/// The error (or, with `failOnDataLoss: false`, the warning) for offsets deleted before they
+/// were read. An entry `[from, until]` with `until < from` is a partition whose offsets went
+/// back (a recreated or truncated topic).
+fn data_loss_message(lost: &BTreeMap<String, [i64; 2]>) -> String {
+    lost.iter()
+        .map(|(key, [from, until])| {
+            if until < from {
+                format!(
+                    "the offsets of {key} went back from {from} to {until} (topic recreated or \
+                     truncated): records of the old log from offset {from} on were never read"
+                )
+            } else {
+                format!("offsets {from}..{until} of {key} were deleted before they were read")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A topic partition.
@@ -637,6 +676,51 @@ impl KafkaTask {
         self.take_partitions(&all, false)
     }
 
+    /// Offsets deleted before this task read them, among the partitions of the next `take`
+    /// buffered records: where a partition's first record comes after the offset the task expected
+    /// next and the partition's log now starts after that offset, `[expected, first record)`
+    /// (gaps the log start does not explain, transaction markers or compaction, are not loss);
+    /// where it comes before (the consumer was reset to a new log's start),
+    /// `[expected, first record]` with the end below the start.
+    async fn lost_before(&self, take: usize) -> Result<BTreeMap<String, [i64; 2]>> {
+        let mut gaps: BTreeMap<TopicPartition, [i64; 2]> = BTreeMap::new();
+        for record in self.buffer.iter().take(take) {
+            if gaps.contains_key(&record.partition) {
+                continue;
+            }
+            let expected = match self.next.get(&record.partition) {
+                Some(Offset::Offset(n)) => *n,
+                _ => record.offset,
+            };
+            gaps.insert(record.partition.clone(), [expected, record.offset]);
+        }
+        let mut lost: BTreeMap<String, [i64; 2]> = BTreeMap::new();
+        gaps.retain(|tp, [expected, first]| {
+            if let Some(range) = loss_of(*expected, *first, None) {
+                lost.insert(tp.key(), range);
+            }
+            first > expected
+        });
+        if gaps.is_empty() {
+            return Ok(lost);
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            for (tp, [expected, first]) in gaps {
+                let (low, _) = consumer
+                    .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
+                    .map_err(|e| source_error(&name, format!("watermarks of {}: {e}", tp.key())))?;
+                if let Some(range) = loss_of(expected, first, Some(low)) {
+                    lost.insert(tp.key(), range);
+                }
+            }
+            Ok(lost)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("kafka watermark task: {e}")))?
+    }
+
     fn per_trigger_limit(&self, limit: PlanLimit) -> usize {
         match (limit, self.spec.max_offsets_per_trigger) {
             (PlanLimit::PerTrigger, Some(max)) => {
@@ -674,6 +758,40 @@ impl KafkaTask {
         }
         if wanted.is_empty() {
             return Ok(Vec::new());
+        }
+        // A logged range whose start was deleted since cannot be replayed exactly.
+        let mut lost = BTreeMap::new();
+        for (tp, [from, until]) in &wanted {
+            if let Ok((low, _)) =
+                consumer.fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
+                && low > *from
+            {
+                lost.insert(tp.key(), [*from, low.min(*until)]);
+            }
+        }
+        if !lost.is_empty() {
+            let message = data_loss_message(&lost);
+            if self.spec.fail_on_data_loss {
+                return Err(EngineError::DataLoss {
+                    source_name: self.name.clone(),
+                    message: format!("replaying a logged batch: {message}"),
+                });
+            }
+            tracing::warn!(source = %self.name, lost = %message, "kafka: a replayed batch lost deleted offsets (failOnDataLoss: false)");
+            list = TopicPartitionList::new();
+            for (tp, range) in wanted.iter_mut() {
+                if let Some([_, low]) = lost.get(&tp.key()) {
+                    range[0] = *low;
+                }
+                if range[1] > range[0] {
+                    list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(range[0]))
+                        .map_err(|e| source_error(&self.name, e))?;
+                }
+            }
+            wanted.retain(|_, [from, until]| until > from);
+            if wanted.is_empty() {
+                return Ok(Vec::new());
+            }
         }
         consumer
             .assign(&list)
@@ -728,7 +846,7 @@ fn decode_records(
     match text_format {
         None => Ok(ReadOutput {
             batches: vec![raw_batch(schema, records)?],
-            bad_records: Vec::new(),
+            ..ReadOutput::default()
         }),
         Some(format) => {
             let mut output = ReadOutput::default();
@@ -860,8 +978,22 @@ impl SourceTask for KafkaTask {
             return Ok(None);
         }
         let take = self.buffer.len().min(max);
+        let lost = self.lost_before(take).await?;
+        if !lost.is_empty() {
+            let message = data_loss_message(&lost);
+            if self.spec.fail_on_data_loss {
+                return Err(EngineError::DataLoss {
+                    source_name: self.name.clone(),
+                    message,
+                });
+            }
+            tracing::warn!(source = %self.name, lost = %message, "kafka: skipping deleted offsets (failOnDataLoss: false)");
+        }
         let records: Vec<OwnedRecord> = self.buffer.drain(..take).collect();
-        let mut range = KafkaRange::default();
+        let mut range = KafkaRange {
+            lost,
+            ..KafkaRange::default()
+        };
         for r in &records {
             let entry = range
                 .partitions
@@ -882,17 +1014,31 @@ impl SourceTask for KafkaTask {
     }
 
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
+        let parsed: KafkaRange = serde_json::from_value(range.clone())
+            .map_err(|e| source_error(&self.name, format!("unreadable range: {e}")))?;
         let records = match self.planned.get(&range.to_string()) {
             Some(records) => records.clone(),
             None => {
-                let parsed: KafkaRange = serde_json::from_value(range.clone())
-                    .map_err(|e| source_error(&self.name, format!("unreadable range: {e}")))?;
                 let records = self.refetch(&parsed).await?;
                 self.planned.insert(range.to_string(), records.clone());
                 records
             }
         };
-        self.to_batches(&records)
+        let mut output = self.to_batches(&records)?;
+        if !parsed.lost.is_empty() {
+            output.data_loss = vec![format!(
+                "source `{}`: {}",
+                self.name,
+                data_loss_message(&parsed.lost)
+            )];
+            output.lost_offsets = parsed
+                .lost
+                .values()
+                .map(|[from, until]| (until - from).max(0) as u64)
+                .sum();
+            output.lost_ranges = parsed.lost.len() as u64;
+        }
+        Ok(output)
     }
 
     fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {

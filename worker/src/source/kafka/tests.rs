@@ -121,3 +121,27 @@ fn json_values_decode_into_the_schema_and_bad_ones_name_partition_and_offset() {
     assert_eq!(output.bad_records[0].record, "{broken");
     assert!(output.batches.iter().all(|b| b.column(0).null_count() == 0));
 }
+
+#[test]
+fn deleted_or_reset_offsets_are_loss_and_marker_gaps_are_not() {
+    // Retention deleted 50..80 before the task read them: the first record is 80, the log starts
+    // at 80.
+    assert_eq!(loss_of(50, 80, Some(80)), Some([50, 80]));
+    // The log start is the bound even if the first record comes later (compaction after it).
+    assert_eq!(loss_of(50, 90, Some(80)), Some([50, 80]));
+    // A gap of transaction markers or compacted records: the log still starts before it.
+    assert_eq!(loss_of(50, 52, Some(0)), None);
+    assert_eq!(loss_of(50, 50, Some(80)), None);
+    // The offsets went back: the topic was recreated or truncated.
+    assert_eq!(loss_of(500, 0, None), Some([500, 0]));
+    let message = data_loss_message(&std::collections::BTreeMap::from([
+        ("t/0".to_string(), [50, 80]),
+        ("t/1".to_string(), [500, 0]),
+    ]));
+    assert_eq!(
+        message,
+        "offsets 50..80 of t/0 were deleted before they were read; the offsets of t/1 went back \
+         from 500 to 0 (topic recreated or truncated): records of the old log from offset 500 on \
+         were never read"
+    );
+}

@@ -360,7 +360,7 @@ impl SourceTask for NexmarkTask {
         let batch = table_batch(self.table, self.events_per_second, events)?;
         Ok(ReadOutput {
             batches: vec![batch],
-            bad_records: Vec::new(),
+            ..ReadOutput::default()
         })
     }
 

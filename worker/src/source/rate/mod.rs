@@ -153,6 +153,7 @@ impl SourceTask for RateTask {
         Ok(ReadOutput {
             batches: vec![batch],
             bad_records: Vec::new(),
+            ..ReadOutput::default()
         })
     }
 

@@ -177,6 +177,7 @@ impl SourceTask for SocketTask {
         Ok(ReadOutput {
             batches: vec![batch],
             bad_records: Vec::new(),
+            ..ReadOutput::default()
         })
     }
 

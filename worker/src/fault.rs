@@ -1,0 +1,110 @@
+//! Fault injection for tests: named crash points in the batch protocol.
+//!
+//! **Test-only.** Compiled into every build but inert unless the environment variable
+//! [`CRASH_AT_ENV`] is set when the worker starts, e.g. `SLUICE_CRASH_AT=after-sink-write:3` aborts
+//! the process (`std::process::abort`, no cleanup, like SIGKILL) when any task reaches
+//! `after-sink-write` in batch 3. Several points may be given, comma-separated. The crash tests run
+//! the worker once with the variable (it dies there) and again without it (it must recover the
+//! batch exactly once). Never set it in production.
+
+use std::sync::OnceLock;
+
+/// The environment variable that arms crash points: `<point>:<batchId>[,<point>:<batchId>...]`.
+pub const CRASH_AT_ENV: &str = "SLUICE_CRASH_AT";
+
+/// A place in the batch protocol where a test may crash the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The file sink wrote the batch's data files but not yet its commit-log entry.
+    MidSinkWrite,
+    /// The sink accepted the batch (files logged, Kafka transaction or PostgreSQL transaction
+    /// committed); nothing of the batch is in the checkpoint beyond its offsets.
+    AfterSinkWrite,
+    /// The batch's state file is written; its learned models and commit are not.
+    MidStateWrite,
+    /// Everything but the batch's commit entry is written.
+    BeforeCommit,
+    /// Retention wrote the compacted entry but has not deleted what it covers.
+    MidRetention,
+}
+
+impl CrashPoint {
+    /// Every crash point, for tests that try each.
+    pub const ALL: [CrashPoint; 5] = [
+        CrashPoint::MidSinkWrite,
+        CrashPoint::AfterSinkWrite,
+        CrashPoint::MidStateWrite,
+        CrashPoint::BeforeCommit,
+        CrashPoint::MidRetention,
+    ];
+
+    /// The point's name in [`CRASH_AT_ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::MidSinkWrite => "mid-sink-write",
+            CrashPoint::AfterSinkWrite => "after-sink-write",
+            CrashPoint::MidStateWrite => "mid-state-write",
+            CrashPoint::BeforeCommit => "before-commit",
+            CrashPoint::MidRetention => "mid-retention",
+        }
+    }
+}
+
+/// Parses a [`CRASH_AT_ENV`] value into `(point name, batch id)` pairs; malformed items are
+/// ignored (and warned about by [`crash_point`]'s first call).
+pub fn parse_crash_points(text: &str) -> Vec<(String, u64)> {
+    text.split(',')
+        .filter_map(|item| {
+            let (name, batch) = item.trim().rsplit_once(':')?;
+            Some((name.trim().to_string(), batch.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn armed() -> &'static [(String, u64)] {
+    static ARMED: OnceLock<Vec<(String, u64)>> = OnceLock::new();
+    ARMED.get_or_init(|| match std::env::var(CRASH_AT_ENV) {
+        Ok(text) => {
+            let points = parse_crash_points(&text);
+            tracing::warn!(value = %text, armed = points.len(), "{CRASH_AT_ENV} is set: test crash points are armed");
+            points
+        }
+        Err(_) => Vec::new(),
+    })
+}
+
+/// Aborts the process if a test armed `point` for `batch_id`; otherwise does nothing.
+pub fn crash_point(point: CrashPoint, batch_id: u64) {
+    let armed = armed();
+    if armed.is_empty() {
+        return;
+    }
+    if armed
+        .iter()
+        .any(|(name, batch)| name == point.name() && *batch == batch_id)
+    {
+        eprintln!(
+            "{CRASH_AT_ENV}: crashing at {} in batch {batch_id}",
+            point.name()
+        );
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_points_parse_and_malformed_items_are_skipped() {
+        assert_eq!(
+            parse_crash_points("after-sink-write:3, before-commit:0,nonsense,mid-retention:x"),
+            vec![
+                ("after-sink-write".to_string(), 3),
+                ("before-commit".to_string(), 0)
+            ]
+        );
+        let names: Vec<&str> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(names.len(), 5);
+    }
+}
