@@ -1,6 +1,6 @@
 //! `StreamingQuery` status: what the operator observed, written only by the operator.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +42,24 @@ pub struct StreamingQueryStatus {
     pub lag: Option<i64>,
     /// Hash of the last spec that became Ready (the rollback target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub last_stable_spec_hash: Option<String>,
+    /// The last spec that became Ready, as JSON: what a rollout that is not Ready within the
+    /// operator's `readyTimeout` goes back to. Specs carry no secrets (only Secret names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub last_stable_spec: Option<String>,
+    /// Hash of the user's spec that was rolled back; it stays out until the spec is edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub rejected_spec_hash: Option<String>,
+    /// When the current rollout (create, upgrade, rescale, resume, rollback) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout_time: Option<Time>,
+    /// When the progress figures (rates, lag, batch id, watermark) were last refreshed; they are
+    /// refreshed at most once per resync so a steady query's status stays quiet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scaling_history: Vec<ScalingDecision>,
     /// Last commit of the old generation → first commit of the new one, in seconds.

@@ -100,6 +100,10 @@ struct KubernetesArgs {
     /// Seconds between reconciles of a Running query, refreshing its rates from `/progress`.
     #[arg(long, default_value_t = 30)]
     status_refresh: u64,
+    /// Seconds a restart-type rollout may take to become Ready before it is rolled back to the
+    /// last stable spec.
+    #[arg(long, env = "SLUICE_READY_TIMEOUT", default_value_t = 300)]
+    ready_timeout: u64,
     /// The sluice-worker binary that inspects a query's SQL (stateful? GROUP BY? tasks?).
     #[arg(long, env = "SLUICE_WORKER_BIN", default_value = "sluice-worker")]
     worker_bin: std::path::PathBuf,
@@ -201,6 +205,7 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
     let config = OperatorConfig {
         default_image: args.worker_image,
         default_checkpoint_location: args.default_checkpoint_location,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
         ..OperatorConfig::default()
     };
     let mut ctx = Context::new(
@@ -212,7 +217,7 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
     let window = Duration::from_secs(args.metrics_window);
     // Without Prometheus the autoscaler reads the workers' own /progress.
     let source: Arc<dyn MetricsSource> = match args.prometheus {
-        Some(url) => Arc::new(PrometheusMetrics { url, window }),
+        Some(url) => Arc::new(PrometheusMetrics::new(url, window)),
         None => Arc::new(ProgressMetrics::new(
             Arc::new(|name, namespace, ordinal| pod_url(name, namespace, ordinal, 9464)),
             window,
@@ -247,7 +252,15 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
     elector.acquire(Duration::from_secs(2)).await;
     tracing::info!(%identity, "leading");
     tokio::select! {
-        () = controller::run(ctx, args.namespace) => Ok(()),
+        () = controller::run(ctx, args.namespace) => {
+            // Shut down (SIGTERM): hand the lease over now, not after it expires.
+            match elector.release().await {
+                Ok(true) => tracing::info!(lease = %args.lease_name, "lease released"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not release the lease"),
+            }
+            Ok(())
+        }
         () = elector.hold(Duration::from_secs(5)) => {
             // Exit so Kubernetes restarts us as a follower; never run two controllers at once.
             anyhow::bail!("lost leadership")

@@ -20,6 +20,17 @@ pub struct WorkerProgress {
     pub last_batch_time: Option<String>,
     /// Replicas that answered.
     pub answered: usize,
+    /// Earliest commit among the answers' `recent` entries (ms): the first commit of a freshly
+    /// started generation, for the rescale downtime.
+    pub first_commit_ms: Option<i64>,
+}
+
+/// Earliest commit (ms) among the `recent` entries of the answers.
+pub fn first_commit_ms(answers: &[Value]) -> Option<i64> {
+    answers
+        .iter()
+        .filter_map(|a| a.pointer("/recent/0").and_then(commit_ms))
+        .min()
 }
 
 /// Wall-clock ms of a progress entry's commit: trigger `timestamp` + `durationMs.triggerExecution`.
@@ -82,6 +93,9 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
     if with_batches == 0 {
         return None;
     }
+    let last_batch_time = last_commit
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_string());
     Some(WorkerProgress {
         observation: ProgressObservation {
             input_rows_per_second: Some(input),
@@ -89,12 +103,33 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
             last_committed_batch_id: batch,
             lag: Some(lag),
             watermark,
+            last_batch_time: last_batch_time.clone(),
+            rescale_downtime_seconds: None,
         },
-        last_batch_time: last_commit
-            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            .map(|t| t.to_string()),
+        last_batch_time,
         answered: answers.len(),
+        first_commit_ms: first_commit_ms(answers),
     })
+}
+
+/// Rows per backlog unit, the one place backlog becomes rows (both metrics paths use it): 1 for
+/// sources that count rows; a file source counts unread *files* and, under backlog, each batch of
+/// a task reads `maxFilesPerTrigger` (`files_per_batch`) files, so rows per file = rows /
+/// (batches · files). `rows` and `batches` are over the same period; `learned` keeps the last
+/// figure for periods in which nothing ran.
+pub fn rows_per_backlog_unit(
+    files_per_batch: Option<u32>,
+    rows: f64,
+    batches: f64,
+    learned: &mut f64,
+) -> f64 {
+    let Some(files) = files_per_batch else {
+        return 1.0;
+    };
+    if batches > 0.0 && rows > 0.0 {
+        *learned = rows / (batches * f64::from(files));
+    }
+    *learned
 }
 
 /// A worker's `recent` progress entries (oldest first) from its `/progress` answer.
@@ -157,17 +192,7 @@ pub fn autoscaler_metrics(
         }
     }
     let seconds = window.as_secs_f64().max(1.0);
-    if let Some(files) = files_per_batch
-        && batches > 0.0
-        && rows > 0.0
-    {
-        *rows_per_unit = rows / (batches * f64::from(files));
-    }
-    let unit = if files_per_batch.is_some() {
-        *rows_per_unit
-    } else {
-        1.0
-    };
+    let unit = rows_per_backlog_unit(files_per_batch, rows, batches, rows_per_unit);
     crate::autoscaler::Metrics {
         input_rate: Some(rows / seconds),
         processed_rate: Some(rows / seconds),
@@ -273,6 +298,8 @@ mod tests {
                 last_committed_batch_id: Some(9),
                 lag: Some(44),
                 watermark: Some("2026-11-21T09:58:30Z".into()),
+                last_batch_time: Some("2026-11-21T10:00:01.25Z".into()),
+                rescale_downtime_seconds: None,
             }
         );
         assert_eq!(
