@@ -20,6 +20,10 @@ pub struct StreamingQueryStatus {
     /// Worker replicas currently running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// Label selector of the query's worker pods (the `/scale` subresource's, for HPA and KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub selector: Option<String>,
     /// Resolved checkpoint URL (`<location>/<namespace>/<name>/<uid>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_location: Option<String>,

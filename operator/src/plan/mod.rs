@@ -242,6 +242,16 @@ pub struct Plan {
     pub decision: Option<ScalingDecision>,
 }
 
+/// The label selector of a query's worker pods, as `status.selector` shows it for the `/scale`
+/// subresource (HPA and KEDA count pods with it).
+pub fn worker_selector(query_name: &str) -> String {
+    crate::backend::kubernetes::selector_labels(query_name)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Deterministic names of a query's children (all kinds share one name).
 pub fn child_name(query_name: &str) -> String {
     format!("sluice-{query_name}")
@@ -489,6 +499,7 @@ pub fn plan(
     let mut status = previous.clone();
     status.observed_generation = generation;
     status.replicas = Some(workers.map_or(0, |w| w.ready_replicas));
+    status.selector = query.metadata.name.as_deref().map(worker_selector);
     if let Some(progress) = &observation.progress {
         refresh_progress(&mut status, progress, config, &now);
     }

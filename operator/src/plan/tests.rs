@@ -512,3 +512,23 @@ fn delete_applies_retention_to_the_pinned_location() {
     // Never claimed: nothing to clean.
     assert_eq!(plan_cleanup(&query(SPEC)).location, None);
 }
+
+#[test]
+fn status_carries_the_worker_selector_for_the_scale_subresource() {
+    let q = query(SPEC);
+    let plan = run(&q, &observation(None, true), at(0));
+    assert_eq!(
+        plan.status.selector.as_deref(),
+        Some("app.kubernetes.io/name=sluice-worker,sluice.dev/query=q")
+    );
+    let crd = serde_json::to_value(<StreamingQuery as kube::CustomResourceExt>::crd())
+        .expect("crd json");
+    assert_eq!(
+        crd["spec"]["versions"][0]["subresources"]["scale"],
+        serde_json::json!({
+            "specReplicasPath": ".spec.parallelism.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        })
+    );
+}
