@@ -20,6 +20,8 @@ pub enum CheckOutcome {
     Refused(String),
     /// Anything else (store unreachable, binary missing): try again later.
     Unknown(String),
+    /// Still running (a check Job on Kubernetes): look again on the next reconcile.
+    Pending(String),
 }
 
 /// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.

@@ -19,13 +19,14 @@ use kube::{Client, ResourceExt};
 use sluice_crds::{Phase, StreamingQuery};
 
 use crate::backend::Backend;
+use crate::backend::kubernetes::check_job::JobCheck;
 use crate::backend::kubernetes::{FIELD_MANAGER, KubernetesBackend};
 use crate::checkpoint::{CheckpointManager, Owner, Release};
 use crate::error::{Error, ErrorKind, Result, backoff};
 use crate::metrics::Metrics;
 use crate::plan::{EventSeverity, OperatorConfig, PlannedEvent, Requeue, SpecChange, plan_cleanup};
 use crate::reconcile::reconcile_live;
-use crate::scaling::{Scaler, WorkerCheck, pod_url};
+use crate::scaling::{Scaler, pod_url};
 
 /// Finalizer guarding checkpoint retention.
 pub const FINALIZER: &str = "sluice.dev/checkpoint";
@@ -61,9 +62,10 @@ impl Context {
             .with_progress_url(Arc::new(move |name, namespace, ordinal| {
                 pod_url(name, namespace, ordinal, port)
             }));
+        // The pre-upgrade check runs as a Job with the spec's own image.
         let scaler = Scaler::new(
-            Arc::new(WorkerCheck {
-                worker_bin: "sluice-worker".into(),
+            Arc::new(JobCheck {
+                client: client.clone(),
             }),
             None,
             metrics.clone(),

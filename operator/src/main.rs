@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sluice_operator::backend::kubernetes::check_job::JobCheck;
 use sluice_operator::checkpoint::{CheckpointManager, StoreConfig};
 use sluice_operator::controller::{self, Context};
 use sluice_operator::leader::LeaderElector;
 use sluice_operator::metrics::Metrics;
 use sluice_operator::plan::OperatorConfig;
 use sluice_operator::scaling::{
-    MetricsSource, ProgressMetrics, PrometheusMetrics, Scaler, WorkerCheck, pod_url,
+    MetricsSource, ProgressMetrics, PrometheusMetrics, Scaler, pod_url,
 };
 
 #[derive(Parser, Debug)]
@@ -104,9 +105,6 @@ struct KubernetesArgs {
     /// last stable spec.
     #[arg(long, env = "SLUICE_READY_TIMEOUT", default_value_t = 300)]
     ready_timeout: u64,
-    /// The sluice-worker binary that inspects a query's SQL (stateful? GROUP BY? tasks?).
-    #[arg(long, env = "SLUICE_WORKER_BIN", default_value = "sluice-worker")]
-    worker_bin: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -224,8 +222,8 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
         )),
     };
     ctx.scaler = Some(Scaler::new(
-        Arc::new(WorkerCheck {
-            worker_bin: args.worker_bin,
+        Arc::new(JobCheck {
+            client: client.clone(),
         }),
         Some(source),
         metrics,

@@ -307,6 +307,7 @@ impl Scaler {
                 tracing::warn!(query = %key, %message, "the pre-upgrade check could not complete");
                 return CheckObservation::Unavailable(message);
             }
+            Inspection::Pending(message) => return CheckObservation::Pending(message),
         };
         self.checks
             .lock()

@@ -128,6 +128,12 @@ fn expected_rules() -> Vec<(String, String, Vec<String>)> {
             v(&["get", "patch"]),
         ),
         ("".into(), "pods".into(), v(&["get", "list", "watch"])),
+        // The pre-upgrade check runs as a Job.
+        (
+            "batch".into(),
+            "jobs".into(),
+            v(&["get", "create", "patch"]),
+        ),
         (
             "events.k8s.io".into(),
             "events".into(),

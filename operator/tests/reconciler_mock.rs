@@ -29,6 +29,7 @@ const STS_PATH: &str = "/apis/apps/v1/namespaces/default/statefulsets/sluice-q";
 const CM_PATH: &str = "/api/v1/namespaces/default/configmaps/sluice-q";
 const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
 const STATUS_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/default/streamingqueries/q/status";
+const JOBS_PATH: &str = "/apis/batch/v1/namespaces/default/jobs/";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 #[derive(Clone, Debug)]
@@ -49,6 +50,10 @@ struct World {
     ready: bool,
     /// The StreamingQuery (a status write answers it with the new status).
     query: Value,
+    /// Check Jobs as applied (name → object).
+    jobs: std::collections::BTreeMap<String, Value>,
+    /// The termination message of a finished check Job's pod; `None` while it runs.
+    check_message: Option<String>,
     requests: Vec<Recorded>,
 }
 
@@ -115,6 +120,35 @@ impl FakeApi {
                         }
                         respond(StatusCode::OK, &body)
                     }
+                    (Method::GET, p) if p.starts_with(JOBS_PATH) => {
+                        let name = p.trim_start_matches(JOBS_PATH).to_string();
+                        match world.jobs.get(&name) {
+                            Some(job) => {
+                                let mut job = job.clone();
+                                if world.check_message.is_some() {
+                                    job["status"] = json!({"succeeded": 1});
+                                }
+                                respond(StatusCode::OK, &job)
+                            }
+                            None => respond(StatusCode::NOT_FOUND, &not_found),
+                        }
+                    }
+                    (Method::PATCH, p) if p.starts_with(JOBS_PATH) => {
+                        let name = p.trim_start_matches(JOBS_PATH).to_string();
+                        world.jobs.insert(name, body.clone());
+                        respond(StatusCode::OK, &body)
+                    }
+                    (Method::GET, PODS_PATH) if world.check_message.is_some() => respond(
+                        StatusCode::OK,
+                        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
+                            "metadata": {"name": "check-pod"},
+                            "status": {"containerStatuses": [{
+                                "name": "check", "image": "", "imageID": "", "ready": false,
+                                "restartCount": 0,
+                                "state": {"terminated": {"exitCode": 2, "message": world.check_message}},
+                            }]},
+                        }]}),
+                    ),
                     (Method::GET, PODS_PATH) => {
                         let count = world.pods.pop_front().unwrap_or(0);
                         let items: Vec<Value> = (0..count)
@@ -457,4 +491,60 @@ async fn a_steady_query_writes_its_status_at_most_ten_times_in_ten_minutes() {
     assert!(writes >= 1, "the figures are refreshed once per resync");
     let status = setup.query.status.clone().expect("status");
     assert!(status.input_rows_per_second.is_some());
+}
+
+#[tokio::test]
+async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
+    use sluice_operator::backend::kubernetes::check_job::JobCheck;
+    let mut setup = Setup::running(V1).await;
+    setup.scaler = Scaler::new(
+        Arc::new(JobCheck {
+            client: setup.backend.client().clone(),
+        }),
+        None,
+        Metrics::default(),
+    );
+    setup.edit(&V1.replace("count(*) AS n", "count(*) AS n, sum(value) AS total"));
+    // The Job starts: nothing else moves, Progressing says why.
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    let job = requests
+        .iter()
+        .find(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH)
+        .expect("a check Job is applied");
+    assert_eq!(
+        job.body["spec"]["template"]["spec"]["containers"][0]["image"], "sluice-worker:test",
+        "the new spec's own image"
+    );
+    assert!(!touched(&requests, STS_PATH), "held while the check runs");
+    assert_eq!(plan.status.phase, Some(Phase::Running));
+    assert_eq!(
+        condition(&plan.status, "Progressing").1,
+        "UpgradeCheckRunning"
+    );
+    // Still running: the Job is not created twice.
+    setup.reconcile(25).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH)
+    );
+    // The Job refuses through its termination message.
+    let refusal = serde_json::to_string(&sluice_crds::contract::CheckOutcomeReport::Refused {
+        message: "stateful operators changed".into(),
+    })
+    .expect("json");
+    setup.api.with(|w| w.check_message = Some(refusal));
+    let plan = setup.reconcile(30).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, STS_PATH));
+    let (state, reason, message) = condition(&plan.status, "Degraded");
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "UpgradeRefused"),
+        "{message}"
+    );
+    assert_eq!(events(&requests), ["UpgradeRefused"]);
+    assert!(message.ends_with("stateful operators changed"), "{message}");
 }

@@ -676,5 +676,7 @@ impl Backend for KubernetesBackend {
     }
 }
 
+pub mod check_job;
+
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,8 @@ pub enum CheckObservation {
     /// The check could not complete (store unreachable, Job failed to start, timeout): the
     /// running deployment is held (fail closed) until it can.
     Unavailable(String),
+    /// The check is still running (a Job on Kubernetes): the running deployment is held.
+    Pending(String),
 }
 
 /// What to check before a rollout: the resolved manifest, against the checkpoint it will use.

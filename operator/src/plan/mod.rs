@@ -743,6 +743,30 @@ pub fn plan(
                 now,
             ));
         }
+        (CheckObservation::Pending(message), true) => {
+            let conditions = &mut status.conditions;
+            conditions::set(
+                conditions,
+                PROGRESSING,
+                true,
+                "UpgradeCheckRunning",
+                &format!("checking the spec before it rolls out: {message}"),
+                generation,
+                now,
+            );
+            if workers.is_none() {
+                status.phase = Some(Phase::Pending);
+            }
+            return Ok(Plan {
+                change: SpecChange::CheckRefused,
+                workers: WorkersAction::LeaveAlone,
+                status,
+                events,
+                requeue: Requeue::After(config.progress_poll),
+                autoscaler_state: None,
+                decision: None,
+            });
+        }
         _ => None,
     };
     let conditions = &mut status.conditions;

@@ -521,8 +521,8 @@ fn status_carries_the_worker_selector_for_the_scale_subresource() {
         plan.status.selector.as_deref(),
         Some("app.kubernetes.io/name=sluice-worker,sluice.dev/query=q")
     );
-    let crd = serde_json::to_value(<StreamingQuery as kube::CustomResourceExt>::crd())
-        .expect("crd json");
+    let crd =
+        serde_json::to_value(<StreamingQuery as kube::CustomResourceExt>::crd()).expect("crd json");
     assert_eq!(
         crd["spec"]["versions"][0]["subresources"]["scale"],
         serde_json::json!({
