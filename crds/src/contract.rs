@@ -79,3 +79,100 @@ pub enum CheckOutcomeReport {
 
 /// Longest message kept in a [`CheckOutcomeReport`] (bytes).
 pub const MAX_MESSAGE: usize = 3000;
+
+/// A worker's answer to `GET /progress`: `P` is the worker's full `StreamingQueryProgress` when
+/// it answers, [`BatchProgress`] (the fields the operator reads) when the operator parses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressAnswer<P> {
+    /// The last committed batch, `None` before the first.
+    #[serde(default = "none")]
+    pub latest: Option<P>,
+    /// Recent batches, oldest first.
+    #[serde(default = "Vec::new")]
+    pub recent: Vec<P>,
+    /// The last retryable error (the worker keeps running), if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// A `POST /stop` was received; the worker stops after its current batch.
+    #[serde(default)]
+    pub stop_requested: bool,
+}
+
+impl<P> Default for ProgressAnswer<P> {
+    fn default() -> Self {
+        Self {
+            latest: None,
+            recent: Vec::new(),
+            last_error: None,
+            stop_requested: false,
+        }
+    }
+}
+
+fn none<P>() -> Option<P> {
+    None
+}
+
+/// A worker's answer to `POST /stop`, sent after its final commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopAnswer<P> {
+    pub stopped: bool,
+    /// The last committed batch.
+    #[serde(default = "none")]
+    pub latest: Option<P>,
+}
+
+/// The fields of one batch's progress (Spark's `StreamingQueryProgress` names) the operator reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchProgress {
+    #[serde(default)]
+    pub batch_id: Option<i64>,
+    /// Trigger start, RFC 3339.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub num_input_rows: f64,
+    /// rows/s.
+    #[serde(default)]
+    pub input_rows_per_second: f64,
+    /// rows/s.
+    #[serde(default)]
+    pub processed_rows_per_second: f64,
+    #[serde(default)]
+    pub duration_ms: BatchDurations,
+    #[serde(default)]
+    pub event_time: BatchEventTime,
+    #[serde(default)]
+    pub sources: Vec<SourceBacklog>,
+    /// One entry per task that ran the batch (only counted here).
+    #[serde(default)]
+    pub tasks: Vec<serde_json::Value>,
+}
+
+/// `durationMs` of a batch (ms).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchDurations {
+    #[serde(default)]
+    pub trigger_execution: f64,
+}
+
+/// `eventTime` of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchEventTime {
+    /// RFC 3339, when the query has a watermark.
+    #[serde(default)]
+    pub watermark: Option<String>,
+}
+
+/// A source's unread input after a batch (rows; files for file sources).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceBacklog {
+    #[serde(default)]
+    pub backlog: f64,
+}

@@ -1,15 +1,18 @@
 //! The workers' `GET /progress` answers, summed into what `status` shows (shared by backends).
 //!
-//! A worker answers `{"latest": StreamingQueryProgress | null, "recent": [...], "lastError": ...}`
-//! (worker/src/http.rs; `StreamingQueryProgress` in worker/src/progress.rs, Spark's JSON field
-//! names). Over the replicas of a query: input and processed rows/s and backlog are sums (each
+//! A worker answers a [`sluice_crds::contract::ProgressAnswer`] (`latest`, `recent`,
+//! `lastError`), read here as [`Answer`]: the batch fields the operator uses
+//! ([`BatchProgress`], Spark's JSON field names). Over the replicas of a query: input and processed rows/s and backlog are sums (each
 //! replica reads its own tasks), the last batch id and time are the highest, the watermark is the
 //! lowest (the query's event time advances with its slowest replica).
 
 use k8s_openapi::jiff::Timestamp;
-use serde_json::Value;
+use sluice_crds::contract::{BatchProgress, ProgressAnswer};
 
 use crate::plan::ProgressObservation;
+
+/// A worker's `GET /progress` answer as the operator reads it.
+pub type Answer = ProgressAnswer<BatchProgress>;
 
 /// Sum of the workers' latest progress.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -26,26 +29,22 @@ pub struct WorkerProgress {
 }
 
 /// Earliest commit (ms) among the `recent` entries of the answers.
-pub fn first_commit_ms(answers: &[Value]) -> Option<i64> {
+pub fn first_commit_ms(answers: &[Answer]) -> Option<i64> {
     answers
         .iter()
-        .filter_map(|a| a.pointer("/recent/0").and_then(commit_ms))
+        .filter_map(|a| a.recent.first().and_then(commit_ms))
         .min()
 }
 
 /// Wall-clock ms of a progress entry's commit: trigger `timestamp` + `durationMs.triggerExecution`.
-pub fn commit_ms(progress: &Value) -> Option<i64> {
-    let start: Timestamp = progress.get("timestamp")?.as_str()?.parse().ok()?;
-    let took = progress
-        .pointer("/durationMs/triggerExecution")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    Some(start.as_millisecond() + took)
+pub fn commit_ms(progress: &BatchProgress) -> Option<i64> {
+    let start: Timestamp = progress.timestamp.as_deref()?.parse().ok()?;
+    Some(start.as_millisecond() + progress.duration_ms.trigger_execution as i64)
 }
 
 /// Sums the `/progress` answers of a query's replicas (one JSON document each). `None` when no
 /// replica has committed a batch yet (the status keeps its previous figures).
-pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
+pub fn summarize(answers: &[Answer]) -> Option<WorkerProgress> {
     let mut input = 0.0;
     let mut processed = 0.0;
     let mut lag = 0i64;
@@ -54,31 +53,23 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
     let mut watermark: Option<String> = None;
     let mut with_batches = 0;
     for answer in answers {
-        let Some(latest) = answer.get("latest").filter(|l| !l.is_null()) else {
+        let Some(latest) = &answer.latest else {
             continue;
         };
         with_batches += 1;
-        let number = |field: &str| latest.get(field).and_then(Value::as_f64).unwrap_or(0.0);
-        input += number("inputRowsPerSecond");
-        processed += number("processedRowsPerSecond");
-        lag += latest
-            .get("sources")
-            .and_then(Value::as_array)
-            .map_or(0, |sources| {
-                sources
-                    .iter()
-                    .filter_map(|s| s.get("backlog").and_then(Value::as_i64))
-                    .sum()
-            });
-        if let Some(id) = latest.get("batchId").and_then(Value::as_i64) {
+        input += latest.input_rows_per_second;
+        processed += latest.processed_rows_per_second;
+        lag += latest.sources.iter().map(|s| s.backlog as i64).sum::<i64>();
+        if let Some(id) = latest.batch_id {
             batch = Some(batch.map_or(id, |b| b.max(id)));
         }
         if let Some(at) = commit_ms(latest) {
             last_commit = Some(last_commit.map_or(at, |b| b.max(at)));
         }
         if let Some(mark) = latest
-            .pointer("/eventTime/watermark")
-            .and_then(Value::as_str)
+            .event_time
+            .watermark
+            .as_deref()
             .and_then(|w| w.parse::<Timestamp>().ok())
         {
             let lower = watermark
@@ -132,15 +123,6 @@ pub fn rows_per_backlog_unit(
     *learned
 }
 
-/// A worker's `recent` progress entries (oldest first) from its `/progress` answer.
-pub fn recent_of(answer: &Value) -> Vec<Value> {
-    answer
-        .get("recent")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// The autoscaler's inputs from the workers' own progress, for an operator without Prometheus
 /// (both backends; Flink's autoscaler likewise reads the job's metrics from the job). `recent` has
 /// each replica's recent entries; the batches committed in the `window` before `now_ms` count:
@@ -151,7 +133,7 @@ pub fn recent_of(answer: &Value) -> Vec<Value> {
 /// `maxFilesPerTrigger`) the files become rows at the observed rows per file, kept in
 /// `rows_per_unit` between calls (the last figure while nothing ran).
 pub fn autoscaler_metrics(
-    recent: &[Vec<Value>],
+    recent: &[Vec<BatchProgress>],
     now_ms: i64,
     window: std::time::Duration,
     replicas: u32,
@@ -166,29 +148,17 @@ pub fn autoscaler_metrics(
     for entries in recent {
         for entry in entries {
             if commit_ms(entry).is_some_and(|c| c >= since) {
-                rows += entry
-                    .get("numInputRows")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
-                busy_ms += entry
-                    .pointer("/durationMs/triggerExecution")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
-                batches += entry
-                    .get("tasks")
-                    .and_then(Value::as_array)
-                    .map_or(1.0, |t| t.len() as f64);
+                rows += entry.num_input_rows;
+                busy_ms += entry.duration_ms.trigger_execution;
+                batches += if entry.tasks.is_empty() {
+                    1.0
+                } else {
+                    entry.tasks.len() as f64
+                };
             }
         }
-        if let Some(last) = entries
-            .last()
-            .and_then(|l| l.get("sources"))
-            .and_then(Value::as_array)
-        {
-            backlog += last
-                .iter()
-                .filter_map(|s| s.get("backlog").and_then(Value::as_f64))
-                .sum::<f64>();
+        if let Some(last) = entries.last() {
+            backlog += last.sources.iter().map(|s| s.backlog).sum::<f64>();
         }
     }
     let seconds = window.as_secs_f64().max(1.0);
@@ -208,15 +178,20 @@ mod tests {
     use super::*;
 
     /// A recent entry committed at `commit_ms`: one task, `rows` rows, `busy_ms` of trigger time.
-    fn entry(commit_ms: i64, rows: u64, busy_ms: i64, backlog: u64) -> Value {
+    fn entry(commit_ms: i64, rows: u64, busy_ms: i64, backlog: u64) -> BatchProgress {
         let start = Timestamp::from_millisecond(commit_ms - busy_ms).expect("time");
-        json!({
+        parse(json!({
             "timestamp": start.to_string(),
             "numInputRows": rows,
             "durationMs": {"triggerExecution": busy_ms},
             "tasks": [{"task": 0}],
             "sources": [{"backlog": backlog}],
-        })
+        }))
+    }
+
+    /// Reads JSON as the worker sends it.
+    fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("the contract's shape")
     }
 
     #[test]
@@ -252,8 +227,15 @@ mod tests {
         assert_eq!(idle.backlog, Some(8.0 * (4_000.0 / 6.0)));
     }
 
-    fn answer(batch: i64, input: f64, processed: f64, backlog: i64, at: &str, mark: &str) -> Value {
-        json!({
+    fn answer(
+        batch: i64,
+        input: f64,
+        processed: f64,
+        backlog: i64,
+        at: &str,
+        mark: &str,
+    ) -> Answer {
+        parse(json!({
             "latest": {
                 "timestamp": at,
                 "batchId": batch,
@@ -265,7 +247,7 @@ mod tests {
             },
             "recent": [],
             "lastError": null,
-        })
+        }))
     }
 
     #[test]
@@ -287,7 +269,7 @@ mod tests {
                 "2026-11-21T10:00:01Z",
                 "2026-11-21T09:58:30Z",
             ),
-            json!({"latest": null, "recent": []}),
+            parse(json!({"latest": null, "recent": []})),
         ];
         let summary = summarize(&answers).expect("batches committed");
         assert_eq!(
@@ -312,6 +294,6 @@ mod tests {
     #[test]
     fn nothing_committed_is_no_summary() {
         assert_eq!(summarize(&[]), None);
-        assert_eq!(summarize(&[json!({"latest": null})]), None);
+        assert_eq!(summarize(&[parse(json!({"latest": null}))]), None);
     }
 }

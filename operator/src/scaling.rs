@@ -99,12 +99,12 @@ pub async fn worker_progress(
     name: &str,
     namespace: &str,
     replicas: i32,
-) -> Vec<serde_json::Value> {
+) -> Vec<crate::progress::Answer> {
     let fetches = (0..replicas.max(0)).map(|ordinal| {
         let url = format!("{}/progress", url(name, namespace, ordinal));
         async move {
             match crate::clients::http("GET", &url, PROGRESS_TIMEOUT).await {
-                Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
+                Ok(body) => serde_json::from_str::<crate::progress::Answer>(&body)
                     .map_err(|e| tracing::debug!(%url, error = %e, "unreadable progress"))
                     .ok(),
                 Err(e) => {
@@ -151,7 +151,7 @@ impl MetricsSource for ProgressMetrics {
                 tracing::debug!(query = %target.name, answered = answers.len(), "not every worker answered /progress; autoscaler holds");
                 return autoscaler::Metrics::default();
             }
-            let recent: Vec<_> = answers.iter().map(crate::progress::recent_of).collect();
+            let recent: Vec<_> = answers.into_iter().map(|a| a.recent).collect();
             let key = format!("{}/{}", target.namespace, target.name);
             let mut units = self
                 .rows_per_unit

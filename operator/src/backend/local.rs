@@ -21,7 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::conditions::{self, DEGRADED};
 use sluice_crds::contract::{
-    ENV_GENERATION, FLAG_CHECKPOINT, FLAG_HTTP, FLAG_REPLICA, FLAG_REPLICAS,
+    BatchProgress, ENV_GENERATION, FLAG_CHECKPOINT, FLAG_HTTP, FLAG_REPLICA, FLAG_REPLICAS,
+    StopAnswer,
 };
 use sluice_crds::{Phase, StreamingQuery, StreamingQueryStatus};
 use tokio::process::{Child, Command};
@@ -110,7 +111,7 @@ struct Deployment {
     /// Replicas answering `/healthz` at the last observation.
     ready: u32,
     /// The `/progress` answers of the last observation.
-    answers: Vec<serde_json::Value>,
+    answers: Vec<crate::progress::Answer>,
 }
 
 /// What the supervisor knows about a query's processes at one observation.
@@ -451,7 +452,7 @@ impl Backend for LocalBackend {
                 ready += 1;
             }
             if let Ok(body) = http("GET", &format!("{base}/progress"), timeout).await
-                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&body)
+                && let Ok(value) = serde_json::from_str::<crate::progress::Answer>(&body)
             {
                 answers.push(value);
             }
@@ -766,8 +767,8 @@ async fn stop_deployment(deployment: Deployment, timeout: Duration) -> Option<i6
         let last = answer
             .as_ref()
             .ok()
-            .and_then(|body| serde_json::from_str::<serde_json::Value>(body).ok())
-            .and_then(|v| v.get("latest").and_then(commit_ms));
+            .and_then(|body| serde_json::from_str::<StopAnswer<BatchProgress>>(body).ok())
+            .and_then(|answer| answer.latest.as_ref().and_then(commit_ms));
         match tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
@@ -848,7 +849,8 @@ mod tests {
             "durationMs": {"triggerExecution": 250}
         });
         let start: Timestamp = "2026-11-21T10:00:00.500Z".parse().expect("ts");
+        let progress: BatchProgress = serde_json::from_value(progress).expect("progress");
         assert_eq!(commit_ms(&progress), Some(start.as_millisecond() + 250));
-        assert_eq!(commit_ms(&serde_json::json!({})), None);
+        assert_eq!(commit_ms(&BatchProgress::default()), None);
     }
 }

@@ -674,6 +674,10 @@ pub fn plan(
                 generation,
                 now,
             );
+            if status.phase.is_none() {
+                // A new query waits for its store: say so rather than show no phase.
+                status.phase = Some(Phase::Pending);
+            }
             if !stale {
                 events.push(event(
                     EventSeverity::Warning,

@@ -435,6 +435,13 @@ fn unreachable_checkpoint_is_retried_and_keeps_workers() {
         )
     );
     assert_eq!(plan.requeue, Requeue::After(config().progress_poll));
+    // A new query whose store is down is Pending, not phase-less.
+    let new = Observation {
+        workers: None,
+        ..obs.clone()
+    };
+    let plan = run(&query(SPEC), &new, at(0));
+    assert_eq!(plan.status.phase, Some(Phase::Pending));
 }
 
 #[test]
