@@ -31,6 +31,14 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
+/// Longest condition message (`metav1.Condition`'s limit, [`crate::crd::CONDITION_MESSAGE`]).
+pub const MAX_MESSAGE: usize = 32_768;
+
+/// The first `max` characters of `text`.
+fn truncate_chars(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
 /// Sets (adds or replaces) the condition of `type_`.
 ///
 /// `last_transition_time` is `now` when the condition is new or its status changed, and is kept
@@ -46,6 +54,9 @@ pub fn set(
     now: Time,
 ) -> bool {
     let status = status_str(status).to_string();
+    // The CRD bounds a message as metav1.Condition does; a longer one would be refused whole.
+    let message = truncate_chars(message, MAX_MESSAGE);
+    let message = message.as_str();
     if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
         let changed = existing.status != status
             || existing.reason != reason
@@ -134,5 +145,23 @@ mod tests {
             find(&conditions, READY).map(|c| c.reason.as_str()),
             Some("Running")
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_the_crd_bound() {
+        let mut conditions = Vec::new();
+        let long = "é".repeat(MAX_MESSAGE + 10);
+        set(&mut conditions, READY, false, "Failed", &long, None, at(1));
+        assert_eq!(conditions[0].message.chars().count(), MAX_MESSAGE);
+        // The same long message again is no change.
+        assert!(!set(
+            &mut conditions,
+            READY,
+            false,
+            "Failed",
+            &long,
+            None,
+            at(2)
+        ));
     }
 }

@@ -22,6 +22,78 @@ const DURATION_RULE: &str = r"self.matches('^\\s*([0-9]+\\s*(nanos|nsec|ns|usec|
 const DURATION_MESSAGE: &str =
     "must be a duration such as `10s`, `500ms`, `1m 30s` or `10 minutes`";
 
+// Bounds of the CRD schema. The apiserver estimates each CEL rule's worst-case cost from the
+// declared maxItems/maxProperties/maxLength (an unbounded list counts as filling the 3 MiB request)
+// and rejects the CRD when a rule or the total exceeds its budget; bounds also keep a typo'd
+// manifest from growing an object without limit. Identifier limits follow PostgreSQL (63 bytes),
+// Kafka topic names are at most 249 characters, Kubernetes object names 253.
+
+/// Longest SQL text (64 KiB).
+pub const MAX_SQL: u32 = 65_536;
+/// Longest identifier: source, table, model and column names, keys (PostgreSQL's 63).
+pub const MAX_IDENTIFIER: u32 = 63;
+/// Longest PostgreSQL table name, optionally `schema.table`.
+pub const MAX_TABLE: u32 = 127;
+/// Longest column type name (`timestamp`, `double`, ...).
+pub const MAX_TYPE: u32 = 32;
+/// Longest path or URL (files, checkpoint, models).
+pub const MAX_PATH: u32 = 2048;
+/// Longest Kubernetes object name (a Secret's name).
+pub const MAX_NAME: u32 = 253;
+/// Longest host name (DNS).
+pub const MAX_HOST: u32 = 253;
+/// Longest environment variable name.
+pub const MAX_ENV_NAME: u32 = 253;
+/// Longest container image reference (registry/repository:tag@sha256:digest).
+pub const MAX_IMAGE: u32 = 1024;
+/// Longest Kafka `bootstrapServers` list.
+pub const MAX_BOOTSTRAP: u32 = 2048;
+/// Longest Kafka topic name (Kafka's limit).
+pub const MAX_TOPIC: u32 = 249;
+/// Most topics of one Kafka source.
+pub const MAX_TOPICS: u32 = 64;
+/// Longest `topicPattern` regular expression.
+pub const MAX_PATTERN: u32 = 1024;
+/// Longest Kafka `startingOffsets` (a JSON map of partition offsets may be long).
+pub const MAX_STARTING_OFFSETS: u32 = 16_384;
+/// Most librdkafka `options` of a source or sink.
+pub const MAX_OPTIONS: u32 = 64;
+/// Longest librdkafka option value.
+pub const MAX_OPTION_VALUE: u32 = 4096;
+/// Most columns in a source or table schema.
+pub const MAX_COLUMNS: u32 = 512;
+/// Most key / partition columns.
+pub const MAX_KEY_COLUMNS: u32 = 16;
+/// Most static tables.
+pub const MAX_TABLES: u32 = 32;
+/// Most models.
+pub const MAX_MODELS: u32 = 16;
+/// Most model features.
+pub const MAX_FEATURES: u32 = 256;
+/// Most weights of a linear model (features plus the intercept).
+pub const MAX_FEATURES_PLUS_ONE: u32 = MAX_FEATURES + 1;
+/// Most k-means centers.
+pub const MAX_CENTERS: u32 = 1024;
+/// Most extra environment variables of the worker.
+pub const MAX_ENV: u32 = 128;
+
+/// Bounds the values of an `options` map (schemars cannot put `length` on map values).
+fn option_values(schema: &mut schemars::Schema) {
+    if let Some(values) = schema
+        .get_mut("additionalProperties")
+        .and_then(|v| v.as_object_mut())
+    {
+        values.insert("maxLength".into(), MAX_OPTION_VALUE.into());
+    }
+}
+
+/// CEL transition rule (at the root, the only place a rule may read status): once the operator
+/// claimed a checkpoint (it pins `status.checkpointLocation` only after a successful claim),
+/// `spec.checkpoint.location` may no longer change, set or unset. Before that it may: the
+/// operator's advice for an unusable or foreign location is to set another one and apply again.
+pub const CHECKPOINT_LOCATION_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.status.checkpointLocation) || ((has(self.spec.checkpoint) && has(self.spec.checkpoint.location)) ? self.spec.checkpoint.location : '') == ((has(oldSelf.spec.checkpoint) && has(oldSelf.spec.checkpoint.location)) ? oldSelf.spec.checkpoint.location : '')";
+const CHECKPOINT_LOCATION_MESSAGE: &str = "checkpoint.location cannot change once the checkpoint is claimed (status.checkpointLocation): the checkpoint would be orphaned; create a new query instead";
+
 /// A continuously running SQL query over one or more unbounded sources, written to one sink.
 ///
 /// The query runs as micro-batches: each trigger reads the new rows of every source (per task),
@@ -54,6 +126,7 @@ const DURATION_MESSAGE: &str =
     printcolumn = r#"{"name":"Last-Batch","type":"date","priority":1,"jsonPath":".status.lastBatchTime"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
+#[kube(validation = Rule::new(CHECKPOINT_LOCATION_RULE).message(CHECKPOINT_LOCATION_MESSAGE).field_path(".spec.checkpoint.location"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingQuerySpec {
     /// Named input streams; each name is a table name in `sql`.
@@ -62,14 +135,16 @@ pub struct StreamingQuerySpec {
     pub sources: Vec<SourceSpec>,
     /// Static tables for enrichment joins (stream–static), reloaded periodically.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TABLES))]
     pub tables: Vec<TableSpec>,
     /// Machine-learning models usable in SQL: trained offline (`file`) or learned from the stream
     /// (`streamingKMeans`, `streamingLinearRegression`, as MLlib's streaming algorithms).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_MODELS))]
     pub models: Vec<ModelSpec>,
     /// The query, in DataFusion SQL with Spark-compatible identifier rules
     /// (unquoted identifiers keep their case: `deviceId` resolves to column `deviceId`).
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_SQL))]
     pub sql: String,
     /// Whether `sql` sees the whole stream (`stream`, Structured Streaming semantics: aggregations
     /// keep state across batches) or each micro-batch alone (`microBatch`, DStream / `foreachBatch`
@@ -95,15 +170,18 @@ pub struct StreamingQuerySpec {
     pub upgrade_mode: UpgradeMode,
     /// Worker container image; the chart's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_IMAGE))]
     pub image: Option<String>,
     /// Worker pod resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra environment variables for the worker (e.g. credentials from secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ENV))]
     pub env: Vec<EnvVar>,
     /// Secret holding `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_ENDPOINT_URL` for `s3://` paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME))]
     pub storage_secret_ref: Option<String>,
     /// Stop all workers at a batch boundary and keep the checkpoint.
     #[serde(default)]
@@ -116,6 +194,7 @@ pub struct StreamingQuerySpec {
 #[x_kube(validation = Rule::new("(has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.socket) ? 1 : 0) + (has(self.rate) ? 1 : 0) == 1").message("exactly one of file, kafka, socket, rate must be set"))]
 pub struct SourceSpec {
     /// Table name in SQL.
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSourceSpec>,
@@ -128,12 +207,17 @@ pub struct SourceSpec {
     /// Columns of the decoded records. Required for `file` and for `kafka` with a decoding `format`
     /// (a stream's schema cannot be inferred, as in Spark).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COLUMNS))]
+    // Keyed by column name: an apply that only defaults `nullable` merges instead of replacing
+    // the whole list (client-side then server-side apply conflicted on an atomic list).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schema: Vec<ColumnSpec>,
     /// Event-time watermark: `max(column) - delay`, advanced at the end of each batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
     /// The key the source is partitioned by (Kafka message key); enables parallel stateful queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub partition_key: Option<String>,
     /// What to do with a record that does not decode against `schema`.
     #[serde(default)]
@@ -175,6 +259,7 @@ impl SourceSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileSourceSpec {
     /// Directory URL or local path; listed recursively.
+    #[schemars(length(max = MAX_PATH))]
     pub path: String,
     /// Record format of the files.
     pub format: FileFormat,
@@ -192,6 +277,7 @@ pub struct FileSourceSpec {
     pub header: bool,
     /// CSV only: field delimiter (default `,`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4))]
     pub delimiter: Option<String>,
 }
 
@@ -219,17 +305,23 @@ pub enum FileFormat {
 #[x_kube(validation = Rule::new("(has(self.topic) ? 1 : 0) + (has(self.topics) && size(self.topics) > 0 ? 1 : 0) + (has(self.topicPattern) ? 1 : 0) == 1").message("exactly one of topic, topics, topicPattern must be set"))]
 pub struct KafkaSourceSpec {
     /// `host:port[,host:port]`.
+    #[schemars(length(max = MAX_BOOTSTRAP))]
     pub bootstrap_servers: String,
     /// One topic; or use `topics` / `topicPattern`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TOPIC))]
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TOPICS))]
+    #[schemars(inner(length(max = MAX_TOPIC)))]
     pub topics: Vec<String>,
     /// Regular expression over topic names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PATTERN))]
     pub topic_pattern: Option<String>,
     /// `earliest`, `latest`, or JSON `{"topic":{"0":23,"1":-2}}` (-2 earliest, -1 latest), as in Spark.
     #[serde(default = "default_starting_offsets")]
+    #[schemars(length(max = MAX_STARTING_OFFSETS))]
     pub starting_offsets: String,
     /// At most this many records per batch over all partitions of the replica (Spark's option).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +331,8 @@ pub struct KafkaSourceSpec {
     pub format: KafkaFormat,
     /// Extra librdkafka properties.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_OPTIONS))]
+    #[schemars(transform = option_values)]
     pub options: BTreeMap<String, String>,
 }
 
@@ -260,6 +354,7 @@ pub enum KafkaFormat {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SocketSourceSpec {
+    #[schemars(length(max = MAX_HOST))]
     pub host: String,
     pub port: u16,
 }
@@ -285,10 +380,12 @@ fn default_one() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ColumnSpec {
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub name: String,
     /// `string`, `double`, `float`, `long`/`bigint`, `int`/`integer`, `short`, `boolean`,
     /// `timestamp` (UTC, microseconds), `date`, `binary`.
     #[serde(rename = "type")]
+    #[schemars(length(max = MAX_TYPE))]
     pub data_type: String,
     #[serde(default = "default_true")]
     pub nullable: bool,
@@ -299,6 +396,7 @@ pub struct ColumnSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WatermarkSpec {
     /// A timestamp column of the schema.
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub column: String,
     /// How late an event may arrive, e.g. `10m`, `30 seconds`.
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
@@ -324,12 +422,17 @@ pub enum BadRecordPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("(has(self.file) ? 1 : 0) + (has(self.postgres) ? 1 : 0) == 1").message("exactly one of file, postgres must be set"))]
 pub struct TableSpec {
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<StaticFileSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresTableSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COLUMNS))]
+    // Keyed by column name: an apply that only defaults `nullable` merges instead of replacing
+    // the whole list (client-side then server-side apply conflicted on an atomic list).
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schema: Vec<ColumnSpec>,
     /// Reload period, e.g. `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -342,6 +445,7 @@ pub struct TableSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StaticFileSpec {
+    #[schemars(length(max = MAX_PATH))]
     pub path: String,
     pub format: FileFormat,
 }
@@ -354,9 +458,12 @@ pub struct StaticFileSpec {
 pub struct PostgresTableSpec {
     pub connection: PostgresConnectionSpec,
     /// Table (or view) name, optionally `schema.table`.
+    #[schemars(length(max = MAX_TABLE))]
     pub table: String,
     /// Columns the table is looked up by (they should be indexed); the SQL must join on all of
     /// them with equalities, e.g. `ON e.deviceId = d.deviceId`.
+    #[schemars(length(max = MAX_KEY_COLUMNS))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
     pub key_columns: Vec<String>,
 }
 
@@ -428,13 +535,17 @@ fn default_num_rows() -> usize {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileSinkSpec {
     /// Directory URL or local path.
+    #[schemars(length(max = MAX_PATH))]
     pub path: String,
     pub format: FileFormat,
     /// Columns written as Hive-style `col=value/` directories (and left out of the files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_KEY_COLUMNS))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
     pub partition_by: Vec<String>,
     /// Where undecodable source records go instead of `<checkpoint>/bad-records/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PATH))]
     pub bad_records_path: Option<String>,
 }
 
@@ -442,7 +553,9 @@ pub struct FileSinkSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaSinkSpec {
+    #[schemars(length(max = MAX_BOOTSTRAP))]
     pub bootstrap_servers: String,
+    #[schemars(length(max = MAX_TOPIC))]
     pub topic: String,
     /// `raw`: rows carry `key`/`value` (and optional `headers`, `partition`) columns; `json`/`csv`
     /// encode the whole row as the value.
@@ -450,11 +563,14 @@ pub struct KafkaSinkSpec {
     pub format: KafkaFormat,
     /// Column whose value is the record key when `format` encodes the row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub key_column: Option<String>,
     /// Use Kafka transactions (exactly once) where the broker supports them.
     #[serde(default)]
     pub exactly_once: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_OPTIONS))]
+    #[schemars(transform = option_values)]
     pub options: BTreeMap<String, String>,
 }
 
@@ -462,13 +578,17 @@ pub struct KafkaSinkSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostgresConnectionSpec {
+    #[schemars(length(max = MAX_HOST))]
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub database: String,
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub user: String,
     /// Environment variable holding the password (default `PGPASSWORD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ENV_NAME))]
     pub password_env: Option<String>,
 }
 
@@ -481,11 +601,14 @@ fn default_pg_port() -> u16 {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostgresSinkSpec {
     pub connection: PostgresConnectionSpec,
+    #[schemars(length(max = MAX_TABLE))]
     pub table: String,
     #[serde(default)]
     pub mode: PostgresWriteMode,
     /// Key columns for `upsert` and `accumulate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_KEY_COLUMNS))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
     pub key_columns: Vec<String>,
 }
 
@@ -506,6 +629,7 @@ pub enum PostgresWriteMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MemorySinkSpec {
     /// Name under which the rows can be read back.
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub name: String,
 }
 
@@ -558,13 +682,13 @@ pub struct TriggerSpec {
 }
 
 /// Checkpoint location and its fate when the query is deleted.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("!has(oldSelf.location) || (has(self.location) && self.location == oldSelf.location)").message("checkpoint.location cannot change once set: the checkpoint would be orphaned; create a new query instead"))]
 pub struct CheckpointSpec {
     /// URL or local path; the operator appends `<namespace>/<name>/<uid>/`. Defaults to the chart's value
     /// (operator) or `./checkpoints/<name>` (local run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PATH))]
     pub location: Option<String>,
     #[serde(default)]
     pub retention: Retention,
@@ -679,6 +803,7 @@ pub enum UpgradeMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelSpec {
     /// Name used in SQL, e.g. `predict('risk', temperature)`.
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<ModelFileSpec>,
@@ -692,6 +817,7 @@ pub struct ModelSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelFileSpec {
+    #[schemars(length(max = MAX_PATH))]
     pub path: String,
     /// `json` (coefficients) or `onnx`; by default `onnx` when `path` ends in `.onnx`, else `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -699,6 +825,7 @@ pub struct ModelFileSpec {
     /// ONNX only: name of the graph output holding the score; default: the first output of a
     /// floating-point type (a classifier's probabilities rather than its label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub output: Option<String>,
     /// ONNX only: column of a `[rows, classes]` output taken as the score; default 1 (the
     /// positive class) for two columns, 0 for one; required for more than two.
@@ -721,8 +848,11 @@ pub enum ModelFormat {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingKMeansSpec {
     /// Source whose rows train the model.
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub source: String,
     /// Numeric feature columns of that source.
+    #[schemars(length(max = MAX_FEATURES))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
     pub features: Vec<String>,
     pub k: u32,
     /// Weight of the past per time unit, in [0, 1] (1 = remember everything).
@@ -736,9 +866,12 @@ pub struct StreamingKMeansSpec {
     pub time_unit: KMeansTimeUnit,
     /// Initial centers (k rows of `features.len()` values); random when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_CENTERS))]
+    #[schemars(inner(length(max = MAX_FEATURES)))]
     pub initial_centers: Vec<Vec<f64>>,
     /// Weight of each initial center (default 0: the first batch replaces them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_CENTERS))]
     pub initial_weights: Vec<f64>,
     /// Seed for random initial centers (MLlib's `setRandomCenters(dim, weight, seed)`).
     #[serde(default)]
@@ -762,8 +895,12 @@ pub enum KMeansTimeUnit {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingLinearRegressionSpec {
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub source: String,
+    #[schemars(length(max = MAX_FEATURES))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
     pub features: Vec<String>,
+    #[schemars(length(max = MAX_IDENTIFIER))]
     pub label: String,
     /// SGD step size; iteration i uses `stepSize / sqrt(i)` (MLlib's SimpleUpdater).
     #[serde(default = "default_step_size")]
@@ -776,6 +913,7 @@ pub struct StreamingLinearRegressionSpec {
     pub fit_intercept: bool,
     /// Starting weights (zeros when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FEATURES_PLUS_ONE))]
     pub initial_weights: Vec<f64>,
 }
 

@@ -4,6 +4,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::spec::MAX_PATH;
+
+/// Most conditions (one per type; five types today).
+pub const MAX_CONDITIONS: u32 = 16;
+/// Most entries of `scalingHistory` (the operator keeps fewer).
+pub const MAX_SCALING_HISTORY: u32 = 32;
+/// Longest resolved checkpoint URL: the location plus `<namespace>/<name>/<uid>/`.
+pub const MAX_CHECKPOINT_URL: u32 = MAX_PATH + 512;
+/// Longest RFC 3339 timestamp text.
+pub const MAX_TIMESTAMP: u32 = 64;
+/// Longest spec hash.
+pub const MAX_HASH: u32 = 128;
+/// Longest `lastStableSpec` (a spec as JSON).
+pub const MAX_STABLE_SPEC: u32 = 262_144;
+/// Longest scaling decision reason.
+pub const MAX_REASON: u32 = 1024;
+
 /// Observed state of a `StreamingQuery`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -15,6 +32,7 @@ pub struct StreamingQueryStatus {
     pub observed_generation: Option<i64>,
     /// Ready, Progressing, Degraded, CheckpointStale, ScalingLimited.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_CONDITIONS))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Worker replicas currently running.
@@ -26,6 +44,7 @@ pub struct StreamingQueryStatus {
     pub selector: Option<String>,
     /// Resolved checkpoint URL (`<location>/<namespace>/<name>/<uid>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_CHECKPOINT_URL))]
     pub checkpoint_location: Option<String>,
     /// Deployment generation of the running workers (bumped on each restart-type upgrade).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,6 +53,7 @@ pub struct StreamingQueryStatus {
     pub last_committed_batch_id: Option<i64>,
     /// Event-time watermark, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
     pub watermark: Option<String>,
     /// rows/s arriving at the sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,25 +66,28 @@ pub struct StreamingQueryStatus {
     pub lag: Option<i64>,
     /// Hash of the last spec that became Ready (the rollback target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = MAX_HASH))]
     pub last_stable_spec_hash: Option<String>,
     /// The last spec that became Ready, as JSON: what a rollout that is not Ready within the
     /// operator's `readyTimeout` goes back to. Specs carry no secrets (only Secret names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 262144))]
+    #[schemars(length(max = MAX_STABLE_SPEC))]
     pub last_stable_spec: Option<String>,
     /// Hash of the user's spec that was rolled back; it stays out until the spec is edited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = MAX_HASH))]
     pub rejected_spec_hash: Option<String>,
     /// When the current rollout (create, upgrade, rescale, resume, rollback) started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
     pub last_rollout_time: Option<Time>,
     /// When the progress figures (rates, lag, batch id, watermark) were last refreshed; they are
     /// refreshed at most once per resync so a steady query's status stays quiet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
     pub progress_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SCALING_HISTORY))]
     pub scaling_history: Vec<ScalingDecision>,
     /// Last commit of the old generation → first commit of the new one, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +97,7 @@ pub struct StreamingQueryStatus {
     pub restarts: Option<i64>,
     /// Commit time of the latest batch (RFC 3339), from the workers' `/progress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
     pub last_batch_time: Option<String>,
 }
 
@@ -95,6 +119,7 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct ScalingDecision {
     /// RFC 3339.
+    #[schemars(length(max = MAX_TIMESTAMP))]
     pub time: String,
     pub from_replicas: u32,
     pub to_replicas: u32,
@@ -110,5 +135,6 @@ pub struct ScalingDecision {
     pub true_processing_rate: f64,
     /// Whether it was applied (false in `recommend` mode or when clamped to the current count).
     pub applied: bool,
+    #[schemars(length(max = MAX_REASON))]
     pub reason: String,
 }

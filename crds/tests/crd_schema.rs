@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::CustomResourceExt;
 use serde_json::{Value, json};
-use sluice_crds::StreamingQuery;
-use sluice_crds::crd::{CRD_CHART_PATH, crd_yaml};
+use sluice_crds::crd::{CRD_CHART_PATH, crd, crd_yaml};
 use sluice_crds::duration::parse_duration;
 
 fn workspace_root() -> PathBuf {
@@ -27,7 +25,7 @@ fn crd_file_matches_generated() {
 
 #[test]
 fn crd_has_short_name_printer_columns_and_subresources() {
-    let crd = serde_json::to_value(StreamingQuery::crd()).expect("json");
+    let crd = serde_json::to_value(crd().expect("CRD")).expect("json");
     assert_eq!(crd["metadata"]["name"], "streamingqueries.sluice.dev");
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["sq"]));
     assert_eq!(crd["spec"]["scope"], "Namespaced");
@@ -73,7 +71,7 @@ fn crd_has_short_name_printer_columns_and_subresources() {
 }
 
 fn schema() -> Value {
-    let crd = serde_json::to_value(StreamingQuery::crd()).expect("json");
+    let crd = serde_json::to_value(crd().expect("CRD")).expect("json");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -254,24 +252,42 @@ fn cel_keeps_file_partitions_immutable() {
     assert_eq!(cel_errors(&changed, None), Vec::<String>::new());
 }
 
+/// The transition rule agrees with the operator's advice for an unusable or foreign location
+/// ("set spec.checkpoint.location ... and apply again"): the location may change until the
+/// operator claimed a checkpoint (it pins `status.checkpointLocation` only then), never after.
 #[test]
-fn cel_keeps_checkpoint_location_once_set() {
+fn cel_keeps_checkpoint_location_once_claimed() {
     let moved = with(
         base(),
         "/spec/checkpoint/location",
         json!("s3://elsewhere/"),
     );
-    let errors = cel_errors(&moved, Some(&base()));
-    assert!(
+    let refused = |errors: Vec<String>| {
         errors
             .iter()
-            .any(|e| e.contains("checkpoint.location cannot change")),
-        "{errors:?}"
-    );
-    // Setting it where it was unset (the chart default was used) is allowed.
+            .any(|e| e.contains("checkpoint.location cannot change once the checkpoint is claimed"))
+    };
+    // Nothing claimed yet (no status, or a status without a claimed location): may change.
+    assert_eq!(cel_errors(&moved, Some(&base())), Vec::<String>::new());
+    let mut failed = base();
+    failed["status"] = json!({"phase": "Failed"});
+    assert_eq!(cel_errors(&moved, Some(&failed)), Vec::<String>::new());
+
+    let mut claimed = base();
+    claimed["status"] = json!({"checkpointLocation": "s3://ckpt/default/q/uid/"});
+    assert!(refused(cel_errors(&moved, Some(&claimed))));
+    // Unset -> set after a claim under the chart's default is a move too.
+    let mut claimed_default = claimed.clone();
+    claimed_default["spec"]["checkpoint"] = json!({});
+    assert!(refused(cel_errors(&base(), Some(&claimed_default))));
+    // Set -> unset as well.
     let mut unset = base();
     unset["spec"]["checkpoint"] = json!({});
-    assert_eq!(cel_errors(&moved, Some(&unset)), Vec::<String>::new());
+    assert!(refused(cel_errors(&unset, Some(&claimed))));
+    // The same location, and other spec changes, pass.
+    let mut same = with(base(), "/spec/sql", json!("SELECT 1 FROM events"));
+    same["status"] = claimed["status"].clone();
+    assert_eq!(cel_errors(&same, Some(&claimed)), Vec::<String>::new());
 }
 
 fn example_files() -> Vec<PathBuf> {
@@ -306,6 +322,48 @@ fn examples_parse_validate_and_pass_cel() {
         for document in documents.iter().filter(|d| !d.is_null()) {
             let errors = cel_errors(document, None);
             assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            // Applied again unchanged (an update: transition rules run with oldSelf).
+            let errors = cel_errors(document, Some(document));
+            assert!(errors.is_empty(), "{}: {errors:?}", file.display());
         }
     }
+}
+
+/// Whether `location` names a place on a cluster: a URL with a scheme or an absolute path.
+fn is_absolute_location(location: &str) -> bool {
+    location.starts_with('/')
+        || location
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty())
+}
+
+/// Kubernetes examples (every file but `*-local.yaml`) carry no relative checkpoint path: on a
+/// cluster it has no meaning and the query goes `Failed`. Without a location the chart's
+/// `checkpoint.defaultLocation` applies (and `./checkpoints/<name>` under `sluice-worker run`).
+#[test]
+fn kubernetes_examples_have_no_relative_checkpoint_paths() {
+    assert!(!is_absolute_location("checkpoints/kafka-filter"));
+    assert!(is_absolute_location("s3://checkpoints/"));
+    assert!(is_absolute_location("/tmp/q/ckpt"));
+    let mut checked = 0;
+    for file in example_files() {
+        if file
+            .file_stem()
+            .is_some_and(|s| s.to_string_lossy().ends_with("-local"))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("readable example");
+        for query in sluice_crds::parse_manifests(&text).expect("parses") {
+            if let Some(location) = &query.spec.checkpoint.location {
+                assert!(
+                    is_absolute_location(location),
+                    "{}: checkpoint location `{location}` is relative",
+                    file.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked} Kubernetes examples");
 }

@@ -12,9 +12,12 @@ if [ -z "${SLUICE_TEST_S3_ENDPOINT:-}" ] && [ -f "$run_dir/env.sh" ]; then
     source "$run_dir/env.sh"
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}
-cargo build -p sluice-worker --bin sluice-worker
+# The same build as the workspace's nextest run (`cargo build -p` would resolve other features and
+# rebuild DataFusion).
+cargo test --workspace --no-run
 # A private copy: a later build into the shared target dir must not swap the binary mid-test.
 mkdir -p "$run_dir/bin"
 cp "$CARGO_TARGET_DIR/debug/sluice-worker" "$run_dir/bin/sluice-worker-e2e"
 export SLUICE_WORKER_BIN="$run_dir/bin/sluice-worker-e2e"
-exec cargo test -p sluice-operator --test local_e2e -- --ignored --test-threads=1 --nocapture "$@"
+exec cargo nextest run --workspace --no-fail-fast --run-ignored only --test-threads 1 --no-capture \
+    -E 'binary(local_e2e)' "$@"

@@ -26,17 +26,31 @@ use crate::error::{Error, Result};
 /// Object name of the ownership marker, relative to the resolved location.
 pub const OWNER_MARKER: &str = "_sluice/owner.json";
 
-/// Resolves `<base>/<namespace>/<name>/<uid>/` (always ending in `/`).
+/// Resolves `<base>/<namespace>/<name>/<uid>/` (always ending in `/`). An absolute local path
+/// (`/tmp/q/ckpt`) is the `file://` URL of that directory, as `sluice-worker run` reads it, so
+/// one manifest runs the same way under `run`, the local backend and Kubernetes.
 ///
 /// # Errors
-/// [`Error::CheckpointLocation`] when `base` is not an `s3://` or `file://` URL.
+/// [`Error::CheckpointLocation`] when `base` is neither an absolute path nor an `s3://` or
+/// `file://` URL.
 ///
 /// ```
 /// let url = sluice_operator::checkpoint::resolve("s3://ckpt/sluice", "prod", "iot", "1234").unwrap();
 /// assert_eq!(url, "s3://ckpt/sluice/prod/iot/1234/");
 /// ```
 pub fn resolve(base: &str, namespace: &str, name: &str, uid: &str) -> Result<String> {
-    let url = Url::parse(base).map_err(|e| location_error(base, e.to_string()))?;
+    let url = if base.starts_with('/') {
+        Url::from_directory_path(base).map_err(|()| location_error(base, "not a directory path"))?
+    } else {
+        Url::parse(base).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => location_error(
+                base,
+                "a relative path (use an absolute path, a file:// or an s3:// URL)",
+            ),
+            e => location_error(base, e.to_string()),
+        })?
+    };
+    let base = url.as_str();
     match url.scheme() {
         "s3" | "s3a" => {
             if url.host_str().is_none_or(str::is_empty) {
@@ -312,6 +326,30 @@ mod tests {
             resolve("file:///tmp/ck", "ns", "q", "u").ok().as_deref(),
             Some("file:///tmp/ck/ns/q/u/")
         );
+    }
+
+    /// A plain absolute path is accepted as `sluice-worker run` accepts it (issue: the local
+    /// backend refused `checkpoint: {location: /tmp/q/ckpt}`).
+    #[test]
+    fn resolve_accepts_absolute_local_paths_as_file_urls() {
+        assert_eq!(
+            resolve("/tmp/q/ckpt", "ns", "q", "u").ok().as_deref(),
+            Some("file:///tmp/q/ckpt/ns/q/u/")
+        );
+        assert_eq!(
+            resolve("/tmp/q/ckpt/", "ns", "q", "u").ok().as_deref(),
+            Some("file:///tmp/q/ckpt/ns/q/u/")
+        );
+        match resolve("checkpoints/q", "ns", "q", "u") {
+            Err(Error::CheckpointLocation { location, message }) => {
+                assert_eq!(location, "checkpoints/q");
+                assert_eq!(
+                    message,
+                    "a relative path (use an absolute path, a file:// or an s3:// URL)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

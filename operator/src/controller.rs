@@ -66,6 +66,7 @@ impl Context {
         let scaler = Scaler::new(
             Arc::new(JobCheck {
                 client: client.clone(),
+                storage: Default::default(),
             }),
             None,
             metrics.clone(),

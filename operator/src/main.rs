@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sluice_operator::backend::kubernetes::WorkerStorage;
 use sluice_operator::backend::kubernetes::check_job::JobCheck;
 use sluice_operator::checkpoint::{CheckpointManager, StoreConfig};
 use sluice_operator::controller::{self, Context};
@@ -105,6 +106,17 @@ struct KubernetesArgs {
     /// last stable spec.
     #[arg(long, env = "SLUICE_READY_TIMEOUT", default_value_t = 300)]
     ready_timeout: u64,
+    /// Secret (by name, in each query's namespace) with the object store's `AWS_*` credentials,
+    /// given to workers of queries without `spec.storageSecretRef` (chart:
+    /// `checkpoint.credentialsSecret`).
+    #[arg(long, env = "SLUICE_WORKER_CREDENTIALS_SECRET")]
+    worker_credentials_secret: Option<String>,
+    /// Object store endpoint given to those workers (chart: `checkpoint.endpoint`).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    worker_s3_endpoint: Option<String>,
+    /// Object store region given to those workers (chart: `checkpoint.region`).
+    #[arg(long, env = "AWS_REGION")]
+    worker_s3_region: Option<String>,
 }
 
 #[tokio::main]
@@ -221,14 +233,21 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
             window,
         )),
     };
+    let storage = WorkerStorage {
+        credentials_secret: args.worker_credentials_secret.filter(|s| !s.is_empty()),
+        endpoint: args.worker_s3_endpoint.filter(|s| !s.is_empty()),
+        region: args.worker_s3_region.filter(|s| !s.is_empty()),
+    };
     ctx.scaler = Some(Scaler::new(
         Arc::new(JobCheck {
             client: client.clone(),
+            storage: storage.clone(),
         }),
         Some(source),
         metrics,
     ));
     ctx.status_refresh = Duration::from_secs(args.status_refresh.max(1));
+    ctx.backend = ctx.backend.clone().with_worker_storage(storage);
     let ctx = Arc::new(ctx);
 
     if !args.leader_election {

@@ -1,63 +1,16 @@
 //! Renders `charts/sluice` with `helm template` and checks the objects: kinds, least-privilege
-//! RBAC (cluster-wide and namespaced), images, leader election, ServiceMonitor toggle, and that the
-//! chart's CRD is crdgen's output. helm comes from `PATH` or `$SLUICE_CACHE/bin/helm`
-//! (default `$HOME/.cache/sluice/bin/helm`, installed by `e2e/servers/install.sh`); without it the
-//! tests skip loudly, unless `SLUICE_REQUIRE_SERVERS=1`.
+//! RBAC (cluster-wide and namespaced; `rbac.rs` derives the verbs from the operator's calls),
+//! images, leader election, ServiceMonitor toggle, and that the chart's CRD is crdgen's output.
+//! helm comes from `support::helm` (skipped loudly without it).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::{Value, json};
-
-fn chart_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice")
-}
-
-fn helm() -> Option<PathBuf> {
-    let cache = std::env::var("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice")
-        });
-    let cached = cache.join("bin/helm");
-    if cached.is_file() {
-        return Some(cached);
-    }
-    let on_path = std::env::var_os("PATH").map(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("helm"))
-            .find(|p| p.is_file())
-    });
-    if let Some(found) = on_path.flatten() {
-        return Some(found);
-    }
-    assert!(
-        std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() != Ok("1"),
-        "SLUICE_REQUIRE_SERVERS=1 but helm is not installed: run e2e/servers/install.sh"
-    );
-    eprintln!(
-        "\n*** SKIPPED: helm not found on PATH or in $SLUICE_CACHE/bin; run e2e/servers/install.sh ***\n"
-    );
-    None
-}
-
-fn render(helm: &Path, args: &[&str]) -> Vec<Value> {
-    let output = Command::new(helm)
-        .args(["template", "sluice"])
-        .arg(chart_dir())
-        .args(["--namespace", "sluice-system", "--include-crds"])
-        .args(args)
-        .output()
-        .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("utf-8");
-    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rendered YAML parses");
-    documents.into_iter().filter(|d| !d.is_null()).collect()
-}
+use support::helm::{chart_dir, find, helm, render};
+use support::rbac::{Grant, grants};
 
 fn kinds(objects: &[Value]) -> Vec<String> {
     let mut kinds: Vec<String> = objects
@@ -68,80 +21,10 @@ fn kinds(objects: &[Value]) -> Vec<String> {
     kinds
 }
 
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
-}
-
-/// `(apiGroup, resource) -> verbs` of a Role/ClusterRole.
-fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
-    let mut out = Vec::new();
-    for rule in role["rules"].as_array().expect("rules") {
-        let verbs: Vec<String> = rule["verbs"]
-            .as_array()
-            .expect("verbs")
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        for group in rule["apiGroups"].as_array().expect("groups") {
-            for resource in rule["resources"].as_array().expect("resources") {
-                out.push((
-                    group.as_str().unwrap_or_default().into(),
-                    resource.as_str().unwrap_or_default().into(),
-                    verbs.clone(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn v(verbs: &[&str]) -> Vec<String> {
-    verbs.iter().map(|s| s.to_string()).collect()
-}
-
-fn expected_rules() -> Vec<(String, String, Vec<String>)> {
-    let mut expected = vec![
-        (
-            "sluice.dev".to_string(),
-            "streamingqueries".to_string(),
-            v(&["get", "list", "watch", "patch"]),
-        ),
-        (
-            "sluice.dev".into(),
-            "streamingqueries/status".into(),
-            v(&["get", "patch"]),
-        ),
-        (
-            "apps".into(),
-            "statefulsets".into(),
-            v(&["get", "list", "watch", "patch"]),
-        ),
-        ("".into(), "configmaps".into(), v(&["get", "patch"])),
-        ("".into(), "services".into(), v(&["get", "patch"])),
-        (
-            "policy".into(),
-            "poddisruptionbudgets".into(),
-            v(&["get", "patch"]),
-        ),
-        ("".into(), "pods".into(), v(&["get", "list", "watch"])),
-        // The pre-upgrade check runs as a Job.
-        (
-            "batch".into(),
-            "jobs".into(),
-            v(&["get", "create", "patch"]),
-        ),
-        (
-            "events.k8s.io".into(),
-            "events".into(),
-            v(&["create", "patch"]),
-        ),
-    ];
-    expected.sort();
-    expected
+/// The operator's rules as `(group, resource, verb)`: exactly the chart's `sluice.rules`, which
+/// `rbac.rs` derives from the operator's calls.
+fn expected_grants() -> BTreeSet<Grant> {
+    support::rbac::operator_grants()
 }
 
 #[test]
@@ -163,6 +46,7 @@ fn default_render_is_cluster_wide_least_privilege() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -170,21 +54,38 @@ fn default_render_is_cluster_wide_least_privilege() {
         ]
     );
     let role = find(&objects, "ClusterRole", "sluice");
-    assert_eq!(rules(role), expected_rules());
-    for (_, _, verbs) in rules(role) {
+    let granted = grants(&role["rules"]);
+    assert_eq!(granted, expected_grants());
+    for (group, resource, verb) in &granted {
         assert!(
-            !verbs.iter().any(|v| v == "*" || v == "delete"),
-            "no wildcard or delete verbs: {verbs:?}"
+            verb != "*" && verb != "delete" && resource != "*" && group != "*",
+            "no wildcards or delete: {group}/{resource} {verb}"
         );
+        assert!(resource != "secrets", "the operator reads no secrets");
+        // Pods are only listed: to wait for an old generation to stop and to see crash loops.
+        assert!(
+            resource != "pods" || verb == "list",
+            "pods: list only, not {verb}"
+        );
+    }
+    // Server-side apply creates the children: create with patch on every applied kind.
+    for resource in [
+        "configmaps",
+        "services",
+        "statefulsets",
+        "poddisruptionbudgets",
+    ] {
+        for verb in ["create", "patch"] {
+            assert!(
+                granted.iter().any(|(_, r, v)| r == resource && v == verb),
+                "{resource} {verb}"
+            );
+        }
     }
     let lease_role = find(&objects, "Role", "sluice-leader-election");
     assert_eq!(
-        rules(lease_role),
-        [(
-            "coordination.k8s.io".to_string(),
-            "leases".to_string(),
-            v(&["get", "create", "update"])
-        )]
+        grants(&lease_role["rules"]),
+        support::rbac::leader_election_grants()
     );
 
     let deployment = find(&objects, "Deployment", "sluice");
@@ -250,7 +151,7 @@ fn namespaced_rbac_and_service_monitor() {
     );
     let role = find(&objects, "Role", "sluice");
     assert_eq!(role["metadata"]["namespace"], "sluice-system");
-    assert_eq!(rules(role), expected_rules());
+    assert_eq!(grants(&role["rules"]), expected_grants());
     let binding = find(&objects, "RoleBinding", "sluice");
     assert_eq!(binding["roleRef"]["kind"], "Role");
     let deployment = find(&objects, "Deployment", "sluice");
@@ -277,4 +178,229 @@ fn helm_lint_is_clean() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("0 chart(s) failed"), "{text}");
+}
+
+/// Only the operator and Prometheus reach the workers' HTTP port (the chart's NetworkPolicy, on
+/// by default, in every namespace listed).
+#[test]
+fn network_policy_lets_only_the_operator_and_prometheus_reach_workers() {
+    let Some(helm) = helm() else { return };
+    let objects = render(&helm, &[]);
+    let policy = find(&objects, "NetworkPolicy", "sluice-workers");
+    assert_eq!(policy["metadata"]["namespace"], "sluice-system");
+    assert_eq!(
+        policy["spec"]["podSelector"],
+        json!({"matchLabels": {"app.kubernetes.io/name": "sluice-worker"}})
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "sluice-system"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "sluice-operator",
+                                                 "app.kubernetes.io/instance": "sluice"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+            ],
+            "ports": [{"protocol": "TCP", "port": 9464}]
+        }])
+    );
+    // The operator's pods carry the labels the policy admits.
+    let deployment = find(&objects, "Deployment", "sluice");
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"],
+        json!({"app.kubernetes.io/name": "sluice-operator", "app.kubernetes.io/instance": "sluice"})
+    );
+
+    let objects = render(
+        &helm,
+        &["--set", "networkPolicy.namespaces={team-a,team-b}"],
+    );
+    let namespaces: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .map(|o| &o["metadata"]["namespace"])
+        .collect();
+    assert_eq!(namespaces, [&json!("team-a"), &json!("team-b")]);
+    let objects = render(&helm, &["--set", "networkPolicy.enabled=false"]);
+    assert!(!kinds(&objects).contains(&"NetworkPolicy".to_string()));
+}
+
+#[test]
+fn images_are_referenced_by_digest_when_set() {
+    let Some(helm) = helm() else { return };
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let objects = render(
+        &helm,
+        &[
+            "--set",
+            &format!("image.digest={digest}"),
+            "--set",
+            &format!("workerImage.digest={digest}"),
+            "--set",
+            "image.tag=v9",
+        ],
+    );
+    let container =
+        &find(&objects, "Deployment", "sluice")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/sluice/sluice-operator@{digest}")
+    );
+    let worker = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SLUICE_WORKER_IMAGE")
+        .expect("worker image");
+    assert_eq!(
+        worker["value"],
+        format!("ghcr.io/sluice/sluice-worker@{digest}")
+    );
+}
+
+/// Evaluates the rendered ValidatingAdmissionPolicy's CEL (variables, then validations) over
+/// `object`, as the apiserver does; returns the messages of the failed validations.
+fn admission_refusals(policy: &Value, object: &Value) -> Vec<String> {
+    let mut context = cel::Context::default();
+    context
+        .add_variable("object", object.clone())
+        .expect("object");
+    let mut variables = std::collections::HashMap::new();
+    for variable in policy["spec"]["variables"].as_array().expect("variables") {
+        let program = cel::Program::compile(variable["expression"].as_str().expect("expression"))
+            .expect("compiles");
+        let value = program.execute(&context).expect("evaluates");
+        variables.insert(variable["name"].as_str().expect("name").to_string(), value);
+    }
+    context.add_variable_from_value("variables", variables);
+    let mut refusals = Vec::new();
+    for validation in policy["spec"]["validations"]
+        .as_array()
+        .expect("validations")
+    {
+        let program = cel::Program::compile(validation["expression"].as_str().expect("expression"))
+            .expect("compiles");
+        if program.execute(&context).expect("evaluates") != cel::Value::Bool(true) {
+            refusals.push(
+                validation["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    refusals
+}
+
+#[test]
+fn admission_policy_refuses_other_images_and_secrets() {
+    let Some(helm) = helm() else { return };
+    let objects = render(
+        &helm,
+        &[
+            "--set",
+            "admissionPolicy.enabled=true",
+            "--set",
+            "allowedImages={registry.example/sluice/*,ghcr.io/sluice/sluice-worker:0.1.*}",
+            "--set",
+            "allowedSecrets={pg-password}",
+            "--set",
+            "checkpoint.credentialsSecret=minio-credentials",
+        ],
+    );
+    let policy = find(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "sluice-streamingqueries",
+    );
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"],
+        json!(["streamingqueries"])
+    );
+    let binding = find(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "sluice-streamingqueries",
+    );
+    assert_eq!(binding["spec"]["policyName"], "sluice-streamingqueries");
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+
+    let query = |spec: Value| {
+        let mut spec_object = json!({"sources": [{"name": "e", "rate": {"rowsPerSecond": 1}}],
+                                     "sql": "SELECT * FROM e", "sink": {"console": {}}});
+        for (k, v) in spec.as_object().expect("object") {
+            spec_object[k] = v.clone();
+        }
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingQuery",
+               "metadata": {"name": "q"}, "spec": spec_object})
+    };
+    let secret_env = |name: &str| {
+        json!([{"name": "PGPASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}}},
+               {"name": "PLAIN", "value": "x"}])
+    };
+    let image_refused = "spec.image is not one of the chart's allowedImages";
+    let env_refused = "spec.env reads a Secret (valueFrom.secretKeyRef) that is not one of the chart's allowedSecrets";
+    let storage_refused = "spec.storageSecretRef is not one of the chart's allowedSecrets";
+    for (spec, expected) in [
+        (json!({}), vec![]),
+        (json!({"image": "registry.example/sluice/worker:1"}), vec![]),
+        (
+            json!({"image": "ghcr.io/sluice/sluice-worker:0.1.3"}),
+            vec![],
+        ),
+        (
+            json!({"image": "ghcr.io/sluice/sluice-worker:0.2.0"}),
+            vec![image_refused],
+        ),
+        // `.` is not a wildcard: registryXexample does not match registry.example.
+        (
+            json!({"image": "registryXexample/sluice/worker:1"}),
+            vec![image_refused],
+        ),
+        (
+            json!({"image": "evil.example/miner:latest"}),
+            vec![image_refused],
+        ),
+        (json!({"env": secret_env("pg-password")}), vec![]),
+        (
+            json!({"env": secret_env("cluster-admin-token")}),
+            vec![env_refused],
+        ),
+        (json!({"storageSecretRef": "minio-credentials"}), vec![]),
+        (
+            json!({"storageSecretRef": "other-team-s3"}),
+            vec![storage_refused],
+        ),
+    ] {
+        assert_eq!(
+            admission_refusals(policy, &query(spec.clone())),
+            expected,
+            "{spec}"
+        );
+    }
+
+    // Without allowedImages only the chart's worker repository is allowed; off by default.
+    let objects = render(&helm, &["--set", "admissionPolicy.enabled=true"]);
+    let policy = find(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "sluice-streamingqueries",
+    );
+    assert_eq!(
+        admission_refusals(
+            policy,
+            &query(
+                json!({"image": format!("ghcr.io/sluice/sluice-worker@sha256:{}", "b".repeat(64))})
+            )
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        admission_refusals(policy, &query(json!({"image": "ghcr.io/sluice/other:1"}))),
+        [image_refused]
+    );
+    assert!(!kinds(&render(&helm, &[])).contains(&"ValidatingAdmissionPolicy".to_string()));
 }

@@ -1,16 +1,19 @@
 //! Reconcile against a mocked Kubernetes API server (kube's tower-test pattern, after
 //! kube-rs/controller-rs `fixtures.rs`): every request the operator sends is recorded and answered
 //! like the API server would, and each test asserts the exact sequence of requests and the objects
-//! and status they carried. Checkpoints live in a temporary `file://` location.
+//! and status they carried. Checkpoints live in a temporary `file://` location. The fake API
+//! server is strict (`support::fake_api`): RBAC the chart does not grant, objects the CRD refuses
+//! and field-manager conflicts are answered as a real apiserver answers them.
+
+mod support;
 
 use std::sync::{Arc, Mutex};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use sluice_crds::{StreamingQuery, StreamingQueryStatus, parse_manifest};
@@ -21,27 +24,7 @@ use sluice_operator::plan::{CheckRequest, OperatorConfig};
 use sluice_operator::scaling::{
     CheckReport, Inspection, MetricsSource, QueryInspector, Scaler, ScalingTarget,
 };
-use tower_test::mock;
-
-/// One request as the API server saw it.
-#[derive(Clone, Debug)]
-struct Recorded {
-    method: Method,
-    /// Path and query, e.g. `/apis/apps/v1/namespaces/default/statefulsets/sluice-q?...`.
-    uri: String,
-    body: Value,
-}
-
-impl Recorded {
-    fn path(&self) -> &str {
-        self.uri.split('?').next().unwrap_or_default()
-    }
-}
-
-/// A fake API server holding the query and (optionally) its StatefulSet.
-struct FakeApi {
-    requests: Arc<Mutex<Vec<Recorded>>>,
-}
+use support::fake_api::FakeApi;
 
 const QUERY_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/default/streamingqueries/q";
 const STS_PATH: &str = "/apis/apps/v1/namespaces/default/statefulsets/sluice-q";
@@ -51,116 +34,36 @@ const PDB_PATH: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
-        .unwrap_or_else(|_| Response::new(Body::from(Vec::new())))
+/// The strict fake API server holding the query and (optionally) its StatefulSet.
+fn start(query: StreamingQuery, statefulset: Option<StatefulSet>) -> (Client, FakeApi) {
+    let mut objects = vec![serde_json::to_value(&query).expect("query json")];
+    if let Some(set) = statefulset {
+        let mut set = serde_json::to_value(&set).expect("statefulset json");
+        set["apiVersion"] = json!("apps/v1");
+        set["kind"] = json!("StatefulSet");
+        objects.push(set);
+    }
+    FakeApi::start_with(objects)
 }
 
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+/// `(type, reason)` of every event created, in order.
+fn events(api: &FakeApi) -> Vec<(String, String)> {
+    api.requests()
+        .iter()
+        .filter(|r| r.path() == EVENTS_PATH)
+        .map(|r| {
+            (
+                r.body["type"].as_str().unwrap_or_default().to_string(),
+                r.body["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
-impl FakeApi {
-    /// Starts the fake server; `statefulset` is what GET of the worker StatefulSet returns.
-    fn start(query: StreamingQuery, statefulset: Option<StatefulSet>) -> (Client, Self) {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        tokio::spawn(async move {
-            let mut handle = handle;
-            while let Some((request, send)) = handle.next_request().await {
-                let method = request.method().clone();
-                let uri = request.uri().to_string();
-                let bytes = request
-                    .into_body()
-                    .collect_bytes()
-                    .await
-                    .unwrap_or_default();
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                recorded.lock().expect("lock").push(Recorded {
-                    method: method.clone(),
-                    uri: uri.clone(),
-                    body: body.clone(),
-                });
-                let path = uri.split('?').next().unwrap_or_default().to_string();
-                let response = match (method, path.as_str()) {
-                    (Method::GET, STS_PATH) => match &statefulset {
-                        Some(set) => json_response(
-                            StatusCode::OK,
-                            &serde_json::to_value(set).unwrap_or_default(),
-                        ),
-                        None => json_response(StatusCode::NOT_FOUND, &not_found()),
-                    },
-                    // The old generation's pods are gone (stop-first rollouts wait for that).
-                    (Method::GET, PODS_PATH) => json_response(
-                        StatusCode::OK,
-                        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
-                    ),
-                    (Method::PATCH, p) if p == format!("{QUERY_PATH}/status") => {
-                        let mut object = serde_json::to_value(&query).unwrap_or_default();
-                        object["status"] = body["status"].clone();
-                        json_response(StatusCode::OK, &object)
-                    }
-                    (Method::PATCH, QUERY_PATH) => {
-                        let mut object = serde_json::to_value(&query).unwrap_or_default();
-                        object["metadata"]["finalizers"] = json!([]);
-                        json_response(StatusCode::OK, &object)
-                    }
-                    // Server-side apply and event creation echo the object.
-                    (Method::PATCH | Method::POST, _) => json_response(StatusCode::OK, &body),
-                    _ => json_response(StatusCode::NOT_FOUND, &not_found()),
-                };
-                send.send_response(response);
-            }
-        });
-        (Client::new(service, "default"), Self { requests })
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().expect("lock").clone()
-    }
-
-    /// `(method, path)` of every request, in order.
-    fn calls(&self) -> Vec<(String, String)> {
-        self.requests()
-            .iter()
-            .map(|r| (r.method.to_string(), r.path().to_string()))
-            .collect()
-    }
-
-    /// The body of the last `method path` request.
-    fn body_of(&self, method: &str, path: &str) -> Value {
-        self.requests()
-            .into_iter()
-            .rev()
-            .find(|r| r.method.as_str() == method && r.path() == path)
-            .map(|r| r.body)
-            .unwrap_or_else(|| panic!("no {method} {path} in {:?}", self.calls()))
-    }
-
-    /// `(type, reason)` of every event created, in order.
-    fn events(&self) -> Vec<(String, String)> {
-        self.requests()
-            .iter()
-            .filter(|r| r.path() == EVENTS_PATH)
-            .map(|r| {
-                (
-                    r.body["type"].as_str().unwrap_or_default().to_string(),
-                    r.body["reason"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn status(&self) -> StreamingQueryStatus {
-        serde_json::from_value(
-            self.body_of("PATCH", &format!("{QUERY_PATH}/status"))["status"].clone(),
-        )
+/// The status the operator wrote (first status write).
+fn written_status(api: &FakeApi) -> StreamingQueryStatus {
+    serde_json::from_value(api.body_of("PATCH", &format!("{QUERY_PATH}/status"))["status"].clone())
         .expect("a StreamingQueryStatus")
-    }
 }
 
 fn call(method: &str, path: &str) -> (String, String) {
@@ -274,19 +177,19 @@ fn condition(status: &StreamingQueryStatus, type_: &str) -> (String, String) {
 async fn created() -> (Fixture, StreamingQueryStatus, StatefulSet) {
     let fixture = Fixture::new();
     let q = query(SPEC, 1, None);
-    let (client, api) = FakeApi::start(q.clone(), None);
+    let (client, api) = start(q.clone(), None);
     reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
     let set = rolled_out(&api.body_of("PATCH", STS_PATH));
-    (fixture, api.status(), set)
+    (fixture, written_status(&api), set)
 }
 
 #[tokio::test]
 async fn create_applies_children_and_sets_status() {
     let fixture = Fixture::new();
     let q = query(SPEC, 1, None);
-    let (client, api) = FakeApi::start(q.clone(), None);
+    let (client, api) = start(q.clone(), None);
     let action = reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
@@ -328,7 +231,7 @@ async fn create_applies_children_and_sets_status() {
         .expect("valid manifest");
     assert_eq!(manifest.spec.checkpoint.location, Some(fixture.location()));
     assert_eq!(
-        api.events(),
+        events(&api),
         [
             call("Normal", "CheckpointClaimed"),
             call("Normal", "Created")
@@ -343,7 +246,7 @@ async fn create_applies_children_and_sets_status() {
         "starting generation 1 with 1 replica(s)"
     );
 
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Starting));
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.generation, Some(1));
@@ -388,7 +291,7 @@ async fn spec_change_rolls_out_a_new_generation() {
         2,
         Some(status),
     );
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
@@ -424,12 +327,12 @@ async fn spec_change_rolls_out_a_new_generation() {
             .as_str()
             .is_some_and(|m| m.contains("SELECT value FROM events"))
     );
-    assert_eq!(api.events(), [call("Normal", "UpgradeStarted")]);
+    assert_eq!(events(&api), [call("Normal", "UpgradeStarted")]);
     assert_eq!(
         event_note(&api, "UpgradeStarted"),
         "sql changed: rolling out generation 2 (LastState upgrade)"
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Upgrading));
     assert_eq!(status.generation, Some(2));
     assert_eq!(status.observed_generation, Some(2));
@@ -444,7 +347,7 @@ async fn spec_change_rolls_out_a_new_generation() {
 async fn suspend_scales_to_zero_and_keeps_the_checkpoint() {
     let (fixture, status, set) = created().await;
     let q = query(&format!("{SPEC}  suspend: true\n"), 2, Some(status));
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
@@ -455,12 +358,12 @@ async fn suspend_scales_to_zero_and_keeps_the_checkpoint() {
         "1",
         "suspend is not a new generation"
     );
-    assert_eq!(api.events(), [call("Normal", "Suspended")]);
+    assert_eq!(events(&api), [call("Normal", "Suspended")]);
     assert_eq!(
         event_note(&api, "Suspended"),
         "stopping all workers; the checkpoint is kept"
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Suspended));
     assert_eq!(
         condition(&status, "Ready"),
@@ -481,7 +384,7 @@ async fn invalid_spec_degrades_and_leaves_the_running_generation_alone() {
         column: "value".into(),
         delay: "10s".into(),
     });
-    let (client, api) = FakeApi::start(q.clone(), Some(set.clone()));
+    let (client, api) = start(q.clone(), Some(set.clone()));
     let ctx = fixture.context(client);
     let action = reconcile(Arc::new(q.clone()), ctx.clone())
         .await
@@ -500,13 +403,13 @@ async fn invalid_spec_degrades_and_leaves_the_running_generation_alone() {
         ],
         "nothing but status and an event may be written"
     );
-    assert_eq!(api.events(), [call("Warning", "InvalidSpec")]);
+    assert_eq!(events(&api), [call("Warning", "InvalidSpec")]);
     assert_eq!(
         event_note(&api, "InvalidSpec"),
         "`spec.sources[0].watermark.column`: `value` is not a timestamp column of the schema; \
          fix the manifest and apply it again; generation 1 keeps running"
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(
         condition(&status, "Degraded"),
         ("True".into(), "InvalidSpec".into())
@@ -522,7 +425,7 @@ async fn invalid_spec_degrades_and_leaves_the_running_generation_alone() {
     // Reconciling the same invalid spec again publishes no second event.
     let mut again = q;
     again.status = Some(status.clone());
-    let (client, api) = FakeApi::start(again.clone(), Some(set));
+    let (client, api) = start(again.clone(), Some(set));
     reconcile(Arc::new(again), fixture.context(client))
         .await
         .expect("reconcile");
@@ -541,7 +444,7 @@ async fn delete_with(retention: &str) -> (Fixture, FakeApi) {
         Some(status),
     );
     q.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     let action = reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
@@ -556,7 +459,7 @@ async fn delete_with_retention_delete_removes_the_checkpoint_then_the_finalizer(
         api.calls(),
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)]
     );
-    assert_eq!(api.events(), [call("Normal", "CheckpointDeleted")]);
+    assert_eq!(events(&api), [call("Normal", "CheckpointDeleted")]);
     assert_eq!(
         event_note(&api, "CheckpointDeleted"),
         format!(
@@ -585,7 +488,7 @@ async fn delete_with_retention_retain_keeps_the_checkpoint() {
         api.calls(),
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)]
     );
-    assert_eq!(api.events(), [call("Normal", "CheckpointRetained")]);
+    assert_eq!(events(&api), [call("Normal", "CheckpointRetained")]);
     assert_eq!(
         event_note(&api, "CheckpointRetained"),
         format!(
@@ -615,7 +518,7 @@ async fn checkpoint_owned_by_another_query_is_refused_without_deploying() {
         .expect("claim");
     assert_eq!(claim, Claim::Created);
     let q = query(SPEC, 1, None);
-    let (client, api) = FakeApi::start(q.clone(), None);
+    let (client, api) = start(q.clone(), None);
     let action = reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
@@ -628,7 +531,7 @@ async fn checkpoint_owned_by_another_query_is_refused_without_deploying() {
             call("PATCH", &format!("{QUERY_PATH}/status"))
         ]
     );
-    assert_eq!(api.events(), [call("Warning", "CheckpointOwned")]);
+    assert_eq!(events(&api), [call("Warning", "CheckpointOwned")]);
     assert_eq!(
         event_note(&api, "CheckpointOwned"),
         format!(
@@ -636,7 +539,7 @@ async fn checkpoint_owned_by_another_query_is_refused_without_deploying() {
             fixture.location()
         )
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Failed));
     assert_eq!(
         condition(&status, "CheckpointStale"),
@@ -648,7 +551,7 @@ async fn checkpoint_owned_by_another_query_is_refused_without_deploying() {
 async fn api_errors_back_off_exponentially() {
     let fixture = Fixture::new();
     let q = Arc::new(query(SPEC, 1, None));
-    let (client, _api) = FakeApi::start((*q).clone(), None);
+    let (client, _api) = start((*q).clone(), None);
     let ctx = fixture.context(client);
     let error = sluice_operator::Error::Kube(kube::Error::Api(Box::new(
         kube::core::Status::failure("boom", "InternalError").with_code(500),
@@ -725,12 +628,12 @@ fn progress(batch: i64, input: f64, processed: f64, backlog: i64, at: &str) -> V
 async fn created_with(spec: &str) -> (Fixture, StreamingQueryStatus, StatefulSet) {
     let fixture = Fixture::new();
     let q = query(spec, 1, None);
-    let (client, api) = FakeApi::start(q.clone(), None);
+    let (client, api) = start(q.clone(), None);
     reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
     let set = rolled_out(&api.body_of("PATCH", STS_PATH));
-    (fixture, api.status(), set)
+    (fixture, written_status(&api), set)
 }
 
 #[tokio::test]
@@ -749,11 +652,11 @@ async fn worker_progress_fills_the_status_rates() {
     ])
     .await;
     let q = query(&spec, 1, Some(status));
-    let (client, api) = FakeApi::start(q.clone(), Some(set.clone()));
+    let (client, api) = start(q.clone(), Some(set.clone()));
     reconcile(Arc::new(q), fixture.context_with(client, &base, None, None))
         .await
         .expect("reconcile");
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(
         status.input_rows_per_second,
         Some(151.0),
@@ -777,7 +680,7 @@ async fn worker_progress_fills_the_status_rates() {
     )])
     .await;
     let q = query(&spec, 1, Some(status.clone()));
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     reconcile(Arc::new(q), fixture.context_with(client, &half, None, None))
         .await
         .expect("an unreachable worker does not fail the reconcile");
@@ -801,7 +704,7 @@ async fn unreachable_workers_leave_the_status_figures_stale() {
     status.last_committed_batch_id = Some(3);
     status.last_batch_time = Some("2026-11-21T09:00:00Z".into());
     let q = query(SPEC, 1, Some(status));
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     let action = reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
@@ -810,7 +713,7 @@ async fn unreachable_workers_leave_the_status_figures_stale() {
         Action::requeue(sluice_operator::controller::DEFAULT_STATUS_REFRESH),
         "a Running query is looked at again to refresh its rates"
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Running));
     assert_eq!(status.input_rows_per_second, Some(5.0));
     assert_eq!(status.last_committed_batch_id, Some(3));
@@ -868,7 +771,7 @@ fn event_note(api: &FakeApi, reason: &str) -> String {
         .iter()
         .find(|r| r.path() == EVENTS_PATH && r.body["reason"] == reason)
         .and_then(|r| r.body["note"].as_str().map(String::from))
-        .unwrap_or_else(|| panic!("no {reason} event in {:?}", api.events()))
+        .unwrap_or_else(|| panic!("no {reason} event in {:?}", events(api)))
 }
 
 #[tokio::test]
@@ -883,14 +786,14 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
         ..CheckReport::default()
     });
     let q = query(&spec, 1, None);
-    let (client, api) = FakeApi::start(q.clone(), None);
+    let (client, api) = start(q.clone(), None);
     let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
     reconcile(Arc::new(q), ctx).await.expect("reconcile");
     let set = api.body_of("PATCH", STS_PATH);
     assert_eq!(set["spec"]["replicas"], 1, "held at one replica");
     assert_eq!(env_value(&set, "SLUICE_REPLICA_COUNT"), "1");
     assert_eq!(
-        api.events(),
+        events(&api),
         [
             call("Normal", "CheckpointClaimed"),
             call("Normal", "Created"),
@@ -906,7 +809,7 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
         event_note(&api, "Created"),
         "starting generation 1 with 1 replica(s)"
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(
         condition(&status, "ScalingLimited"),
         ("True".into(), "StatefulWithoutPartitionKey".into())
@@ -918,16 +821,19 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
     // Rolled out: Running at one replica, no second warning, the SQL is not inspected again.
     let rolled = rolled_out(&set);
     let q = query(&spec, 1, Some(status));
-    let (client, api2) = FakeApi::start(q.clone(), Some(rolled));
+    let (client, api2) = start(q.clone(), Some(rolled));
     let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
     reconcile(Arc::new(q), ctx).await.expect("reconcile");
     assert_eq!(api2.body_of("PATCH", STS_PATH)["spec"]["replicas"], 1);
-    assert_eq!(api2.events(), [call("Normal", "Running")]);
+    assert_eq!(events(&api2), [call("Normal", "Running")]);
     assert_eq!(
         event_note(&api2, "Running"),
         "generation 1 runs with 1 replica(s)"
     );
-    assert_eq!(api2.status().phase, Some(sluice_crds::Phase::Running));
+    assert_eq!(
+        written_status(&api2).phase,
+        Some(sluice_crds::Phase::Running)
+    );
     assert_eq!(
         facts.seen.lock().expect("lock").len(),
         2,
@@ -935,12 +841,12 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
     );
 
     // The user settles for one replica: the limit no longer applies and the condition clears.
-    let single = query(SPEC, 2, Some(api2.status()));
-    let (client, api3) = FakeApi::start(single.clone(), Some(rolled_out(&set)));
+    let single = query(SPEC, 2, Some(written_status(&api2)));
+    let (client, api3) = start(single.clone(), Some(rolled_out(&set)));
     let ctx = fixture.context_with(client, "http://127.0.0.1:1", Some(facts.clone()), None);
     reconcile(Arc::new(single), ctx).await.expect("reconcile");
     assert_eq!(
-        condition(&api3.status(), "ScalingLimited"),
+        condition(&written_status(&api3), "ScalingLimited"),
         ("False".into(), "AsExpected".into())
     );
     assert_eq!(facts.seen.lock().expect("lock").len(), 2, "not inspected");
@@ -955,11 +861,11 @@ async fn autoscale(mode: &str) -> (FakeApi, Arc<Context>, Arc<FixedMetrics>, Act
     let (fixture, status, set) = created_with(&spec).await;
     // First pass after the rollout: Running.
     let q = query(&spec, 1, Some(status));
-    let (client, api) = FakeApi::start(q.clone(), Some(set.clone()));
+    let (client, api) = start(q.clone(), Some(set.clone()));
     reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("reconcile");
-    let running = api.status();
+    let running = written_status(&api);
     assert_eq!(running.phase, Some(sluice_crds::Phase::Running));
     let metrics = Arc::new(FixedMetrics(
         sluice_operator::autoscaler::Metrics {
@@ -975,7 +881,7 @@ async fn autoscale(mode: &str) -> (FakeApi, Arc<Context>, Arc<FixedMetrics>, Act
         ..CheckReport::default()
     });
     let q = query(&spec, 1, Some(running));
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     let ctx = fixture.context_with(
         client,
         "http://127.0.0.1:1",
@@ -1013,12 +919,12 @@ async fn autoscaler_scales_up_with_event_history_and_metric() {
         "1",
         "a rescale keeps the generation"
     );
-    assert_eq!(api.events(), [call("Normal", "ScaledUp")]);
+    assert_eq!(events(&api), [call("Normal", "ScaledUp")]);
     assert_eq!(
         event_note(&api, "ScaledUp"),
         "scaling 1 -> 3: utilization 3.00 above 0.90 for 0 s (λ 300.0 rows/s, processed 100.0 rows/s, busy 1.00, backlog 0 rows, TPR 100.0 rows/s, expected capacity 300.0 rows/s)"
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Scaling));
     assert_eq!(
         condition(&status, "Progressing"),
@@ -1059,13 +965,13 @@ async fn autoscaler_in_recommend_mode_records_without_scaling() {
         "autoscaling queries are evaluated at the progress cadence"
     );
     assert_eq!(api.body_of("PATCH", STS_PATH)["spec"]["replicas"], 1);
-    assert_eq!(api.events(), [call("Normal", "ScalingRecommended")]);
+    assert_eq!(events(&api), [call("Normal", "ScalingRecommended")]);
     assert!(
         event_note(&api, "ScalingRecommended").starts_with("recommending 1 -> 3: utilization 3.00"),
         "{}",
         event_note(&api, "ScalingRecommended")
     );
-    let status = api.status();
+    let status = written_status(&api);
     assert_eq!(status.phase, Some(sluice_crds::Phase::Running));
     assert_eq!(status.scaling_history.len(), 1);
     assert!(!status.scaling_history[0].applied);
@@ -1097,7 +1003,7 @@ async fn delete_never_removes_a_checkpoint_another_query_owns() {
         Some(status),
     );
     q.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-    let (client, api) = FakeApi::start(q.clone(), Some(set));
+    let (client, api) = start(q.clone(), Some(set));
     reconcile(Arc::new(q), fixture.context(client))
         .await
         .expect("deletion is not blocked");
@@ -1106,7 +1012,7 @@ async fn delete_never_removes_a_checkpoint_another_query_owns() {
         [call("POST", EVENTS_PATH), call("PATCH", QUERY_PATH)],
         "event, then the finalizer is removed"
     );
-    assert_eq!(api.events(), [call("Warning", "CheckpointNotDeleted")]);
+    assert_eq!(events(&api), [call("Warning", "CheckpointNotDeleted")]);
     assert_eq!(
         event_note(&api, "CheckpointNotDeleted"),
         format!(
@@ -1118,4 +1024,41 @@ async fn delete_never_removes_a_checkpoint_another_query_owns() {
         fixture.dir().join("_sluice/owner.json").exists(),
         "data kept"
     );
+}
+
+/// The chart's `checkpoint.credentialsSecret`/`endpoint` reach the workers (they read the
+/// checkpoint the operator claimed); a query naming its own `storageSecretRef` keeps only that.
+#[tokio::test]
+async fn workers_get_the_charts_storage_settings_unless_the_query_names_its_own() {
+    let storage = sluice_operator::backend::kubernetes::WorkerStorage {
+        credentials_secret: Some("minio-credentials".into()),
+        endpoint: Some("http://minio.sluice-dev:9000".into()),
+        region: Some("us-east-1".into()),
+    };
+    for (spec, env_from, endpoint) in [
+        (
+            SPEC.to_string(),
+            json!([{"secretRef": {"name": "minio-credentials", "optional": false}}]),
+            json!("http://minio.sluice-dev:9000"),
+        ),
+        (
+            format!("{SPEC}  storageSecretRef: own-s3\n"),
+            json!([{"secretRef": {"name": "own-s3", "optional": false}}]),
+            Value::Null,
+        ),
+    ] {
+        let fixture = Fixture::new();
+        let q = query(&spec, 1, None);
+        let (client, api) = start(q.clone(), None);
+        let ctx = fixture.context(client);
+        let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("one owner"));
+        ctx.backend = ctx.backend.clone().with_worker_storage(storage.clone());
+        reconcile(Arc::new(q), Arc::new(ctx))
+            .await
+            .expect("reconcile");
+        let set = api.body_of("PATCH", STS_PATH);
+        let container = &set["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["envFrom"], env_from, "{spec}");
+        assert_eq!(env_value(&set, "AWS_ENDPOINT_URL"), endpoint, "{spec}");
+    }
 }

@@ -500,6 +500,7 @@ async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
     setup.scaler = Scaler::new(
         Arc::new(JobCheck {
             client: setup.backend.client().clone(),
+            storage: Default::default(),
         }),
         None,
         Metrics::default(),

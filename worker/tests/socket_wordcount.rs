@@ -53,8 +53,11 @@ fn each_batch_prints_its_own_word_counts() {
         .expect("example")
         .replace("port: 9999", &format!("port: {port}"))
         .replace(
-            "location: checkpoints/wordcount-socket",
-            &format!("location: {}", dir.path().join("ckpt").display()),
+            "checkpoint: {retention: Retain}",
+            &format!(
+                "checkpoint: {{location: {}}}",
+                dir.path().join("ckpt").display()
+            ),
         ),
     )
     .expect("write manifest");

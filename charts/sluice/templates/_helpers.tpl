@@ -19,6 +19,15 @@ app.kubernetes.io/name: sluice-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* An image reference: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "sluice.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .appVersion) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "sluice.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "sluice.fullname" .) .Values.serviceAccount.name -}}
@@ -27,30 +36,43 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The operator's rules: least privilege for what the controller reads and writes. */}}
+{{/*
+The operator's rules: exactly the requests it sends (derived and checked by the operator's
+RBAC test; keep each block plain YAML, the test's fake API server reads it).
+Server-side apply of an object that does not exist yet is a create, so every applied kind needs
+`create` as well as `patch`. StreamingQueries are watched and get the finalizer by JSON patch;
+status is written by server-side apply; StatefulSets are watched (owned children) and read back.
+*/}}
 {{- define "sluice.rules" -}}
 - apiGroups: ["sluice.dev"]
   resources: ["streamingqueries"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["sluice.dev"]
   resources: ["streamingqueries/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "patch"]
+  verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* Leader election: the Lease is read, created once, then renewed or taken over by PUT. */}}
+{{- define "sluice.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end -}}

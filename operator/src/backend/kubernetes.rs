@@ -395,6 +395,62 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
 
 pub use crate::scaling::{PROGRESS_TIMEOUT, ProgressUrl};
 
+/// The chart's object-store settings (`checkpoint.credentialsSecret`, `checkpoint.endpoint`,
+/// `checkpoint.region`), given to the workers of queries without `spec.storageSecretRef` so they
+/// reach the checkpoint the operator claimed for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStorage {
+    /// Secret with `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, by name: it must exist in the
+    /// query's namespace (a pod reads Secrets of its own namespace only).
+    pub credentials_secret: Option<String>,
+    /// `AWS_ENDPOINT_URL` (MinIO, SeaweedFS).
+    pub endpoint: Option<String>,
+    /// `AWS_REGION`.
+    pub region: Option<String>,
+}
+
+/// Adds `storage` to the worker container of `set`: the secret as `envFrom`, endpoint and
+/// region as `env`. Queries with their own `spec.storageSecretRef` keep only theirs (apply
+/// this only to the others).
+pub fn add_worker_storage(set: &mut StatefulSet, storage: &WorkerStorage) {
+    if let Some(container) = set
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        add_container_storage(container, storage);
+    }
+}
+
+/// Adds `storage` to one container (a worker, or a check Job's): the secret as `envFrom`,
+/// endpoint and region as `env`.
+pub fn add_container_storage(container: &mut Container, storage: &WorkerStorage) {
+    if let Some(secret) = &storage.credentials_secret {
+        container
+            .env_from
+            .get_or_insert_with(Vec::new)
+            .push(EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            });
+    }
+    let env = container.env.get_or_insert_with(Vec::new);
+    for (name, value) in [
+        ("AWS_ENDPOINT_URL", &storage.endpoint),
+        ("AWS_REGION", &storage.region),
+    ] {
+        if let Some(value) = value
+            && !env.iter().any(|e| e.name == name)
+        {
+            env.push(env_var(name, value.clone()));
+        }
+    }
+}
+
 /// Applies and observes children through the Kubernetes API.
 #[derive(Clone)]
 pub struct KubernetesBackend {
@@ -409,6 +465,7 @@ pub struct KubernetesBackend {
     /// When the last generation of a query (`namespace/name`) was stopped (ms), until the new one
     /// commits: the rescale downtime.
     stopped_at: Arc<Mutex<HashMap<String, i64>>>,
+    storage: WorkerStorage,
 }
 
 /// A pod of the query's workers as the crash-loop rule sees it.
@@ -485,7 +542,15 @@ impl KubernetesBackend {
             stop_poll: Duration::from_secs(2),
             stop_timeout: Duration::from_secs(90),
             stopped_at: Arc::new(Mutex::new(HashMap::new())),
+            storage: WorkerStorage::default(),
         }
+    }
+
+    /// Gives workers of queries without `spec.storageSecretRef` the chart's object-store settings.
+    #[must_use]
+    pub fn with_worker_storage(mut self, storage: WorkerStorage) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// The worker pods of a query (any generation).
@@ -601,8 +666,11 @@ impl Backend for KubernetesBackend {
         }
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
-        self.apply(&namespace, &stateful_set(query, desired)?)
-            .await?;
+        let mut set = stateful_set(query, desired)?;
+        if desired.storage_secret_ref.is_none() {
+            add_worker_storage(&mut set, &self.storage);
+        }
+        self.apply(&namespace, &set).await?;
         self.apply(&namespace, &pod_disruption_budget(query)?)
             .await?;
         Ok(())

@@ -24,7 +24,7 @@ use kube::{Client, Resource};
 use sluice_crds::StreamingQuery;
 use sluice_crds::contract::{CheckOutcomeReport, FLAG_CHECKPOINT, FLAG_TERMINATION_LOG};
 
-use super::{FIELD_MANAGER, MANIFEST_KEY, QUERY_LABEL};
+use super::{FIELD_MANAGER, MANIFEST_KEY, QUERY_LABEL, WorkerStorage, add_container_storage};
 use crate::clients::CheckOutcome;
 use crate::error::{Error, Result};
 use crate::plan::{CheckRequest, child_name, hash_json};
@@ -71,7 +71,13 @@ fn metadata(query: &StreamingQuery, name: &str, hash: &str) -> Result<ObjectMeta
 ///
 /// # Errors
 /// [`Error::MissingField`] without name, namespace or uid.
-pub fn check_objects(query: &StreamingQuery, request: &CheckRequest) -> Result<(ConfigMap, Job)> {
+/// `storage` (the chart's object-store settings) goes to checks of queries without
+/// `spec.storageSecretRef`, as to their workers.
+pub fn check_objects(
+    query: &StreamingQuery,
+    request: &CheckRequest,
+    storage: &WorkerStorage,
+) -> Result<(ConfigMap, Job)> {
     let query_name = query
         .metadata
         .name
@@ -106,6 +112,25 @@ pub fn check_objects(query: &StreamingQuery, request: &CheckRequest) -> Result<(
             ..EnvFromSource::default()
         }]
     });
+    let mut container = Container {
+        name: "check".into(),
+        image: Some(request.image.clone()),
+        command: Some(vec!["sluice-worker".into()]),
+        args: Some(args),
+        env: Some(query.spec.env.clone()),
+        env_from,
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "query".into(),
+            mount_path: "/etc/sluice".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    if query.spec.storage_secret_ref.is_none() {
+        add_container_storage(&mut container, storage);
+    }
     let job = Job {
         metadata: metadata(query, &name, &hash)?,
         spec: Some(JobSpec {
@@ -123,22 +148,7 @@ pub fn check_objects(query: &StreamingQuery, request: &CheckRequest) -> Result<(
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
-                    containers: vec![Container {
-                        name: "check".into(),
-                        image: Some(request.image.clone()),
-                        command: Some(vec!["sluice-worker".into()]),
-                        args: Some(args),
-                        env: Some(query.spec.env.clone()),
-                        env_from,
-                        termination_message_path: Some(TERMINATION_LOG.into()),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "query".into(),
-                            mount_path: "/etc/sluice".into(),
-                            read_only: Some(true),
-                            ..VolumeMount::default()
-                        }]),
-                        ..Container::default()
-                    }],
+                    containers: vec![container],
                     volumes: Some(vec![Volume {
                         name: "query".into(),
                         config_map: Some(ConfigMapVolumeSource {
@@ -174,6 +184,8 @@ pub fn verdict(message: Option<&str>, job_failure: Option<&str>) -> CheckOutcome
 /// Runs checks as Jobs (see the module docs).
 pub struct JobCheck {
     pub client: Client,
+    /// The chart's object-store settings for queries without `spec.storageSecretRef`.
+    pub storage: WorkerStorage,
 }
 
 impl JobCheck {
@@ -183,7 +195,7 @@ impl JobCheck {
             .namespace
             .clone()
             .ok_or(Error::MissingField("namespace"))?;
-        let (config_map, job) = check_objects(query, request)?;
+        let (config_map, job) = check_objects(query, request, &self.storage)?;
         let name = job.metadata.name.clone().unwrap_or_default();
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         let Some(found) = jobs.get_opt(&name).await? else {
@@ -267,8 +279,12 @@ mod tests {
 
     #[test]
     fn the_job_runs_the_new_image_against_the_checkpoint_with_the_workers_credentials() {
-        let (config_map, job) =
-            check_objects(&query(), &request(Some("s3://ckpt/prod/q/uid-1/"))).expect("objects");
+        let (config_map, job) = check_objects(
+            &query(),
+            &request(Some("s3://ckpt/prod/q/uid-1/")),
+            &WorkerStorage::default(),
+        )
+        .expect("objects");
         let name = check_name("q", &request(None));
         assert!(name.starts_with("sluice-q-check-"), "{name}");
         assert_eq!(config_map.metadata.name.as_deref(), Some(name.as_str()));
