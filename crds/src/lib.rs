@@ -4,6 +4,7 @@
 //! manifest the same way and reject the same mistakes with the same messages.
 
 pub mod conditions;
+pub mod contract;
 pub mod crd;
 pub mod duration;
 pub mod error;

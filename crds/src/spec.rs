@@ -108,6 +108,12 @@ const CHECKPOINT_LOCATION_MESSAGE: &str = "checkpoint.location cannot change onc
     namespaced,
     shortname = "sq",
     status = "StreamingQueryStatus",
+    // `/scale`: HPA or KEDA may drive `spec.parallelism.replicas` when the built-in autoscaler is off.
+    scale(
+        spec_replicas_path = ".spec.parallelism.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Input/s","type":"number","jsonPath":".status.inputRowsPerSecond"}"#,

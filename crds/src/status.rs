@@ -1,6 +1,6 @@
 //! `StreamingQuery` status: what the operator observed, written only by the operator.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,8 @@ pub const MAX_CHECKPOINT_URL: u32 = MAX_PATH + 512;
 pub const MAX_TIMESTAMP: u32 = 64;
 /// Longest spec hash.
 pub const MAX_HASH: u32 = 128;
+/// Longest `lastStableSpec` (a spec as JSON).
+pub const MAX_STABLE_SPEC: u32 = 262_144;
 /// Longest scaling decision reason.
 pub const MAX_REASON: u32 = 1024;
 
@@ -36,6 +38,10 @@ pub struct StreamingQueryStatus {
     /// Worker replicas currently running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// Label selector of the query's worker pods (the `/scale` subresource's, for HPA and KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub selector: Option<String>,
     /// Resolved checkpoint URL (`<location>/<namespace>/<name>/<uid>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_CHECKPOINT_URL))]
@@ -62,6 +68,24 @@ pub struct StreamingQueryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_HASH))]
     pub last_stable_spec_hash: Option<String>,
+    /// The last spec that became Ready, as JSON: what a rollout that is not Ready within the
+    /// operator's `readyTimeout` goes back to. Specs carry no secrets (only Secret names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_STABLE_SPEC))]
+    pub last_stable_spec: Option<String>,
+    /// Hash of the user's spec that was rolled back; it stays out until the spec is edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_HASH))]
+    pub rejected_spec_hash: Option<String>,
+    /// When the current rollout (create, upgrade, rescale, resume, rollback) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
+    pub last_rollout_time: Option<Time>,
+    /// When the progress figures (rates, lag, batch id, watermark) were last refreshed; they are
+    /// refreshed at most once per resync so a steady query's status stays quiet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
+    pub progress_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_SCALING_HISTORY))]
     pub scaling_history: Vec<ScalingDecision>,

@@ -7,7 +7,11 @@
 # Steps: create a kind cluster; build and load the operator and worker images; helm install the
 # chart; deploy manifests/dev (Kafka, MinIO, Prometheus); apply manifests/examples/iot-alerts.yaml;
 # wait for Ready; produce IoT readings to Kafka; check Parquet output objects in MinIO; change the
-# SQL and watch the new generation roll out; delete the query and check checkpoint retention.
+# SQL and watch the new generation roll out after the old pods stopped; an incompatible change is
+# refused (the StatefulSet untouched); a broken image rolls back to the last stable spec; `kubectl
+# scale` through the /scale subresource rescales at a batch boundary; a steady query's status stays
+# quiet; the Lease is released when the leader stops; delete the query and check checkpoint
+# retention.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -110,9 +114,9 @@ until mc "mc ls --recursive dev/lake/iot-alerts/" | grep -q '\.parquet'; do
 done
 mc "mc ls --recursive dev/lake/iot-alerts/"
 
-log "changing the SQL (upgrade to a new generation)"
+log "changing the SQL compatibly (same state: one more output column; a new generation)"
 kubectl -n "$NS" patch sq "$QUERY" --type merge -p \
-    '{"spec":{"sql":"SELECT window(\"timestamp\", '"'"'1 minute'"'"') AS window, deviceId, max(temperature) AS max_temp, count(*) AS n FROM events WHERE danger_level = '"'"'HIGH'"'"' GROUP BY window(\"timestamp\", '"'"'1 minute'"'"'), deviceId"}}'
+    '{"spec":{"sql":"SELECT window(\"timestamp\", '"'"'1 minute'"'"') AS window, deviceId, avg(temperature) AS avg_temp, count(*) AS n, '"'"'v2'"'"' AS version FROM events WHERE danger_level = '"'"'HIGH'"'"' GROUP BY window(\"timestamp\", '"'"'1 minute'"'"'), deviceId"}}'
 deadline=$((SECONDS + 300))
 until [ "$(kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.generation}')" -gt "$generation" ]; do
     [ "$SECONDS" -lt "$deadline" ] || die "no new generation after the SQL change"
@@ -121,6 +125,70 @@ done
 wait_phase Running
 kubectl -n "$NS" get events --field-selector involvedObject.name="$QUERY" | grep -q UpgradeStarted \
     || die "no UpgradeStarted event"
+
+kubectl -n "$NS" get events --field-selector involvedObject.name="$QUERY" | grep -q RescaleDowntime \
+    || die "no RescaleDowntime event (the new generation starts only after the old pods stopped)"
+kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.lastRescaleDowntimeSeconds}' | grep -q . \
+    || die "status.lastRescaleDowntimeSeconds is empty"
+
+log "an incompatible change (GROUP BY without deviceId) is refused by the check; the StatefulSet is untouched"
+sts_version=$(kubectl -n "$NS" get statefulset "sluice-$QUERY" -o jsonpath='{.metadata.resourceVersion}')
+generation=$(kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.generation}')
+kubectl -n "$NS" patch sq "$QUERY" --type merge -p \
+    '{"spec":{"sql":"SELECT window(\"timestamp\", '"'"'1 minute'"'"') AS window, max(temperature) AS max_temp, count(*) AS n FROM events WHERE danger_level = '"'"'HIGH'"'"' GROUP BY window(\"timestamp\", '"'"'1 minute'"'"')"}}'
+deadline=$((SECONDS + 120))
+until kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}' | grep -q UpgradeRefused; do
+    [ "$SECONDS" -lt "$deadline" ] || { kubectl -n "$NS" describe sq "$QUERY"; die "no UpgradeRefused"; }
+    sleep 3
+done
+[ "$(kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.generation}')" = "$generation" ] || die "a refused spec rolled out"
+[ "$(kubectl -n "$NS" get statefulset "sluice-$QUERY" -o jsonpath='{.metadata.resourceVersion}')" = "$sts_version" ] \
+    || die "the StatefulSet was touched by a refused upgrade"
+kubectl -n "$NS" get jobs -l sluice.dev/query="$QUERY" 2>/dev/null || true
+
+log "a broken image is not Ready in time and rolls back to the last stable spec"
+operator=$(kubectl -n sluice-system get deployment -l app.kubernetes.io/name=sluice -o name | head -1)
+kubectl -n sluice-system set env "$operator" SLUICE_READY_TIMEOUT=60
+kubectl -n sluice-system rollout status "$operator" --timeout="$TIMEOUT"
+kubectl -n "$NS" patch sq "$QUERY" --type merge -p '{"spec":{"image":"sluice-worker:does-not-exist"}}'
+deadline=$((SECONDS + 300))
+until kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}' | grep -q SpecRejected; do
+    [ "$SECONDS" -lt "$deadline" ] || { kubectl -n "$NS" describe sq "$QUERY"; die "no rollback"; }
+    sleep 5
+done
+wait_phase Running
+kubectl -n "$NS" get events --field-selector involvedObject.name="$QUERY" | grep -q RolledBack || die "no RolledBack event"
+kubectl -n "$NS" patch sq "$QUERY" --type json -p '[{"op":"remove","path":"/spec/image"}]'
+wait_phase Running
+
+log "kubectl scale drives spec.parallelism.replicas through the /scale subresource"
+kubectl -n "$NS" scale sq "$QUERY" --replicas=2
+deadline=$((SECONDS + 300))
+until [ "$(kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.replicas}')" = "2" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { kubectl -n "$NS" describe sq "$QUERY"; die "not scaled to 2"; }
+    sleep 3
+done
+kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.status.selector}' | grep -q "sluice.dev/query=$QUERY" \
+    || die "status.selector is missing"
+wait_phase Running
+
+log "a steady query's status stays quiet (at most 2 writes in 2 minutes)"
+versions=()
+for _ in $(seq 1 12); do
+    versions+=("$(kubectl -n "$NS" get sq "$QUERY" -o jsonpath='{.metadata.resourceVersion}')")
+    sleep 10
+done
+changes=$(printf '%s\n' "${versions[@]}" | sort -u | wc -l)
+[ "$changes" -le 3 ] || die "status written $((changes - 1)) times in 2 minutes"
+
+log "the leader releases its Lease when it stops"
+holder=$(kubectl -n sluice-system get lease sluice-operator-leader -o jsonpath='{.spec.holderIdentity}')
+kubectl -n sluice-system delete pod "$holder" --wait=false
+deadline=$((SECONDS + 10))
+until current=$(kubectl -n sluice-system get lease sluice-operator-leader -o jsonpath='{.spec.holderIdentity}'); [ "$current" != "$holder" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the Lease was not released within 10 s"
+    sleep 1
+done
 
 log "deleting the query (retention: Delete) and checking the checkpoint is gone"
 prefix=${location#s3://}

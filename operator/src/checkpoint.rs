@@ -207,8 +207,9 @@ impl CheckpointManager {
         }
     }
 
-    /// Claims `location` for `owner`: conditional create of `_sluice/owner.json`, then reads it
-    /// back (proving write and read credentials).
+    /// Claims `location` for `owner`: when `_sluice/owner.json` already names `owner`, one read
+    /// and no write (what every reconcile after the first sees); otherwise a conditional create
+    /// of the marker, then a read back (proving write and read credentials).
     ///
     /// # Errors
     /// [`Error::CheckpointOwned`] when the marker names another query (a user error: the query
@@ -217,6 +218,12 @@ impl CheckpointManager {
     pub async fn claim(&self, location: &str, owner: &Owner) -> Result<Claim> {
         let (store, prefix) = self.open(location)?;
         let marker = prefix.clone().join("_sluice").join("owner.json");
+        // Already ours (every reconcile after the first): verified with one read, no write.
+        if let Some(found) = read_owner(store.as_ref(), &marker, location).await?
+            && found.uid == owner.uid
+        {
+            return Ok(Claim::AlreadyOwned);
+        }
         let body =
             serde_json::to_vec_pretty(owner).map_err(|e| Error::Serialization(e.to_string()))?;
         let options = PutOptions {

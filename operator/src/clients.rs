@@ -4,26 +4,13 @@
 //!
 //! They live apart from the backends so that `scaling` (used by both) depends on neither.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-/// What `sluice-worker check` reports about a valid query (its JSON on stdout; the worker's
-/// `check::CheckReport`, of which the operator reads these fields).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckReport {
-    pub stateful: bool,
-    #[serde(default)]
-    pub group_by: Vec<String>,
-    #[serde(default)]
-    pub partition_keys: BTreeMap<String, String>,
-    pub tasks: u32,
-}
+pub use sluice_crds::contract::CheckReport;
 
 /// Outcome of running `sluice-worker check`.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +20,8 @@ pub enum CheckOutcome {
     Refused(String),
     /// Anything else (store unreachable, binary missing): try again later.
     Unknown(String),
+    /// Still running (a check Job on Kubernetes): look again on the next reconcile.
+    Pending(String),
 }
 
 /// Runs `worker_bin check MANIFEST [--checkpoint LOC]`.
@@ -44,9 +33,12 @@ pub async fn run_check(
     let mut command = Command::new(worker_bin);
     command.arg("check").arg(manifest);
     if let Some(location) = checkpoint {
-        command.arg("--checkpoint").arg(location);
+        command
+            .arg(sluice_crds::contract::FLAG_CHECKPOINT)
+            .arg(location);
     }
-    command.env("RUST_LOG", "error");
+    // Errors only, and no colour codes in the message that lands in status and events.
+    command.env("RUST_LOG", "error").env("NO_COLOR", "1");
     match command.output().await {
         Ok(output) => {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
@@ -55,7 +47,7 @@ pub async fn run_check(
                     Ok(report) => CheckOutcome::Valid(report),
                     Err(e) => CheckOutcome::Unknown(format!("unreadable check report: {e}")),
                 },
-                Some(2) => CheckOutcome::Refused(
+                Some(sluice_crds::contract::CHECK_EXIT_REFUSED) => CheckOutcome::Refused(
                     stderr
                         .trim_start_matches("error: ")
                         .lines()

@@ -9,22 +9,24 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 use sluice_crds::{Phase, StreamingQuery};
 
 use crate::backend::Backend;
+use crate::backend::kubernetes::check_job::JobCheck;
 use crate::backend::kubernetes::{FIELD_MANAGER, KubernetesBackend};
 use crate::checkpoint::{CheckpointManager, Owner, Release};
 use crate::error::{Error, ErrorKind, Result, backoff};
 use crate::metrics::Metrics;
 use crate::plan::{EventSeverity, OperatorConfig, PlannedEvent, Requeue, SpecChange, plan_cleanup};
 use crate::reconcile::reconcile_live;
-use crate::scaling::{Scaler, WorkerCheck, pod_url};
+use crate::scaling::{Scaler, pod_url};
 
 /// Finalizer guarding checkpoint retention.
 pub const FINALIZER: &str = "sluice.dev/checkpoint";
@@ -60,9 +62,11 @@ impl Context {
             .with_progress_url(Arc::new(move |name, namespace, ordinal| {
                 pod_url(name, namespace, ordinal, port)
             }));
+        // The pre-upgrade check runs as a Job with the spec's own image.
         let scaler = Scaler::new(
-            Arc::new(WorkerCheck {
-                worker_bin: "sluice-worker".into(),
+            Arc::new(JobCheck {
+                client: client.clone(),
+                storage: Default::default(),
             }),
             None,
             metrics.clone(),
@@ -138,6 +142,7 @@ async fn apply(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
         query,
         &ctx.config,
         ctx.scaler.as_ref(),
+        Time(Timestamp::now()),
     )
     .await?;
     tracing::info!(query = %key(query), change = ?plan.change, phase = ?plan.status.phase, "reconciled");
@@ -172,6 +177,12 @@ async fn apply(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
 
 async fn cleanup(query: &StreamingQuery, ctx: &Context) -> Result<Action> {
     let plan = plan_cleanup(query);
+    // A deleted query's series and in-memory state go with it.
+    ctx.metrics
+        .forget_query(&query.namespace().unwrap_or_default(), &query.name_any());
+    if let Some(scaler) = &ctx.scaler {
+        scaler.forget(query);
+    }
     let Some(location) = plan.location else {
         return Ok(Action::await_change());
     };
@@ -250,7 +261,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     };
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    Controller::new(queries, watcher::Config::default().any_semantic())
+    // Only spec changes (metadata.generation; also bumped when deletion starts) trigger a
+    // reconcile: the operator's own status writes do not, and the requeue after each reconcile
+    // keeps the rates fresh.
+    let (reader, writer) = reflector::store();
+    let changes = watcher(queries, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(changes, reader)
         .owns(sets, managed)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

@@ -86,6 +86,20 @@ impl Error {
         self.kind() != ErrorKind::User
     }
 
+    /// Every value [`Error::metric_label`] can return.
+    pub const METRIC_LABELS: &'static [&'static str] = &[
+        "invalid_spec",
+        "checkpoint_location",
+        "checkpoint_owned",
+        "object_store",
+        "checkpoint_unreachable",
+        "kube",
+        "finalizer",
+        "missing_field",
+        "serialization",
+        "internal",
+    ];
+
     /// A short, bounded label for `sluice_reconcile_errors_total{error=...}`.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_operator::backend::kubernetes::WorkerStorage;
+use sluice_operator::backend::kubernetes::check_job::JobCheck;
 use sluice_operator::checkpoint::{CheckpointManager, StoreConfig};
 use sluice_operator::controller::{self, Context};
 use sluice_operator::leader::LeaderElector;
 use sluice_operator::metrics::Metrics;
 use sluice_operator::plan::OperatorConfig;
 use sluice_operator::scaling::{
-    MetricsSource, ProgressMetrics, PrometheusMetrics, Scaler, WorkerCheck, pod_url,
+    MetricsSource, ProgressMetrics, PrometheusMetrics, Scaler, pod_url,
 };
 
 #[derive(Parser, Debug)]
@@ -101,9 +102,10 @@ struct KubernetesArgs {
     /// Seconds between reconciles of a Running query, refreshing its rates from `/progress`.
     #[arg(long, default_value_t = 30)]
     status_refresh: u64,
-    /// The sluice-worker binary that inspects a query's SQL (stateful? GROUP BY? tasks?).
-    #[arg(long, env = "SLUICE_WORKER_BIN", default_value = "sluice-worker")]
-    worker_bin: std::path::PathBuf,
+    /// Seconds a restart-type rollout may take to become Ready before it is rolled back to the
+    /// last stable spec.
+    #[arg(long, env = "SLUICE_READY_TIMEOUT", default_value_t = 300)]
+    ready_timeout: u64,
     /// Secret (by name, in each query's namespace) with the object store's `AWS_*` credentials,
     /// given to workers of queries without `spec.storageSecretRef` (chart:
     /// `checkpoint.credentialsSecret`).
@@ -213,6 +215,7 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
     let config = OperatorConfig {
         default_image: args.worker_image,
         default_checkpoint_location: args.default_checkpoint_location,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
         ..OperatorConfig::default()
     };
     let mut ctx = Context::new(
@@ -224,25 +227,27 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
     let window = Duration::from_secs(args.metrics_window);
     // Without Prometheus the autoscaler reads the workers' own /progress.
     let source: Arc<dyn MetricsSource> = match args.prometheus {
-        Some(url) => Arc::new(PrometheusMetrics { url, window }),
+        Some(url) => Arc::new(PrometheusMetrics::new(url, window)),
         None => Arc::new(ProgressMetrics::new(
             Arc::new(|name, namespace, ordinal| pod_url(name, namespace, ordinal, 9464)),
             window,
         )),
     };
+    let storage = WorkerStorage {
+        credentials_secret: args.worker_credentials_secret.filter(|s| !s.is_empty()),
+        endpoint: args.worker_s3_endpoint.filter(|s| !s.is_empty()),
+        region: args.worker_s3_region.filter(|s| !s.is_empty()),
+    };
     ctx.scaler = Some(Scaler::new(
-        Arc::new(WorkerCheck {
-            worker_bin: args.worker_bin,
+        Arc::new(JobCheck {
+            client: client.clone(),
+            storage: storage.clone(),
         }),
         Some(source),
         metrics,
     ));
     ctx.status_refresh = Duration::from_secs(args.status_refresh.max(1));
-    ctx.backend = ctx.backend.clone().with_worker_storage(WorkerStorage {
-        credentials_secret: args.worker_credentials_secret.filter(|s| !s.is_empty()),
-        endpoint: args.worker_s3_endpoint.filter(|s| !s.is_empty()),
-        region: args.worker_s3_region.filter(|s| !s.is_empty()),
-    });
+    ctx.backend = ctx.backend.clone().with_worker_storage(storage);
     let ctx = Arc::new(ctx);
 
     if !args.leader_election {
@@ -264,7 +269,15 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
     elector.acquire(Duration::from_secs(2)).await;
     tracing::info!(%identity, "leading");
     tokio::select! {
-        () = controller::run(ctx, args.namespace) => Ok(()),
+        () = controller::run(ctx, args.namespace) => {
+            // Shut down (SIGTERM): hand the lease over now, not after it expires.
+            match elector.release().await {
+                Ok(true) => tracing::info!(lease = %args.lease_name, "lease released"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not release the lease"),
+            }
+            Ok(())
+        }
         () = elector.hold(Duration::from_secs(5)) => {
             // Exit so Kubernetes restarts us as a follower; never run two controllers at once.
             anyhow::bail!("lost leadership")

@@ -139,6 +139,31 @@ impl Metrics {
             .inc();
     }
 
+    /// Removes every series of a deleted query, so `/metrics` does not report it forever.
+    pub fn forget_query(&self, namespace: &str, query: &str) {
+        self.reconcile_duration.remove(&QueryLabels {
+            namespace: namespace.into(),
+            query: query.into(),
+        });
+        for error in Error::METRIC_LABELS {
+            self.reconcile_errors.remove(&ErrorLabels {
+                namespace: namespace.into(),
+                query: query.into(),
+                error: (*error).into(),
+            });
+        }
+        for direction in ["up", "down"] {
+            for applied in ["true", "false"] {
+                self.scaling_decisions.remove(&ScalingLabels {
+                    namespace: namespace.into(),
+                    query: query.into(),
+                    direction: direction.into(),
+                    applied: applied.into(),
+                });
+            }
+        }
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -1,15 +1,18 @@
 //! The workers' `GET /progress` answers, summed into what `status` shows (shared by backends).
 //!
-//! A worker answers `{"latest": StreamingQueryProgress | null, "recent": [...], "lastError": ...}`
-//! (worker/src/http.rs; `StreamingQueryProgress` in worker/src/progress.rs, Spark's JSON field
-//! names). Over the replicas of a query: input and processed rows/s and backlog are sums (each
+//! A worker answers a [`sluice_crds::contract::ProgressAnswer`] (`latest`, `recent`,
+//! `lastError`), read here as [`Answer`]: the batch fields the operator uses
+//! ([`BatchProgress`], Spark's JSON field names). Over the replicas of a query: input and processed rows/s and backlog are sums (each
 //! replica reads its own tasks), the last batch id and time are the highest, the watermark is the
 //! lowest (the query's event time advances with its slowest replica).
 
 use k8s_openapi::jiff::Timestamp;
-use serde_json::Value;
+use sluice_crds::contract::{BatchProgress, ProgressAnswer};
 
 use crate::plan::ProgressObservation;
+
+/// A worker's `GET /progress` answer as the operator reads it.
+pub type Answer = ProgressAnswer<BatchProgress>;
 
 /// Sum of the workers' latest progress.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -20,21 +23,28 @@ pub struct WorkerProgress {
     pub last_batch_time: Option<String>,
     /// Replicas that answered.
     pub answered: usize,
+    /// Earliest commit among the answers' `recent` entries (ms): the first commit of a freshly
+    /// started generation, for the rescale downtime.
+    pub first_commit_ms: Option<i64>,
+}
+
+/// Earliest commit (ms) among the `recent` entries of the answers.
+pub fn first_commit_ms(answers: &[Answer]) -> Option<i64> {
+    answers
+        .iter()
+        .filter_map(|a| a.recent.first().and_then(commit_ms))
+        .min()
 }
 
 /// Wall-clock ms of a progress entry's commit: trigger `timestamp` + `durationMs.triggerExecution`.
-pub fn commit_ms(progress: &Value) -> Option<i64> {
-    let start: Timestamp = progress.get("timestamp")?.as_str()?.parse().ok()?;
-    let took = progress
-        .pointer("/durationMs/triggerExecution")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    Some(start.as_millisecond() + took)
+pub fn commit_ms(progress: &BatchProgress) -> Option<i64> {
+    let start: Timestamp = progress.timestamp.as_deref()?.parse().ok()?;
+    Some(start.as_millisecond() + progress.duration_ms.trigger_execution as i64)
 }
 
 /// Sums the `/progress` answers of a query's replicas (one JSON document each). `None` when no
 /// replica has committed a batch yet (the status keeps its previous figures).
-pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
+pub fn summarize(answers: &[Answer]) -> Option<WorkerProgress> {
     let mut input = 0.0;
     let mut processed = 0.0;
     let mut lag = 0i64;
@@ -43,31 +53,23 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
     let mut watermark: Option<String> = None;
     let mut with_batches = 0;
     for answer in answers {
-        let Some(latest) = answer.get("latest").filter(|l| !l.is_null()) else {
+        let Some(latest) = &answer.latest else {
             continue;
         };
         with_batches += 1;
-        let number = |field: &str| latest.get(field).and_then(Value::as_f64).unwrap_or(0.0);
-        input += number("inputRowsPerSecond");
-        processed += number("processedRowsPerSecond");
-        lag += latest
-            .get("sources")
-            .and_then(Value::as_array)
-            .map_or(0, |sources| {
-                sources
-                    .iter()
-                    .filter_map(|s| s.get("backlog").and_then(Value::as_i64))
-                    .sum()
-            });
-        if let Some(id) = latest.get("batchId").and_then(Value::as_i64) {
+        input += latest.input_rows_per_second;
+        processed += latest.processed_rows_per_second;
+        lag += latest.sources.iter().map(|s| s.backlog as i64).sum::<i64>();
+        if let Some(id) = latest.batch_id {
             batch = Some(batch.map_or(id, |b| b.max(id)));
         }
         if let Some(at) = commit_ms(latest) {
             last_commit = Some(last_commit.map_or(at, |b| b.max(at)));
         }
         if let Some(mark) = latest
-            .pointer("/eventTime/watermark")
-            .and_then(Value::as_str)
+            .event_time
+            .watermark
+            .as_deref()
             .and_then(|w| w.parse::<Timestamp>().ok())
         {
             let lower = watermark
@@ -82,6 +84,9 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
     if with_batches == 0 {
         return None;
     }
+    let last_batch_time = last_commit
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_string());
     Some(WorkerProgress {
         observation: ProgressObservation {
             input_rows_per_second: Some(input),
@@ -89,21 +94,33 @@ pub fn summarize(answers: &[Value]) -> Option<WorkerProgress> {
             last_committed_batch_id: batch,
             lag: Some(lag),
             watermark,
+            last_batch_time: last_batch_time.clone(),
+            rescale_downtime_seconds: None,
         },
-        last_batch_time: last_commit
-            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            .map(|t| t.to_string()),
+        last_batch_time,
         answered: answers.len(),
+        first_commit_ms: first_commit_ms(answers),
     })
 }
 
-/// A worker's `recent` progress entries (oldest first) from its `/progress` answer.
-pub fn recent_of(answer: &Value) -> Vec<Value> {
-    answer
-        .get("recent")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+/// Rows per backlog unit, the one place backlog becomes rows (both metrics paths use it): 1 for
+/// sources that count rows; a file source counts unread *files* and, under backlog, each batch of
+/// a task reads `maxFilesPerTrigger` (`files_per_batch`) files, so rows per file = rows /
+/// (batches · files). `rows` and `batches` are over the same period; `learned` keeps the last
+/// figure for periods in which nothing ran.
+pub fn rows_per_backlog_unit(
+    files_per_batch: Option<u32>,
+    rows: f64,
+    batches: f64,
+    learned: &mut f64,
+) -> f64 {
+    let Some(files) = files_per_batch else {
+        return 1.0;
+    };
+    if batches > 0.0 && rows > 0.0 {
+        *learned = rows / (batches * f64::from(files));
+    }
+    *learned
 }
 
 /// The autoscaler's inputs from the workers' own progress, for an operator without Prometheus
@@ -116,7 +133,7 @@ pub fn recent_of(answer: &Value) -> Vec<Value> {
 /// `maxFilesPerTrigger`) the files become rows at the observed rows per file, kept in
 /// `rows_per_unit` between calls (the last figure while nothing ran).
 pub fn autoscaler_metrics(
-    recent: &[Vec<Value>],
+    recent: &[Vec<BatchProgress>],
     now_ms: i64,
     window: std::time::Duration,
     replicas: u32,
@@ -131,43 +148,21 @@ pub fn autoscaler_metrics(
     for entries in recent {
         for entry in entries {
             if commit_ms(entry).is_some_and(|c| c >= since) {
-                rows += entry
-                    .get("numInputRows")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
-                busy_ms += entry
-                    .pointer("/durationMs/triggerExecution")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0);
-                batches += entry
-                    .get("tasks")
-                    .and_then(Value::as_array)
-                    .map_or(1.0, |t| t.len() as f64);
+                rows += entry.num_input_rows;
+                busy_ms += entry.duration_ms.trigger_execution;
+                batches += if entry.tasks.is_empty() {
+                    1.0
+                } else {
+                    entry.tasks.len() as f64
+                };
             }
         }
-        if let Some(last) = entries
-            .last()
-            .and_then(|l| l.get("sources"))
-            .and_then(Value::as_array)
-        {
-            backlog += last
-                .iter()
-                .filter_map(|s| s.get("backlog").and_then(Value::as_f64))
-                .sum::<f64>();
+        if let Some(last) = entries.last() {
+            backlog += last.sources.iter().map(|s| s.backlog).sum::<f64>();
         }
     }
     let seconds = window.as_secs_f64().max(1.0);
-    if let Some(files) = files_per_batch
-        && batches > 0.0
-        && rows > 0.0
-    {
-        *rows_per_unit = rows / (batches * f64::from(files));
-    }
-    let unit = if files_per_batch.is_some() {
-        *rows_per_unit
-    } else {
-        1.0
-    };
+    let unit = rows_per_backlog_unit(files_per_batch, rows, batches, rows_per_unit);
     crate::autoscaler::Metrics {
         input_rate: Some(rows / seconds),
         processed_rate: Some(rows / seconds),
@@ -183,15 +178,20 @@ mod tests {
     use super::*;
 
     /// A recent entry committed at `commit_ms`: one task, `rows` rows, `busy_ms` of trigger time.
-    fn entry(commit_ms: i64, rows: u64, busy_ms: i64, backlog: u64) -> Value {
+    fn entry(commit_ms: i64, rows: u64, busy_ms: i64, backlog: u64) -> BatchProgress {
         let start = Timestamp::from_millisecond(commit_ms - busy_ms).expect("time");
-        json!({
+        parse(json!({
             "timestamp": start.to_string(),
             "numInputRows": rows,
             "durationMs": {"triggerExecution": busy_ms},
             "tasks": [{"task": 0}],
             "sources": [{"backlog": backlog}],
-        })
+        }))
+    }
+
+    /// Reads JSON as the worker sends it.
+    fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("the contract's shape")
     }
 
     #[test]
@@ -227,8 +227,15 @@ mod tests {
         assert_eq!(idle.backlog, Some(8.0 * (4_000.0 / 6.0)));
     }
 
-    fn answer(batch: i64, input: f64, processed: f64, backlog: i64, at: &str, mark: &str) -> Value {
-        json!({
+    fn answer(
+        batch: i64,
+        input: f64,
+        processed: f64,
+        backlog: i64,
+        at: &str,
+        mark: &str,
+    ) -> Answer {
+        parse(json!({
             "latest": {
                 "timestamp": at,
                 "batchId": batch,
@@ -240,7 +247,7 @@ mod tests {
             },
             "recent": [],
             "lastError": null,
-        })
+        }))
     }
 
     #[test]
@@ -262,7 +269,7 @@ mod tests {
                 "2026-11-21T10:00:01Z",
                 "2026-11-21T09:58:30Z",
             ),
-            json!({"latest": null, "recent": []}),
+            parse(json!({"latest": null, "recent": []})),
         ];
         let summary = summarize(&answers).expect("batches committed");
         assert_eq!(
@@ -273,6 +280,8 @@ mod tests {
                 last_committed_batch_id: Some(9),
                 lag: Some(44),
                 watermark: Some("2026-11-21T09:58:30Z".into()),
+                last_batch_time: Some("2026-11-21T10:00:01.25Z".into()),
+                rescale_downtime_seconds: None,
             }
         );
         assert_eq!(
@@ -285,6 +294,6 @@ mod tests {
     #[test]
     fn nothing_committed_is_no_summary() {
         assert_eq!(summarize(&[]), None);
-        assert_eq!(summarize(&[json!({"latest": null})]), None);
+        assert_eq!(summarize(&[parse(json!({"latest": null}))]), None);
     }
 }

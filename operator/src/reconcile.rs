@@ -3,14 +3,15 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use sluice_crds::conditions::{self, SCALING_LIMITED};
 use sluice_crds::{StreamingQuery, validate_spec};
 
 use crate::backend::Backend;
 use crate::checkpoint::{CheckpointManager, Claim, Owner};
 use crate::error::{Error, ErrorKind, Result};
-use crate::plan::{self, CheckpointObservation, Observation, OperatorConfig, Plan, WorkersAction};
-use crate::scaling::{self, Scaler, scaling_limit};
+use crate::plan::{
+    self, CheckObservation, CheckpointObservation, Observation, OperatorConfig, Plan, WorkersAction,
+};
+use crate::scaling::Scaler;
 
 /// Claims the query's checkpoint location and reports the outcome as an observation.
 ///
@@ -76,11 +77,13 @@ pub async fn observe_checkpoint(
     })
 }
 
-/// Reconciles a live (not deleting) query with `backend` and returns the plan that was carried
-/// out. The workers' `/progress` fills the status rates; `scaler` (when given) holds stateful
-/// queries that cannot be split at one replica and runs the autoscaler. Events are published
-/// best-effort (a failed event never fails the reconcile); status is written last so it
-/// describes what was applied.
+/// Reconciles a live (not deleting) query with `backend` at `now` and returns the plan that was
+/// carried out: observe (workers, progress, checkpoint claim, the pre-upgrade check, autoscaler
+/// metrics) → validate → plan (once, pure) → apply → events → status. `scaler` (when given) runs
+/// the check and reads the metrics; without it nothing is checked (tests) and nothing
+/// autoscales. Events are published best-effort (a failed event never fails the reconcile), also
+/// when the apply fails (a claimed checkpoint is news either way); status is written last, and
+/// only when it changed.
 ///
 /// # Errors
 /// External errors from the backend (retried by the caller with backoff) and internal errors.
@@ -90,6 +93,7 @@ pub async fn reconcile_live<B: Backend>(
     query: &StreamingQuery,
     config: &OperatorConfig,
     scaler: Option<&Scaler>,
+    now: Time,
 ) -> Result<Plan> {
     let workers = backend.observe_workers(query).await?;
     let progress = match &workers {
@@ -102,63 +106,51 @@ pub async fn reconcile_live<B: Backend>(
     } else {
         CheckpointObservation::NotChecked
     };
-    let observation = Observation {
+    let mut observation = Observation {
         workers,
         checkpoint,
-        progress: progress.as_ref().map(|p| p.observation.clone()),
+        progress: progress.map(|p| p.observation),
+        check: CheckObservation::NotRun,
+        autoscale: None,
     };
-    let now = Time(Timestamp::now());
-    let mut plan = plan::plan(query, validation, &observation, config, now.clone())?;
-    if let Some(progress) = &progress {
-        plan.status.last_batch_time = progress
-            .last_batch_time
-            .clone()
-            .or(plan.status.last_batch_time.take());
-    }
-    if scaler.is_some()
-        && matches!(plan.workers, WorkersAction::Apply(_))
-        && !scaling::may_scale_out(query)
-        && conditions::is_true(&plan.status.conditions, SCALING_LIMITED)
+    if validation.is_ok()
+        && let Some(scaler) = scaler
     {
-        // Back to one replica: nothing is limited any more.
-        scaling::mark_limit(&mut plan, None, query.metadata.generation, now.clone());
-    }
-    if let Some(scaler) = scaler
-        && let WorkersAction::Apply(desired) = &plan.workers
-        && let Some(report) = scaler.report(query, desired).await
-    {
-        let sources: Vec<String> = query.spec.sources.iter().map(|s| s.name.clone()).collect();
-        let limit = scaling_limit(&report, &sources);
-        if limit.is_some() {
-            // Plan again as if one replica were asked for, so phase, events and the rollout
-            // agree with what runs.
-            let mut held = query.clone();
-            held.spec.parallelism.replicas = 1;
-            held.spec.parallelism.autoscale = None;
-            let last_batch_time = plan.status.last_batch_time.clone();
-            plan = plan::plan(&held, Ok(()), &observation, config, now.clone())?;
-            plan.status.last_batch_time = last_batch_time;
+        if let Some(request) = plan::check_request(query, &observation, config, &now)? {
+            observation.check = scaler.check(query, &request).await;
         }
-        scaling::mark_limit(
-            &mut plan,
-            limit.as_deref(),
-            query.metadata.generation,
-            now.clone(),
-        );
-        if limit.is_none() {
-            scaler
-                .autoscale(query, &mut plan, observation.workers.as_ref(), &report)
-                .await;
+        observation.autoscale = scaler
+            .autoscale_input(query, observation.workers.as_ref())
+            .await;
+    }
+    let plan = plan::plan(query, validation, &observation, config, now)?;
+    if let Some(scaler) = scaler {
+        if let Some(state) = &plan.autoscaler_state {
+            scaler.put_state(query, state.clone());
+        }
+        if let Some(decision) = &plan.decision {
+            scaler.counters.count_scaling_decision(
+                query.metadata.namespace.as_deref().unwrap_or_default(),
+                query.metadata.name.as_deref().unwrap_or_default(),
+                decision.from_replicas,
+                decision.to_replicas,
+                decision.applied,
+            );
         }
     }
-    if let WorkersAction::Apply(desired) = &plan.workers {
-        backend.apply_workers(query, desired).await?;
-    }
+    let applied = match &plan.workers {
+        WorkersAction::Apply(desired) => backend.apply_workers(query, desired).await,
+        WorkersAction::LeaveAlone => Ok(()),
+    };
     for event in &plan.events {
+        if applied.is_err() && event.action != "ClaimCheckpoint" {
+            continue;
+        }
         if let Err(e) = backend.publish(query, event).await {
             tracing::warn!(reason = %event.reason, error = %e, "could not publish event");
         }
     }
+    applied?;
     if query.status.as_ref() != Some(&plan.status) {
         backend.write_status(query, &plan.status).await?;
     }

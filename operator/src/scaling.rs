@@ -13,73 +13,55 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use sluice_crds::conditions::{self, SCALING_LIMITED};
-use sluice_crds::{AutoscaleMode, Phase, ScalingDecision, StreamingQuery};
+use sluice_crds::StreamingQuery;
 
-use crate::autoscaler::{self, Action, Policy};
-use crate::plan::{DesiredWorkers, WorkersObservation, child_name};
-use crate::plan::{EventSeverity, Plan, PlannedEvent, SpecChange, WorkersAction};
+use crate::autoscaler;
+use crate::plan::{
+    AutoscaleObservation, CheckObservation, CheckRequest, WorkersObservation, child_name,
+};
 
-/// Entries kept in `status.scalingHistory`.
-pub const SCALING_HISTORY: usize = 20;
-
-pub use crate::clients::CheckReport;
-
-/// The rule of issue 6: a stateful query scales only when every source's `partitionKey` is one of
-/// the GROUP BY columns (then each key's state lives in exactly one task). Returns the reason
-/// when it must stay at one replica, with what to change to scale.
-pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<String> {
-    if !report.stateful {
-        return None;
-    }
-    let group_by = report.group_by.join(", ");
-    for source in sources {
-        match report.partition_keys.get(source) {
-            None => {
-                return Some(format!(
-                    "stateful query over source `{source}` without a partitionKey: held at 1 replica; \
-                     set partitionKey of source `{source}` to a GROUP BY column ({group_by}) to scale"
-                ));
-            }
-            Some(key) if !report.group_by.contains(key) => {
-                return Some(format!(
-                    "GROUP BY key ({group_by}) does not contain the partition key `{key}` of source \
-                     `{source}`: held at 1 replica; add {key} to GROUP BY or set partitionKey to a \
-                     GROUP BY column"
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    None
-}
+pub use crate::plan::scale::{SCALING_HISTORY, decision, may_scale_out, scaling_limit};
+pub use sluice_crds::contract::CheckReport;
 
 /// Outcome of inspecting a query's SQL: `Valid`, `Refused` (the planner said why) or `Unknown`
 /// (could not inspect: try again on the next reconcile).
 pub type Inspection = crate::clients::CheckOutcome;
 
-/// Tells what a query's SQL does (the worker's planner).
+/// Runs the pre-upgrade check (the worker's planner, against the checkpoint).
 pub trait QueryInspector: Send + Sync {
-    /// Inspects the resolved query document `manifest_yaml` (the ConfigMap's `query.yaml`).
-    fn inspect<'a>(&'a self, manifest_yaml: &'a str) -> BoxFuture<'a, Inspection>;
+    /// Checks the resolved query document of `request` (the ConfigMap's `query.yaml`) against
+    /// `request.checkpoint_location`.
+    fn inspect<'a>(
+        &'a self,
+        query: &'a StreamingQuery,
+        request: &'a CheckRequest,
+    ) -> BoxFuture<'a, Inspection>;
 }
 
-/// Runs `sluice-worker check <manifest>` (the binary ships in the operator image).
+/// Runs `sluice-worker check <manifest> [--checkpoint URL]` as a process (the local backend).
 pub struct WorkerCheck {
     pub worker_bin: PathBuf,
 }
 
 impl QueryInspector for WorkerCheck {
-    fn inspect<'a>(&'a self, manifest_yaml: &'a str) -> BoxFuture<'a, Inspection> {
+    fn inspect<'a>(
+        &'a self,
+        _query: &'a StreamingQuery,
+        request: &'a CheckRequest,
+    ) -> BoxFuture<'a, Inspection> {
         Box::pin(async move {
+            // The operator's own worker binary: the spec's planner and checkpoint rules, whatever
+            // image the spec names (a broken image is caught by the rollout's readiness).
+            let binary = self.worker_bin.clone();
             let path =
                 std::env::temp_dir().join(format!("sluice-check-{}.yaml", uuid::Uuid::new_v4()));
-            if let Err(e) = tokio::fs::write(&path, manifest_yaml).await {
+            if let Err(e) = tokio::fs::write(&path, &request.manifest_yaml).await {
                 return Inspection::Unknown(format!("cannot write {}: {e}", path.display()));
             }
-            let outcome = crate::clients::run_check(&self.worker_bin, &path, None).await;
+            let outcome =
+                crate::clients::run_check(&binary, &path, request.checkpoint_location.as_deref())
+                    .await;
             let _ = tokio::fs::remove_file(&path).await;
             outcome
         })
@@ -117,12 +99,12 @@ pub async fn worker_progress(
     name: &str,
     namespace: &str,
     replicas: i32,
-) -> Vec<serde_json::Value> {
+) -> Vec<crate::progress::Answer> {
     let fetches = (0..replicas.max(0)).map(|ordinal| {
         let url = format!("{}/progress", url(name, namespace, ordinal));
         async move {
             match crate::clients::http("GET", &url, PROGRESS_TIMEOUT).await {
-                Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
+                Ok(body) => serde_json::from_str::<crate::progress::Answer>(&body)
                     .map_err(|e| tracing::debug!(%url, error = %e, "unreadable progress"))
                     .ok(),
                 Err(e) => {
@@ -169,7 +151,7 @@ impl MetricsSource for ProgressMetrics {
                 tracing::debug!(query = %target.name, answered = answers.len(), "not every worker answered /progress; autoscaler holds");
                 return autoscaler::Metrics::default();
             }
-            let recent: Vec<_> = answers.iter().map(crate::progress::recent_of).collect();
+            let recent: Vec<_> = answers.into_iter().map(|a| a.recent).collect();
             let key = format!("{}/{}", target.namespace, target.name);
             let mut units = self
                 .rows_per_unit
@@ -194,25 +176,40 @@ pub trait MetricsSource: Send + Sync {
 }
 
 /// The PromQL the autoscaler reads for a query over `window` (e.g. `30s`), in the order
-/// processed rows/s, busy seconds/s, backlog, backlog growth/s. Worker metrics carry the labels
-/// `query` and `namespace` (worker/src/metrics.rs).
-pub fn prometheus_queries(namespace: &str, name: &str, window: &str) -> [String; 4] {
+/// processed rows/s, busy seconds/s, backlog, backlog growth/s, batches/s (the last turns a file
+/// source's backlog of files into rows). Worker metrics carry the labels `query` and `namespace`
+/// (worker/src/metrics.rs).
+pub fn prometheus_queries(namespace: &str, name: &str, window: &str) -> [String; 5] {
     let selector = format!("query=\"{name}\",namespace=\"{namespace}\"");
     [
         format!("sum(rate(sluice_processed_rows_total{{{selector}}}[{window}]))"),
         format!("sum(rate(sluice_batch_busy_seconds_total{{{selector}}}[{window}]))"),
         format!("sum(sluice_source_backlog_rows{{{selector}}})"),
         format!("deriv(sum(sluice_source_backlog_rows{{{selector}}})[{window}:1s])"),
+        format!("sum(rate(sluice_batch_duration_seconds_count{{{selector}}}[{window}]))"),
     ]
 }
 
 /// Reads [`prometheus_queries`] from a Prometheus server. λ = processed + backlog growth (what
-/// arrives is what was processed plus what piled up), the busy ratio is per replica. A failed
-/// query gives empty metrics (the autoscaler holds).
+/// arrives is what was processed plus what piled up), the busy ratio is per replica, backlog in
+/// rows ([`crate::progress::rows_per_backlog_unit`]). A failed query gives empty metrics (the
+/// autoscaler holds).
 pub struct PrometheusMetrics {
     /// Base URL, e.g. `http://prometheus.monitoring:9090`.
     pub url: String,
     pub window: Duration,
+    /// Rows per backlog unit (file) learned per query (`namespace/name`).
+    rows_per_unit: Mutex<HashMap<String, f64>>,
+}
+
+impl PrometheusMetrics {
+    pub fn new(url: String, window: Duration) -> Self {
+        Self {
+            url,
+            window,
+            rows_per_unit: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl MetricsSource for PrometheusMetrics {
@@ -229,83 +226,47 @@ impl MetricsSource for PrometheusMetrics {
                     }
                 }
             }
-            let (processed, busy, backlog, growth) = (values[0], values[1], values[2], values[3]);
+            let (processed, busy, backlog, growth, batches) =
+                (values[0], values[1], values[2], values[3], values[4]);
+            let key = format!("{}/{}", target.namespace, target.name);
+            let unit = {
+                let mut units = self
+                    .rows_per_unit
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                crate::progress::rows_per_backlog_unit(
+                    target.files_per_batch,
+                    processed.unwrap_or(0.0),
+                    batches.unwrap_or(0.0),
+                    units.entry(key).or_insert(1.0),
+                )
+            };
             autoscaler::Metrics {
-                input_rate: processed.map(|p| (p + growth.unwrap_or(0.0)).max(0.0)),
+                input_rate: processed.map(|p| (p + growth.unwrap_or(0.0) * unit).max(0.0)),
                 processed_rate: processed,
                 busy_ratio: busy.map(|b| b / f64::from(target.replicas.max(1))),
-                backlog,
+                backlog: backlog.map(|b| b * unit),
             }
         })
     }
-}
-
-/// The `status.scalingHistory` entry and the Normal event of one autoscaler decision.
-/// Reasons: `ScaledUp` / `ScaledDown` when applied, `ScalingRecommended` in `recommend` mode.
-pub fn decision(
-    current: u32,
-    to: u32,
-    applied: bool,
-    evaluation: &autoscaler::Evaluation,
-    metrics: &autoscaler::Metrics,
-    time: String,
-) -> (ScalingDecision, PlannedEvent) {
-    let decision = ScalingDecision {
-        time,
-        from_replicas: current,
-        to_replicas: to,
-        input_rate: metrics.input_rate.unwrap_or(0.0),
-        processed_rate: metrics.processed_rate.unwrap_or(0.0),
-        busy_ratio: metrics.busy_ratio.unwrap_or(0.0),
-        backlog: metrics.backlog.unwrap_or(0.0),
-        true_processing_rate: evaluation.true_processing_rate.unwrap_or(0.0),
-        applied,
-        reason: evaluation.reason.clone(),
-    };
-    let verb = if applied { "scaling" } else { "recommending" };
-    let mut note = format!(
-        "{verb} {current} -> {to}: {} (λ {:.1} rows/s, processed {:.1} rows/s, busy {:.2}, backlog {:.0} rows, TPR {:.1} rows/s, expected capacity {:.1} rows/s)",
-        evaluation.reason,
-        decision.input_rate,
-        decision.processed_rate,
-        decision.busy_ratio,
-        decision.backlog,
-        decision.true_processing_rate,
-        decision.true_processing_rate * f64::from(to),
-    );
-    if !applied {
-        note.push_str("; autoscale mode is recommend: set spec.parallelism.autoscale.mode: apply (or spec.parallelism.replicas) to act on it");
-    }
-    let reason = match (applied, to > current) {
-        (false, _) => "ScalingRecommended",
-        (true, true) => "ScaledUp",
-        (true, false) => "ScaledDown",
-    };
-    let event = PlannedEvent {
-        severity: EventSeverity::Normal,
-        reason: reason.into(),
-        action: "Autoscale".into(),
-        note,
-    };
-    (decision, event)
 }
 
 fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()
 }
 
-/// The replica-count step of a Kubernetes reconcile: inspects the SQL once per deployed spec,
-/// holds stateful queries that cannot be split at one replica (`ScalingLimited`), and runs the
-/// autoscaler on settled queries with `spec.parallelism.autoscale`. Keeps the autoscaler's
-/// windows per query in memory.
+/// The replica-count inputs of a reconcile, for both backends: runs the pre-upgrade check
+/// ([`QueryInspector`], cached per spec and checkpoint location) and reads the autoscaler's
+/// metrics ([`MetricsSource`]); keeps the autoscaler's windows per query in memory. The
+/// decisions themselves are [`crate::plan::plan`]'s.
 pub struct Scaler {
     pub inspector: Arc<dyn QueryInspector>,
     /// Prometheus or the workers' `/progress`; `None` (tests) leaves autoscaling queries at their
     /// replica count.
     pub metrics: Option<Arc<dyn MetricsSource>>,
     pub counters: crate::metrics::Metrics,
-    /// `namespace/name` → (restart hash, report).
-    reports: Mutex<HashMap<String, (String, CheckReport)>>,
+    /// `namespace/name` → (check key, outcome); only final outcomes (passed, refused).
+    checks: Mutex<HashMap<String, (String, CheckObservation)>>,
     states: Mutex<HashMap<String, autoscaler::State>>,
 }
 
@@ -319,167 +280,105 @@ impl Scaler {
             inspector,
             metrics,
             counters,
-            reports: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The planner's report on the query `desired` deploys, `None` when the query does not ask
-    /// for more than one replica (nothing to decide) or cannot be inspected now. Cached per
-    /// query and restart hash, so the SQL is inspected once per deployed spec.
-    pub async fn report(
-        &self,
-        query: &StreamingQuery,
-        desired: &DesiredWorkers,
-    ) -> Option<CheckReport> {
-        if !may_scale_out(query) {
-            return None;
-        }
+    /// The check of `request` for `query`: cached while the spec and location stay the same (a
+    /// refusal too, so a refused spec is not checked again every reconcile); a check that could
+    /// not complete is tried again next time.
+    pub async fn check(&self, query: &StreamingQuery, request: &CheckRequest) -> CheckObservation {
         let key = key(query);
         let cached = self
-            .reports
+            .checks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
-            .filter(|(hash, _)| *hash == desired.restart_hash)
-            .map(|(_, report)| report.clone());
-        if cached.is_some() {
-            return cached;
+            .filter(|(k, _)| *k == request.key)
+            .map(|(_, outcome)| outcome.clone());
+        if let Some(outcome) = cached {
+            return outcome;
         }
-        match self.inspector.inspect(&desired.manifest_yaml).await {
-            Inspection::Valid(report) => {
-                self.reports
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(key, (desired.restart_hash.clone(), report.clone()));
-                Some(report)
+        let outcome = match self.inspector.inspect(query, request).await {
+            Inspection::Valid(report) => CheckObservation::Passed(report),
+            Inspection::Refused(message) => CheckObservation::Refused(message),
+            Inspection::Unknown(message) => {
+                tracing::warn!(query = %key, %message, "the pre-upgrade check could not complete");
+                return CheckObservation::Unavailable(message);
             }
-            Inspection::Refused(message) | Inspection::Unknown(message) => {
-                tracing::warn!(query = %key, %message, "cannot inspect the query; replica count left as planned");
-                None
-            }
-        }
+            Inspection::Pending(message) => return CheckObservation::Pending(message),
+        };
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (request.key.clone(), outcome.clone()));
+        outcome
     }
 
-    /// Runs the autoscaler on a settled query (phase `Running`, rollout complete, nothing to roll
-    /// out) with `spec.parallelism.autoscale` and applies its decision to `plan` (desired replicas, `status.scalingHistory`, phase, event, metric).
-    /// `workers` is what runs now.
-    pub async fn autoscale(
+    /// The autoscaler's inputs for a query that autoscales and runs a complete rollout, `None`
+    /// otherwise (or without a metrics source).
+    pub async fn autoscale_input(
         &self,
         query: &StreamingQuery,
-        plan: &mut Plan,
         workers: Option<&WorkersObservation>,
-        report: &CheckReport,
-    ) {
-        let WorkersAction::Apply(desired) = &mut plan.workers else {
-            return;
-        };
+    ) -> Option<AutoscaleObservation> {
         let spec = &query.spec;
-        let Some(auto) = spec.parallelism.autoscale.as_ref().filter(|a| a.enabled) else {
-            return;
-        };
+        spec.parallelism.autoscale.as_ref().filter(|a| a.enabled)?;
         let key = key(query);
-        let mut state = self
+        let state = self
             .states
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key)
+            .get(&key)
+            .cloned()
             .unwrap_or_default();
-        let was_running = query.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running);
-        let running = workers.filter(|running| {
-            was_running
-                && running.rollout_complete
-                && plan.change == SpecChange::Unchanged
-                && desired.replicas == running.replicas
-                && running.replicas > 0
-                && !spec.suspend
-        });
-        let Some(running) = running else {
-            // Rolling out, scaling or suspended: the rates are not those of the planned count.
-            state.rescaled(now_ms());
-            self.put_state(key, state);
-            return;
-        };
-        let Some(source) = &self.metrics else {
-            tracing::warn!(query = %key, "spec.parallelism.autoscale is set but the operator has no metrics source");
-            self.put_state(key, state);
-            return;
-        };
-        let policy = match Policy::from_spec(auto, report.tasks.max(1)) {
-            Ok(policy) => policy,
-            Err(message) => {
-                tracing::warn!(query = %key, %message, "bad autoscale settings");
-                self.put_state(key, state);
-                return;
-            }
-        };
-        let current = u32::try_from(running.replicas).unwrap_or(1);
-        let target = ScalingTarget {
-            namespace: query.metadata.namespace.clone().unwrap_or_default(),
-            name: query.metadata.name.clone().unwrap_or_default(),
-            replicas: current,
-            files_per_batch: files_per_batch(spec),
-        };
-        let metrics = source.metrics(&target).await;
-        let evaluation = autoscaler::evaluate(&policy, &mut state, now_ms(), current, &metrics);
-        tracing::debug!(query = %key, ?metrics, ?evaluation, "autoscaler");
-        if let Action::Scale(to) = evaluation.action {
-            let applied = auto.mode == AutoscaleMode::Apply;
-            let (entry, event) = decision(
-                current,
-                to,
-                applied,
-                &evaluation,
-                &metrics,
-                Timestamp::now().to_string(),
-            );
-            self.counters.count_scaling_decision(
-                &target.namespace,
-                &target.name,
-                current,
-                to,
-                applied,
-            );
-            let status = &mut plan.status;
-            status.scaling_history.push(entry);
-            let excess = status.scaling_history.len().saturating_sub(SCALING_HISTORY);
-            status.scaling_history.drain(..excess);
-            plan.events.push(event);
-            if applied {
-                desired.replicas = i32::try_from(to).unwrap_or(1);
-                status.phase = Some(Phase::Scaling);
-                conditions::set(
-                    &mut status.conditions,
-                    conditions::PROGRESSING,
-                    true,
-                    "Scaling",
-                    &format!("autoscaler: {current} -> {to} replica(s)"),
-                    query.metadata.generation,
-                    Time(Timestamp::now()),
-                );
-                plan.change = SpecChange::Scale {
-                    from: running.replicas,
-                    to: desired.replicas,
+        let running = workers.filter(|w| w.rollout_complete && w.replicas > 0);
+        let metrics = match (running, &self.metrics) {
+            (Some(running), Some(source)) => {
+                let target = ScalingTarget {
+                    namespace: query.metadata.namespace.clone().unwrap_or_default(),
+                    name: query.metadata.name.clone().unwrap_or_default(),
+                    replicas: u32::try_from(running.replicas).unwrap_or(1),
+                    files_per_batch: files_per_batch(spec),
                 };
-                state.rescaled(now_ms());
+                source.metrics(&target).await
             }
-        }
-        self.put_state(key, state);
+            (Some(_), None) => {
+                tracing::warn!(query = %key, "spec.parallelism.autoscale is set but the operator has no metrics source");
+                return None;
+            }
+            // Mid-rollout: no evaluation, but the state is handed on (a rescale starts its
+            // cool-down).
+            (None, _) => autoscaler::Metrics::default(),
+        };
+        Some(AutoscaleObservation {
+            metrics,
+            state,
+            now_ms: now_ms(),
+        })
     }
 
-    fn put_state(&self, key: String, state: autoscaler::State) {
+    /// Keeps the autoscaler's windows of `query` for the next reconcile.
+    pub fn put_state(&self, query: &StreamingQuery, state: autoscaler::State) {
         self.states
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, state);
+            .insert(key(query), state);
     }
-}
 
-/// True when the spec may run more than one replica (`replicas > 1` or autoscaling): only then
-/// does the stateful rule matter.
-pub fn may_scale_out(query: &StreamingQuery) -> bool {
-    let parallelism = &query.spec.parallelism;
-    parallelism.replicas > 1 || parallelism.autoscale.as_ref().is_some_and(|a| a.enabled)
+    /// Forgets a deleted query.
+    pub fn forget(&self, query: &StreamingQuery) {
+        let key = key(query);
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+    }
 }
 
 fn key(query: &StreamingQuery) -> String {
@@ -488,47 +387,6 @@ fn key(query: &StreamingQuery) -> String {
         query.metadata.namespace.as_deref().unwrap_or_default(),
         query.metadata.name.as_deref().unwrap_or_default()
     )
-}
-
-/// Sets the `ScalingLimited` condition of `plan` from `limit` (see [`scaling_limit`]), with a
-/// Warning event when the query becomes limited or the reason changes.
-pub fn mark_limit(plan: &mut Plan, limit: Option<&str>, generation: Option<i64>, now: Time) {
-    let conditions = &mut plan.status.conditions;
-    let before = conditions::find(conditions, SCALING_LIMITED)
-        .filter(|c| c.status == "True")
-        .map(|c| c.message.clone());
-    match limit {
-        Some(message) => {
-            conditions::set(
-                conditions,
-                SCALING_LIMITED,
-                true,
-                "StatefulWithoutPartitionKey",
-                message,
-                generation,
-                now,
-            );
-            if before.as_deref() != Some(message) {
-                plan.events.push(PlannedEvent {
-                    severity: EventSeverity::Warning,
-                    reason: "ScalingLimited".into(),
-                    action: "Scale".into(),
-                    note: message.to_string(),
-                });
-            }
-        }
-        None => {
-            conditions::set(
-                conditions,
-                SCALING_LIMITED,
-                false,
-                "AsExpected",
-                "",
-                generation,
-                now,
-            );
-        }
-    }
 }
 
 /// Base URL of replica `ordinal`'s HTTP server through the headless Service:
@@ -541,6 +399,7 @@ pub fn pod_url(query_name: &str, namespace: &str, ordinal: i32, port: u16) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autoscaler::Action;
 
     #[test]
     fn scaling_limit_says_what_to_change() {
@@ -578,7 +437,11 @@ mod tests {
 
     #[test]
     fn promql_selects_the_query_by_its_labels() {
-        let [processed, busy, backlog, growth] = prometheus_queries("prod", "q", "30s");
+        let [processed, busy, backlog, growth, batches] = prometheus_queries("prod", "q", "30s");
+        assert_eq!(
+            batches,
+            "sum(rate(sluice_batch_duration_seconds_count{query=\"q\",namespace=\"prod\"}[30s]))"
+        );
         assert_eq!(
             processed,
             "sum(rate(sluice_processed_rows_total{query=\"q\",namespace=\"prod\"}[30s]))"
@@ -680,18 +543,16 @@ mod tests {
 
     #[tokio::test]
     async fn prometheus_source_derives_lambda_and_busy_ratio_per_replica() {
-        let [processed, busy, backlog, growth] = prometheus_queries("prod", "q", "30s");
+        let [processed, busy, backlog, growth, batches] = prometheus_queries("prod", "q", "30s");
         let (url, seen) = prometheus(vec![
             (processed.clone(), "200"),
             (busy.clone(), "1.5"),
             (backlog.clone(), "1200"),
             (growth.clone(), "40"),
+            (batches.clone(), "2"),
         ])
         .await;
-        let source = PrometheusMetrics {
-            url,
-            window: Duration::from_secs(30),
-        };
+        let source = PrometheusMetrics::new(url, Duration::from_secs(30));
         let target = ScalingTarget {
             namespace: "prod".into(),
             name: "q".into(),
@@ -709,14 +570,11 @@ mod tests {
         );
         assert_eq!(
             seen.lock().expect("lock").clone(),
-            [processed, busy, backlog, growth]
+            [processed, busy, backlog, growth, batches]
         );
         // No samples yet (a new query): empty figures, the autoscaler holds.
         let (empty, _) = prometheus(Vec::new()).await;
-        let source = PrometheusMetrics {
-            url: empty,
-            window: Duration::from_secs(30),
-        };
+        let source = PrometheusMetrics::new(empty, Duration::from_secs(30));
         assert_eq!(
             source.metrics(&target).await,
             autoscaler::Metrics::default()

@@ -20,7 +20,7 @@ use sluice_crds::{StreamingQuery, StreamingQueryStatus, parse_manifest};
 use sluice_operator::checkpoint::{CheckpointManager, Claim, Owner};
 use sluice_operator::controller::{Context, FINALIZER, error_policy, reconcile};
 use sluice_operator::metrics::Metrics;
-use sluice_operator::plan::OperatorConfig;
+use sluice_operator::plan::{CheckRequest, OperatorConfig};
 use sluice_operator::scaling::{
     CheckReport, Inspection, MetricsSource, QueryInspector, Scaler, ScalingTarget,
 };
@@ -32,6 +32,7 @@ const CM_PATH: &str = "/api/v1/namespaces/default/configmaps/sluice-q";
 const SVC_PATH: &str = "/api/v1/namespaces/default/services/sluice-q";
 const PDB_PATH: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/sluice-q";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
 
 /// The strict fake API server holding the query and (optionally) its StatefulSet.
 fn start(query: StreamingQuery, statefulset: Option<StatefulSet>) -> (Client, FakeApi) {
@@ -298,6 +299,10 @@ async fn spec_change_rolls_out_a_new_generation() {
         api.calls(),
         [
             call("GET", STS_PATH),
+            // The old generation stops at a batch boundary before the new one starts.
+            call("GET", STS_PATH),
+            call("PATCH", STS_PATH),
+            call("GET", PODS_PATH),
             call("PATCH", CM_PATH),
             call("PATCH", SVC_PATH),
             call("PATCH", STS_PATH),
@@ -306,7 +311,14 @@ async fn spec_change_rolls_out_a_new_generation() {
             call("PATCH", &format!("{QUERY_PATH}/status")),
         ]
     );
-    let set = api.body_of("PATCH", STS_PATH);
+    let patches: Vec<Value> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH && r.path() == STS_PATH)
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(patches[0], json!({"spec": {"replicas": 0}}));
+    let set = patches[1].clone();
     assert_eq!(env_value(&set, "SLUICE_GENERATION"), "2");
     assert_eq!(set["metadata"]["annotations"]["sluice.dev/generation"], "2");
     let cm = api.body_of("PATCH", CM_PATH);
@@ -645,7 +657,11 @@ async fn worker_progress_fills_the_status_rates() {
         .await
         .expect("reconcile");
     let status = written_status(&api);
-    assert_eq!(status.input_rows_per_second, Some(150.5));
+    assert_eq!(
+        status.input_rows_per_second,
+        Some(151.0),
+        "150.5 rounded to 3 significant digits"
+    );
     assert_eq!(status.processed_rows_per_second, Some(210.0));
     assert_eq!(status.lag, Some(44));
     assert_eq!(status.last_committed_batch_id, Some(9));
@@ -714,11 +730,15 @@ struct FakeInspector {
 }
 
 impl QueryInspector for FakeInspector {
-    fn inspect<'a>(&'a self, manifest_yaml: &'a str) -> futures::future::BoxFuture<'a, Inspection> {
+    fn inspect<'a>(
+        &'a self,
+        _query: &'a StreamingQuery,
+        request: &'a CheckRequest,
+    ) -> futures::future::BoxFuture<'a, Inspection> {
         self.seen
             .lock()
             .expect("lock")
-            .push(manifest_yaml.to_string());
+            .push(request.manifest_yaml.clone());
         Box::pin(async move { Inspection::Valid(self.report.clone()) })
     }
 }
@@ -763,6 +783,7 @@ async fn stateful_query_without_the_partition_key_in_group_by_is_held_at_one_rep
         group_by: vec!["deviceId".into()],
         partition_keys: [("events".to_string(), "region".to_string())].into(),
         tasks: 8,
+        ..CheckReport::default()
     });
     let q = query(&spec, 1, None);
     let (client, api) = start(q.clone(), None);

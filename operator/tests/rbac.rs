@@ -27,11 +27,15 @@ use kube::Client;
 use serde_json::Value;
 use sluice_crds::{StreamingQuery, parse_manifest};
 use sluice_operator::backend::Backend;
+use sluice_operator::backend::kubernetes::check_job::JobCheck;
 use sluice_operator::checkpoint::CheckpointManager;
+use sluice_operator::clients::CheckOutcome;
 use sluice_operator::controller::{self, Context, FINALIZER, reconcile};
 use sluice_operator::leader::LeaderElector;
 use sluice_operator::metrics::Metrics;
+use sluice_operator::plan::CheckRequest;
 use sluice_operator::plan::{EventSeverity, OperatorConfig, PlannedEvent};
+use sluice_operator::scaling::QueryInspector;
 use support::fake_api::FakeApi;
 use support::rbac::{Grant, grants};
 
@@ -164,6 +168,25 @@ async fn derived_grants() -> (BTreeSet<Grant>, BTreeSet<Grant>, Vec<String>) {
     );
     operator.extend(served(&api));
 
+    // The pre-upgrade check Job: applied (with its ConfigMap), then read back while it runs.
+    let (client, api) = FakeApi::start_with(Vec::new());
+    let check = JobCheck {
+        client,
+        storage: Default::default(),
+    };
+    let request = CheckRequest {
+        key: "hash@file:///ckpt/".into(),
+        image: "sluice-worker:test".into(),
+        manifest_yaml: "kind: StreamingQuery\n".into(),
+        checkpoint_location: Some("file:///ckpt/".into()),
+    };
+    for _ in 0..2 {
+        if let CheckOutcome::Unknown(e) = check.inspect(&q, &request).await {
+            errors.push(e);
+        }
+    }
+    operator.extend(served(&api));
+
     // Leader election: create the Lease, then renew it.
     let (client, api) = FakeApi::start_with(Vec::new());
     let elector = LeaderElector::new(
@@ -200,9 +223,13 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
         let grant = (grant.0.into(), grant.1.into(), grant.2.into());
         assert!(operator.contains(&grant), "{grant:?} in {operator:#?}");
     }
+    // Pods are listed (stop-first rollouts wait for the old ones; crash loops), never more.
     assert!(
-        !operator.iter().any(|(_, resource, _)| resource == "pods"),
-        "the operator never calls pods"
+        operator
+            .iter()
+            .filter(|(_, resource, _)| resource == "pods")
+            .all(|(_, _, verb)| verb == "list"),
+        "pods: list only"
     );
 
     assert_eq!(operator, support::rbac::operator_grants());

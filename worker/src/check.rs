@@ -8,11 +8,8 @@
 //! start uses) and, with a checkpoint, [`Checkpoint::check_compatible`] on its `metadata.json`
 //! (partition counts, stateful-operator fingerprint).
 
-use std::collections::BTreeMap;
-
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
-use serde::Serialize;
 use sluice_crds::{SqlScope, StreamingQuery};
 
 use crate::checkpoint::{Checkpoint, CheckpointMetadata};
@@ -21,24 +18,8 @@ use crate::ml::TaskModels;
 use crate::sql::stateful_operators;
 use crate::storage::Location;
 
-/// What `check` found out about a valid query.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckReport {
-    /// The SQL keeps state across batches (`sqlScope: stream` with aggregations, dedup, ...).
-    pub stateful: bool,
-    /// Operators that keep state in `sqlScope: stream` (`aggregation`, `join`, ...).
-    pub stateful_operators: Vec<String>,
-    /// Columns the aggregations group by (bare column names, deduplicated, in plan order).
-    pub group_by: Vec<String>,
-    /// `partitionKey` of each source that names one.
-    pub partition_keys: BTreeMap<String, String>,
-    /// Tasks of the query (the largest source partition count): the most replicas it can use.
-    pub tasks: u32,
-    /// Fingerprint of the stateful operators (as stored in the checkpoint's `metadata.json`),
-    /// `None` for a stateless query.
-    pub fingerprint: Option<String>,
-}
+/// What `check` found out about a valid query: the operator's type too (one contract).
+pub use sluice_crds::contract::CheckReport;
 
 /// Validates `query` and, when `checkpoint` is given and already exists, its fit with it.
 ///
@@ -126,6 +107,8 @@ fn group_by_columns(plan: &LogicalPlan) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn manifest(sql: &str, scope: &str, partitions: u32) -> StreamingQuery {

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use sluice_crds::contract::{ProgressAnswer, StopAnswer};
 
 use crate::control::ControlAuth;
 use crate::engine::Shared;
@@ -137,12 +138,13 @@ async fn progress(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .map(|h| h.iter().cloned().collect())
         .unwrap_or_default();
     let last_error = shared.last_error.lock().ok().and_then(|e| e.clone());
-    Json(json!({
-        "latest": history.last(),
-        "recent": history,
-        "lastError": last_error,
-        "stopRequested": shared.stop.is_requested(),
-    }))
+    // The operator reads this through the same type (one contract).
+    Json(ProgressAnswer {
+        latest: history.last().cloned(),
+        recent: history,
+        last_error,
+        stop_requested: shared.stop.is_requested(),
+    })
 }
 
 async fn stop(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -151,6 +153,9 @@ async fn stop(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let latest = shared.progress.lock().ok().and_then(|h| h.back().cloned());
     (
         StatusCode::OK,
-        Json(json!({"stopped": true, "latest": latest})),
+        Json(StopAnswer {
+            stopped: true,
+            latest,
+        }),
     )
 }

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_crds::contract;
 use sluice_worker::control::ControlAuth;
 use sluice_worker::engine::describe_sink;
 use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
@@ -79,6 +80,10 @@ enum Command {
         /// As for `run`.
         #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
         allowed_paths: Vec<PathBuf>,
+        /// Also write the outcome as one JSON document to this file (a check Job's
+        /// `/dev/termination-log`, which Kubernetes reports as the termination message).
+        #[arg(long)]
+        termination_log: Option<PathBuf>,
     },
     /// Run inside a Kubernetes pod (replica from the environment).
     Pod {
@@ -140,7 +145,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             checkpoint,
             allowed_paths,
-        } => return check(&manifest, checkpoint.as_deref(), &allowed_paths).await,
+            termination_log,
+        } => {
+            let result = check(&manifest, checkpoint.as_deref(), &allowed_paths).await;
+            if let Some(path) = termination_log {
+                write_check_outcome(&path, &result)?;
+            }
+            return result.map(|_| ());
+        }
         Command::Pod {
             manifest,
             http_port,
@@ -152,10 +164,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ControlAuth::from_sources(control_token_file.as_deref(), ControlAuth::Disabled)
                     .map_err(anyhow::Error::msg)?;
             let args = RunArgs {
-                checkpoint: std::env::var("SLUICE_CHECKPOINT_LOCATION").ok(),
+                checkpoint: std::env::var(contract::ENV_CHECKPOINT_LOCATION).ok(),
                 http: Some(SocketAddr::from(([0, 0, 0, 0], http_port))),
                 replica: replica_index_from_env()?,
-                replicas: std::env::var("SLUICE_REPLICA_COUNT")
+                replicas: std::env::var(contract::ENV_REPLICA_COUNT)
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1),
@@ -230,11 +242,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
+/// Writes a check's outcome for the operator (`contract::CheckOutcomeReport`), messages cut to
+/// the termination message's size.
+fn write_check_outcome(
+    path: &std::path::Path,
+    result: &anyhow::Result<contract::CheckReport>,
+) -> anyhow::Result<()> {
+    let outcome = match result {
+        Ok(report) => contract::CheckOutcomeReport::Valid {
+            report: report.clone(),
+        },
+        Err(e) => {
+            let mut message = error_chain(e);
+            if message.len() > contract::MAX_MESSAGE {
+                let mut end = contract::MAX_MESSAGE;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+            }
+            let refused = e
+                .downcast_ref::<sluice_worker::EngineError>()
+                .is_some_and(|e| matches!(e, sluice_worker::EngineError::Manifest(_)));
+            if refused {
+                contract::CheckOutcomeReport::Refused { message }
+            } else {
+                contract::CheckOutcomeReport::Failed { message }
+            }
+        }
+    };
+    std::fs::write(path, serde_json::to_string(&outcome)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 async fn check(
     manifest: &std::path::Path,
     checkpoint: Option<&str>,
     allowed_paths: &[PathBuf],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<contract::CheckReport> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let query = sluice_crds::parse_manifest(&text).map_err(sluice_worker::EngineError::from)?;
@@ -242,7 +287,7 @@ async fn check(
     match sluice_worker::check::check(&query, checkpoint).await {
         Ok(report) => {
             println!("{}", serde_json::to_string(&report)?);
-            Ok(())
+            Ok(report)
         }
         // A store that cannot be reached says nothing about the manifest: exit 1, retry later.
         Err(e) if e.class() == ErrorClass::External => Err(classify(e)),
@@ -355,7 +400,7 @@ fn parse_http_addr(value: &str) -> Result<SocketAddr, String> {
 /// Replica index: `SLUICE_REPLICA_INDEX`, else the ordinal suffix of the StatefulSet pod name
 /// (`HOSTNAME=my-query-3` → 3).
 fn replica_index_from_env() -> anyhow::Result<u32> {
-    if let Ok(index) = std::env::var("SLUICE_REPLICA_INDEX") {
+    if let Ok(index) = std::env::var(contract::ENV_REPLICA_INDEX) {
         return index
             .parse()
             .context("SLUICE_REPLICA_INDEX must be a number");

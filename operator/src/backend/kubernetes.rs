@@ -14,22 +14,27 @@
 //! the I/O, including reading each worker pod's `GET /progress` through the headless Service
 //! (`http://sluice-<query>-<ordinal>.sluice-<query>.<namespace>.svc:<port>`) for the status rates.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
+use sluice_crds::contract::{
+    ENV_CHECKPOINT_LOCATION, ENV_GENERATION, ENV_NAMESPACE, ENV_POD_NAME, ENV_QUERY,
+    ENV_REPLICA_COUNT,
+};
 use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
 use super::Backend;
@@ -204,15 +209,12 @@ pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<
     let mut meta = metadata(query)?;
     meta.annotations = Some(annotations.clone());
     let mut env = vec![
-        env_var("SLUICE_QUERY", name.clone()),
-        env_var("SLUICE_NAMESPACE", namespace),
-        env_var("SLUICE_REPLICA_COUNT", desired.replicas.to_string()),
-        env_var("SLUICE_GENERATION", desired.generation.to_string()),
-        env_var(
-            "SLUICE_CHECKPOINT_LOCATION",
-            desired.checkpoint_location.clone(),
-        ),
-        field_env("POD_NAME", "metadata.name"),
+        env_var(ENV_QUERY, name.clone()),
+        env_var(ENV_NAMESPACE, namespace),
+        env_var(ENV_REPLICA_COUNT, desired.replicas.to_string()),
+        env_var(ENV_GENERATION, desired.generation.to_string()),
+        env_var(ENV_CHECKPOINT_LOCATION, desired.checkpoint_location.clone()),
+        field_env(ENV_POD_NAME, "metadata.name"),
     ];
     env.extend(desired.env.iter().cloned());
     let env_from = desired.storage_secret_ref.as_ref().map(|secret| {
@@ -385,6 +387,9 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
         replicas,
         ready_replicas: ready,
         rollout_complete,
+        restarts: None,
+        recent_exits: 0,
+        last_exit: None,
     }
 }
 
@@ -408,14 +413,19 @@ pub struct WorkerStorage {
 /// region as `env`. Queries with their own `spec.storageSecretRef` keep only theirs (apply
 /// this only to the others).
 pub fn add_worker_storage(set: &mut StatefulSet, storage: &WorkerStorage) {
-    let Some(container) = set
+    if let Some(container) = set
         .spec
         .as_mut()
         .and_then(|s| s.template.spec.as_mut())
         .and_then(|p| p.containers.first_mut())
-    else {
-        return;
-    };
+    {
+        add_container_storage(container, storage);
+    }
+}
+
+/// Adds `storage` to one container (a worker, or a check Job's): the secret as `envFrom`,
+/// endpoint and region as `env`.
+pub fn add_container_storage(container: &mut Container, storage: &WorkerStorage) {
     if let Some(secret) = &storage.credentials_secret {
         container
             .env_from
@@ -447,7 +457,75 @@ pub struct KubernetesBackend {
     client: Client,
     recorder: Recorder,
     progress_url: ProgressUrl,
+    /// How often the pods of a stopping generation are listed.
+    pub stop_poll: Duration,
+    /// How long the old generation may take to stop (its pods' grace period is 60 s) before the
+    /// apply fails and is retried.
+    pub stop_timeout: Duration,
+    /// When the last generation of a query (`namespace/name`) was stopped (ms), until the new one
+    /// commits: the rescale downtime.
+    stopped_at: Arc<Mutex<HashMap<String, i64>>>,
     storage: WorkerStorage,
+}
+
+/// A pod of the query's workers as the crash-loop rule sees it.
+fn pod_crash(pod: &Pod) -> (i64, Option<String>) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let mut restarts = 0;
+    let mut looping = None;
+    for status in statuses {
+        restarts += i64::from(status.restart_count);
+        let waiting = status
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone());
+        if waiting.as_deref() == Some("CrashLoopBackOff") {
+            let last = status
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| {
+                    format!(
+                        "exit code {}{}",
+                        t.exit_code,
+                        t.reason
+                            .as_deref()
+                            .map(|r| format!(", {r}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "no exit recorded".into());
+            looping = Some(format!(
+                "pod {name} in CrashLoopBackOff ({last}); see kubectl logs {name} --previous"
+            ));
+        }
+    }
+    (restarts, looping)
+}
+
+/// Adds what the worker pods say to `observed`: the sum of their containers' `restartCount` and,
+/// when one is in `CrashLoopBackOff` (kubelet's own crash-loop verdict), a crash loop.
+pub fn observe_pods(observed: &mut WorkersObservation, pods: &[Pod]) {
+    let mut restarts = 0;
+    for pod in pods {
+        let (count, looping) = pod_crash(pod);
+        restarts += count;
+        if looping.is_some() {
+            observed.recent_exits = crate::plan::CRASH_LOOP_EXITS;
+            observed.last_exit = looping;
+        }
+    }
+    observed.restarts = Some(restarts);
+}
+
+fn query_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 impl KubernetesBackend {
@@ -461,6 +539,9 @@ impl KubernetesBackend {
             progress_url: Arc::new(|name, namespace, ordinal| {
                 crate::scaling::pod_url(name, namespace, ordinal, 9464)
             }),
+            stop_poll: Duration::from_secs(2),
+            stop_timeout: Duration::from_secs(90),
+            stopped_at: Arc::new(Mutex::new(HashMap::new())),
             storage: WorkerStorage::default(),
         }
     }
@@ -470,6 +551,61 @@ impl KubernetesBackend {
     pub fn with_worker_storage(mut self, storage: WorkerStorage) -> Self {
         self.storage = storage;
         self
+    }
+
+    /// The worker pods of a query (any generation).
+    async fn pods(&self, name: &str, namespace: &str) -> Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("{QUERY_LABEL}={name}");
+        Ok(api
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items)
+    }
+
+    /// Stops the running generation at a batch boundary: scales the StatefulSet to 0 (each
+    /// worker commits its current batch on SIGTERM, then exits) and waits until no pod of the
+    /// query remains.
+    ///
+    /// # Errors
+    /// [`Error::Kube`] for API errors; [`Error::Internal`] (retried) when pods remain after
+    /// `stop_timeout`.
+    async fn stop_workers(&self, name: &str, namespace: &str) -> Result<()> {
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        let scale_to_zero = serde_json::json!({"spec": {"replicas": 0}});
+        let params = PatchParams::default();
+        if sets
+            .get_opt(&child_name(name))
+            .await?
+            .and_then(|s| s.spec.and_then(|s| s.replicas))
+            .is_some_and(|r| r > 0)
+        {
+            sets.patch(&child_name(name), &params, &Patch::Merge(&scale_to_zero))
+                .await?;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let pods = self.pods(name, namespace).await?;
+            if pods.is_empty() {
+                break;
+            }
+            if started.elapsed() > self.stop_timeout {
+                return Err(Error::Internal(format!(
+                    "{} pod(s) of the old generation still running after {} s; retrying",
+                    pods.len(),
+                    self.stop_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(self.stop_poll).await;
+        }
+        self.stopped_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                query_key(namespace, name),
+                k8s_openapi::jiff::Timestamp::now().as_millisecond(),
+            );
+        Ok(())
     }
 
     /// Replaces how a worker pod's base URL is found (the worker port, or a test server).
@@ -507,15 +643,27 @@ impl Backend for KubernetesBackend {
     async fn observe_workers(&self, query: &StreamingQuery) -> Result<Option<WorkersObservation>> {
         let (name, namespace) = name_and_namespace(query)?;
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &namespace);
-        Ok(api
+        let Some(mut observed) = api
             .get_opt(&child_name(&name))
             .await?
             .as_ref()
-            .map(observe_stateful_set))
+            .map(observe_stateful_set)
+        else {
+            return Ok(None);
+        };
+        // Pods are only looked at while some replica is not Ready: that is when crashes matter.
+        if observed.ready_replicas < observed.replicas {
+            let pods = self.pods(&name, &namespace).await?;
+            observe_pods(&mut observed, &pods);
+        }
+        Ok(Some(observed))
     }
 
     async fn apply_workers(&self, query: &StreamingQuery, desired: &DesiredWorkers) -> Result<()> {
-        let (_, namespace) = name_and_namespace(query)?;
+        let (name, namespace) = name_and_namespace(query)?;
+        if desired.stop_first {
+            self.stop_workers(&name, &namespace).await?;
+        }
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
         let mut set = stateful_set(query, desired)?;
@@ -564,7 +712,19 @@ impl Backend for KubernetesBackend {
             tracing::debug!(query = %name, answered = answers.len(), replicas = workers.replicas, "not every worker answered /progress");
             return None;
         }
-        crate::progress::summarize(&answers)
+        let mut progress = crate::progress::summarize(&answers)?;
+        let key = query_key(&namespace, &name);
+        let mut stopped = self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(from), Some(first)) = (stopped.get(&key).copied(), progress.first_commit_ms)
+            && first >= from
+        {
+            stopped.remove(&key);
+            progress.observation.rescale_downtime_seconds = Some((first - from) as f64 / 1000.0);
+        }
+        Some(progress)
     }
 
     async fn publish(&self, query: &StreamingQuery, event: &PlannedEvent) -> Result<()> {
@@ -583,6 +743,8 @@ impl Backend for KubernetesBackend {
         Ok(())
     }
 }
+
+pub mod check_job;
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,8 @@ fn observation(workers: Option<WorkersObservation>, claimed_now: bool) -> Observ
             claimed_now,
         },
         progress: None,
+        check: CheckObservation::NotRun,
+        autoscale: None,
     }
 }
 
@@ -69,6 +71,7 @@ fn rolled_out(plan: &Plan) -> WorkersObservation {
         replicas: desired.replicas,
         ready_replicas: desired.replicas,
         rollout_complete: true,
+        ..WorkersObservation::default()
     }
 }
 
@@ -318,6 +321,8 @@ fn invalid_spec_degrades_once_and_leaves_the_running_generation_alone() {
         workers: Some(workers.clone()),
         checkpoint: CheckpointObservation::NotChecked,
         progress: None,
+        check: CheckObservation::NotRun,
+        autoscale: None,
     };
     let plan = plan(&q, validation.clone(), &obs, &config(), at(30)).expect("plan");
     assert_eq!(plan.change, SpecChange::Invalid);
@@ -358,6 +363,8 @@ fn invalid_new_query_fails() {
         workers: None,
         checkpoint: CheckpointObservation::NotChecked,
         progress: None,
+        check: CheckObservation::NotRun,
+        autoscale: None,
     };
     let plan = plan(&q, validate_spec(&q.spec), &obs, &config(), at(0)).expect("plan");
     assert_eq!(plan.workers, WorkersAction::LeaveAlone);
@@ -376,6 +383,8 @@ fn checkpoint_owned_by_another_query_is_refused() {
             message: "owned by StreamingQuery default/other".into(),
         },
         progress: None,
+        check: CheckObservation::NotRun,
+        autoscale: None,
     };
     let plan = run(&q, &obs, at(0));
     assert_eq!(plan.change, SpecChange::CheckpointUnavailable);
@@ -406,6 +415,8 @@ fn unreachable_checkpoint_is_retried_and_keeps_workers() {
             message: "403 Forbidden".into(),
         },
         progress: None,
+        check: CheckObservation::NotRun,
+        autoscale: None,
     };
     let plan = run(&q, &obs, at(30));
     assert_eq!(plan.workers, WorkersAction::LeaveAlone);
@@ -424,6 +435,13 @@ fn unreachable_checkpoint_is_retried_and_keeps_workers() {
         )
     );
     assert_eq!(plan.requeue, Requeue::After(config().progress_poll));
+    // A new query whose store is down is Pending, not phase-less.
+    let new = Observation {
+        workers: None,
+        ..obs.clone()
+    };
+    let plan = run(&query(SPEC), &new, at(0));
+    assert_eq!(plan.status.phase, Some(Phase::Pending));
 }
 
 #[test]
@@ -435,11 +453,15 @@ fn progress_fills_rates_into_status() {
         processed_rows_per_second: Some(118.5),
         last_committed_batch_id: Some(42),
         lag: Some(7),
-        watermark: None,
+        ..ProgressObservation::default()
     });
     let plan = run(&q, &obs, at(30));
     assert_eq!(plan.status.input_rows_per_second, Some(120.0));
-    assert_eq!(plan.status.processed_rows_per_second, Some(118.5));
+    assert_eq!(
+        plan.status.processed_rows_per_second,
+        Some(119.0),
+        "rounded to 3 significant digits"
+    );
     assert_eq!(plan.status.last_committed_batch_id, Some(42));
     assert_eq!(plan.status.lag, Some(7));
 }
@@ -496,4 +518,24 @@ fn delete_applies_retention_to_the_pinned_location() {
     assert_eq!(plan_cleanup(&deleting).retention, Retention::Delete);
     // Never claimed: nothing to clean.
     assert_eq!(plan_cleanup(&query(SPEC)).location, None);
+}
+
+#[test]
+fn status_carries_the_worker_selector_for_the_scale_subresource() {
+    let q = query(SPEC);
+    let plan = run(&q, &observation(None, true), at(0));
+    assert_eq!(
+        plan.status.selector.as_deref(),
+        Some("app.kubernetes.io/name=sluice-worker,sluice.dev/query=q")
+    );
+    let crd =
+        serde_json::to_value(<StreamingQuery as kube::CustomResourceExt>::crd()).expect("crd json");
+    assert_eq!(
+        crd["spec"]["versions"][0]["subresources"]["scale"],
+        serde_json::json!({
+            "specReplicasPath": ".spec.parallelism.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        })
+    );
 }

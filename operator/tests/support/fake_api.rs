@@ -271,10 +271,13 @@ impl FakeApi {
             .collect()
     }
 
-    /// The body of the first `method` request to `path`.
+    /// The body of the last `method` request to `path`.
     pub fn body_of(&self, method: &str, path: &str) -> Value {
+        // The last one: a stop-first rollout patches the StatefulSet twice (scale to 0, then
+        // the new deployment).
         self.requests()
             .into_iter()
+            .rev()
             .find(|r| r.method.as_str() == method && r.path() == path)
             .map(|r| r.body)
             .unwrap_or_else(|| panic!("no {method} {path} in {:?}", self.calls()))

@@ -32,6 +32,7 @@ fn desired() -> DesiredWorkers {
         resources: None,
         storage_secret_ref: Some("s3-creds".into()),
         http_port: 9464,
+        stop_first: false,
     }
 }
 
@@ -173,6 +174,7 @@ fn observation_reads_back_what_was_built() {
             replicas: 3,
             ready_replicas: 3,
             rollout_complete: true,
+            ..WorkersObservation::default()
         }
     );
     // An update still rolling: not complete.

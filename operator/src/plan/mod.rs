@@ -22,13 +22,22 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
-use sluice_crds::conditions::{self, CHECKPOINT_STALE, DEGRADED, PROGRESSING, READY};
+use sluice_crds::conditions::{
+    self, CHECKPOINT_STALE, DEGRADED, PROGRESSING, READY, SCALING_LIMITED,
+};
 use sluice_crds::{
-    Phase, StreamingQuery, StreamingQuerySpec, StreamingQueryStatus, UpgradeMode, ValidationError,
+    Phase, ScalingDecision, StreamingQuery, StreamingQuerySpec, StreamingQueryStatus, UpgradeMode,
+    ValidationError,
 };
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
+
+pub mod guard;
+pub mod scale;
+
+pub use guard::{CheckObservation, CheckRequest, check_request};
+pub use scale::{AutoscaleObservation, may_scale_out, scaling_limit};
 
 /// Operator-wide settings (chart values).
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +52,8 @@ pub struct OperatorConfig {
     pub resync: Duration,
     /// Requeue period while a rollout is in progress.
     pub progress_poll: Duration,
+    /// A restart-type rollout not Ready within this rolls back to `status.lastStableSpec`.
+    pub ready_timeout: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -53,6 +64,7 @@ impl Default for OperatorConfig {
             worker_http_port: 9464,
             resync: Duration::from_secs(300),
             progress_poll: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -72,7 +84,20 @@ pub struct WorkersObservation {
     pub ready_replicas: i32,
     /// True when every replica runs the latest template and is ready (or all are gone at 0).
     pub rollout_complete: bool,
+    /// Worker restarts after crashes the backend has counted for the query (local: every
+    /// process exit it restarted; Kubernetes: the pods' `restartCount`), `None` when not observed.
+    pub restarts: Option<i64>,
+    /// Worker exits within the last [`CRASH_LOOP_WINDOW`] (Kubernetes: a pod in
+    /// `CrashLoopBackOff` counts as [`CRASH_LOOP_EXITS`], kubelet's own crash-loop verdict).
+    pub recent_exits: u32,
+    /// How the last worker exit looked (`replica 1 exited (signal: 9)`), for messages.
+    pub last_exit: Option<String>,
 }
+
+/// This many worker exits within [`CRASH_LOOP_WINDOW`] set `Degraded=True, WorkersCrashing`.
+pub const CRASH_LOOP_EXITS: u32 = 3;
+/// Window of the crash-loop count.
+pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
 
 /// Outcome of the checkpoint claim made just before planning.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +124,11 @@ pub struct ProgressObservation {
     pub last_committed_batch_id: Option<i64>,
     pub lag: Option<i64>,
     pub watermark: Option<String>,
+    /// Commit time of the latest batch over all replicas, RFC 3339.
+    pub last_batch_time: Option<String>,
+    /// Last commit of the old generation → first commit of the running one (s), reported once
+    /// by the backend after a stop-then-start rescale or upgrade.
+    pub rescale_downtime_seconds: Option<f64>,
 }
 
 /// Everything observed before planning.
@@ -108,6 +138,10 @@ pub struct Observation {
     pub workers: Option<WorkersObservation>,
     pub checkpoint: CheckpointObservation,
     pub progress: Option<ProgressObservation>,
+    /// `sluice-worker check` of the spec [`check_request`] named (against the checkpoint).
+    pub check: CheckObservation,
+    /// The autoscaler's inputs, when the query autoscales and its metrics were read.
+    pub autoscale: Option<AutoscaleObservation>,
 }
 
 /// The worker deployment a backend must make real.
@@ -129,6 +163,10 @@ pub struct DesiredWorkers {
     pub resources: Option<ResourceRequirements>,
     pub storage_secret_ref: Option<String>,
     pub http_port: u16,
+    /// Stop every running worker (at a batch boundary) before the new generation or replica
+    /// count starts, so no two workers own a task at once: set when workers run and the
+    /// generation or the replica count changes.
+    pub stop_first: bool,
 }
 
 /// What to do with the worker deployment.
@@ -159,6 +197,9 @@ pub enum SpecChange {
     Invalid,
     /// The checkpoint cannot be used; the running generation is left alone.
     CheckpointUnavailable,
+    /// The pre-upgrade check refused the spec or could not complete; the running generation is
+    /// left alone.
+    CheckRefused,
 }
 
 /// Severity of a planned event.
@@ -195,6 +236,20 @@ pub struct Plan {
     pub status: StreamingQueryStatus,
     pub events: Vec<PlannedEvent>,
     pub requeue: Requeue,
+    /// The autoscaler's windows after this reconcile (the caller keeps them for the next one).
+    pub autoscaler_state: Option<crate::autoscaler::State>,
+    /// The autoscaler's decision of this reconcile, if it made one.
+    pub decision: Option<ScalingDecision>,
+}
+
+/// The label selector of a query's worker pods, as `status.selector` shows it for the `/scale`
+/// subresource (HPA and KEDA count pods with it).
+pub fn worker_selector(query_name: &str) -> String {
+    crate::backend::kubernetes::selector_labels(query_name)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Deterministic names of a query's children (all kinds share one name).
@@ -257,7 +312,7 @@ pub fn generation_location(base: &str, mode: UpgradeMode, generation: i64) -> St
 }
 
 /// FNV-1a (64 bit) of a value's JSON, as 16 hex digits: stable across processes and releases.
-fn hash_json<T: Serialize>(value: &T) -> String {
+pub(crate) fn hash_json<T: Serialize>(value: &T) -> String {
     let text = serde_json::to_string(value).unwrap_or_default();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.as_bytes() {
@@ -289,7 +344,7 @@ pub fn section_hashes(spec: &StreamingQuerySpec, image: &str) -> BTreeMap<String
     hashes
 }
 
-fn restart_hash(sections: &BTreeMap<String, String>) -> String {
+pub(crate) fn restart_hash(sections: &BTreeMap<String, String>) -> String {
     hash_json(sections)
 }
 
@@ -339,7 +394,7 @@ fn event(severity: EventSeverity, reason: &str, action: &str, note: String) -> P
 }
 
 /// Builds the resolved query document the workers read.
-fn manifest_yaml(query: &StreamingQuery, image: &str, location: &str) -> Result<String> {
+pub(crate) fn manifest_yaml(query: &StreamingQuery, image: &str, location: &str) -> Result<String> {
     let mut spec = query.spec.clone();
     spec.checkpoint.location = Some(location.to_string());
     spec.image = Some(image.to_string());
@@ -379,6 +434,51 @@ pub fn checkpoint_next_step(reason: &str) -> &'static str {
     }
 }
 
+/// Rounds a rate to 3 significant digits: what a user reads, and no status write for noise.
+pub fn round_rate(rate: f64) -> f64 {
+    if rate == 0.0 || !rate.is_finite() {
+        return rate;
+    }
+    let digits = 3 - 1 - rate.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits);
+    (rate * scale).round() / scale
+}
+
+/// Copies the workers' progress into the status, at most once per `config.resync` (from
+/// `status.progressTime`), rates rounded: a steady query's status is not rewritten per batch.
+fn refresh_progress(
+    status: &mut StreamingQueryStatus,
+    progress: &ProgressObservation,
+    config: &OperatorConfig,
+    now: &Time,
+) {
+    let due = status.progress_time.as_ref().is_none_or(|last| {
+        let age = now.0.as_millisecond() - last.0.as_millisecond();
+        u128::try_from(age).unwrap_or(0) >= config.resync.as_millis()
+    });
+    if !due {
+        return;
+    }
+    status.progress_time = Some(now.clone());
+    status.input_rows_per_second = progress
+        .input_rows_per_second
+        .map(round_rate)
+        .or(status.input_rows_per_second);
+    status.processed_rows_per_second = progress
+        .processed_rows_per_second
+        .map(round_rate)
+        .or(status.processed_rows_per_second);
+    status.last_committed_batch_id = progress
+        .last_committed_batch_id
+        .or(status.last_committed_batch_id);
+    status.lag = progress.lag.or(status.lag);
+    status.watermark = progress.watermark.clone().or(status.watermark.take());
+    status.last_batch_time = progress
+        .last_batch_time
+        .clone()
+        .or(status.last_batch_time.take());
+}
+
 /// Plans one reconcile of a live (not deleting) query.
 ///
 /// `validation` is `sluice_crds::validate_spec(&query.spec)`. `now` stamps condition transitions.
@@ -393,27 +493,32 @@ pub fn plan(
     config: &OperatorConfig,
     now: Time,
 ) -> Result<Plan> {
-    let spec = &query.spec;
     let previous = query.status.clone().unwrap_or_default();
     let generation = query.metadata.generation;
     let workers = observation.workers.as_ref();
     let mut status = previous.clone();
     status.observed_generation = generation;
     status.replicas = Some(workers.map_or(0, |w| w.ready_replicas));
+    status.selector = query.metadata.name.as_deref().map(worker_selector);
     if let Some(progress) = &observation.progress {
-        status.input_rows_per_second = progress
-            .input_rows_per_second
-            .or(status.input_rows_per_second);
-        status.processed_rows_per_second = progress
-            .processed_rows_per_second
-            .or(status.processed_rows_per_second);
-        status.last_committed_batch_id = progress
-            .last_committed_batch_id
-            .or(status.last_committed_batch_id);
-        status.lag = progress.lag.or(status.lag);
-        status.watermark = progress.watermark.clone().or(status.watermark);
+        refresh_progress(&mut status, progress, config, &now);
     }
     let mut events = Vec::new();
+    if let Some(observed) = workers.and_then(|w| w.restarts) {
+        let before = previous.restarts.unwrap_or(0);
+        if observed > before {
+            status.restarts = Some(observed);
+            let last = workers
+                .and_then(|w| w.last_exit.clone())
+                .unwrap_or_else(|| "a worker exited".into());
+            events.push(event(
+                EventSeverity::Warning,
+                "WorkerRestarted",
+                "Recover",
+                format!("{last}; restarted ({observed} restart(s) in total)"),
+            ));
+        }
+    }
     let conditions = &mut status.conditions;
     let was_degraded = conditions::find(conditions, DEGRADED)
         .filter(|c| c.status == "True")
@@ -472,6 +577,8 @@ pub fn plan(
             status,
             events,
             requeue: Requeue::AwaitChange,
+            autoscaler_state: None,
+            decision: None,
         });
     }
 
@@ -547,6 +654,8 @@ pub fn plan(
                 status,
                 events,
                 requeue: Requeue::AwaitChange,
+                autoscaler_state: None,
+                decision: None,
             });
         }
         CheckpointObservation::Unreachable { location, message } => {
@@ -565,6 +674,10 @@ pub fn plan(
                 generation,
                 now,
             );
+            if status.phase.is_none() {
+                // A new query waits for its store: say so rather than show no phase.
+                status.phase = Some(Phase::Pending);
+            }
             if !stale {
                 events.push(event(
                     EventSeverity::Warning,
@@ -579,6 +692,8 @@ pub fn plan(
                 status,
                 events,
                 requeue: Requeue::After(config.progress_poll),
+                autoscaler_state: None,
+                decision: None,
             });
         }
         CheckpointObservation::NotChecked => {
@@ -588,30 +703,178 @@ pub fn plan(
         }
     };
     status.checkpoint_location = Some(base_location.clone());
-    conditions::set(
-        conditions,
-        DEGRADED,
-        false,
-        "AsExpected",
-        "",
-        generation,
-        now.clone(),
-    );
 
-    // 3. Classify the change against the running deployment.
+    // 3. The spec to deploy (the user's, or the stable one after a rollback) and its check.
+    let candidate = guard::candidate(query, workers, config, &now);
+    let spec = &candidate.spec;
+    status.rejected_spec_hash = candidate
+        .rejected
+        .as_ref()
+        .map(|_| guard::spec_hash(&query.spec));
+    let check_needed = guard::check_request(query, observation, config, &now)?.is_some();
+    let report = match (&observation.check, check_needed) {
+        (CheckObservation::Passed(report), _) => Some(report.clone()),
+        (CheckObservation::Refused(message), true) => {
+            let note = format!(
+                "upgrade refused, {}: {message}",
+                running_note(workers).replace("nothing runs until then", "nothing runs")
+            );
+            return Ok(hold(
+                query,
+                status,
+                events,
+                workers,
+                "UpgradeRefused",
+                note,
+                Requeue::AwaitChange,
+                now,
+            ));
+        }
+        (CheckObservation::Unavailable(message), true) => {
+            let note = format!(
+                "the pre-upgrade check could not complete ({message}); holding the current deployment \
+                 until it can, {}",
+                running_note(workers)
+            );
+            return Ok(hold(
+                query,
+                status,
+                events,
+                workers,
+                "UpgradeCheckUnavailable",
+                note,
+                Requeue::After(config.progress_poll),
+                now,
+            ));
+        }
+        (CheckObservation::Pending(message), true) => {
+            let conditions = &mut status.conditions;
+            conditions::set(
+                conditions,
+                PROGRESSING,
+                true,
+                "UpgradeCheckRunning",
+                &format!("checking the spec before it rolls out: {message}"),
+                generation,
+                now,
+            );
+            if workers.is_none() {
+                status.phase = Some(Phase::Pending);
+            }
+            return Ok(Plan {
+                change: SpecChange::CheckRefused,
+                workers: WorkersAction::LeaveAlone,
+                status,
+                events,
+                requeue: Requeue::After(config.progress_poll),
+                autoscaler_state: None,
+                decision: None,
+            });
+        }
+        _ => None,
+    };
+    let conditions = &mut status.conditions;
+    let degraded = candidate
+        .rejected
+        .as_ref()
+        .map(|m| ("SpecRejected", m.clone()))
+        .or_else(|| guard::crash_loop(workers).map(|m| ("WorkersCrashing", m)));
+    match &degraded {
+        Some((reason, message)) => {
+            let repeated = was_degraded
+                .as_ref()
+                .is_some_and(|c| c.reason == *reason && c.message == *message);
+            conditions::set(
+                conditions,
+                DEGRADED,
+                true,
+                reason,
+                message,
+                generation,
+                now.clone(),
+            );
+            if !repeated && !candidate.rolling_back {
+                events.push(event(
+                    EventSeverity::Warning,
+                    reason,
+                    "Reconcile",
+                    message.clone(),
+                ));
+            }
+        }
+        None => {
+            conditions::set(
+                conditions,
+                DEGRADED,
+                false,
+                "AsExpected",
+                "",
+                generation,
+                now.clone(),
+            );
+        }
+    }
+
+    // 4. Replicas: the stateful limit, then the spec (or the autoscaler's running count).
+    let sources: Vec<String> = spec.sources.iter().map(|s| s.name.clone()).collect();
+    let limit = report
+        .as_ref()
+        .and_then(|r| scale::scaling_limit(r, &sources))
+        .filter(|_| scale::may_scale_out(spec));
+    let mut limit_event = None;
+    let limited_before = conditions::find(conditions, SCALING_LIMITED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.message.clone());
+    match &limit {
+        Some(message) => {
+            conditions::set(
+                conditions,
+                SCALING_LIMITED,
+                true,
+                "StatefulWithoutPartitionKey",
+                message,
+                generation,
+                now.clone(),
+            );
+            if limited_before.as_deref() != Some(message.as_str()) {
+                limit_event = Some(event(
+                    EventSeverity::Warning,
+                    "ScalingLimited",
+                    "Scale",
+                    message.clone(),
+                ));
+            }
+        }
+        None if scale::may_scale_out(spec) || limited_before.is_some() => {
+            conditions::set(
+                conditions,
+                SCALING_LIMITED,
+                false,
+                "AsExpected",
+                "",
+                generation,
+                now.clone(),
+            );
+        }
+        None => {}
+    }
     let image = spec
         .image
         .clone()
         .unwrap_or_else(|| config.default_image.clone());
     let sections = section_hashes(spec, &image);
     let new_restart_hash = restart_hash(&sections);
-    let wanted = wanted_replicas(spec, workers);
-    let desired_replicas = if spec.suspend { 0 } else { wanted };
+    let wanted = if limit.is_some() {
+        1
+    } else {
+        wanted_replicas(spec, workers)
+    };
+    let mut desired_replicas = if spec.suspend { 0 } else { wanted };
     let previous_generation = workers
         .map(|w| w.generation)
         .or(previous.generation)
         .unwrap_or(0);
-    let (change, deploy_generation) = match workers {
+    let (mut change, deploy_generation) = match workers {
         None => (SpecChange::New, previous_generation.max(1)),
         Some(running) if running.restart_hash != new_restart_hash => (
             SpecChange::Restart {
@@ -634,12 +897,55 @@ pub fn plan(
         }
         Some(_) => (SpecChange::Unchanged, previous_generation),
     };
+
+    // 5. The autoscaler, on a settled query only.
+    let settled = change == SpecChange::Unchanged && workers.is_some_and(|w| w.rollout_complete);
+    let mut autoscaler_state = observation.autoscale.as_ref().map(|a| a.state.clone());
+    let mut decision = None;
+    if let (Some(input), Some(running)) = (&observation.autoscale, workers)
+        && settled
+        && limit.is_none()
+        && !spec.suspend
+    {
+        let current = u32::try_from(running.replicas).unwrap_or(1);
+        let (state, decided) = scale::autoscale(spec, report.as_ref(), current, input);
+        autoscaler_state = Some(state);
+        if let Some((entry, note)) = decided {
+            events.push(note);
+            if entry.applied {
+                desired_replicas = i32::try_from(entry.to_replicas).unwrap_or(1);
+                change = SpecChange::Scale {
+                    from: running.replicas,
+                    to: desired_replicas,
+                };
+            }
+            status.scaling_history.push(entry.clone());
+            let excess = status
+                .scaling_history
+                .len()
+                .saturating_sub(scale::SCALING_HISTORY);
+            status.scaling_history.drain(..excess);
+            decision = Some(entry);
+        }
+    } else if let (Some(state), Some(input)) = (autoscaler_state.as_mut(), &observation.autoscale)
+        && matches!(
+            change,
+            SpecChange::Scale { .. } | SpecChange::Restart { .. } | SpecChange::Resume
+        )
+    {
+        // A rescale by anyone starts the cool-down.
+        state.rescaled(input.now_ms);
+    }
+    let conditions = &mut status.conditions;
+
     let location = generation_location(&base_location, spec.upgrade_mode, deploy_generation);
+    let mut deployed = query.clone();
+    deployed.spec = spec.clone();
     let desired = DesiredWorkers {
         generation: deploy_generation,
         replicas: desired_replicas,
         image: image.clone(),
-        manifest_yaml: manifest_yaml(query, &image, &location)?,
+        manifest_yaml: manifest_yaml(&deployed, &image, &location)?,
         checkpoint_location: location,
         restart_hash: new_restart_hash.clone(),
         section_hashes: sections,
@@ -647,13 +953,21 @@ pub fn plan(
         resources: spec.resources.clone(),
         storage_secret_ref: spec.storage_secret_ref.clone(),
         http_port: config.worker_http_port,
+        stop_first: desired_replicas > 0
+            && workers.is_some_and(|w| {
+                w.generation != deploy_generation || w.replicas != desired_replicas
+            }),
     };
     status.generation = Some(deploy_generation);
+    if !matches!(change, SpecChange::Unchanged) {
+        status.last_rollout_time = Some(now.clone());
+    }
 
-    // 4. Phase, conditions and events.
-    let settled = change == SpecChange::Unchanged && workers.is_some_and(|w| w.rollout_complete);
+    // 6. Phase, conditions and events.
     let phase = if spec.suspend {
         Phase::Suspended
+    } else if candidate.rolling_back {
+        Phase::RollingBack
     } else {
         match &change {
             SpecChange::New => Phase::Starting,
@@ -663,7 +977,9 @@ pub fn plan(
             _ if settled => Phase::Running,
             // Still rolling out what an earlier reconcile started.
             _ => match previous.phase {
-                Some(p @ (Phase::Starting | Phase::Upgrading | Phase::Scaling)) => p,
+                Some(
+                    p @ (Phase::Starting | Phase::Upgrading | Phase::Scaling | Phase::RollingBack),
+                ) => p,
                 _ => Phase::Starting,
             },
         }
@@ -689,9 +1005,10 @@ pub fn plan(
                 "RolloutComplete",
                 "",
                 generation,
-                now,
+                now.clone(),
             );
             status.last_stable_spec_hash = Some(new_restart_hash);
+            status.last_stable_spec = serde_json::to_string(spec).ok();
             if previous_phase != Some(Phase::Running) {
                 events.push(event(
                     EventSeverity::Normal,
@@ -721,13 +1038,21 @@ pub fn plan(
                 if done { "Suspended" } else { "Stopping" },
                 "",
                 generation,
-                now,
+                now.clone(),
             );
         }
         _ => {
-            let note = format!(
-                "rolling out generation {deploy_generation} with {desired_replicas} replica(s)"
-            );
+            let note = match (&decision, &change) {
+                (Some(d), SpecChange::Scale { .. }) if d.applied => {
+                    format!(
+                        "autoscaler: {} -> {} replica(s)",
+                        d.from_replicas, d.to_replicas
+                    )
+                }
+                _ => format!(
+                    "rolling out generation {deploy_generation} with {desired_replicas} replica(s)"
+                ),
+            };
             conditions::set(
                 conditions,
                 READY,
@@ -744,9 +1069,24 @@ pub fn plan(
                 &phase_reason,
                 &note,
                 generation,
-                now,
+                now.clone(),
             );
         }
+    }
+    if let Some(downtime) = observation
+        .progress
+        .as_ref()
+        .and_then(|p| p.rescale_downtime_seconds)
+    {
+        status.last_rescale_downtime_seconds = Some(downtime);
+        events.push(event(
+            EventSeverity::Normal,
+            "RescaleDowntime",
+            "Rollout",
+            format!(
+                "generation {deploy_generation} committed its first batch {downtime:.3} s after the last commit of the previous one"
+            ),
+        ));
     }
     match &change {
         SpecChange::New => events.push(event(
@@ -754,6 +1094,12 @@ pub fn plan(
             "Created",
             "Rollout",
             format!("starting generation {deploy_generation} with {desired_replicas} replica(s)"),
+        )),
+        SpecChange::Restart { .. } if candidate.rolling_back => events.push(event(
+            EventSeverity::Warning,
+            "RolledBack",
+            "Rollback",
+            candidate.rejected.clone().unwrap_or_default(),
         )),
         SpecChange::Restart { sections } => events.push(event(
             EventSeverity::Normal,
@@ -765,6 +1111,7 @@ pub fn plan(
                 spec.upgrade_mode
             ),
         )),
+        SpecChange::Scale { .. } if decision.as_ref().is_some_and(|d| d.applied) => {}
         SpecChange::Scale { from, to } => events.push(event(
             EventSeverity::Normal,
             "Scaling",
@@ -785,6 +1132,7 @@ pub fn plan(
         )),
         _ => {}
     }
+    events.extend(limit_event);
     let requeue = if phase == Phase::Running || (phase == Phase::Suspended && settled) {
         Requeue::After(config.resync)
     } else {
@@ -796,7 +1144,67 @@ pub fn plan(
         status,
         events,
         requeue,
+        autoscaler_state,
+        decision,
     })
+}
+
+/// A plan that touches nothing because the spec to deploy was refused by, or could not pass, the
+/// pre-upgrade check: `Degraded=True` with `reason` and `note`, one Warning event per distinct
+/// note, phase `Failed` (refused) or `Pending` (check unavailable) while nothing runs yet.
+#[allow(clippy::too_many_arguments)]
+fn hold(
+    query: &StreamingQuery,
+    mut status: StreamingQueryStatus,
+    mut events: Vec<PlannedEvent>,
+    workers: Option<&WorkersObservation>,
+    reason: &str,
+    note: String,
+    requeue: Requeue,
+    now: Time,
+) -> Plan {
+    let generation = query.metadata.generation;
+    let conditions = &mut status.conditions;
+    let repeated = conditions::find(conditions, DEGRADED)
+        .is_some_and(|c| c.status == "True" && c.reason == reason && c.message == note);
+    conditions::set(
+        conditions,
+        DEGRADED,
+        true,
+        reason,
+        &note,
+        generation,
+        now.clone(),
+    );
+    conditions::set(
+        conditions,
+        PROGRESSING,
+        false,
+        reason,
+        "the running generation is held",
+        generation,
+        now.clone(),
+    );
+    if workers.is_none() {
+        status.phase = Some(if reason == "UpgradeRefused" {
+            Phase::Failed
+        } else {
+            Phase::Pending
+        });
+        conditions::set(conditions, READY, false, reason, &note, generation, now);
+    }
+    if !repeated {
+        events.push(event(EventSeverity::Warning, reason, "Validate", note));
+    }
+    Plan {
+        change: SpecChange::CheckRefused,
+        workers: WorkersAction::LeaveAlone,
+        status,
+        events,
+        requeue,
+        autoscaler_state: None,
+        decision: None,
+    }
 }
 
 /// What the finalizer does when a query is deleted.

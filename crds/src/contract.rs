@@ -1,0 +1,178 @@
+//! The contract between the operator and the worker: the `sluice-worker check` report, the
+//! environment variables and flags the operator starts workers with, and the Job termination
+//! message of a pre-upgrade check. Both sides import these, so a renamed field or variable is a
+//! compile error rather than a silent mismatch.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Replica count of the deployment generation (`--replicas` on the command line).
+pub const ENV_REPLICA_COUNT: &str = "SLUICE_REPLICA_COUNT";
+/// This replica's index when the pod name carries no ordinal (`--replica`).
+pub const ENV_REPLICA_INDEX: &str = "SLUICE_REPLICA_INDEX";
+/// Deployment generation the worker belongs to (bumped on every restart-type upgrade).
+pub const ENV_GENERATION: &str = "SLUICE_GENERATION";
+/// Checkpoint URL of the generation (`--checkpoint`).
+pub const ENV_CHECKPOINT_LOCATION: &str = "SLUICE_CHECKPOINT_LOCATION";
+/// Query name, for metric labels.
+pub const ENV_QUERY: &str = "SLUICE_QUERY";
+/// Query namespace, for metric labels.
+pub const ENV_NAMESPACE: &str = "SLUICE_NAMESPACE";
+/// Pod name (`<child>-<ordinal>`), from the downward API; the replica index is its ordinal.
+pub const ENV_POD_NAME: &str = "POD_NAME";
+
+/// `sluice-worker check MANIFEST --checkpoint URL`: check against an existing checkpoint.
+pub const FLAG_CHECKPOINT: &str = "--checkpoint";
+/// `sluice-worker run ... --replica I`.
+pub const FLAG_REPLICA: &str = "--replica";
+/// `sluice-worker run ... --replicas N`.
+pub const FLAG_REPLICAS: &str = "--replicas";
+/// `sluice-worker run ... --http ADDR`.
+pub const FLAG_HTTP: &str = "--http";
+/// `sluice-worker check ... --termination-log PATH`: also write the outcome there (the Job's
+/// termination message on Kubernetes).
+pub const FLAG_TERMINATION_LOG: &str = "--termination-log";
+
+/// Exit code of `sluice-worker check` when the manifest, the SQL or its fit with the checkpoint
+/// is invalid (a user error: do not retry). 0 is a valid query, anything else means the check
+/// could not complete (store unreachable, ...).
+pub const CHECK_EXIT_REFUSED: i32 = 2;
+
+/// What `sluice-worker check` found out about a valid query (its JSON on stdout).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    /// The SQL keeps state across batches (`sqlScope: stream` with aggregations, dedup, ...).
+    #[serde(default)]
+    pub stateful: bool,
+    /// Operators that keep state in `sqlScope: stream` (`aggregation`, `join`, ...).
+    #[serde(default)]
+    pub stateful_operators: Vec<String>,
+    /// Columns the aggregations group by (bare column names, deduplicated, in plan order).
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// `partitionKey` of each source that names one.
+    #[serde(default)]
+    pub partition_keys: BTreeMap<String, String>,
+    /// Tasks of the query (the largest source partition count): the most replicas it can use.
+    #[serde(default)]
+    pub tasks: u32,
+    /// Fingerprint of the stateful operators (as stored in the checkpoint's `metadata.json`),
+    /// `None` for a stateless query.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// The outcome of a check as one JSON document: what a check Job writes to its termination
+/// message (at most 4096 bytes on Kubernetes, so refusals are cut to [`MAX_MESSAGE`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum CheckOutcomeReport {
+    /// The query is valid (and fits the checkpoint).
+    Valid { report: CheckReport },
+    /// The query is refused; `message` says why.
+    Refused { message: String },
+    /// The check could not complete (store unreachable, ...).
+    Failed { message: String },
+}
+
+/// Longest message kept in a [`CheckOutcomeReport`] (bytes).
+pub const MAX_MESSAGE: usize = 3000;
+
+/// A worker's answer to `GET /progress`: `P` is the worker's full `StreamingQueryProgress` when
+/// it answers, [`BatchProgress`] (the fields the operator reads) when the operator parses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressAnswer<P> {
+    /// The last committed batch, `None` before the first.
+    #[serde(default = "none")]
+    pub latest: Option<P>,
+    /// Recent batches, oldest first.
+    #[serde(default = "Vec::new")]
+    pub recent: Vec<P>,
+    /// The last retryable error (the worker keeps running), if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// A `POST /stop` was received; the worker stops after its current batch.
+    #[serde(default)]
+    pub stop_requested: bool,
+}
+
+impl<P> Default for ProgressAnswer<P> {
+    fn default() -> Self {
+        Self {
+            latest: None,
+            recent: Vec::new(),
+            last_error: None,
+            stop_requested: false,
+        }
+    }
+}
+
+fn none<P>() -> Option<P> {
+    None
+}
+
+/// A worker's answer to `POST /stop`, sent after its final commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopAnswer<P> {
+    pub stopped: bool,
+    /// The last committed batch.
+    #[serde(default = "none")]
+    pub latest: Option<P>,
+}
+
+/// The fields of one batch's progress (Spark's `StreamingQueryProgress` names) the operator reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchProgress {
+    #[serde(default)]
+    pub batch_id: Option<i64>,
+    /// Trigger start, RFC 3339.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub num_input_rows: f64,
+    /// rows/s.
+    #[serde(default)]
+    pub input_rows_per_second: f64,
+    /// rows/s.
+    #[serde(default)]
+    pub processed_rows_per_second: f64,
+    #[serde(default)]
+    pub duration_ms: BatchDurations,
+    #[serde(default)]
+    pub event_time: BatchEventTime,
+    #[serde(default)]
+    pub sources: Vec<SourceBacklog>,
+    /// One entry per task that ran the batch (only counted here).
+    #[serde(default)]
+    pub tasks: Vec<serde_json::Value>,
+}
+
+/// `durationMs` of a batch (ms).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchDurations {
+    #[serde(default)]
+    pub trigger_execution: f64,
+}
+
+/// `eventTime` of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchEventTime {
+    /// RFC 3339, when the query has a watermark.
+    #[serde(default)]
+    pub watermark: Option<String>,
+}
+
+/// A source's unread input after a batch (rows; files for file sources).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceBacklog {
+    #[serde(default)]
+    pub backlog: f64,
+}

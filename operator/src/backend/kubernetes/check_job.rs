@@ -1,0 +1,357 @@
+//! The pre-upgrade check on Kubernetes: `sluice-worker check --checkpoint ...` runs as a Job with
+//! the new spec's own image (no version skew between the checker and the workers, user SQL never
+//! runs in the operator's pod, the Job gets the workers' storage credentials rather than the
+//! operator's), and reports through its termination message (`contract::CheckOutcomeReport`).
+//!
+//! Each check is a ConfigMap with the resolved manifest and a Job, both named
+//! `sluice-<query>-check-<hash>` after the spec's check key and owned by the query: a check that
+//! is still running is found again on the next reconcile, and a finished Job (kept for
+//! [`CHECK_TTL_SECONDS`]) answers again after an operator restart. A Job that cannot finish within
+//! [`CHECK_DEADLINE_SECONDS`] (image pull failure, unschedulable) fails, and the operator holds the
+//! running deployment with a condition saying why.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, Pod, PodSpec, PodTemplateSpec,
+    SecretEnvSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use sluice_crds::StreamingQuery;
+use sluice_crds::contract::{CheckOutcomeReport, FLAG_CHECKPOINT, FLAG_TERMINATION_LOG};
+
+use super::{FIELD_MANAGER, MANIFEST_KEY, QUERY_LABEL, WorkerStorage, add_container_storage};
+use crate::clients::CheckOutcome;
+use crate::error::{Error, Result};
+use crate::plan::{CheckRequest, child_name, hash_json};
+use crate::scaling::QueryInspector;
+
+/// A check that has not finished within this fails (Job `activeDeadlineSeconds`).
+pub const CHECK_DEADLINE_SECONDS: i64 = 300;
+/// A finished check Job is kept this long (its verdict survives an operator restart).
+pub const CHECK_TTL_SECONDS: i32 = 3600;
+/// Label naming the check key's hash on the check's ConfigMap and Job.
+pub const CHECK_LABEL: &str = "sluice.dev/check";
+/// Where the check container writes its verdict (the Kubernetes default termination path).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Name of the check Job (and its ConfigMap) of `request` for `query_name`.
+pub fn check_name(query_name: &str, request: &CheckRequest) -> String {
+    let hash = hash_json(&request.key);
+    format!("{}-check-{}", child_name(query_name), &hash[..10])
+}
+
+fn metadata(query: &StreamingQuery, name: &str, hash: &str) -> Result<ObjectMeta> {
+    let owner = query
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("uid"))?;
+    let query_name = query
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("name"))?;
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: query.metadata.namespace.clone(),
+        labels: Some(BTreeMap::from([
+            (QUERY_LABEL.to_string(), query_name),
+            (CHECK_LABEL.to_string(), hash.to_string()),
+            ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+        ])),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The ConfigMap and Job of a check (pure, tested on their output).
+///
+/// # Errors
+/// [`Error::MissingField`] without name, namespace or uid.
+/// `storage` (the chart's object-store settings) goes to checks of queries without
+/// `spec.storageSecretRef`, as to their workers.
+pub fn check_objects(
+    query: &StreamingQuery,
+    request: &CheckRequest,
+    storage: &WorkerStorage,
+) -> Result<(ConfigMap, Job)> {
+    let query_name = query
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("name"))?;
+    let name = check_name(&query_name, request);
+    let hash = name.rsplit('-').next().unwrap_or_default().to_string();
+    let config_map = ConfigMap {
+        metadata: metadata(query, &name, &hash)?,
+        data: Some(BTreeMap::from([(
+            MANIFEST_KEY.to_string(),
+            request.manifest_yaml.clone(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let mut args = vec![
+        "check".to_string(),
+        format!("/etc/sluice/{MANIFEST_KEY}"),
+        FLAG_TERMINATION_LOG.to_string(),
+        TERMINATION_LOG.to_string(),
+    ];
+    if let Some(location) = &request.checkpoint_location {
+        args.push(FLAG_CHECKPOINT.to_string());
+        args.push(location.clone());
+    }
+    let env_from = query.spec.storage_secret_ref.as_ref().map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]
+    });
+    let mut container = Container {
+        name: "check".into(),
+        image: Some(request.image.clone()),
+        command: Some(vec!["sluice-worker".into()]),
+        args: Some(args),
+        env: Some(query.spec.env.clone()),
+        env_from,
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "query".into(),
+            mount_path: "/etc/sluice".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    if query.spec.storage_secret_ref.is_none() {
+        add_container_storage(&mut container, storage);
+    }
+    let job = Job {
+        metadata: metadata(query, &name, &hash)?,
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(CHECK_DEADLINE_SECONDS),
+            ttl_seconds_after_finished: Some(CHECK_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(BTreeMap::from([
+                        (QUERY_LABEL.to_string(), query_name),
+                        (CHECK_LABEL.to_string(), hash),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "query".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: name.clone(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    };
+    Ok((config_map, job))
+}
+
+/// The verdict of a finished check from its pod's termination message.
+pub fn verdict(message: Option<&str>, job_failure: Option<&str>) -> CheckOutcome {
+    match message.map(serde_json::from_str::<CheckOutcomeReport>) {
+        Some(Ok(CheckOutcomeReport::Valid { report })) => CheckOutcome::Valid(report),
+        Some(Ok(CheckOutcomeReport::Refused { message })) => CheckOutcome::Refused(message),
+        Some(Ok(CheckOutcomeReport::Failed { message })) => CheckOutcome::Unknown(message),
+        Some(Err(e)) => CheckOutcome::Unknown(format!("unreadable check report: {e}")),
+        None => CheckOutcome::Unknown(format!(
+            "the check Job ended without a report ({})",
+            job_failure.unwrap_or("no pod found")
+        )),
+    }
+}
+
+/// Runs checks as Jobs (see the module docs).
+pub struct JobCheck {
+    pub client: Client,
+    /// The chart's object-store settings for queries without `spec.storageSecretRef`.
+    pub storage: WorkerStorage,
+}
+
+impl JobCheck {
+    async fn run(&self, query: &StreamingQuery, request: &CheckRequest) -> Result<CheckOutcome> {
+        let namespace = query
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingField("namespace"))?;
+        let (config_map, job) = check_objects(query, request, &self.storage)?;
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let Some(found) = jobs.get_opt(&name).await? else {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
+            maps.patch(&name, &params, &Patch::Apply(&config_map))
+                .await?;
+            jobs.patch(&name, &params, &Patch::Apply(&job)).await?;
+            return Ok(CheckOutcome::Pending(format!("check Job {name} started")));
+        };
+        let status = found.status.unwrap_or_default();
+        if status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0 {
+            return Ok(CheckOutcome::Pending(format!(
+                "check Job {name} is running"
+            )));
+        }
+        let failure = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.unwrap_or_default(),
+                    c.message.unwrap_or_default()
+                )
+            });
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let listed = pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await?;
+        let message = listed.items.iter().find_map(|pod| {
+            pod.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        });
+        Ok(verdict(message.as_deref(), failure.as_deref()))
+    }
+}
+
+impl QueryInspector for JobCheck {
+    fn inspect<'a>(
+        &'a self,
+        query: &'a StreamingQuery,
+        request: &'a CheckRequest,
+    ) -> BoxFuture<'a, CheckOutcome> {
+        Box::pin(async move {
+            match self.run(query, request).await {
+                Ok(outcome) => outcome,
+                Err(e) => CheckOutcome::Unknown(format!("cannot run the check Job: {e}")),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_crds::contract::CheckReport;
+
+    use super::*;
+
+    fn query() -> StreamingQuery {
+        sluice_crds::parse_manifest(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {name: q, namespace: prod, uid: uid-1}\nspec:\n  sources:\n    - name: events\n      rate: {rowsPerSecond: 10, partitions: 2}\n  sql: SELECT * FROM events\n  sink: {console: {}}\n  storageSecretRef: s3-credentials\n",
+        )
+        .expect("manifest")
+    }
+
+    fn request(location: Option<&str>) -> CheckRequest {
+        CheckRequest {
+            key: "abc@s3://ckpt/prod/q/uid-1/".into(),
+            image: "registry.example/sluice-worker:2.0".into(),
+            manifest_yaml: "kind: StreamingQuery\n".into(),
+            checkpoint_location: location.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_job_runs_the_new_image_against_the_checkpoint_with_the_workers_credentials() {
+        let (config_map, job) = check_objects(
+            &query(),
+            &request(Some("s3://ckpt/prod/q/uid-1/")),
+            &WorkerStorage::default(),
+        )
+        .expect("objects");
+        let name = check_name("q", &request(None));
+        assert!(name.starts_with("sluice-q-check-"), "{name}");
+        assert_eq!(config_map.metadata.name.as_deref(), Some(name.as_str()));
+        assert_eq!(
+            config_map.data.expect("data")[MANIFEST_KEY],
+            "kind: StreamingQuery\n"
+        );
+        let spec = job.spec.expect("spec");
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(CHECK_DEADLINE_SECONDS));
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("registry.example/sluice-worker:2.0")
+        );
+        assert_eq!(
+            container.args.clone().expect("args"),
+            [
+                "check",
+                "/etc/sluice/query.yaml",
+                "--termination-log",
+                "/dev/termination-log",
+                "--checkpoint",
+                "s3://ckpt/prod/q/uid-1/"
+            ]
+        );
+        assert_eq!(
+            container.env_from.clone().expect("envFrom")[0]
+                .secret_ref
+                .as_ref()
+                .map(|s| s.name.clone()),
+            Some("s3-credentials".to_string())
+        );
+        assert_eq!(
+            job.metadata.owner_references.expect("owner")[0].uid,
+            "uid-1"
+        );
+    }
+
+    #[test]
+    fn the_termination_message_is_the_verdict() {
+        let report = CheckReport {
+            stateful: true,
+            tasks: 4,
+            ..CheckReport::default()
+        };
+        let valid = serde_json::to_string(&CheckOutcomeReport::Valid {
+            report: report.clone(),
+        })
+        .expect("json");
+        assert_eq!(verdict(Some(&valid), None), CheckOutcome::Valid(report));
+        let refused = serde_json::to_string(&CheckOutcomeReport::Refused {
+            message: "partitions changed from 2 to 4".into(),
+        })
+        .expect("json");
+        assert_eq!(
+            verdict(Some(&refused), None),
+            CheckOutcome::Refused("partitions changed from 2 to 4".into())
+        );
+        assert_eq!(
+            verdict(None, Some("DeadlineExceeded: Job was active longer than specified deadline")),
+            CheckOutcome::Unknown(
+                "the check Job ended without a report (DeadlineExceeded: Job was active longer than specified deadline)".into()
+            )
+        );
+    }
+}

@@ -1,0 +1,683 @@
+//! Parity of the two backends: one table of scenarios driven through the one `plan`, with the
+//! observations each backend would make of the same world — the Kubernetes backend's
+//! (`observe_stateful_set` of the StatefulSet it applied, `observe_pods` of its pods) and the local
+//! backend's (`processes_observation` of its worker processes). Both must produce the same phases,
+//! conditions, events and worker actions, and the table says which.
+//!
+//! This is a pure test: the backends' observation builders are the real ones, the world (what
+//! runs, what is Ready, what crashes) is scripted; no API server or process is involved.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSetStatus;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use sluice_crds::contract::CheckReport;
+use sluice_crds::{
+    Phase, Retention, StreamingQuery, StreamingQueryStatus, parse_manifest, validate_spec,
+};
+use sluice_operator::autoscaler::Metrics;
+use sluice_operator::backend::kubernetes::{observe_pods, observe_stateful_set, stateful_set};
+use sluice_operator::backend::local::{ProcessSnapshot, processes_observation};
+use sluice_operator::plan::{
+    AutoscaleObservation, CheckObservation, CheckpointObservation, DesiredWorkers, Observation,
+    OperatorConfig, Plan, WorkersAction, WorkersObservation, plan, plan_cleanup,
+};
+
+const BASE: &str = "s3://ckpt/sluice/default/q/uid-1/";
+const SOURCE: &str =
+    "  sources:\n    - name: events\n      rate: {rowsPerSecond: 10, partitions: 4}\n";
+const SQL_V1: &str = "  sql: SELECT * FROM events\n  sink: {console: {}}\n";
+const SQL_V2: &str = "  sql: SELECT value FROM events\n  sink: {console: {}}\n";
+const AUTOSCALE: &str = "  parallelism:\n    autoscale: {enabled: true, mode: apply, minReplicas: 1, maxReplicas: 3, targetUtilization: 0.8, scaleUpStabilization: 0s, cooldown: 0s}\n";
+
+fn spec(parts: &[&str]) -> String {
+    parts.concat()
+}
+
+fn config() -> OperatorConfig {
+    OperatorConfig {
+        default_image: "sluice-worker:test".into(),
+        default_checkpoint_location: Some("s3://ckpt/sluice".into()),
+        ready_timeout: Duration::from_secs(60),
+        ..OperatorConfig::default()
+    }
+}
+
+/// What the world does between reconciles.
+#[derive(Clone, Debug)]
+enum Do {
+    /// Reconcile with this check outcome.
+    Reconcile(Check),
+    /// Reconcile with the autoscaler's metrics showing λ = 300 rows/s against 100 rows/s.
+    ReconcileUnderLoad,
+    /// The user applies this spec.
+    Edit(String),
+    /// Every replica of the applied deployment becomes Ready.
+    RollOut,
+    /// The workers crash over and over (three exits, kubelet says CrashLoopBackOff).
+    CrashLoop,
+    /// Time passes (seconds).
+    Wait(i64),
+}
+
+#[derive(Clone, Debug)]
+enum Check {
+    Passed,
+    Stateful,
+    Refused(&'static str),
+    Unavailable,
+}
+
+/// What a reconcile must decide.
+#[derive(Clone, Debug, PartialEq)]
+struct Expect {
+    phase: Option<Phase>,
+    /// `None`: leave the deployment alone; `Some((generation, replicas, stop_first))`: apply.
+    action: Option<(i64, i32, bool)>,
+    events: Vec<&'static str>,
+    /// `(type, status, reason)` of conditions that must be present.
+    conditions: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+fn expect(
+    phase: Phase,
+    action: Option<(i64, i32, bool)>,
+    events: &[&'static str],
+    conditions: &[(&'static str, &'static str, &'static str)],
+) -> Option<Expect> {
+    Some(Expect {
+        phase: Some(phase),
+        action,
+        events: events.to_vec(),
+        conditions: conditions.to_vec(),
+    })
+}
+
+/// A deployment as it runs in the scripted world.
+#[derive(Clone, Debug)]
+struct Running {
+    desired: DesiredWorkers,
+    ready: i32,
+    crashing: bool,
+    restarts: i64,
+}
+
+struct Harness {
+    query: StreamingQuery,
+    running: Option<Running>,
+    now: i64,
+    claimed: bool,
+}
+
+fn at(seconds: i64) -> Time {
+    Time(Timestamp::from_second(1_800_000_000 + seconds).expect("valid time"))
+}
+
+impl Harness {
+    fn new(spec: &str) -> Self {
+        Self {
+            query: manifest(spec, 1),
+            running: None,
+            now: 0,
+            claimed: true,
+        }
+    }
+
+    /// What the Kubernetes backend observes: the StatefulSet it applied with the world's
+    /// readiness, and its pods while some are not Ready.
+    fn kubernetes(&self) -> Option<WorkersObservation> {
+        let running = self.running.as_ref()?;
+        let mut set = stateful_set(&self.query, &running.desired).expect("statefulset");
+        set.metadata.generation = Some(1);
+        set.status = Some(StatefulSetStatus {
+            observed_generation: Some(1),
+            replicas: running.desired.replicas,
+            ready_replicas: Some(running.ready),
+            updated_replicas: Some(running.desired.replicas),
+            ..StatefulSetStatus::default()
+        });
+        let mut observed = observe_stateful_set(&set);
+        if observed.ready_replicas < observed.replicas {
+            let pods: Vec<Pod> = (0..running.desired.replicas)
+                .map(|ordinal| pod(ordinal, running))
+                .collect();
+            observe_pods(&mut observed, &pods);
+        }
+        Some(observed)
+    }
+
+    /// What the local backend observes: its processes.
+    fn local(&self) -> Option<WorkersObservation> {
+        let running = self.running.as_ref()?;
+        let desired = &running.desired;
+        Some(processes_observation(&ProcessSnapshot {
+            generation: desired.generation,
+            restart_hash: desired.restart_hash.clone(),
+            section_hashes: desired.section_hashes.clone(),
+            replicas: u32::try_from(desired.replicas).expect("replicas"),
+            healthy: u32::try_from(running.ready).expect("ready"),
+            restarted_now: u32::from(running.crashing),
+            restarts: running.restarts,
+            recent_exits: if running.crashing { 3 } else { 0 },
+            last_exit: running
+                .crashing
+                .then(|| "replica 0 exited (exit status: 1)".to_string()),
+        }))
+    }
+
+    fn plan_with(&self, workers: Option<WorkersObservation>, check: &Check, load: bool) -> Plan {
+        let observation = Observation {
+            workers,
+            checkpoint: CheckpointObservation::Ready {
+                location: BASE.into(),
+                claimed_now: !self.claimed,
+            },
+            progress: None,
+            check: match check {
+                Check::Passed => CheckObservation::Passed(CheckReport {
+                    tasks: 4,
+                    ..CheckReport::default()
+                }),
+                Check::Stateful => CheckObservation::Passed(CheckReport {
+                    stateful: true,
+                    group_by: vec!["window".into()],
+                    tasks: 4,
+                    ..CheckReport::default()
+                }),
+                Check::Refused(message) => CheckObservation::Refused((*message).into()),
+                Check::Unavailable => CheckObservation::Unavailable("store unreachable".into()),
+            },
+            autoscale: load.then(|| AutoscaleObservation {
+                metrics: Metrics {
+                    input_rate: Some(300.0),
+                    processed_rate: Some(100.0),
+                    busy_ratio: Some(1.0),
+                    backlog: Some(0.0),
+                },
+                state: Default::default(),
+                now_ms: at(self.now).0.as_millisecond(),
+            }),
+        };
+        plan(
+            &self.query,
+            validate_spec(&self.query.spec),
+            &observation,
+            &config(),
+            at(self.now),
+        )
+        .expect("plan")
+    }
+
+    fn reconcile(&mut self, check: &Check, load: bool) -> Expect {
+        let on_kubernetes = self.plan_with(self.kubernetes(), check, load);
+        let on_local = self.plan_with(self.local(), check, load);
+        let (kubernetes, local) = (outcome(&on_kubernetes), outcome(&on_local));
+        assert_eq!(kubernetes, local, "the backends disagree");
+        assert_eq!(
+            without_exit_details(&on_kubernetes.status),
+            without_exit_details(&on_local.status),
+            "the backends write different status"
+        );
+        self.claimed = true;
+        self.query.status = Some(on_kubernetes.status.clone());
+        if let WorkersAction::Apply(desired) = &on_kubernetes.workers {
+            let changed = self.running.as_ref().is_none_or(|r| {
+                r.desired.generation != desired.generation || r.desired.replicas != desired.replicas
+            });
+            if changed {
+                self.running = Some(Running {
+                    desired: (**desired).clone(),
+                    ready: 0,
+                    crashing: false,
+                    restarts: self.running.as_ref().map_or(0, |r| r.restarts),
+                });
+            }
+        }
+        kubernetes
+    }
+
+    fn run(&mut self, step: &Do) -> Option<Expect> {
+        match step {
+            Do::Reconcile(check) => return Some(self.reconcile(check, false)),
+            Do::ReconcileUnderLoad => return Some(self.reconcile(&Check::Passed, true)),
+            Do::Edit(spec) => {
+                let generation = self.query.metadata.generation.unwrap_or(1) + 1;
+                let status = self.query.status.take();
+                self.query = manifest(spec, generation);
+                self.query.status = status;
+            }
+            Do::RollOut => {
+                if let Some(running) = self.running.as_mut() {
+                    running.ready = running.desired.replicas;
+                    running.crashing = false;
+                }
+            }
+            Do::CrashLoop => {
+                if let Some(running) = self.running.as_mut() {
+                    running.ready = 0;
+                    running.crashing = true;
+                    running.restarts += 3;
+                }
+            }
+            Do::Wait(seconds) => self.now += seconds,
+        }
+        None
+    }
+}
+
+fn pod(ordinal: i32, running: &Running) -> Pod {
+    let waiting = running.crashing.then(|| ContainerStateWaiting {
+        reason: Some("CrashLoopBackOff".into()),
+        ..ContainerStateWaiting::default()
+    });
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("sluice-q-{ordinal}")),
+            ..ObjectMeta::default()
+        },
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "worker".into(),
+                ready: ordinal < running.ready,
+                restart_count: if ordinal == 0 {
+                    i32::try_from(running.restarts).expect("restarts")
+                } else {
+                    0
+                },
+                state: Some(ContainerState {
+                    waiting,
+                    ..ContainerState::default()
+                }),
+                last_state: running.crashing.then(|| ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 1,
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn manifest(spec: &str, generation: i64) -> StreamingQuery {
+    parse_manifest(&format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {{name: q, namespace: default, uid: uid-1, generation: {generation}}}\nspec:\n{spec}"
+    ))
+    .expect("test manifest")
+}
+
+fn outcome(plan: &Plan) -> Expect {
+    let conditions = plan
+        .status
+        .conditions
+        .iter()
+        .map(|c| (leak(&c.type_), leak(&c.status), leak(&c.reason)))
+        .collect();
+    Expect {
+        phase: plan.status.phase,
+        action: match &plan.workers {
+            WorkersAction::Apply(d) => Some((d.generation, d.replicas, d.stop_first)),
+            WorkersAction::LeaveAlone => None,
+        },
+        events: plan.events.iter().map(|e| leak(&e.reason)).collect(),
+        conditions,
+    }
+}
+
+/// The status with the backend's own words about the last worker exit (a pod's state or a
+/// process's exit status) cut from condition messages: everything else must be equal.
+fn without_exit_details(status: &StreamingQueryStatus) -> StreamingQueryStatus {
+    let mut status = status.clone();
+    for condition in &mut status.conditions {
+        if let Some(at) = condition.message.find("(last: ") {
+            condition.message.truncate(at);
+        }
+    }
+    status
+}
+
+fn leak(text: &str) -> &'static str {
+    Box::leak(text.to_string().into_boxed_str())
+}
+
+/// A created query, rolled out and Running at generation 1 with one replica.
+fn running_v1() -> Steps {
+    vec![
+        (
+            Do::Reconcile(Check::Passed),
+            expect(Phase::Starting, Some((1, 1, false)), &["Created"], &[]),
+        ),
+        (Do::RollOut, None),
+        (
+            Do::Reconcile(Check::Passed),
+            expect(
+                Phase::Running,
+                Some((1, 1, false)),
+                &["Running"],
+                &[
+                    ("Ready", "True", "Running"),
+                    ("Degraded", "False", "AsExpected"),
+                ],
+            ),
+        ),
+    ]
+}
+
+/// Steps of a scenario: what happens, and what the reconcile (if it is one) must decide.
+type Steps = Vec<(Do, Option<Expect>)>;
+
+/// The table: (name, first spec, steps).
+fn scenarios() -> Vec<(&'static str, String, Steps)> {
+    let v1 = spec(&[SOURCE, SQL_V1]);
+    let v2 = spec(&[SOURCE, SQL_V2]);
+    let with = |steps: Steps| {
+        let mut all = running_v1();
+        all.extend(steps);
+        all
+    };
+    vec![
+        ("create", v1.clone(), running_v1()),
+        (
+            "compatible SQL change: a new generation after the old one stops",
+            v1.clone(),
+            with(vec![
+                (Do::Edit(v2.clone()), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Upgrading,
+                        Some((2, 1, true)),
+                        &["UpgradeStarted"],
+                        &[("Progressing", "True", "Upgrading")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Running, Some((2, 1, false)), &["Running"], &[]),
+                ),
+            ]),
+        ),
+        (
+            "incompatible SQL change: refused, the old generation is never touched",
+            v1.clone(),
+            with(vec![
+                (Do::Edit(v2.clone()), None),
+                (
+                    Do::Reconcile(Check::Refused("stateful operators changed")),
+                    expect(
+                        Phase::Running,
+                        None,
+                        &["UpgradeRefused"],
+                        &[("Degraded", "True", "UpgradeRefused")],
+                    ),
+                ),
+                (
+                    Do::Reconcile(Check::Refused("stateful operators changed")),
+                    expect(
+                        Phase::Running,
+                        None,
+                        &[],
+                        &[("Degraded", "True", "UpgradeRefused")],
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "partition change: refused against the checkpoint",
+            v1.clone(),
+            with(vec![
+                (Do::Edit(v1.replace("partitions: 4", "partitions: 8")), None),
+                (
+                    Do::Reconcile(Check::Refused("partitions changed from 4 to 8")),
+                    expect(
+                        Phase::Running,
+                        None,
+                        &["UpgradeRefused"],
+                        &[("Degraded", "True", "UpgradeRefused")],
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "a check that cannot complete holds the deployment",
+            v1.clone(),
+            with(vec![
+                (Do::Edit(v2.clone()), None),
+                (
+                    Do::Reconcile(Check::Unavailable),
+                    expect(
+                        Phase::Running,
+                        None,
+                        &["UpgradeCheckUnavailable"],
+                        &[("Degraded", "True", "UpgradeCheckUnavailable")],
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "failed rollout rolls back to the last stable spec",
+            v1.clone(),
+            with(vec![
+                (Do::Edit(v2.clone()), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Upgrading,
+                        Some((2, 1, true)),
+                        &["UpgradeStarted"],
+                        &[],
+                    ),
+                ),
+                (Do::Wait(30), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Upgrading, Some((2, 1, false)), &[], &[]),
+                ),
+                (Do::Wait(31), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::RollingBack,
+                        Some((3, 1, true)),
+                        &["RolledBack"],
+                        &[("Degraded", "True", "SpecRejected")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Running,
+                        Some((3, 1, false)),
+                        &["Running"],
+                        &[
+                            ("Degraded", "True", "SpecRejected"),
+                            ("Ready", "True", "Running"),
+                        ],
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "crash loop",
+            v1.clone(),
+            with(vec![
+                (Do::CrashLoop, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Starting,
+                        Some((1, 1, false)),
+                        &["WorkerRestarted", "WorkersCrashing"],
+                        &[("Degraded", "True", "WorkersCrashing")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Running,
+                        Some((1, 1, false)),
+                        &["Running"],
+                        &[("Degraded", "False", "AsExpected")],
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "scale up and down: the old count stops first",
+            v1.clone(),
+            with(vec![
+                (
+                    Do::Edit(format!("{v1}  parallelism: {{replicas: 3}}\n")),
+                    None,
+                ),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Scaling,
+                        Some((1, 3, true)),
+                        &["Scaling"],
+                        &[("ScalingLimited", "False", "AsExpected")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Running, Some((1, 3, false)), &["Running"], &[]),
+                ),
+                (Do::Edit(v1.clone()), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Scaling, Some((1, 1, true)), &["Scaling"], &[]),
+                ),
+            ]),
+        ),
+        (
+            "scale up under load: the autoscaler decides",
+            spec(&[SOURCE, SQL_V1, AUTOSCALE]),
+            vec![
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Starting, Some((1, 1, false)), &["Created"], &[]),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::ReconcileUnderLoad,
+                    expect(
+                        Phase::Scaling,
+                        Some((1, 3, true)),
+                        &["ScaledUp"],
+                        &[("Progressing", "True", "Scaling")],
+                    ),
+                ),
+            ],
+        ),
+        (
+            "stateful query without a partition key is held at one replica",
+            spec(&[SOURCE, SQL_V1, "  parallelism: {replicas: 3}\n"]),
+            vec![
+                (
+                    Do::Reconcile(Check::Stateful),
+                    expect(
+                        Phase::Starting,
+                        Some((1, 1, false)),
+                        &["Created", "ScalingLimited"],
+                        &[("ScalingLimited", "True", "StatefulWithoutPartitionKey")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::Reconcile(Check::Stateful),
+                    expect(
+                        Phase::Running,
+                        Some((1, 1, false)),
+                        &["Running"],
+                        &[("ScalingLimited", "True", "StatefulWithoutPartitionKey")],
+                    ),
+                ),
+            ],
+        ),
+        (
+            "suspend and resume",
+            v1.clone(),
+            with(vec![
+                (Do::Edit(format!("{v1}  suspend: true\n")), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Suspended,
+                        Some((1, 0, false)),
+                        &["Suspended"],
+                        &[("Ready", "False", "Suspended")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (Do::Edit(v1.clone()), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Starting, Some((1, 1, true)), &["Resumed"], &[]),
+                ),
+            ]),
+        ),
+    ]
+}
+
+#[test]
+fn both_backends_decide_the_same_in_every_scenario() {
+    for (name, first, steps) in scenarios() {
+        let mut harness = Harness::new(&first);
+        for (index, (step, expected)) in steps.iter().enumerate() {
+            let got = harness.run(step);
+            if let Some(expected) = expected {
+                let got = got.unwrap_or_else(|| panic!("{name}: step {index} does not reconcile"));
+                assert_eq!(got.phase, expected.phase, "{name}: step {index} phase");
+                assert_eq!(got.action, expected.action, "{name}: step {index} action");
+                let events: Vec<&str> = got
+                    .events
+                    .iter()
+                    .copied()
+                    .filter(|r| *r != "CheckpointClaimed")
+                    .collect();
+                assert_eq!(events, expected.events, "{name}: step {index} events");
+                for condition in &expected.conditions {
+                    assert!(
+                        got.conditions.contains(condition),
+                        "{name}: step {index}: {condition:?} not in {:?}",
+                        got.conditions
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn delete_applies_retention_to_the_claimed_location_on_both_backends() {
+    for (retention, expected) in [("Retain", Retention::Retain), ("Delete", Retention::Delete)] {
+        let mut query = manifest(
+            &format!("{SOURCE}{SQL_V1}  checkpoint: {{retention: {retention}}}\n"),
+            1,
+        );
+        assert_eq!(plan_cleanup(&query).location, None, "nothing claimed yet");
+        query.status = Some(sluice_crds::StreamingQueryStatus {
+            checkpoint_location: Some(BASE.into()),
+            ..Default::default()
+        });
+        let cleanup = plan_cleanup(&query);
+        assert_eq!(
+            (cleanup.location.as_deref(), cleanup.retention),
+            (Some(BASE), expected)
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! The one reconciler (`reconcile_live` with the Kubernetes backend) against a small stateful
+//! fake API server: what it holds changes with what the operator applies, so a test can run
+//! several reconciles in a row. Covers the guards `plan` owns (upgrade refused, rollback), the
+//! stop-first rescale and the quiet steady state.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use sluice_crds::conditions::find;
+use sluice_crds::contract::CheckReport;
+use sluice_crds::{Phase, StreamingQuery, StreamingQueryStatus, parse_manifest};
+use sluice_operator::backend::kubernetes::{FIELD_MANAGER, KubernetesBackend};
+use sluice_operator::checkpoint::CheckpointManager;
+use sluice_operator::metrics::Metrics;
+use sluice_operator::plan::{CheckRequest, OperatorConfig, Plan};
+use sluice_operator::reconcile::reconcile_live;
+use sluice_operator::scaling::{Inspection, QueryInspector, Scaler};
+use tower_test::mock;
+
+const STS_PATH: &str = "/apis/apps/v1/namespaces/default/statefulsets/sluice-q";
+const CM_PATH: &str = "/api/v1/namespaces/default/configmaps/sluice-q";
+const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
+const STATUS_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/default/streamingqueries/q/status";
+const JOBS_PATH: &str = "/apis/batch/v1/namespaces/default/jobs/";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+#[derive(Clone, Debug)]
+struct Recorded {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+/// What the fake API server holds.
+#[derive(Default)]
+struct World {
+    /// The worker StatefulSet as last applied (or scaled).
+    statefulset: Option<Value>,
+    /// Pod counts the next `GET pods` calls answer (then 0).
+    pods: VecDeque<usize>,
+    /// Whether an applied StatefulSet reports all replicas Ready.
+    ready: bool,
+    /// The StreamingQuery (a status write answers it with the new status).
+    query: Value,
+    /// Check Jobs as applied (name → object).
+    jobs: std::collections::BTreeMap<String, Value>,
+    /// The termination message of a finished check Job's pod; `None` while it runs.
+    check_message: Option<String>,
+    requests: Vec<Recorded>,
+}
+
+#[derive(Clone)]
+struct FakeApi(Arc<Mutex<World>>);
+
+fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
+        .unwrap_or_else(|_| Response::new(Body::from(Vec::new())))
+}
+
+/// The StatefulSet status the fake reports for `set`.
+fn with_status(mut set: Value, ready: bool) -> Value {
+    let replicas = set["spec"]["replicas"].as_i64().unwrap_or(0);
+    set["metadata"]["generation"] = json!(1);
+    let ready_replicas = if ready { replicas } else { 0 };
+    set["status"] = json!({
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "readyReplicas": ready_replicas,
+        "updatedReplicas": replicas,
+    });
+    set
+}
+
+impl FakeApi {
+    fn start() -> (Client, Self) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api = Self(Arc::new(Mutex::new(World::default())));
+        let world = api.0.clone();
+        tokio::spawn(async move {
+            let mut handle = handle;
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().clone();
+                let path = request.uri().path().to_string();
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .unwrap_or_default();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let mut world = world.lock().expect("lock");
+                world.requests.push(Recorded {
+                    method: method.clone(),
+                    path: path.clone(),
+                    body: body.clone(),
+                });
+                let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+                let response = match (method, path.as_str()) {
+                    (Method::GET, STS_PATH) => match &world.statefulset {
+                        Some(set) => {
+                            respond(StatusCode::OK, &with_status(set.clone(), world.ready))
+                        }
+                        None => respond(StatusCode::NOT_FOUND, &not_found),
+                    },
+                    (Method::PATCH, STS_PATH) => {
+                        if body.get("kind").is_some() {
+                            world.statefulset = Some(body.clone());
+                        } else if let Some(set) = world.statefulset.as_mut() {
+                            set["spec"]["replicas"] = body["spec"]["replicas"].clone();
+                        }
+                        respond(StatusCode::OK, &body)
+                    }
+                    (Method::GET, p) if p.starts_with(JOBS_PATH) => {
+                        let name = p.trim_start_matches(JOBS_PATH).to_string();
+                        match world.jobs.get(&name) {
+                            Some(job) => {
+                                let mut job = job.clone();
+                                if world.check_message.is_some() {
+                                    job["status"] = json!({"succeeded": 1});
+                                }
+                                respond(StatusCode::OK, &job)
+                            }
+                            None => respond(StatusCode::NOT_FOUND, &not_found),
+                        }
+                    }
+                    (Method::PATCH, p) if p.starts_with(JOBS_PATH) => {
+                        let name = p.trim_start_matches(JOBS_PATH).to_string();
+                        world.jobs.insert(name, body.clone());
+                        respond(StatusCode::OK, &body)
+                    }
+                    (Method::GET, PODS_PATH) if world.check_message.is_some() => respond(
+                        StatusCode::OK,
+                        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
+                            "metadata": {"name": "check-pod"},
+                            "status": {"containerStatuses": [{
+                                "name": "check", "image": "", "imageID": "", "ready": false,
+                                "restartCount": 0,
+                                "state": {"terminated": {"exitCode": 2, "message": world.check_message}},
+                            }]},
+                        }]}),
+                    ),
+                    (Method::GET, PODS_PATH) => {
+                        let count = world.pods.pop_front().unwrap_or(0);
+                        let items: Vec<Value> = (0..count)
+                            .map(|i| json!({"metadata": {"name": format!("sluice-q-{i}")}}))
+                            .collect();
+                        respond(
+                            StatusCode::OK,
+                            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+                        )
+                    }
+                    // Server-side apply, status writes and events echo the object.
+                    (Method::PATCH | Method::POST, _) => {
+                        let mut object = body.clone();
+                        if path == STATUS_PATH {
+                            object = world.query.clone();
+                            object["status"] = body["status"].clone();
+                        }
+                        respond(StatusCode::OK, &object)
+                    }
+                    _ => respond(StatusCode::NOT_FOUND, &not_found),
+                };
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "default"), api)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
+        f(&mut self.0.lock().expect("lock"))
+    }
+
+    fn take_requests(&self) -> Vec<Recorded> {
+        self.with(|w| std::mem::take(&mut w.requests))
+    }
+}
+
+/// `sluice-worker check` stand-in.
+struct Inspector(Mutex<Inspection>);
+
+impl QueryInspector for Inspector {
+    fn inspect<'a>(
+        &'a self,
+        _query: &'a StreamingQuery,
+        _request: &'a CheckRequest,
+    ) -> BoxFuture<'a, Inspection> {
+        let outcome = self.0.lock().expect("lock").clone();
+        Box::pin(async move { outcome })
+    }
+}
+
+const V1: &str = "  sources:\n    - name: events\n      rate: {rowsPerSecond: 10, partitions: 2}\n  sql: SELECT window(ts, '10 seconds') AS w, count(*) AS n FROM events GROUP BY window(ts, '10 seconds')\n  sink: {console: {}}\n";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    api: FakeApi,
+    backend: KubernetesBackend,
+    checkpoints: CheckpointManager,
+    config: OperatorConfig,
+    inspector: Arc<Inspector>,
+    scaler: Scaler,
+    query: StreamingQuery,
+    start: i64,
+}
+
+fn at(start: i64, seconds: i64) -> Time {
+    Time(Timestamp::from_second(start + seconds).expect("time"))
+}
+
+impl Setup {
+    fn new(spec: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client, api) = FakeApi::start();
+        let mut backend = KubernetesBackend::new(client, FIELD_MANAGER.into())
+            .with_progress_url(Arc::new(|_, _, _| "http://127.0.0.1:1".into()));
+        backend.stop_poll = Duration::from_millis(5);
+        let config = OperatorConfig {
+            default_image: "sluice-worker:test".into(),
+            default_checkpoint_location: Some(
+                url::Url::from_directory_path(dir.path())
+                    .expect("url")
+                    .to_string(),
+            ),
+            ready_timeout: Duration::from_secs(60),
+            ..OperatorConfig::default()
+        };
+        let inspector = Arc::new(Inspector(Mutex::new(Inspection::Valid(
+            CheckReport::default(),
+        ))));
+        let scaler = Scaler::new(inspector.clone(), None, Metrics::default());
+        Self {
+            _dir: dir,
+            api,
+            backend,
+            checkpoints: CheckpointManager::default(),
+            config,
+            inspector,
+            scaler,
+            query: manifest(spec, 1),
+            start: Timestamp::now().as_second(),
+        }
+    }
+
+    /// One reconcile at `seconds` after the start; the status it wrote (or kept) is the query's
+    /// from then on, as the API server would return it.
+    async fn reconcile(&mut self, seconds: i64) -> Plan {
+        let object = serde_json::to_value(&self.query).expect("json");
+        self.api.with(|w| w.query = object);
+        let plan = reconcile_live(
+            &self.backend,
+            &self.checkpoints,
+            &self.query,
+            &self.config,
+            Some(&self.scaler),
+            at(self.start, seconds),
+        )
+        .await
+        .expect("reconcile");
+        self.query.status = Some(plan.status.clone());
+        plan
+    }
+
+    fn edit(&mut self, spec: &str) {
+        let generation = self.query.metadata.generation.unwrap_or(1) + 1;
+        let status = self.query.status.take();
+        self.query = manifest(spec, generation);
+        self.query.status = status;
+    }
+
+    /// A query created and Running at one replica.
+    async fn running(spec: &str) -> Self {
+        let mut setup = Self::new(spec);
+        setup.reconcile(0).await;
+        setup.api.with(|w| w.ready = true);
+        let plan = setup.reconcile(10).await;
+        assert_eq!(plan.status.phase, Some(Phase::Running));
+        setup.api.take_requests();
+        setup
+    }
+}
+
+fn manifest(spec: &str, generation: i64) -> StreamingQuery {
+    parse_manifest(&format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {{name: q, namespace: default, uid: uid-1, generation: {generation}}}\nspec:\n{spec}"
+    ))
+    .expect("test manifest")
+}
+
+fn condition(status: &StreamingQueryStatus, type_: &str) -> (String, String, String) {
+    let c = find(&status.conditions, type_).expect("condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn events(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.path == EVENTS_PATH)
+        .map(|r| r.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn touched(requests: &[Recorded], path: &str) -> bool {
+    requests
+        .iter()
+        .any(|r| r.path == path && r.method != Method::GET)
+}
+
+#[tokio::test]
+async fn an_incompatible_upgrade_never_touches_the_old_statefulset() {
+    let mut setup = Setup::running(V1).await;
+    *setup.inspector.0.lock().expect("lock") = Inspection::Refused(
+        "checkpoint is incompatible: stateful operators changed (aggregation keys)".into(),
+    );
+    setup.edit(&V1.replace("count(*) AS n", "count(*) AS n, sum(value) AS total"));
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, STS_PATH), "{requests:#?}");
+    assert!(!touched(&requests, CM_PATH), "{requests:#?}");
+    assert_eq!(events(&requests), ["UpgradeRefused"]);
+    let status = plan.status;
+    assert_eq!(status.phase, Some(Phase::Running), "v1 keeps running");
+    assert_eq!(status.generation, Some(1));
+    let (state, reason, message) = condition(&status, "Degraded");
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "UpgradeRefused")
+    );
+    assert_eq!(
+        message,
+        "upgrade refused, generation 1 keeps running: checkpoint is incompatible: stateful \
+         operators changed (aggregation keys)"
+    );
+    // Again: the cached refusal, no second event, still nothing touched.
+    setup.reconcile(30).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, STS_PATH));
+    assert!(events(&requests).is_empty());
+}
+
+#[tokio::test]
+async fn a_rollout_not_ready_in_time_rolls_back_to_the_last_stable_spec() {
+    let mut setup = Setup::running(V1).await;
+    let v2 = V1.replace("sink: {console: {}}", "sink: {console: {numRows: 5}}");
+    setup.edit(&v2);
+    setup.api.with(|w| w.ready = false);
+    let plan = setup.reconcile(20).await;
+    assert_eq!(plan.status.phase, Some(Phase::Upgrading));
+    assert_eq!(plan.status.generation, Some(2));
+    // Within readyTimeout (60 s): still waiting.
+    let plan = setup.reconcile(70).await;
+    assert_eq!(plan.status.phase, Some(Phase::Upgrading));
+    setup.api.take_requests();
+    // Past it: generation 3 runs v1 again.
+    let plan = setup.reconcile(81).await;
+    let requests = setup.api.take_requests();
+    assert_eq!(plan.status.phase, Some(Phase::RollingBack));
+    assert_eq!(plan.status.generation, Some(3));
+    assert_eq!(events(&requests), ["RolledBack"]);
+    let config_map = requests
+        .iter()
+        .rev()
+        .find(|r| r.path == CM_PATH && r.method == Method::PATCH)
+        .expect("the ConfigMap is applied");
+    let manifest = config_map.body["data"]["query.yaml"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(manifest.contains("numRows: 20"), "v1's sink: {manifest}");
+    let (state, reason, message) = condition(&plan.status, "Degraded");
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "SpecRejected"));
+    assert!(
+        message.starts_with("generation 2 was not Ready within 60 s: rolling back"),
+        "{message}"
+    );
+    // v1 becomes Ready: Running, and the rejected v2 stays out until the spec is edited.
+    setup.api.with(|w| w.ready = true);
+    let plan = setup.reconcile(90).await;
+    assert_eq!(plan.status.phase, Some(Phase::Running));
+    assert_eq!(plan.status.generation, Some(3));
+    assert_eq!(condition(&plan.status, "Degraded").1, "SpecRejected");
+}
+
+#[tokio::test]
+async fn a_rescale_stops_the_old_pods_before_the_new_count_starts() {
+    let mut setup = Setup::running(
+        V1.replace("count(*)", "1")
+            .replace(" GROUP BY window(ts, '10 seconds')", "")
+            .as_str(),
+    )
+    .await;
+    setup.api.with(|w| w.pods = VecDeque::from([1, 1, 0]));
+    let spec = format!(
+        "{}  parallelism: {{replicas: 3}}\n",
+        V1.replace("count(*)", "1")
+            .replace(" GROUP BY window(ts, '10 seconds')", "")
+    );
+    setup.edit(&spec);
+    let plan = setup.reconcile(20).await;
+    assert_eq!(plan.status.phase, Some(Phase::Scaling));
+    let calls: Vec<(String, String, Value)> = setup
+        .api
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.path == STS_PATH || r.path == PODS_PATH)
+        .map(|r| {
+            let replicas = r.body["spec"]["replicas"].clone();
+            (r.method.to_string(), r.path, replicas)
+        })
+        .collect();
+    let call = |m: &str, p: &str, r: Value| (m.to_string(), p.to_string(), r);
+    assert_eq!(
+        calls,
+        [
+            call("GET", STS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
+            call("PATCH", STS_PATH, json!(0)),
+            call("GET", PODS_PATH, Value::Null),
+            call("GET", PODS_PATH, Value::Null),
+            call("GET", PODS_PATH, Value::Null),
+            call("PATCH", STS_PATH, json!(3)),
+        ],
+        "scale to 0, wait until no pod is left, then start 3"
+    );
+}
+
+#[tokio::test]
+async fn a_steady_query_writes_its_status_at_most_ten_times_in_ten_minutes() {
+    // Workers whose figures change on every answer.
+    let served = Arc::new(Mutex::new(0u64));
+    let counter = served.clone();
+    let app = axum::Router::new().route(
+        "/progress",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                let mut n = counter.lock().expect("lock");
+                *n += 1;
+                let start = Timestamp::now().as_millisecond() - 1_000;
+                let start = Timestamp::from_millisecond(start).expect("time");
+                axum::Json(json!({
+                    "latest": {
+                        "batchId": *n,
+                        "timestamp": start.to_string(),
+                        "inputRowsPerSecond": 100.0 + (*n % 7) as f64 * 0.37,
+                        "processedRowsPerSecond": 101.0 + (*n % 5) as f64 * 0.41,
+                        "durationMs": {"triggerExecution": 20},
+                        "sources": [{"backlog": *n % 3}],
+                    },
+                    "recent": [],
+                    "lastError": null,
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut setup = Setup::running(
+        &V1.replace("count(*)", "1")
+            .replace(" GROUP BY window(ts, '10 seconds')", ""),
+    )
+    .await;
+    setup.backend = setup
+        .backend
+        .clone()
+        .with_progress_url(Arc::new(move |_, _, _| base.clone()));
+    // The controller looks at a Running query every 30 s (status refresh): 20 reconciles.
+    let mut writes = 0;
+    for step in 1..=20 {
+        setup.reconcile(10 + step * 30).await;
+        writes += setup
+            .api
+            .take_requests()
+            .iter()
+            .filter(|r| r.path == STATUS_PATH)
+            .count();
+    }
+    assert!(*served.lock().expect("lock") >= 20, "progress was read");
+    assert!(writes <= 10, "{writes} status writes in 10 minutes");
+    assert!(writes >= 1, "the figures are refreshed once per resync");
+    let status = setup.query.status.clone().expect("status");
+    assert!(status.input_rows_per_second.is_some());
+}
+
+#[tokio::test]
+async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
+    use sluice_operator::backend::kubernetes::check_job::JobCheck;
+    let mut setup = Setup::running(V1).await;
+    setup.scaler = Scaler::new(
+        Arc::new(JobCheck {
+            client: setup.backend.client().clone(),
+            storage: Default::default(),
+        }),
+        None,
+        Metrics::default(),
+    );
+    setup.edit(&V1.replace("count(*) AS n", "count(*) AS n, sum(value) AS total"));
+    // The Job starts: nothing else moves, Progressing says why.
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    let job = requests
+        .iter()
+        .find(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH)
+        .expect("a check Job is applied");
+    assert_eq!(
+        job.body["spec"]["template"]["spec"]["containers"][0]["image"], "sluice-worker:test",
+        "the new spec's own image"
+    );
+    assert!(!touched(&requests, STS_PATH), "held while the check runs");
+    assert_eq!(plan.status.phase, Some(Phase::Running));
+    assert_eq!(
+        condition(&plan.status, "Progressing").1,
+        "UpgradeCheckRunning"
+    );
+    // Still running: the Job is not created twice.
+    setup.reconcile(25).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH)
+    );
+    // The Job refuses through its termination message.
+    let refusal = serde_json::to_string(&sluice_crds::contract::CheckOutcomeReport::Refused {
+        message: "stateful operators changed".into(),
+    })
+    .expect("json");
+    setup.api.with(|w| w.check_message = Some(refusal));
+    let plan = setup.reconcile(30).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, STS_PATH));
+    let (state, reason, message) = condition(&plan.status, "Degraded");
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "UpgradeRefused"),
+        "{message}"
+    );
+    assert_eq!(events(&requests), ["UpgradeRefused"]);
+    assert!(message.ends_with("stateful operators changed"), "{message}");
+}
