@@ -123,9 +123,9 @@ spec:
     )
 }
 
-/// Scenario 2 for Sluice: tumbling 1-minute windows per device with a 10-minute watermark (the
-/// SQL of DESIGN §3). One task (`partitions: 1`): a streaming aggregation keeps its state per
-/// task, and a file source cannot route a device's rows to one task, so Sluice refuses more
+/// Scenario 2 for Sluice: tumbling 1-minute windows per device with a 10-minute watermark (the SQL
+/// of docs/architecture.md). One task (`partitions: 1`): a streaming aggregation keeps its state
+/// per task, and a file source cannot route a device's rows to one task, so Sluice refuses more
 /// (README, "Stateful streaming"); Spark shuffles by key instead and uses both cores.
 pub fn window_manifest(
     input: &Path,
@@ -327,7 +327,7 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 }
 
 /// Time spent in each phase of Sluice's triggers, summed over tasks and batches (ms), from the
-/// per-task `durationMs` of `/progress` (DESIGN §6): read+decode, SQL, sink, checkpoint.
+/// per-task `durationMs` of `/progress` (docs/architecture.md): read+decode, SQL, sink, checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Phases {

@@ -1,4 +1,5 @@
-//! The autoscaler's decision: a pure function of a query's metrics over time (DESIGN §5).
+//! The autoscaler's decision: a pure function of a query's metrics over time (docs/architecture.md,
+//! "The operator").
 //!
 //! The rule is the Flink Kubernetes operator's autoscaler, itself after the DS2 paper (Kalavri et
 //! al., "Three steps is all you need", OSDI 2018), adapted to micro-batches:
@@ -21,7 +22,7 @@ use std::time::Duration;
 use sluice_crds::AutoscaleSpec;
 use sluice_crds::duration::parse_duration;
 
-/// Utilization above `target + SCALE_UP_MARGIN` asks for a scale-up (DESIGN §5).
+/// Utilization above `target + SCALE_UP_MARGIN` asks for a scale-up (docs/architecture.md).
 pub const SCALE_UP_MARGIN: f64 = 0.1;
 /// Below this busy ratio a TPR estimate is noise (a nearly idle replica).
 pub const MIN_BUSY_RATIO: f64 = 0.02;

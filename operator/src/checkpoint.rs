@@ -1,9 +1,9 @@
 //! Checkpoint manager: resolves a query's checkpoint location, proves the operator can write and
 //! read it, claims it for exactly one query, and honours `retention` when the query is deleted.
 //!
-//! Layout (DESIGN §4, §5): `<location>/<namespace>/<name>/<uid>/` holds the worker's checkpoint and
-//! `_sluice/owner.json`, written once with a conditional create (`PutMode::Create`, S3
-//! `If-None-Match: *`). Two queries can therefore never share a location: the second claim sees
+//! Layout (docs/architecture.md): `<location>/<namespace>/<name>/<uid>/` holds the worker's
+//! checkpoint and `_sluice/owner.json`, written once with a conditional create (`PutMode::Create`,
+//! S3 `If-None-Match: *`). Two queries can therefore never share a location: the second claim sees
 //! `AlreadyExists`, reads the marker and is refused with [`Error::CheckpointOwned`].
 //!
 //! Object stores: `s3://bucket/prefix` (credentials and endpoint from the usual `AWS_*`

@@ -1,7 +1,7 @@
-//! `sluice-worker check`: validates a manifest without running it, for the operator's upgrade
-//! guard (DESIGN §5: a new spec incompatible with the checkpoint is refused before the old
-//! workers stop) and its scaling rule (a stateful query scales only when the source's
-//! `partitionKey` is in the GROUP BY).
+//! `sluice-worker check`: validates a manifest without running it, for the operator's upgrade guard
+//! (docs/architecture.md, "The operator": a new spec incompatible with the checkpoint is refused
+//! before the old workers stop) and its scaling rule (a stateful query scales only when the
+//! source's `partitionKey` is in the GROUP BY).
 //!
 //! The report is JSON (see [`CheckReport`]). Validation is the engine's own: the spec rules, the
 //! sources and sink, planning the SQL with [`crate::engine::plan_query`] (the same function a

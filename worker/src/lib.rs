@@ -3,7 +3,7 @@
 //! A `StreamingQuery` manifest names sources, a SQL query and a sink. The [`engine`] runs it as
 //! micro-batches in Spark Structured Streaming's model: each trigger plans the new input of every
 //! task, logs it in the [`checkpoint`], reads it from the [`source`]s, runs the [`sql`] with
-//! DataFusion, writes the [`sink`] idempotently and commits. See DESIGN §4.
+//! DataFusion, writes the [`sink`] idempotently and commits. See docs/architecture.md.
 
 // No `unwrap`/`expect` in library code: input must never reach a panic (tests may use them).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

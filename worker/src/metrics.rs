@@ -1,4 +1,5 @@
-//! Prometheus metrics of a worker (DESIGN §6): `sluice_` prefix, labels `query`, `namespace`, `task`.
+//! Prometheus metrics of a worker (docs/architecture.md): `sluice_` prefix, labels `query`,
+//! `namespace`, `task`.
 //!
 //! Rates are not exported; Prometheus derives them (`rate(sluice_input_rows_total[1m])`), which is
 //! what the autoscaler reads.

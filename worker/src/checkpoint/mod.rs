@@ -1,4 +1,5 @@
-//! The checkpoint: write-ahead offsets and commits per task on an object store (DESIGN §4).
+//! The checkpoint: write-ahead offsets and commits per task on an object store
+//! (docs/architecture.md).
 //!
 //! Layout under the checkpoint location:
 //! ```text

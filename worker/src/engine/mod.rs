@@ -1,11 +1,11 @@
 //! The micro-batch engine: builds a query's sources, sink and per-task runners from a manifest, and
 //! runs triggers until the trigger says stop or someone asks it to.
 //!
-//! A worker replica `i` of `n` runs the tasks `t` with `t % n == i` (DESIGN §4). Each trigger runs
-//! one batch on every assigned task in parallel (one tokio task each), then reports one
-//! [`StreamingQueryProgress`]. Retryable failures (a store or server down) leave the batch pending and
-//! are retried with backoff, reported in metrics and progress, never a crash loop; user errors stop
-//! the query with the error.
+//! A worker replica `i` of `n` runs the tasks `t` with `t % n == i` (docs/architecture.md). Each
+//! trigger runs one batch on every assigned task in parallel (one tokio task each), then reports
+//! one [`StreamingQueryProgress`]. Retryable failures (a store or server down) leave the batch
+//! pending and are retried with backoff, reported in metrics and progress, never a crash loop; user
+//! errors stop the query with the error.
 
 pub mod continuous;
 pub mod retention;
@@ -666,8 +666,8 @@ impl Engine {
 
     /// Records the metrics of one round. `round_seconds` (the wall time of the round, tasks run in
     /// parallel) is split evenly over the round's tasks, so `sluice_batch_busy_seconds_total`
-    /// summed over a replica's tasks is the replica's busy wall time: its rate is the busy ratio
-    /// b of the autoscaler (DESIGN §5).
+    /// summed over a replica's tasks is the replica's busy wall time: its rate is the busy ratio b
+    /// of the autoscaler (docs/architecture.md, "The operator").
     fn record_metrics(&self, outcomes: &[BatchOutcome], round_seconds: f64) {
         let metrics = &self.shared.metrics;
         let busy_share = round_seconds / outcomes.len().max(1) as f64;

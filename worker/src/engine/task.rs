@@ -1,4 +1,4 @@
-//! One task's micro-batch: the write-ahead protocol of DESIGN §4.
+//! One task's micro-batch: the write-ahead protocol of docs/architecture.md, "The batch protocol".
 //!
 //! 1. plan the next range of every source and write `offsets/<batchId>` (or take the logged,
 //!    uncommitted batch to replay);

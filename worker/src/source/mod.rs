@@ -1,9 +1,10 @@
 //! Sources: where a stream's rows come from.
 //!
-//! A source is split into partitions; the engine runs one *task* per partition (DESIGN §4). For each
-//! task it asks the source to **plan** the next range (offsets), writes that range to the checkpoint,
-//! then asks it to **read** exactly that range. Reading the same range twice must give the same rows:
-//! that is what makes a replay after a crash exactly-once.
+//! A source is split into partitions; the engine runs one *task* per partition
+//! (docs/architecture.md, "Tasks"). For each task it asks the source to **plan** the next range
+//! (offsets), writes that range to the checkpoint, then asks it to **read** exactly that range.
+//! Reading the same range twice must give the same rows: that is what makes a replay after a crash
+//! exactly-once.
 //!
 //! Each source lives in its own folder (`file/`, `rate/`, `socket/`, ...) with its implementation and
 //! tests; the manifest types are in `sluice_crds`.

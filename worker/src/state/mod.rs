@@ -1,6 +1,7 @@
 //! The state store of one task: per-group partial aggregate state, in memory, checkpointed with
 //! each batch as an Arrow IPC delta, with a full snapshot every [`SNAPSHOT_EVERY`] batches
-//! (DESIGN §4; Spark's HDFS-backed state store does the same with delta and snapshot files).
+//! (docs/architecture.md; Spark's HDFS-backed state store does the same with delta and snapshot
+//! files).
 //!
 //! State table shape (Arrow): the grouping keys, then the accumulator state columns of each
 //! aggregate, exactly as DataFusion's `AggregateExec` in `Partial` mode produces them, e.g. for

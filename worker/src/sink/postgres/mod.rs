@@ -3,7 +3,8 @@
 //! Each (task, batch) is ONE transaction that first inserts `(query, task, batch_id)` into
 //! [`COMMITS_TABLE`] and then writes the rows. If that row already exists, the batch was written
 //! before (a replay after a crash between the sink and the checkpoint commit): the transaction is
-//! rolled back and nothing is written. So the table sees every batch exactly once (DESIGN §4).
+//! rolled back and nothing is written. So the table sees every batch exactly once
+//! (docs/architecture.md).
 //!
 //! Rows travel as one JSON array parameter expanded by `json_populate_recordset(NULL::<table>, …)`,
 //! so PostgreSQL converts each JSON value to the column's type (timestamps as ISO text, numbers,

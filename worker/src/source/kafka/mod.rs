@@ -1,11 +1,12 @@
 //! Kafka source: one task per topic partition, offsets kept in the checkpoint (not in a consumer
 //! group), as Spark's Kafka source.
 //!
-//! **Planning consumes.** The tansu broker's high watermark is unreliable (DESIGN §4), so a task
-//! plans a batch by *consuming* from its next offset until the per-trigger limit or until the broker
-//! has nothing more right now. The consumed records are kept for the read step, so a normal batch
-//! fetches each record once; a replayed range (after a crash) is fetched again with `assign()` at its
-//! exact start offset and read up to its exact end, so the replay sees the same records.
+//! **Planning consumes.** The tansu broker's high watermark is unreliable (docs/kafka.md), so a
+//! task plans a batch by *consuming* from its next offset until the per-trigger limit or until the
+//! broker has nothing more right now. The consumed records are kept for the read step, so a normal
+//! batch fetches each record once; a replayed range (after a crash) is fetched again with
+//! `assign()` at its exact start offset and read up to its exact end, so the replay sees the same
+//! records.
 //!
 //! **Ranges.** A range is `{"partitions": {"<topic>/<partition>": [from, until]}}` (offsets,
 //! `until` exclusive); a task can own more than one partition when partitions are added while the
