@@ -1,7 +1,5 @@
 //! The crate's one error type.
 
-use crate::validate::ValidationError;
-
 /// Errors from reading a manifest. All are user errors: the manifest must change, retrying won't help.
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
@@ -22,4 +20,13 @@ impl CrdError {
     pub fn is_retryable(&self) -> bool {
         false
     }
+}
+
+/// A broken rule, with the path of the field that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{path}`: {message}")]
+pub struct ValidationError {
+    /// Field path such as `spec.sources[0].watermark.column`.
+    pub path: String,
+    pub message: String,
 }

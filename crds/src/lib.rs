@@ -3,6 +3,7 @@
 //! Shared by the operator (which reconciles it) and the worker (which runs it), so both read a
 //! manifest the same way and reject the same mistakes with the same messages.
 
+pub mod bounds;
 pub mod conditions;
 pub mod contract;
 pub mod crd;

@@ -9,7 +9,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::ValidationError;
+use crate::error::ValidationError;
 
 /// Where a secret value is read at run time: exactly one of `env`, `path`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

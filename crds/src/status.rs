@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::MAX_PATH;
+use crate::bounds::MAX_PATH;
 
 /// Most conditions (one per type; five types today).
 pub const MAX_CONDITIONS: u32 = 16;

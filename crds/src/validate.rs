@@ -11,14 +11,7 @@ use crate::spec::{
     ColumnSpec, PostgresConnectionSpec, PostgresSslMode, SourceKind, StreamingQuerySpec,
 };
 
-/// A broken rule, with the path of the field that breaks it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{path}`: {message}")]
-pub struct ValidationError {
-    /// Field path such as `spec.sources[0].watermark.column`.
-    pub path: String,
-    pub message: String,
-}
+pub use crate::error::ValidationError;
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> ValidationError {
     ValidationError {
