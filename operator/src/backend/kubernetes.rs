@@ -50,8 +50,7 @@ pub const GENERATION_ANNOTATION: &str = "sluice.dev/generation";
 pub const RESTART_HASH_ANNOTATION: &str = "sluice.dev/restart-hash";
 /// Annotation: JSON map of per-section hashes.
 pub const SECTIONS_ANNOTATION: &str = "sluice.dev/section-hashes";
-/// Label naming the query on every child and pod.
-pub const QUERY_LABEL: &str = "sluice.dev/query";
+pub use crate::plan::{QUERY_LABEL, selector_labels};
 /// ConfigMap key of the resolved query.
 pub const MANIFEST_KEY: &str = "query.yaml";
 /// Where the ConfigMap is mounted in the worker container.
@@ -73,17 +72,6 @@ fn name_and_namespace(query: &StreamingQuery) -> Result<(String, String)> {
         .clone()
         .ok_or(Error::MissingField("namespace"))?;
     Ok((name, namespace))
-}
-
-/// Selector labels (immutable on a StatefulSet: never add to them).
-pub fn selector_labels(query_name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            "sluice-worker".to_string(),
-        ),
-        (QUERY_LABEL.to_string(), query_name.to_string()),
-    ])
 }
 
 fn labels(query_name: &str) -> BTreeMap<String, String> {

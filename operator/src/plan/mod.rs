@@ -242,10 +242,24 @@ pub struct Plan {
     pub decision: Option<ScalingDecision>,
 }
 
+/// Label naming the query on every child and pod.
+pub const QUERY_LABEL: &str = "sluice.dev/query";
+
+/// Selector labels (immutable on a StatefulSet: never add to them).
+pub fn selector_labels(query_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-worker".to_string(),
+        ),
+        (QUERY_LABEL.to_string(), query_name.to_string()),
+    ])
+}
+
 /// The label selector of a query's worker pods, as `status.selector` shows it for the `/scale`
 /// subresource (HPA and KEDA count pods with it).
 pub fn worker_selector(query_name: &str) -> String {
-    crate::backend::kubernetes::selector_labels(query_name)
+    selector_labels(query_name)
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect::<Vec<_>>()
