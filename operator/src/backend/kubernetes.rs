@@ -1,6 +1,6 @@
 //! Kubernetes backend: a [`DesiredWorkers`] becomes four children of the `StreamingQuery`, all
 //! named `sluice-<query>` and owned by it (garbage-collected with it), applied with server-side
-//! apply under the single field manager [`FIELD_MANAGER`]:
+//! apply under the single field manager [`FIELD_MANAGER`], plus the query's control Secret:
 //!
 //! * `ConfigMap` with the resolved query under key `query.yaml`;
 //! * headless `Service` exposing the workers' `metrics` port (9464) for Prometheus;
