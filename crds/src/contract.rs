@@ -22,6 +22,18 @@ pub const ENV_NAMESPACE: &str = "SLUICE_NAMESPACE";
 /// Pod name (`<child>-<ordinal>`), from the downward API; the replica index is its ordinal.
 pub const ENV_POD_NAME: &str = "POD_NAME";
 
+/// The worker's control token itself: `POST /stop` then needs `Authorization: Bearer <token>`
+/// (the local backend generates one per deployment and passes it here).
+pub const ENV_CONTROL_TOKEN: &str = "SLUICE_CONTROL_TOKEN";
+/// A file holding the control token (`--control-token-file`); wins over [`ENV_CONTROL_TOKEN`].
+/// On Kubernetes it is the key [`CONTROL_TOKEN_KEY`] of the query's control Secret, mounted at
+/// [`CONTROL_TOKEN_DIR`].
+pub const ENV_CONTROL_TOKEN_FILE: &str = "SLUICE_CONTROL_TOKEN_FILE";
+/// Key of the control token in the query's control Secret (`sluice-<query>-control`).
+pub const CONTROL_TOKEN_KEY: &str = "token";
+/// Where the control Secret is mounted in a worker pod.
+pub const CONTROL_TOKEN_DIR: &str = "/etc/sluice/control";
+
 /// `sluice-worker check MANIFEST --checkpoint URL`: check against an existing checkpoint.
 pub const FLAG_CHECKPOINT: &str = "--checkpoint";
 /// `sluice-worker run ... --replica I`.

@@ -72,6 +72,20 @@ pub async fn http(
     url: &str,
     timeout: Duration,
 ) -> std::result::Result<String, String> {
+    http_authorized(method, url, timeout, None).await
+}
+
+/// [`http`] with an `Authorization` header (`Bearer <control token>` for a worker's `/stop`).
+/// The header value never appears in the returned error.
+///
+/// # Errors
+/// As [`http`].
+pub async fn http_authorized(
+    method: &str,
+    url: &str,
+    timeout: Duration,
+    authorization: Option<&str>,
+) -> std::result::Result<String, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
     let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
     let port = parsed.port_or_known_default().unwrap_or(80);
@@ -84,8 +98,11 @@ pub async fn http(
         let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| e.to_string())?;
+        let authorization = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "{method} {target} HTTP/1.0\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {target} HTTP/1.0\r\nHost: {host}:{port}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -171,5 +188,33 @@ mod tests {
             .await
             .expect_err("503");
         assert!(err.contains("503"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn http_authorized_sends_the_authorization_header() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.expect("read");
+            socket
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\nstopped")
+                .await
+                .expect("write");
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        let url = format!("http://127.0.0.1:{port}/stop");
+        let answer =
+            http_authorized("POST", &url, Duration::from_secs(2), Some("Bearer abc123")).await;
+        assert_eq!(answer.as_deref(), Ok("stopped"));
+        let request = server.await.expect("server");
+        assert!(request.starts_with("POST /stop HTTP/1.0\r\n"), "{request}");
+        assert!(
+            request.contains("\r\nAuthorization: Bearer abc123\r\n"),
+            "{request}"
+        );
     }
 }

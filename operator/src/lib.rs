@@ -19,6 +19,7 @@ pub mod autoscaler;
 pub mod backend;
 pub mod checkpoint;
 pub mod clients;
+pub mod control_token;
 pub mod controller;
 pub mod error;
 pub mod leader;

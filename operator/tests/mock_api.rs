@@ -33,6 +33,8 @@ const SVC_PATH: &str = "/api/v1/namespaces/default/services/sluice-q";
 const PDB_PATH: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/sluice-q";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
+const SECRETS_PATH: &str = "/api/v1/namespaces/default/secrets";
+const SECRET_PATH: &str = "/api/v1/namespaces/default/secrets/sluice-q-control";
 
 /// The strict fake API server holding the query and (optionally) its StatefulSet.
 fn start(query: StreamingQuery, statefulset: Option<StatefulSet>) -> (Client, FakeApi) {
@@ -203,6 +205,7 @@ async fn create_applies_children_and_sets_status() {
             call("GET", STS_PATH),
             call("PATCH", CM_PATH),
             call("PATCH", SVC_PATH),
+            call("POST", SECRETS_PATH),
             call("PATCH", STS_PATH),
             call("PATCH", PDB_PATH),
             call("POST", EVENTS_PATH),
@@ -305,6 +308,7 @@ async fn spec_change_rolls_out_a_new_generation() {
             call("GET", PODS_PATH),
             call("PATCH", CM_PATH),
             call("PATCH", SVC_PATH),
+            call("POST", SECRETS_PATH),
             call("PATCH", STS_PATH),
             call("PATCH", PDB_PATH),
             call("POST", EVENTS_PATH),
@@ -690,6 +694,7 @@ async fn worker_progress_fills_the_status_rates() {
             call("GET", STS_PATH),
             call("PATCH", CM_PATH),
             call("PATCH", SVC_PATH),
+            call("POST", SECRETS_PATH),
             call("PATCH", STS_PATH),
             call("PATCH", PDB_PATH)
         ],
@@ -1060,5 +1065,108 @@ async fn workers_get_the_charts_storage_settings_unless_the_query_names_its_own(
         let container = &set["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["envFrom"], env_from, "{spec}");
         assert_eq!(env_value(&set, "AWS_ENDPOINT_URL"), endpoint, "{spec}");
+    }
+}
+
+/// The first reconcile creates the control Secret (a fresh 32-byte token, owned by the query) and
+/// mounts it into the workers; a later reconcile neither creates nor changes it; the token is in
+/// no other request (ConfigMap, StatefulSet, status, events).
+#[tokio::test]
+async fn control_token_secret_is_created_once_mounted_and_kept_out_of_everything_else() {
+    let fixture = Fixture::new();
+    let q = query(SPEC, 1, None);
+    let (client, api) = start(q.clone(), None);
+    let ctx = fixture.context(client);
+    reconcile(Arc::new(q), ctx.clone())
+        .await
+        .expect("reconcile");
+    let secret = api.object(SECRET_PATH).expect("control Secret created");
+    let token = secret["stringData"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(token.len(), 64, "32 bytes in hex");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    assert_eq!(secret["type"], "Opaque");
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            &owner["kind"],
+            &owner["name"],
+            &owner["uid"],
+            &owner["controller"]
+        ),
+        (
+            &json!("StreamingQuery"),
+            &json!("q"),
+            &json!("uid-1"),
+            &json!(true)
+        )
+    );
+    assert_eq!(secret["metadata"]["labels"]["sluice.dev/query"], "q");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "sluice-operator"
+    );
+    let position = |method: &str, path: &str| {
+        api.calls()
+            .iter()
+            .position(|c| *c == call(method, path))
+            .expect("called")
+    };
+    assert!(
+        position("POST", SECRETS_PATH) < position("PATCH", STS_PATH),
+        "the Secret exists before pods that mount it"
+    );
+
+    let set = api.body_of("PATCH", STS_PATH);
+    assert_eq!(
+        env_value(&set, "SLUICE_CONTROL_TOKEN_FILE"),
+        "/etc/sluice/control/token"
+    );
+    let pod = &set["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "control"))
+        .expect("control volume");
+    assert_eq!(
+        volume["secret"],
+        json!({"secretName": "sluice-q-control", "defaultMode": 256, "optional": false})
+    );
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "control"))
+        .expect("control mount");
+    assert_eq!(
+        mount,
+        &json!({"name": "control", "mountPath": "/etc/sluice/control", "readOnly": true})
+    );
+
+    // A second reconcile (the query as the first one left it) keeps the Secret as it is.
+    let second = query(SPEC, 1, Some(written_status(&api)));
+    reconcile(Arc::new(second), ctx).await.expect("reconcile");
+    assert_eq!(api.object(SECRET_PATH).as_ref(), Some(&secret));
+    let secret_requests: Vec<(String, u16)> = api
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with(SECRETS_PATH))
+        .map(|r| (r.method.to_string(), r.status))
+        .collect();
+    assert_eq!(
+        secret_requests,
+        [("POST".to_string(), 201), ("POST".to_string(), 409)],
+        "created once, then AlreadyExists; never applied, updated or read"
+    );
+
+    for request in api.requests() {
+        if request.path().starts_with(SECRETS_PATH) {
+            continue;
+        }
+        assert!(
+            !request.uri.contains(&token) && !request.body.to_string().contains(&token),
+            "the control token leaked into {} {}",
+            request.method,
+            request.uri
+        );
     }
 }

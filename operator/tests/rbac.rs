@@ -8,7 +8,7 @@
 //!
 //! * the controller itself (`controller::run`, cluster-wide and namespaced): it lists and watches
 //!   StreamingQueries and their StatefulSets, adds the finalizer and reconciles a new query
-//!   (StatefulSet read, four children applied, events, status);
+//!   (StatefulSet read, four children applied, the control Secret created, events, status);
 //! * a spec change, a deletion with retention (finalizer removal), a repeated event (the event
 //!   recorder patches the series), leader election (create, then renew).
 //!

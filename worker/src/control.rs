@@ -12,7 +12,7 @@ use std::path::Path;
 use subtle::ConstantTimeEq;
 
 /// Environment variable holding the control token itself.
-pub const TOKEN_ENV: &str = "SLUICE_CONTROL_TOKEN";
+pub const TOKEN_ENV: &str = sluice_crds::contract::ENV_CONTROL_TOKEN;
 
 /// Longest token accepted (bytes); a generated token is 32–64 characters.
 const MAX_TOKEN_BYTES: usize = 4096;

@@ -47,7 +47,7 @@ struct RunArgs {
     /// File holding the token that `POST /stop` must bear (`Authorization: Bearer <token>`);
     /// without it, `SLUICE_CONTROL_TOKEN`; without either, /stop is open (to whoever can reach
     /// the address).
-    #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
+    #[arg(long, env = contract::ENV_CONTROL_TOKEN_FILE)]
     control_token_file: Option<PathBuf>,
     /// Local file locations (sources, tables, models, file sink, checkpoint) must be under one of
     /// these directories (comma-separated); `s3://` is not affected.
@@ -93,7 +93,7 @@ enum Command {
         http_port: u16,
         /// File holding the control token (the operator mounts it from the query's Secret);
         /// without it, `SLUICE_CONTROL_TOKEN`; without either, `POST /stop` is refused.
-        #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
+        #[arg(long, env = contract::ENV_CONTROL_TOKEN_FILE)]
         control_token_file: Option<PathBuf>,
         /// As for `run`.
         #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]

@@ -42,6 +42,7 @@ RBAC test; keep each block plain YAML, the test's fake API server reads it).
 Server-side apply of an object that does not exist yet is a create, so every applied kind needs
 `create` as well as `patch`. StreamingQueries are watched and get the finalizer by JSON patch;
 status is written by server-side apply; StatefulSets are watched (owned children) and read back.
+Each query's control Secret (the workers' /stop token) is only created, never read or updated.
 */}}
 {{- define "sluice.rules" -}}
 - apiGroups: ["sluice.dev"]
@@ -56,6 +57,9 @@ status is written by server-side apply; StatefulSets are watched (owned children
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch"]

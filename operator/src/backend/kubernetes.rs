@@ -1,6 +1,6 @@
 //! Kubernetes backend: a [`DesiredWorkers`] becomes four children of the `StreamingQuery`, all
 //! named `sluice-<query>` and owned by it (garbage-collected with it), applied with server-side
-//! apply under the single field manager [`FIELD_MANAGER`]:
+//! apply under the single field manager [`FIELD_MANAGER`], plus the query's control Secret:
 //!
 //! * `ConfigMap` with the resolved query under key `query.yaml`;
 //! * headless `Service` exposing the workers' `metrics` port (9464) for Prometheus;
@@ -8,7 +8,12 @@
 //!   worker reads from `POD_NAME`), env `SLUICE_REPLICA_COUNT` and `SLUICE_GENERATION`, container
 //!   `sluice-worker pod --manifest /etc/sluice/query.yaml --http-port 9464`, probes on `/healthz`,
 //!   non-root with a read-only root filesystem and an `emptyDir` on `/tmp`;
-//! * `PodDisruptionBudget` with `maxUnavailable: 1`.
+//! * `PodDisruptionBudget` with `maxUnavailable: 1`;
+//! * `Secret` `sluice-<query>-control` with the workers' control token (key `token`, 32 random
+//!   bytes in hex), mounted read-only at `/etc/sluice/control` (`SLUICE_CONTROL_TOKEN_FILE`):
+//!   `POST /stop` on a worker needs it as a bearer token. Created once (a create answered
+//!   `AlreadyExists` is fine) and never applied again, so reconciles never rotate it; the
+//!   operator does not read it back.
 //!
 //! The builders are pure functions (tested on their exact output); [`KubernetesBackend`] does
 //! the I/O, including reading each worker pod's `GET /progress` through the headless Service
@@ -22,22 +27,23 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretEnvSource,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use sluice_crds::contract::{
-    ENV_CHECKPOINT_LOCATION, ENV_GENERATION, ENV_NAMESPACE, ENV_POD_NAME, ENV_QUERY,
-    ENV_REPLICA_COUNT,
+    CONTROL_TOKEN_DIR, CONTROL_TOKEN_KEY, ENV_CHECKPOINT_LOCATION, ENV_CONTROL_TOKEN_FILE,
+    ENV_GENERATION, ENV_NAMESPACE, ENV_POD_NAME, ENV_QUERY, ENV_REPLICA_COUNT,
 };
 use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
 use super::Backend;
+use crate::control_token::ControlToken;
 use crate::error::{Error, Result};
 use crate::plan::{DesiredWorkers, EventSeverity, PlannedEvent, WorkersObservation, child_name};
 use crate::progress::WorkerProgress;
@@ -59,6 +65,13 @@ pub const MANIFEST_DIR: &str = "/etc/sluice";
 pub const METRICS_PORT_NAME: &str = "metrics";
 /// Non-root UID of the worker image (distroless `nonroot`).
 pub const WORKER_UID: i64 = 65532;
+/// Mode of the mounted control token: readable by the worker's user only.
+pub const CONTROL_TOKEN_MODE: i32 = 0o400;
+
+/// Name of a query's control Secret: `sluice-<query>-control`.
+pub fn control_secret_name(query_name: &str) -> String {
+    format!("{}-control", child_name(query_name))
+}
 
 fn name_and_namespace(query: &StreamingQuery) -> Result<(String, String)> {
     let name = query
@@ -123,6 +136,26 @@ pub fn config_map(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<Co
             desired.manifest_yaml.clone(),
         )])),
         ..ConfigMap::default()
+    })
+}
+
+/// The query's control Secret holding `token` (owned by the query, labelled like the other
+/// children). Only ever created, never applied: see the module docs.
+///
+/// # Errors
+/// As [`config_map`].
+pub fn control_secret(query: &StreamingQuery, token: &ControlToken) -> Result<Secret> {
+    let (name, _) = name_and_namespace(query)?;
+    let mut metadata = metadata(query)?;
+    metadata.name = Some(control_secret_name(&name));
+    Ok(Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            CONTROL_TOKEN_KEY.to_string(),
+            token.expose().to_string(),
+        )])),
+        ..Secret::default()
     })
 }
 
@@ -203,8 +236,19 @@ pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<
         env_var(ENV_GENERATION, desired.generation.to_string()),
         env_var(ENV_CHECKPOINT_LOCATION, desired.checkpoint_location.clone()),
         field_env(ENV_POD_NAME, "metadata.name"),
+        env_var(
+            ENV_CONTROL_TOKEN_FILE,
+            format!("{CONTROL_TOKEN_DIR}/{CONTROL_TOKEN_KEY}"),
+        ),
     ];
-    env.extend(desired.env.iter().cloned());
+    // The spec's env cannot replace the operator's token file (the worker reads the file first).
+    env.extend(
+        desired
+            .env
+            .iter()
+            .filter(|e| e.name != ENV_CONTROL_TOKEN_FILE)
+            .cloned(),
+    );
     let env_from = desired.storage_secret_ref.as_ref().map(|secret| {
         vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource {
@@ -251,6 +295,12 @@ pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<
             VolumeMount {
                 name: "query".into(),
                 mount_path: MANIFEST_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "control".into(),
+                mount_path: CONTROL_TOKEN_DIR.into(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
@@ -302,6 +352,16 @@ pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<
                             config_map: Some(ConfigMapVolumeSource {
                                 name: child,
                                 ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "control".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(control_secret_name(&name)),
+                                default_mode: Some(CONTROL_TOKEN_MODE),
+                                optional: Some(false),
+                                ..SecretVolumeSource::default()
                             }),
                             ..Volume::default()
                         },
@@ -607,6 +667,22 @@ impl KubernetesBackend {
         &self.client
     }
 
+    /// Creates the query's control Secret with a fresh token unless it exists. A create, never an
+    /// apply: an apply would rotate the token on every reconcile, out of step with the running
+    /// workers, which read it at start. The token is not logged nor read back.
+    ///
+    /// # Errors
+    /// [`Error::Kube`] for API errors other than `AlreadyExists`.
+    async fn ensure_control_secret(&self, query: &StreamingQuery, namespace: &str) -> Result<()> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = control_secret(query, &ControlToken::generate()?)?;
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn apply<K>(&self, namespace: &str, object: &K) -> Result<()>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -654,6 +730,8 @@ impl Backend for KubernetesBackend {
         }
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
+        // Before the StatefulSet: its pods do not start without the Secret they mount.
+        self.ensure_control_secret(query, &namespace).await?;
         let mut set = stateful_set(query, desired)?;
         if desired.storage_secret_ref.is_none() {
             add_worker_storage(&mut set, &self.storage);

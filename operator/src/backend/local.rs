@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::conditions::{self, DEGRADED};
 use sluice_crds::contract::{
-    BatchProgress, ENV_GENERATION, FLAG_CHECKPOINT, FLAG_HTTP, FLAG_REPLICA, FLAG_REPLICAS,
-    StopAnswer,
+    BatchProgress, ENV_CONTROL_TOKEN, ENV_CONTROL_TOKEN_FILE, ENV_GENERATION, FLAG_CHECKPOINT,
+    FLAG_HTTP, FLAG_REPLICA, FLAG_REPLICAS, StopAnswer,
 };
 use sluice_crds::{Phase, StreamingQuery, StreamingQueryStatus};
 use tokio::process::{Child, Command};
@@ -30,7 +30,8 @@ use tokio::sync::Mutex;
 
 use super::Backend;
 use crate::checkpoint::CheckpointManager;
-use crate::clients::http;
+use crate::clients::{http, http_authorized};
+use crate::control_token::ControlToken;
 use crate::error::{Error, Result};
 use crate::plan::{
     CRASH_LOOP_WINDOW, DesiredWorkers, EventSeverity, OperatorConfig, PlannedEvent,
@@ -107,6 +108,8 @@ struct Deployment {
     manifest: PathBuf,
     binary: PathBuf,
     env: Vec<(String, String)>,
+    /// Required by the workers' `POST /stop` (given to each as `SLUICE_CONTROL_TOKEN`).
+    control_token: ControlToken,
     workers: Vec<Worker>,
     /// Replicas answering `/healthz` at the last observation.
     ready: u32,
@@ -292,6 +295,7 @@ impl LocalBackend {
                 .iter()
                 .filter_map(|v| v.value.clone().map(|value| (v.name.clone(), value)))
                 .collect(),
+            control_token: ControlToken::generate()?,
             workers: Vec::new(),
             ready: 0,
             answers: Vec::new(),
@@ -333,6 +337,10 @@ impl LocalBackend {
         for (name, value) in &deployment.env {
             command.env(name, value);
         }
+        // After the spec's env, so that only the operator's token can stop the workers.
+        command
+            .env(ENV_CONTROL_TOKEN, deployment.control_token.expose())
+            .env_remove(ENV_CONTROL_TOKEN_FILE);
         let child = command
             .spawn()
             .map_err(|e| io_error(&format!("starting {}", deployment.binary.display()), e))?;
@@ -761,28 +769,32 @@ impl LocalOperator {
 /// Stops every worker at a batch boundary (`POST /stop` waits for the final commit), killing
 /// those that do not stop within `timeout`. Returns the last commit time (ms) of the generation.
 async fn stop_deployment(deployment: Deployment, timeout: Duration) -> Option<i64> {
-    let stops = deployment.workers.into_iter().map(|mut worker| async move {
-        let url = format!("http://127.0.0.1:{}/stop", worker.port);
-        let answer = http("POST", &url, timeout).await;
-        let last = answer
-            .as_ref()
-            .ok()
-            .and_then(|body| serde_json::from_str::<StopAnswer<BatchProgress>>(body).ok())
-            .and_then(|answer| answer.latest.as_ref().and_then(commit_ms));
-        match tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!(
-                    replica = worker.replica,
-                    "worker did not exit after /stop; killing it"
-                );
-                let _ = worker.child.kill().await;
+    let bearer = deployment.control_token.bearer();
+    let stops = deployment.workers.into_iter().map(|mut worker| {
+        let bearer = bearer.clone();
+        async move {
+            let url = format!("http://127.0.0.1:{}/stop", worker.port);
+            let answer = http_authorized("POST", &url, timeout, Some(&bearer)).await;
+            let last = answer
+                .as_ref()
+                .ok()
+                .and_then(|body| serde_json::from_str::<StopAnswer<BatchProgress>>(body).ok())
+                .and_then(|answer| answer.latest.as_ref().and_then(commit_ms));
+            match tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        replica = worker.replica,
+                        "worker did not exit after /stop; killing it"
+                    );
+                    let _ = worker.child.kill().await;
+                }
             }
+            if let Err(e) = answer {
+                tracing::warn!(replica = worker.replica, error = %e, "stop request failed");
+            }
+            last
         }
-        if let Err(e) = answer {
-            tracing::warn!(replica = worker.replica, error = %e, "stop request failed");
-        }
-        last
     });
     let lasts = futures::future::join_all(stops).await;
     let last = lasts.into_iter().flatten().max();
@@ -852,5 +864,89 @@ mod tests {
         let progress: BatchProgress = serde_json::from_value(progress).expect("progress");
         assert_eq!(commit_ms(&progress), Some(start.as_millisecond() + 250));
         assert_eq!(commit_ms(&BatchProgress::default()), None);
+    }
+
+    fn env_var(name: &str, value: &str) -> k8s_openapi::api::core::v1::EnvVar {
+        k8s_openapi::api::core::v1::EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A worker gets the deployment's control token in `SLUICE_CONTROL_TOKEN` (over any the spec
+    /// sets, and without a token file that would win over it), and `/stop` is sent with it.
+    #[tokio::test]
+    async fn workers_get_the_control_token_and_stop_is_sent_with_it() {
+        use std::os::unix::fs::PermissionsExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seen = dir.path().join("seen");
+        let script = dir.path().join("fake-worker");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nenv | grep '^SLUICE_CONTROL' > {seen}.tmp\nmv {seen}.tmp {seen}\nexec sleep 2\n",
+                seen = seen.display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let backend = LocalBackend::new(LocalConfig::new(dir.path().to_path_buf(), script.clone()));
+        let desired = DesiredWorkers {
+            generation: 1,
+            replicas: 1,
+            image: script.display().to_string(),
+            manifest_yaml: "{}".into(),
+            checkpoint_location: "file:///nowhere".into(),
+            restart_hash: String::new(),
+            section_hashes: BTreeMap::new(),
+            env: vec![
+                env_var(ENV_CONTROL_TOKEN, "from-the-spec"),
+                env_var(ENV_CONTROL_TOKEN_FILE, "/from/the/spec"),
+            ],
+            resources: None,
+            storage_secret_ref: None,
+            http_port: 0,
+            stop_first: false,
+        };
+        let mut deployment = backend.start_deployment("q", &desired).expect("start");
+        let token = deployment.control_token.expose().to_string();
+        let started = std::time::Instant::now();
+        while !seen.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "worker did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            std::fs::read_to_string(&seen).expect("seen"),
+            format!("{ENV_CONTROL_TOKEN}={token}\n")
+        );
+
+        // The worker's /stop is this listener.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        deployment.workers[0].port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.expect("read");
+            socket
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\n{}")
+                .await
+                .expect("write");
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        stop_deployment(deployment, Duration::from_secs(5)).await;
+        let request = server.await.expect("server");
+        assert!(request.starts_with("POST /stop "), "{request}");
+        assert!(
+            request.contains(&format!("\r\nAuthorization: Bearer {token}\r\n")),
+            "{request}"
+        );
     }
 }

@@ -474,6 +474,88 @@ async fn killed_workers_are_restarted_exactly_once() {
     fixture.shutdown().await;
 }
 
+/// The process exists and has not exited (a zombie not reaped yet has exited).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// `POST /stop` on a local worker needs the deployment's control token (issue 16): the operator
+/// gives each worker process `SLUICE_CONTROL_TOKEN`; without it or with another token the answer
+/// is 401 and the worker keeps running; with it the worker stops at a batch boundary (and the
+/// operator, not having asked, restarts it); the output stays exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
+async fn stop_needs_the_control_token() {
+    use sluice_operator::clients::{http, http_authorized};
+
+    let Some(fixture) = Fixture::start("stop_needs_the_control_token", |_| {}) else {
+        return;
+    };
+    let io = fixture.folders();
+    let query = fixture.query("control");
+    query.apply_spec(&copy_ids(&io, 1, "300ms", String::new()));
+    let producer = FileProducer::start(&io.input, &io.staging, 5.0);
+    query.wait_running(secs(60)).await;
+    let pid = *query.pids().get(&0).expect("pid file");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("worker environment");
+    let token = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .find_map(|v| v.strip_prefix("SLUICE_CONTROL_TOKEN="))
+        .expect("the worker has SLUICE_CONTROL_TOKEN")
+        .to_string();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("worker command line");
+    let args: Vec<&str> = cmdline
+        .split(|b| *b == 0)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .collect();
+    let http_addr = args
+        .iter()
+        .position(|a| *a == "--http")
+        .and_then(|i| args.get(i + 1))
+        .expect("--http");
+    let stop = format!("http://{http_addr}/stop");
+
+    let refused = http("POST", &stop, secs(10)).await.expect_err("no token");
+    assert!(refused.contains("HTTP 401"), "{refused}");
+    let refused = http_authorized("POST", &stop, secs(10), Some("Bearer not-the-token"))
+        .await
+        .expect_err("wrong token");
+    assert!(refused.contains("HTTP 401"), "{refused}");
+    tokio::time::sleep(secs(3)).await;
+    assert!(alive(pid), "a refused /stop left the worker running");
+    assert_eq!(query.pids().get(&0), Some(&pid));
+
+    let stopped = http_authorized("POST", &stop, secs(60), Some(&format!("Bearer {token}")))
+        .await
+        .expect("/stop with the token");
+    let answer: serde_json::Value = serde_json::from_str(&stopped).expect("stop answer");
+    assert_eq!(answer["stopped"], true, "{stopped}");
+    support::wait_for("the worker to exit", secs(15), || {
+        if alive(pid) {
+            Err(format!("pid {pid} still running"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    query
+        .wait("the worker restarted and Running", secs(60), |s| {
+            s.restarts.unwrap_or(0) >= 1 && is_running(s)
+        })
+        .await;
+    let rows = producer.finish().await;
+    assert_exactly_once(&io.output, rows, secs(60)).await;
+    fixture.shutdown().await;
+}
+
 /// Devices of the keyed Kafka input; device `d{i}` goes to partition `i % partitions`.
 const DEVICES: u64 = 8;
 /// Keyed record `k`: device `d{k % 8}`, event time `k / 80` s after the origin (100 rows per

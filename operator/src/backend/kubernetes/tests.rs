@@ -122,13 +122,61 @@ fn stateful_set_runs_the_worker_as_specified() {
     );
     assert_eq!(env["RUST_LOG"]["value"], "debug");
     assert_eq!(
+        env["SLUICE_CONTROL_TOKEN_FILE"]["value"],
+        "/etc/sluice/control/token"
+    );
+    assert_eq!(
         container["volumeMounts"],
-        json!([{"name": "query", "mountPath": "/etc/sluice", "readOnly": true}, {"name": "tmp", "mountPath": "/tmp"}])
+        json!([
+            {"name": "query", "mountPath": "/etc/sluice", "readOnly": true},
+            {"name": "control", "mountPath": "/etc/sluice/control", "readOnly": true},
+            {"name": "tmp", "mountPath": "/tmp"}
+        ])
     );
     assert_eq!(
         pod["volumes"],
-        json!([{"name": "query", "configMap": {"name": "sluice-q"}}, {"name": "tmp", "emptyDir": {}}])
+        json!([
+            {"name": "query", "configMap": {"name": "sluice-q"}},
+            {"name": "control", "secret": {"secretName": "sluice-q-control", "defaultMode": 0o400, "optional": false}},
+            {"name": "tmp", "emptyDir": {}}
+        ])
     );
+}
+
+#[test]
+fn control_secret_holds_the_token_and_belongs_to_the_query() {
+    let token = ControlToken::generate().expect("token");
+    let secret =
+        serde_json::to_value(control_secret(&query(), &token).expect("builds")).expect("json");
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "sluice-q-control");
+    assert_eq!(secret["metadata"]["namespace"], "prod");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingQuery", "name": "q", "uid": "uid-1", "controller": true}])
+    );
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["stringData"], json!({"token": token.expose()}));
+}
+
+#[test]
+fn spec_env_cannot_replace_the_control_token_file() {
+    let mut desired = desired();
+    desired.env.push(EnvVar {
+        name: "SLUICE_CONTROL_TOKEN_FILE".into(),
+        value: Some("/tmp/mine".into()),
+        ..EnvVar::default()
+    });
+    let set =
+        serde_json::to_value(stateful_set(&query(), &desired).expect("builds")).expect("json");
+    let files: Vec<&serde_json::Value> = set["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter(|e| e["name"] == "SLUICE_CONTROL_TOKEN_FILE")
+        .map(|e| &e["value"])
+        .collect();
+    assert_eq!(files, [&json!("/etc/sluice/control/token")]);
 }
 
 #[test]
