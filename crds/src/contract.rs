@@ -31,8 +31,9 @@ pub const ENV_CONTROL_TOKEN: &str = "SLUICE_CONTROL_TOKEN";
 pub const ENV_CONTROL_TOKEN_FILE: &str = "SLUICE_CONTROL_TOKEN_FILE";
 /// Key of the control token in the query's control Secret (`sluice-<query>-control`).
 pub const CONTROL_TOKEN_KEY: &str = "token";
-/// Where the control Secret is mounted in a worker pod.
-pub const CONTROL_TOKEN_DIR: &str = "/etc/sluice/control";
+/// Where the control Secret is mounted in a worker pod: outside the ConfigMap's read-only
+/// `/etc/sluice`, so no mount point has to be made inside another volume.
+pub const CONTROL_TOKEN_DIR: &str = "/var/run/sluice/control";
 
 /// `sluice-worker check MANIFEST --checkpoint URL`: check against an existing checkpoint.
 pub const FLAG_CHECKPOINT: &str = "--checkpoint";

@@ -1122,7 +1122,7 @@ async fn control_token_secret_is_created_once_mounted_and_kept_out_of_everything
     let set = api.body_of("PATCH", STS_PATH);
     assert_eq!(
         env_value(&set, "SLUICE_CONTROL_TOKEN_FILE"),
-        "/etc/sluice/control/token"
+        "/var/run/sluice/control/token"
     );
     let pod = &set["spec"]["template"]["spec"];
     let volume = pod["volumes"]
@@ -1139,7 +1139,7 @@ async fn control_token_secret_is_created_once_mounted_and_kept_out_of_everything
         .expect("control mount");
     assert_eq!(
         mount,
-        &json!({"name": "control", "mountPath": "/etc/sluice/control", "readOnly": true})
+        &json!({"name": "control", "mountPath": "/var/run/sluice/control", "readOnly": true})
     );
 
     // A second reconcile (the query as the first one left it) keeps the Secret as it is.

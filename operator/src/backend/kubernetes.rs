@@ -10,7 +10,7 @@
 //!   non-root with a read-only root filesystem and an `emptyDir` on `/tmp`;
 //! * `PodDisruptionBudget` with `maxUnavailable: 1`;
 //! * `Secret` `sluice-<query>-control` with the workers' control token (key `token`, 32 random
-//!   bytes in hex), mounted read-only at `/etc/sluice/control` (`SLUICE_CONTROL_TOKEN_FILE`):
+//!   bytes in hex), mounted read-only at `/var/run/sluice/control` (`SLUICE_CONTROL_TOKEN_FILE`):
 //!   `POST /stop` on a worker needs it as a bearer token. Created once (a create answered
 //!   `AlreadyExists` is fine) and never applied again, so reconciles never rotate it; the
 //!   operator does not read it back.

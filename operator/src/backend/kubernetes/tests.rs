@@ -123,13 +123,13 @@ fn stateful_set_runs_the_worker_as_specified() {
     assert_eq!(env["RUST_LOG"]["value"], "debug");
     assert_eq!(
         env["SLUICE_CONTROL_TOKEN_FILE"]["value"],
-        "/etc/sluice/control/token"
+        "/var/run/sluice/control/token"
     );
     assert_eq!(
         container["volumeMounts"],
         json!([
             {"name": "query", "mountPath": "/etc/sluice", "readOnly": true},
-            {"name": "control", "mountPath": "/etc/sluice/control", "readOnly": true},
+            {"name": "control", "mountPath": "/var/run/sluice/control", "readOnly": true},
             {"name": "tmp", "mountPath": "/tmp"}
         ])
     );
@@ -176,7 +176,7 @@ fn spec_env_cannot_replace_the_control_token_file() {
         .filter(|e| e["name"] == "SLUICE_CONTROL_TOKEN_FILE")
         .map(|e| &e["value"])
         .collect();
-    assert_eq!(files, [&json!("/etc/sluice/control/token")]);
+    assert_eq!(files, [&json!("/var/run/sluice/control/token")]);
 }
 
 #[test]
