@@ -4,20 +4,11 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::http_request as request;
 use sluice_worker::control::ControlAuth;
 use sluice_worker::{Engine, QueryConfig, Shared};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn request(addr: std::net::SocketAddr, head: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("{head}\r\nContent-Length: 0\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    String::from_utf8_lossy(&response).to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_needs_the_bearer_token_and_read_only_endpoints_stay_open() {

@@ -5,17 +5,11 @@
 use std::time::{Duration, Instant};
 
 use sluice_worker::{Engine, QueryConfig, Shared};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 async fn post_stop(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"POST /stop HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
-        .await
-        .expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    String::from_utf8_lossy(&response).to_string()
+    common::http_request(addr, "POST /stop HTTP/1.0").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

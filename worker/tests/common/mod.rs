@@ -315,3 +315,17 @@ pub fn run_with_crashes(
     );
     killed
 }
+
+/// Sends one raw HTTP request (`head`: request line and headers, no trailing blank line) with an
+/// empty body to the worker's HTTP server and returns the whole answer, status line included.
+pub async fn http_request(addr: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("{head}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    String::from_utf8_lossy(&response).to_string()
+}
