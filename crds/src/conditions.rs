@@ -15,6 +15,13 @@ pub const DEGRADED: &str = "Degraded";
 pub const CHECKPOINT_STALE: &str = "CheckpointStale";
 /// The autoscaler wanted more replicas than the query can use.
 pub const SCALING_LIMITED: &str = "ScalingLimited";
+/// The annotation [`PAUSE_ANNOTATION`] is `"true"`: the operator leaves the query's children alone.
+pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
+
+/// Annotation that pauses reconciliation of one query while `"true"` (Strimzi's
+/// `strimzi.io/pause-reconciliation` convention): nothing the query owns is created, changed,
+/// scaled or deleted until it is removed or set to anything else.
+pub const PAUSE_ANNOTATION: &str = "sluice.dev/pause-reconciliation";
 
 /// `"True"` / `"False"` as conditions spell them.
 pub fn status_str(value: bool) -> &'static str {

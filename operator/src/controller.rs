@@ -110,6 +110,13 @@ fn key(query: &StreamingQuery) -> String {
     )
 }
 
+/// The watch predicate: spec changes (`metadata.generation`) and the pause annotation (which
+/// changes no generation) trigger a reconcile; status writes do not.
+fn generation_or_pause(query: &StreamingQuery) -> Option<u64> {
+    let generation = predicates::generation(query)?;
+    Some(generation.wrapping_mul(2) + u64::from(crate::plan::paused(query)))
+}
+
 /// Reconciles one `StreamingQuery`: adds the finalizer, then either runs the live reconcile or,
 /// when the query is being deleted, applies checkpoint retention and removes the finalizer.
 ///
@@ -269,7 +276,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(generation_or_pause, Default::default());
     Controller::for_stream(changes, reader)
         .owns(sets, managed)
         .shutdown_on_signal()

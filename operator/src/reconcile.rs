@@ -101,7 +101,9 @@ pub async fn reconcile_live<B: Backend>(
         None => None,
     };
     let validation = validate_spec(&query.spec);
-    let checkpoint = if validation.is_ok() {
+    // A paused query is only observed: no claim, no check Job, no metrics for the autoscaler.
+    let paused = plan::paused(query);
+    let checkpoint = if validation.is_ok() && !paused {
         observe_checkpoint(query, config, checkpoints).await?
     } else {
         CheckpointObservation::NotChecked
@@ -114,6 +116,7 @@ pub async fn reconcile_live<B: Backend>(
         autoscale: None,
     };
     if validation.is_ok()
+        && !paused
         && let Some(scaler) = scaler
     {
         if let Some(request) = plan::check_request(query, &observation, config, &now)? {

@@ -549,3 +549,74 @@ async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
     assert_eq!(events(&requests), ["UpgradeRefused"]);
     assert!(message.ends_with("stateful operators changed"), "{message}");
 }
+
+fn set_paused(query: &mut StreamingQuery, paused: Option<&str>) {
+    let annotations = query
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match paused {
+        Some(value) => {
+            annotations.insert(
+                sluice_crds::conditions::PAUSE_ANNOTATION.into(),
+                value.into(),
+            );
+        }
+        None => {
+            annotations.remove(sluice_crds::conditions::PAUSE_ANNOTATION);
+        }
+    }
+}
+
+/// Requests that change something other than the query's own status and events.
+fn mutating(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.method != Method::GET && r.path != STATUS_PATH && r.path != EVENTS_PATH)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_paused_query_leaves_its_children_alone_until_the_annotation_is_removed() {
+    let mut setup = Setup::running(V1).await;
+    let v2 = format!(
+        "{}  parallelism: {{replicas: 2}}\n",
+        V1.replace("sink: {console: {}}", "sink: {console: {numRows: 5}}")
+    );
+    setup.edit(&v2);
+    set_paused(&mut setup.query, Some("true"));
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    assert_eq!(mutating(&requests), Vec::<String>::new(), "{requests:#?}");
+    assert_eq!(events(&requests), ["ReconciliationPaused"]);
+    let (state, reason, message) = condition(&plan.status, "ReconciliationPaused");
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "PauseAnnotation")
+    );
+    assert!(message.contains("generation 1 keeps running"), "{message}");
+    assert_eq!(
+        find(&plan.status.conditions, "ReconciliationPaused").and_then(|c| c.observed_generation),
+        Some(2)
+    );
+    assert_eq!(plan.status.generation, Some(1), "nothing rolled out");
+    // The workers crash meanwhile: still nothing is touched, no second event.
+    setup.api.with(|w| w.ready = false);
+    setup.reconcile(30).await;
+    let requests = setup.api.take_requests();
+    assert_eq!(mutating(&requests), Vec::<String>::new(), "{requests:#?}");
+    assert!(events(&requests).is_empty());
+    // Any other value is not a pause (Strimzi reads only "true").
+    set_paused(&mut setup.query, Some("false"));
+    setup.api.with(|w| w.ready = true);
+    let plan = setup.reconcile(40).await;
+    let requests = setup.api.take_requests();
+    assert!(touched(&requests, STS_PATH), "resumed: v2 rolls out");
+    assert_eq!(
+        events(&requests),
+        ["ReconciliationResumed", "UpgradeStarted"]
+    );
+    assert_eq!(plan.status.generation, Some(2));
+    assert_eq!(condition(&plan.status, "ReconciliationPaused").0, "False");
+}

@@ -434,7 +434,12 @@ impl Backend for LocalBackend {
         let name = query_name(query)?;
         let mut queries = self.queries.lock().await;
         let supervised = queries.entry(name.clone()).or_default();
-        let restarted = self.restart_exited(&name, supervised);
+        // Paused: an exited worker stays exited (the operator's hands are off the query).
+        let restarted = if crate::plan::paused(query) {
+            0
+        } else {
+            self.restart_exited(&name, supervised)
+        };
         while supervised
             .exits
             .front()

@@ -134,7 +134,7 @@ pub fn candidate(
 /// The check to run before planning: the spec [`candidate`] chooses, when it would start new
 /// workers (no deployment yet, or a restart-type change) or may run more than one replica (the
 /// report decides `ScalingLimited`). `None` for an invalid spec, an unusable checkpoint, a
-/// suspended query, or nothing new to check.
+/// suspended or paused query, or nothing new to check.
 ///
 /// # Errors
 /// Internal errors only (serialization, missing metadata).
@@ -147,6 +147,9 @@ pub fn check_request(
     let CheckpointObservation::Ready { location, .. } = &observation.checkpoint else {
         return Ok(None);
     };
+    if super::paused(query) {
+        return Ok(None);
+    }
     let workers = observation.workers.as_ref();
     let candidate = candidate(query, workers, config, now);
     let spec = &candidate.spec;

@@ -23,7 +23,8 @@ use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 use sluice_crds::conditions::{
-    self, CHECKPOINT_STALE, DEGRADED, PROGRESSING, READY, SCALING_LIMITED,
+    self, CHECKPOINT_STALE, DEGRADED, PAUSE_ANNOTATION, PROGRESSING, READY, RECONCILIATION_PAUSED,
+    SCALING_LIMITED,
 };
 use sluice_crds::{
     Phase, ScalingDecision, StreamingQuery, StreamingQuerySpec, StreamingQueryStatus, UpgradeMode,
@@ -200,6 +201,8 @@ pub enum SpecChange {
     /// The pre-upgrade check refused the spec or could not complete; the running generation is
     /// left alone.
     CheckRefused,
+    /// Reconciliation is paused by [`PAUSE_ANNOTATION`]: nothing is applied.
+    Paused,
 }
 
 /// Severity of a planned event.
@@ -240,6 +243,17 @@ pub struct Plan {
     pub autoscaler_state: Option<crate::autoscaler::State>,
     /// The autoscaler's decision of this reconcile, if it made one.
     pub decision: Option<ScalingDecision>,
+}
+
+/// Whether the query's [`PAUSE_ANNOTATION`] is `"true"` (exactly, as Strimzi reads its own):
+/// reconciliation leaves its children alone, and a backend neither restarts nor starts workers.
+pub fn paused(query: &StreamingQuery) -> bool {
+    query
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSE_ANNOTATION))
+        .is_some_and(|v| v == "true")
 }
 
 /// Label naming the query on every child and pod.
@@ -537,6 +551,58 @@ pub fn plan(
     let was_degraded = conditions::find(conditions, DEGRADED)
         .filter(|c| c.status == "True")
         .cloned();
+
+    // 0. Paused: observe and report only; the workers stay exactly as they are.
+    let was_paused = conditions::is_true(conditions, RECONCILIATION_PAUSED);
+    if paused(query) {
+        conditions::set(
+            conditions,
+            RECONCILIATION_PAUSED,
+            true,
+            "PauseAnnotation",
+            &format!(
+                "annotation {PAUSE_ANNOTATION} is \"true\": the operator creates, changes, scales \
+                 and deletes nothing of this query; {}; remove the annotation to resume",
+                running_note(workers)
+            ),
+            generation,
+            now,
+        );
+        if !was_paused {
+            events.push(event(
+                EventSeverity::Normal,
+                "ReconciliationPaused",
+                "Pause",
+                format!("{PAUSE_ANNOTATION} is \"true\": leaving the workers as they are"),
+            ));
+        }
+        return Ok(Plan {
+            change: SpecChange::Paused,
+            workers: WorkersAction::LeaveAlone,
+            status,
+            events,
+            requeue: Requeue::After(config.resync),
+            autoscaler_state: None,
+            decision: None,
+        });
+    }
+    if was_paused {
+        conditions::set(
+            conditions,
+            RECONCILIATION_PAUSED,
+            false,
+            "Resumed",
+            "",
+            generation,
+            now.clone(),
+        );
+        events.push(event(
+            EventSeverity::Normal,
+            "ReconciliationResumed",
+            "Pause",
+            format!("{PAUSE_ANNOTATION} removed: reconciling again"),
+        ));
+    }
 
     // 1. Invalid spec: a condition and one Warning event per distinct problem; keep running.
     if let Err(invalid) = validation {
