@@ -5,6 +5,8 @@
 //! Kafka topic names are at most 249 characters, Kubernetes object names 253.
 
 /// Longest SQL text (64 KiB).
+/// Longest `spec.restartNonce` (a timestamp, a counter, a commit hash).
+pub const MAX_RESTART_NONCE: u32 = 253;
 pub const MAX_SQL: u32 = 65_536;
 /// Longest identifier: source, table, model and column names, keys (PostgreSQL's 63).
 pub const MAX_IDENTIFIER: u32 = 63;

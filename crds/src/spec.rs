@@ -140,6 +140,12 @@ pub struct StreamingQuerySpec {
     /// Stop all workers at a batch boundary and keep the checkpoint.
     #[serde(default)]
     pub suspend: bool,
+    /// Any text; changing it restarts the workers at a batch boundary, keeping state and
+    /// checkpoint (the same stop-first path as a rescale): a restart without a spec change, after
+    /// fixing a sink or a poison batch's data. `status.restartNonce` shows the one applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_RESTART_NONCE))]
+    pub restart_nonce: Option<String>,
 }
 
 /// One named input stream. Exactly one of `file`, `kafka`, `socket`, `rate`, `nexmark` is set.

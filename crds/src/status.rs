@@ -95,6 +95,10 @@ pub struct StreamingQueryStatus {
     /// Worker restarts after crashes, since the query was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<i64>,
+    /// The `spec.restartNonce` the running workers were started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::MAX_RESTART_NONCE))]
+    pub restart_nonce: Option<String>,
     /// Commit time of the latest batch (RFC 3339), from the workers' `/progress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_TIMESTAMP))]

@@ -167,6 +167,7 @@ impl Harness {
             last_exit: running
                 .crashing
                 .then(|| "replica 0 exited (exit status: 1)".to_string()),
+            restart_nonce: desired.restart_nonce.clone(),
         }))
     }
 
@@ -227,7 +228,9 @@ impl Harness {
         self.query.status = Some(on_kubernetes.status.clone());
         if let WorkersAction::Apply(desired) = &on_kubernetes.workers {
             let changed = self.running.as_ref().is_none_or(|r| {
-                r.desired.generation != desired.generation || r.desired.replicas != desired.replicas
+                r.desired.generation != desired.generation
+                    || r.desired.replicas != desired.replicas
+                    || r.desired.restart_nonce != desired.restart_nonce
             });
             if changed {
                 self.running = Some(Running {
@@ -607,6 +610,34 @@ fn scenarios() -> Vec<(&'static str, String, Steps)> {
                     ),
                 ),
             ],
+        ),
+        (
+            "restartNonce: a change restarts the same generation (stop first), the same one does not",
+            v1.clone(),
+            with(vec![
+                (
+                    Do::Edit(format!("{v1}  restartNonce: \"2026-12-07T09:00\"\n")),
+                    None,
+                ),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Starting,
+                        Some((1, 1, true)),
+                        &["RestartRequested"],
+                        &[("Ready", "False", "Starting")],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Running, Some((1, 1, false)), &["Running"], &[]),
+                ),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(Phase::Running, Some((1, 1, false)), &[], &[]),
+                ),
+            ]),
         ),
         (
             "suspend and resume",

@@ -620,3 +620,60 @@ async fn a_paused_query_leaves_its_children_alone_until_the_annotation_is_remove
     assert_eq!(plan.status.generation, Some(2));
     assert_eq!(condition(&plan.status, "ReconciliationPaused").0, "False");
 }
+
+#[tokio::test]
+async fn a_new_restart_nonce_restarts_the_workers_once_at_a_batch_boundary() {
+    let mut setup = Setup::running(V1).await;
+    setup.api.with(|w| w.pods = VecDeque::from([1, 0]));
+    let with_nonce = |nonce: &str| format!("{V1}  restartNonce: \"{nonce}\"\n");
+    setup.edit(&with_nonce("1"));
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    let calls: Vec<(String, String, Value)> = requests
+        .iter()
+        .filter(|r| r.path == STS_PATH || r.path == PODS_PATH)
+        .map(|r| {
+            let replicas = r.body["spec"]["replicas"].clone();
+            (r.method.to_string(), r.path.clone(), replicas)
+        })
+        .collect();
+    let call = |m: &str, p: &str, r: Value| (m.to_string(), p.to_string(), r);
+    assert_eq!(
+        calls,
+        [
+            call("GET", STS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
+            call("PATCH", STS_PATH, json!(0)),
+            call("GET", PODS_PATH, Value::Null),
+            call("GET", PODS_PATH, Value::Null),
+            call("PATCH", STS_PATH, json!(1)),
+        ],
+        "stop (scale to 0, wait for the pods), then start again"
+    );
+    assert_eq!(events(&requests), ["RestartRequested"]);
+    assert_eq!(
+        plan.status.generation,
+        Some(1),
+        "same generation: state kept"
+    );
+    assert_eq!(plan.status.restart_nonce.as_deref(), Some("1"));
+    let applied = setup
+        .api
+        .with(|w| w.statefulset.clone())
+        .expect("statefulset");
+    assert_eq!(
+        applied["spec"]["template"]["metadata"]["annotations"]["sluice.dev/restart-nonce"],
+        "1"
+    );
+    // The same nonce again: nothing restarts.
+    let plan = setup.reconcile(30).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.path == STS_PATH && r.body["spec"]["replicas"] == json!(0)),
+        "{requests:#?}"
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Running));
+    assert!(!events(&requests).contains(&"RestartRequested".to_string()));
+}

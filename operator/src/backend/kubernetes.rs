@@ -54,6 +54,9 @@ pub const FIELD_MANAGER: &str = "sluice-operator";
 pub const GENERATION_ANNOTATION: &str = "sluice.dev/generation";
 /// Annotation: hash of the restart-relevant spec sections.
 pub const RESTART_HASH_ANNOTATION: &str = "sluice.dev/restart-hash";
+/// Annotation: `spec.restartNonce` the pods were started with (on the StatefulSet and its pod
+/// template, so a change also rolls the pods).
+pub const RESTART_NONCE_ANNOTATION: &str = "sluice.dev/restart-nonce";
 /// Annotation: JSON map of per-section hashes.
 pub const SECTIONS_ANNOTATION: &str = "sluice.dev/section-hashes";
 pub use crate::plan::{QUERY_LABEL, selector_labels};
@@ -111,7 +114,7 @@ fn metadata(query: &StreamingQuery) -> Result<ObjectMeta> {
 fn deployment_annotations(desired: &DesiredWorkers) -> Result<BTreeMap<String, String>> {
     let sections = serde_json::to_string(&desired.section_hashes)
         .map_err(|e| Error::Serialization(e.to_string()))?;
-    Ok(BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (
             GENERATION_ANNOTATION.to_string(),
             desired.generation.to_string(),
@@ -121,7 +124,11 @@ fn deployment_annotations(desired: &DesiredWorkers) -> Result<BTreeMap<String, S
             desired.restart_hash.clone(),
         ),
         (SECTIONS_ANNOTATION.to_string(), sections),
-    ]))
+    ]);
+    if let Some(nonce) = &desired.restart_nonce {
+        annotations.insert(RESTART_NONCE_ANNOTATION.to_string(), nonce.clone());
+    }
+    Ok(annotations)
 }
 
 /// The ConfigMap holding the resolved query.
@@ -438,6 +445,7 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
         restarts: None,
         recent_exits: 0,
         last_exit: None,
+        restart_nonce: annotations.get(RESTART_NONCE_ANNOTATION).cloned(),
     }
 }
 

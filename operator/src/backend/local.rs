@@ -101,6 +101,7 @@ struct Worker {
 /// A running generation of workers.
 struct Deployment {
     generation: i64,
+    restart_nonce: Option<String>,
     restart_hash: String,
     section_hashes: BTreeMap<String, String>,
     replicas: u32,
@@ -134,6 +135,8 @@ pub struct ProcessSnapshot {
     /// Exits within [`CRASH_LOOP_WINDOW`].
     pub recent_exits: u32,
     pub last_exit: Option<String>,
+    /// `spec.restartNonce` the processes were started with.
+    pub restart_nonce: Option<String>,
 }
 
 /// The [`WorkersObservation`] of a [`ProcessSnapshot`]: the rollout is complete when every
@@ -149,6 +152,7 @@ pub fn processes_observation(snapshot: &ProcessSnapshot) -> WorkersObservation {
         restarts: Some(snapshot.restarts),
         recent_exits: snapshot.recent_exits,
         last_exit: snapshot.last_exit.clone(),
+        restart_nonce: snapshot.restart_nonce.clone(),
     }
 }
 
@@ -284,6 +288,7 @@ impl LocalBackend {
         };
         let mut deployment = Deployment {
             generation: desired.generation,
+            restart_nonce: desired.restart_nonce.clone(),
             restart_hash: desired.restart_hash.clone(),
             section_hashes: desired.section_hashes.clone(),
             replicas,
@@ -482,6 +487,7 @@ impl Backend for LocalBackend {
             restarts,
             recent_exits,
             last_exit,
+            restart_nonce: deployment.restart_nonce.clone(),
         })))
     }
 
@@ -522,10 +528,11 @@ impl Backend for LocalBackend {
         let running = supervised
             .deployment
             .as_ref()
-            .map(|d| (d.generation, d.replicas));
+            .map(|d| (d.generation, d.replicas, d.restart_nonce.clone()));
         let wanted = (
             desired.generation,
             u32::try_from(desired.replicas).unwrap_or(0),
+            desired.restart_nonce.clone(),
         );
         if running == Some(wanted) {
             return Ok(());
@@ -915,6 +922,7 @@ mod tests {
             storage_secret_ref: None,
             http_port: 0,
             stop_first: false,
+            restart_nonce: None,
         };
         let mut deployment = backend.start_deployment("q", &desired).expect("start");
         let token = deployment.control_token.expose().to_string();

@@ -93,6 +93,8 @@ pub struct WorkersObservation {
     pub recent_exits: u32,
     /// How the last worker exit looked (`replica 1 exited (signal: 9)`), for messages.
     pub last_exit: Option<String>,
+    /// `spec.restartNonce` the running workers were started with.
+    pub restart_nonce: Option<String>,
 }
 
 /// This many worker exits within [`CRASH_LOOP_WINDOW`] set `Degraded=True, WorkersCrashing`.
@@ -166,8 +168,10 @@ pub struct DesiredWorkers {
     pub http_port: u16,
     /// Stop every running worker (at a batch boundary) before the new generation or replica
     /// count starts, so no two workers own a task at once: set when workers run and the
-    /// generation or the replica count changes.
+    /// generation, the replica count or the restart nonce changes.
     pub stop_first: bool,
+    /// `spec.restartNonce`: a change restarts the workers (stop first) in the same generation.
+    pub restart_nonce: Option<String>,
 }
 
 /// What to do with the worker deployment.
@@ -190,6 +194,9 @@ pub enum SpecChange {
     Scale { from: i32, to: i32 },
     /// Restart-relevant sections changed (names sorted), e.g. `["image", "sql"]`.
     Restart { sections: Vec<String> },
+    /// Only `spec.restartNonce` changed: the workers restart at a batch boundary in the same
+    /// generation (same checkpoint, state kept, also for `stateless`).
+    RestartRequested,
     /// `suspend` became true.
     Suspend,
     /// `suspend` became false.
@@ -962,6 +969,13 @@ pub fn plan(
             },
             previous_generation + 1,
         ),
+        Some(running)
+            if running.restart_nonce != spec.restart_nonce
+                && running.replicas > 0
+                && desired_replicas > 0 =>
+        {
+            (SpecChange::RestartRequested, previous_generation)
+        }
         Some(running) if running.replicas != desired_replicas => {
             let change = if desired_replicas == 0 {
                 SpecChange::Suspend
@@ -1010,7 +1024,10 @@ pub fn plan(
     } else if let (Some(state), Some(input)) = (autoscaler_state.as_mut(), &observation.autoscale)
         && matches!(
             change,
-            SpecChange::Scale { .. } | SpecChange::Restart { .. } | SpecChange::Resume
+            SpecChange::Scale { .. }
+                | SpecChange::Restart { .. }
+                | SpecChange::RestartRequested
+                | SpecChange::Resume
         )
     {
         // A rescale by anyone starts the cool-down.
@@ -1035,10 +1052,14 @@ pub fn plan(
         http_port: config.worker_http_port,
         stop_first: desired_replicas > 0
             && workers.is_some_and(|w| {
-                w.generation != deploy_generation || w.replicas != desired_replicas
+                w.generation != deploy_generation
+                    || w.replicas != desired_replicas
+                    || w.restart_nonce != spec.restart_nonce
             }),
+        restart_nonce: spec.restart_nonce.clone(),
     };
     status.generation = Some(deploy_generation);
+    status.restart_nonce = spec.restart_nonce.clone();
     if !matches!(change, SpecChange::Unchanged) {
         status.last_rollout_time = Some(now.clone());
     }
@@ -1053,7 +1074,7 @@ pub fn plan(
             SpecChange::New => Phase::Starting,
             SpecChange::Restart { .. } => Phase::Upgrading,
             SpecChange::Scale { .. } => Phase::Scaling,
-            SpecChange::Resume => Phase::Starting,
+            SpecChange::Resume | SpecChange::RestartRequested => Phase::Starting,
             _ if settled => Phase::Running,
             // Still rolling out what an earlier reconcile started.
             _ => match previous.phase {
@@ -1197,6 +1218,15 @@ pub fn plan(
             "Scaling",
             "Scale",
             format!("replicas {from} -> {to}"),
+        )),
+        SpecChange::RestartRequested => events.push(event(
+            EventSeverity::Normal,
+            "RestartRequested",
+            "Restart",
+            format!(
+                "spec.restartNonce changed: restarting {desired_replicas} replica(s) of generation \
+                 {deploy_generation} at a batch boundary, state kept"
+            ),
         )),
         SpecChange::Suspend => events.push(event(
             EventSeverity::Normal,

@@ -71,6 +71,7 @@ fn rolled_out(plan: &Plan) -> WorkersObservation {
         replicas: desired.replicas,
         ready_replicas: desired.replicas,
         rollout_complete: true,
+        restart_nonce: desired.restart_nonce.clone(),
         ..WorkersObservation::default()
     }
 }

@@ -33,6 +33,7 @@ fn desired() -> DesiredWorkers {
         storage_secret_ref: Some("s3-creds".into()),
         http_port: 9464,
         stop_first: false,
+        restart_nonce: None,
     }
 }
 
