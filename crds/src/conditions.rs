@@ -15,6 +15,9 @@ pub const DEGRADED: &str = "Degraded";
 pub const CHECKPOINT_STALE: &str = "CheckpointStale";
 /// The autoscaler wanted more replicas than the query can use.
 pub const SCALING_LIMITED: &str = "ScalingLimited";
+/// A batch failed deterministically `spec.maxBatchAttempts` times (issue 17): the workers are
+/// stopped instead of crash-looping; the message names the batch, the task and the error.
+pub const POISON_BATCH: &str = "PoisonBatch";
 /// The annotation [`PAUSE_ANNOTATION`] is `"true"`: the operator leaves the query's children alone.
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 

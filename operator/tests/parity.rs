@@ -63,6 +63,8 @@ enum Do {
     CrashLoop,
     /// Time passes (seconds).
     Wait(i64),
+    /// Replica 0 stops on a poison batch (exit code 3, `PoisonBatch: ...` as its last words).
+    Poison,
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +107,11 @@ struct Running {
     ready: i32,
     crashing: bool,
     restarts: i64,
+    /// The poison-batch line replica 0 stopped with.
+    poison: Option<String>,
 }
+
+const POISON: &str = "PoisonBatch: batch 7 task 2 after 3 attempts: column \"amount\": invalid digit found in string";
 
 struct Harness {
     query: StreamingQuery,
@@ -168,6 +174,7 @@ impl Harness {
                 .crashing
                 .then(|| "replica 0 exited (exit status: 1)".to_string()),
             restart_nonce: desired.restart_nonce.clone(),
+            poison: running.poison.clone(),
         }))
     }
 
@@ -238,6 +245,7 @@ impl Harness {
                     ready: 0,
                     crashing: false,
                     restarts: self.running.as_ref().map_or(0, |r| r.restarts),
+                    poison: None,
                 });
             }
         }
@@ -268,6 +276,12 @@ impl Harness {
                 }
             }
             Do::Wait(seconds) => self.now += seconds,
+            Do::Poison => {
+                if let Some(running) = self.running.as_mut() {
+                    running.ready = 0;
+                    running.poison = Some(POISON.into());
+                }
+            }
         }
         None
     }
@@ -294,6 +308,16 @@ fn pod(ordinal: i32, running: &Running) -> Pod {
                 },
                 state: Some(ContainerState {
                     waiting,
+                    // The worker's termination message (`/dev/termination-log`).
+                    terminated: running
+                        .poison
+                        .as_ref()
+                        .filter(|_| ordinal == 0)
+                        .map(|line| ContainerStateTerminated {
+                            exit_code: 3,
+                            message: Some(format!("{line}\n")),
+                            ..ContainerStateTerminated::default()
+                        }),
                     ..ContainerState::default()
                 }),
                 last_state: running.crashing.then(|| ContainerState {
@@ -640,6 +664,56 @@ fn scenarios() -> Vec<(&'static str, String, Steps)> {
             ]),
         ),
         (
+            "poison batch: the workers stop, no rollback, a new restartNonce retries",
+            v1.clone(),
+            with(vec![
+                (Do::Poison, None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Failed,
+                        Some((1, 0, false)),
+                        &["PoisonBatch"],
+                        &[
+                            ("PoisonBatch", "True", "PoisonBatch"),
+                            ("Degraded", "True", "PoisonBatch"),
+                            ("Ready", "False", "PoisonBatch"),
+                        ],
+                    ),
+                ),
+                (Do::RollOut, None),
+                (Do::Wait(120), None),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Failed,
+                        Some((1, 0, false)),
+                        &[],
+                        &[
+                            ("PoisonBatch", "True", "PoisonBatch"),
+                            ("Progressing", "False", "PoisonBatch"),
+                        ],
+                    ),
+                ),
+                (
+                    Do::Edit(format!("{v1}  restartNonce: fixed-the-sink\n")),
+                    None,
+                ),
+                (
+                    Do::Reconcile(Check::Passed),
+                    expect(
+                        Phase::Starting,
+                        Some((1, 1, true)),
+                        &["Resumed"],
+                        &[
+                            ("PoisonBatch", "False", "Retrying"),
+                            ("Degraded", "False", "AsExpected"),
+                        ],
+                    ),
+                ),
+            ]),
+        ),
+        (
             "suspend and resume",
             v1.clone(),
             with(vec![
@@ -711,4 +785,28 @@ fn delete_applies_retention_to_the_claimed_location_on_both_backends() {
             (Some(BASE), expected)
         );
     }
+}
+
+/// The `PoisonBatch` condition carries the worker's own line (termination message on Kubernetes,
+/// stderr tail locally) and tells the user what to do.
+#[test]
+fn the_poison_batch_condition_names_the_batch_task_and_error_on_both_backends() {
+    let mut harness = Harness::new(&spec(&[SOURCE, SQL_V1]));
+    for (step, _) in running_v1() {
+        harness.run(&step);
+    }
+    harness.run(&Do::Poison);
+    harness.run(&Do::Reconcile(Check::Passed));
+    let status = harness.query.status.clone().expect("status");
+    let condition = sluice_crds::conditions::find(&status.conditions, "PoisonBatch")
+        .expect("PoisonBatch condition");
+    assert_eq!(
+        condition.message,
+        format!(
+            "{POISON}; the workers are stopped (restarting would replay the same batch): fix the \
+             data or the sink, then change spec.restartNonce (or the spec) to retry, or set \
+             onPoisonBatch: quarantine to set the batch's input aside"
+        )
+    );
+    assert_eq!(condition.observed_generation, Some(1));
 }

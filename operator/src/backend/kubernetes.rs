@@ -446,6 +446,7 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
         recent_exits: 0,
         last_exit: None,
         restart_nonce: annotations.get(RESTART_NONCE_ANNOTATION).cloned(),
+        poison: None,
     }
 }
 
@@ -524,8 +525,20 @@ pub struct KubernetesBackend {
     storage: WorkerStorage,
 }
 
-/// A pod of the query's workers as the crash-loop rule sees it.
-fn pod_crash(pod: &Pod) -> (i64, Option<String>) {
+/// The poison-batch line of a terminated worker container (exit code
+/// [`crate::plan::POISON_EXIT_CODE`] with a `PoisonBatch: ...` termination message).
+fn poison(
+    terminated: Option<&k8s_openapi::api::core::v1::ContainerStateTerminated>,
+) -> Option<String> {
+    let t = terminated?;
+    (t.exit_code == crate::plan::POISON_EXIT_CODE)
+        .then(|| t.message.as_deref().and_then(crate::plan::poison_line))
+        .flatten()
+}
+
+/// A pod of the query's workers as the crash-loop rule sees it: its restarts, a crash loop, and
+/// the poison-batch line when its worker stopped on one (current or last state).
+fn pod_crash(pod: &Pod) -> (i64, Option<String>, Option<String>) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let statuses = pod
         .status
@@ -534,8 +547,17 @@ fn pod_crash(pod: &Pod) -> (i64, Option<String>) {
         .unwrap_or_default();
     let mut restarts = 0;
     let mut looping = None;
+    let mut poisoned = None;
     for status in statuses {
         restarts += i64::from(status.restart_count);
+        let current = status.state.as_ref().and_then(|s| s.terminated.as_ref());
+        let last = status
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref());
+        poisoned = poisoned
+            .or_else(|| poison(current))
+            .or_else(|| poison(last));
         let waiting = status
             .state
             .as_ref()
@@ -562,16 +584,20 @@ fn pod_crash(pod: &Pod) -> (i64, Option<String>) {
             ));
         }
     }
-    (restarts, looping)
+    (restarts, looping, poisoned)
 }
 
 /// Adds what the worker pods say to `observed`: the sum of their containers' `restartCount` and,
-/// when one is in `CrashLoopBackOff` (kubelet's own crash-loop verdict), a crash loop.
+/// when one is in `CrashLoopBackOff` (kubelet's own crash-loop verdict), a crash loop; when a
+/// worker stopped on a poison batch, its `PoisonBatch: ...` line.
 pub fn observe_pods(observed: &mut WorkersObservation, pods: &[Pod]) {
     let mut restarts = 0;
     for pod in pods {
-        let (count, looping) = pod_crash(pod);
+        let (count, looping, poisoned) = pod_crash(pod);
         restarts += count;
+        if poisoned.is_some() {
+            observed.poison = poisoned;
+        }
         if looping.is_some() {
             observed.recent_exits = crate::plan::CRASH_LOOP_EXITS;
             observed.last_exit = looping;

@@ -137,6 +137,8 @@ pub struct ProcessSnapshot {
     pub last_exit: Option<String>,
     /// `spec.restartNonce` the processes were started with.
     pub restart_nonce: Option<String>,
+    /// The `PoisonBatch: ...` line of a worker that exited with code 3 (not restarted).
+    pub poison: Option<String>,
 }
 
 /// The [`WorkersObservation`] of a [`ProcessSnapshot`]: the rollout is complete when every
@@ -153,6 +155,7 @@ pub fn processes_observation(snapshot: &ProcessSnapshot) -> WorkersObservation {
         recent_exits: snapshot.recent_exits,
         last_exit: snapshot.last_exit.clone(),
         restart_nonce: snapshot.restart_nonce.clone(),
+        poison: snapshot.poison.clone(),
     }
 }
 
@@ -167,6 +170,8 @@ struct Supervised {
     /// Last commit (ms) of the generation stopped by the last rescale or upgrade, until the new
     /// one commits.
     downtime_from_ms: Option<i64>,
+    /// The poison-batch line of a worker of the running deployment that stopped on one.
+    poison: Option<String>,
 }
 
 /// The local [`Backend`]: one [`Supervised`] set of processes per query name.
@@ -373,6 +378,17 @@ impl LocalBackend {
             let exited = deployment.workers[index].child.try_wait().ok().flatten();
             let Some(exit) = exited else { continue };
             let replica = deployment.workers[index].replica;
+            if exit.code() == Some(crate::plan::POISON_EXIT_CODE)
+                && let Some(line) =
+                    log_tail(&self.state_dir(name).join(format!("worker-{replica}.log")))
+                        .as_deref()
+                        .and_then(crate::plan::poison_line)
+            {
+                // Restarting would replay the same batch: leave it stopped, plan() decides.
+                tracing::warn!(query = %name, replica, "{line}");
+                supervised.poison = Some(line);
+                continue;
+            }
             match self.spawn(name, deployment, replica) {
                 Ok(worker) => {
                     deployment.workers[index] = worker;
@@ -454,6 +470,7 @@ impl Backend for LocalBackend {
         }
         let recent_exits = u32::try_from(supervised.exits.len()).unwrap_or(u32::MAX);
         let last_exit = supervised.exits.back().map(|(_, what)| what.clone());
+        let poison = supervised.poison.clone();
         let restarts = supervised.restarts;
         let Some(deployment) = supervised.deployment.as_mut() else {
             return Ok(None);
@@ -488,6 +505,7 @@ impl Backend for LocalBackend {
             recent_exits,
             last_exit,
             restart_nonce: deployment.restart_nonce.clone(),
+            poison,
         })))
     }
 
@@ -544,6 +562,7 @@ impl Backend for LocalBackend {
             supervised.downtime_from_ms = last_commit;
         }
         let deployment = self.start_deployment(&name, desired)?;
+        supervised.poison = None;
         self.write_sd(
             &name,
             query.metadata.namespace.as_deref().unwrap_or("default"),
@@ -849,6 +868,18 @@ fn publish(name: &str, path: &Path, events: &[PlannedEvent]) {
     }
 }
 
+/// The last 64 KiB of a worker's log (its stderr), where a stopped worker's last words are.
+fn log_tail(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(65_536)))
+        .ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 fn read_status(path: &Path) -> Option<StreamingQueryStatus> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_saphyr::from_str(&text).ok()
@@ -961,5 +992,75 @@ mod tests {
             request.contains(&format!("\r\nAuthorization: Bearer {token}\r\n")),
             "{request}"
         );
+    }
+
+    /// A worker that exits with code 3 after a `PoisonBatch: ...` line on stderr is not restarted
+    /// (it would replay the same batch): the observation carries its line for plan().
+    #[tokio::test]
+    async fn a_worker_stopped_on_a_poison_batch_is_not_restarted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("fake-worker");
+        let starts = dir.path().join("starts");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho started >> {starts}\necho 'error: fix the manifest, SQL or data: PoisonBatch: batch 4 task 0 after 3 attempts: bad value' >&2\nexit 3\n",
+                starts = starts.display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let backend = LocalBackend::new(LocalConfig::new(dir.path().to_path_buf(), script.clone()));
+        let query = sluice_crds::parse_manifest(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {name: q}\nspec:\n  sources: [{name: e, rate: {rowsPerSecond: 1}}]\n  sql: SELECT * FROM e\n  sink: {console: {}}\n",
+        )
+        .expect("manifest");
+        let desired = DesiredWorkers {
+            generation: 1,
+            replicas: 1,
+            image: script.display().to_string(),
+            manifest_yaml: "{}".into(),
+            checkpoint_location: "file:///nowhere".into(),
+            restart_hash: String::new(),
+            section_hashes: BTreeMap::new(),
+            env: Vec::new(),
+            resources: None,
+            storage_secret_ref: None,
+            http_port: 0,
+            stop_first: false,
+            restart_nonce: None,
+        };
+        backend
+            .apply_workers(&query, &desired)
+            .await
+            .expect("apply");
+        let started = std::time::Instant::now();
+        let observed = loop {
+            let observed = backend
+                .observe_workers(&query)
+                .await
+                .expect("observe")
+                .expect("deployment");
+            if observed.poison.is_some() {
+                break observed;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{observed:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            observed.poison.as_deref(),
+            Some("PoisonBatch: batch 4 task 0 after 3 attempts: bad value")
+        );
+        backend.observe_workers(&query).await.expect("observe");
+        assert_eq!(
+            std::fs::read_to_string(&starts)
+                .expect("starts")
+                .lines()
+                .count(),
+            1,
+            "never restarted"
+        );
+        assert_eq!(observed.restarts, Some(0));
     }
 }

@@ -111,7 +111,9 @@ pub fn candidate(
     };
     let stable_hash = status.last_stable_spec_hash.clone().unwrap_or_default();
     let overdue = rollout_age(&status, now).is_some_and(|age| age > config.ready_timeout);
+    // A poison batch is the data's fault, not the spec's: no rollback for it.
     if running.replicas > 0
+        && running.poison.is_none()
         && !running.rollout_complete
         && running.restart_hash != stable_hash
         && overdue

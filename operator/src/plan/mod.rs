@@ -23,8 +23,8 @@ use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 use sluice_crds::conditions::{
-    self, CHECKPOINT_STALE, DEGRADED, PAUSE_ANNOTATION, PROGRESSING, READY, RECONCILIATION_PAUSED,
-    SCALING_LIMITED,
+    self, CHECKPOINT_STALE, DEGRADED, PAUSE_ANNOTATION, POISON_BATCH, PROGRESSING, READY,
+    RECONCILIATION_PAUSED, SCALING_LIMITED,
 };
 use sluice_crds::{
     Phase, ScalingDecision, StreamingQuery, StreamingQuerySpec, StreamingQueryStatus, UpgradeMode,
@@ -95,6 +95,23 @@ pub struct WorkersObservation {
     pub last_exit: Option<String>,
     /// `spec.restartNonce` the running workers were started with.
     pub restart_nonce: Option<String>,
+    /// A worker stopped on a poison batch (exit code [`POISON_EXIT_CODE`]): its
+    /// [`poison_line`] (`PoisonBatch: batch <id> task <t> after <n> attempts: <error>`).
+    pub poison: Option<String>,
+}
+
+/// Exit code of a worker that stopped on a poison batch (restarting it replays the same batch).
+pub const POISON_EXIT_CODE: i32 = 3;
+
+/// The poison-batch line of a stopped worker's termination message (Kubernetes) or stderr tail
+/// (local): the last line containing `PoisonBatch: `, from there on, e.g.
+/// `PoisonBatch: batch 7 task 2 after 3 attempts: column "amount": invalid digit`. `None` when
+/// there is none.
+pub fn poison_line(text: &str) -> Option<String> {
+    text.lines().rev().find_map(|line| {
+        line.find("PoisonBatch: ")
+            .map(|at| line[at..].trim_end().to_string())
+    })
 }
 
 /// This many worker exits within [`CRASH_LOOP_WINDOW`] set `Degraded=True, WorkersCrashing`.
@@ -210,6 +227,9 @@ pub enum SpecChange {
     CheckRefused,
     /// Reconciliation is paused by [`PAUSE_ANNOTATION`]: nothing is applied.
     Paused,
+    /// A worker stopped on a poison batch: the workers are stopped (not restarted, not rolled
+    /// back) until the spec changes (`restartNonce` will do).
+    PoisonBatch,
 }
 
 /// Severity of a planned event.
@@ -860,11 +880,68 @@ pub fn plan(
         }
         _ => None,
     };
+    // A poison batch (seen now, or held since it was seen for this very spec): the workers stay
+    // stopped until the spec changes; a change that restarts them anyway is a new attempt.
+    let poison = {
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| config.default_image.clone());
+        let hash = restart_hash(&section_hashes(spec, &image));
+        let retrying = workers
+            .is_some_and(|w| w.restart_hash != hash || w.restart_nonce != spec.restart_nonce);
+        let held = conditions::find(&status.conditions, POISON_BATCH)
+            .filter(|c| c.status == "True" && c.observed_generation == generation)
+            .map(|c| c.message.clone());
+        let seen = workers.and_then(|w| w.poison.as_deref()).map(|line| {
+            format!(
+                "{line}; the workers are stopped (restarting would replay the same batch): fix \
+                 the data or the sink, then change spec.restartNonce (or the spec) to retry, or \
+                 set onPoisonBatch: quarantine to set the batch's input aside"
+            )
+        });
+        if retrying { None } else { seen.or(held) }
+    };
+    let was_poisoned = conditions::is_true(&status.conditions, POISON_BATCH);
     let conditions = &mut status.conditions;
+    match &poison {
+        Some(message) => {
+            conditions::set(
+                conditions,
+                POISON_BATCH,
+                true,
+                "PoisonBatch",
+                message,
+                generation,
+                now.clone(),
+            );
+            if !was_poisoned {
+                events.push(event(
+                    EventSeverity::Warning,
+                    "PoisonBatch",
+                    "Recover",
+                    message.clone(),
+                ));
+            }
+        }
+        None if was_poisoned => {
+            conditions::set(
+                conditions,
+                POISON_BATCH,
+                false,
+                "Retrying",
+                "the spec changed: the workers try the batch again",
+                generation,
+                now.clone(),
+            );
+        }
+        None => {}
+    }
     let degraded = candidate
         .rejected
         .as_ref()
         .map(|m| ("SpecRejected", m.clone()))
+        .or_else(|| poison.clone().map(|m| ("PoisonBatch", m)))
         .or_else(|| guard::crash_loop(workers).map(|m| ("WorkersCrashing", m)));
     match &degraded {
         Some((reason, message)) => {
@@ -880,7 +957,7 @@ pub fn plan(
                 generation,
                 now.clone(),
             );
-            if !repeated && !candidate.rolling_back {
+            if !repeated && !candidate.rolling_back && poison.is_none() {
                 events.push(event(
                     EventSeverity::Warning,
                     reason,
@@ -956,7 +1033,11 @@ pub fn plan(
     } else {
         wanted_replicas(spec, workers)
     };
-    let mut desired_replicas = if spec.suspend { 0 } else { wanted };
+    let mut desired_replicas = if spec.suspend || poison.is_some() {
+        0
+    } else {
+        wanted
+    };
     let previous_generation = workers
         .map(|w| w.generation)
         .or(previous.generation)
@@ -991,15 +1072,20 @@ pub fn plan(
         }
         Some(_) => (SpecChange::Unchanged, previous_generation),
     };
+    if poison.is_some() && matches!(change, SpecChange::Suspend | SpecChange::Unchanged) {
+        change = SpecChange::PoisonBatch;
+    }
 
     // 5. The autoscaler, on a settled query only.
-    let settled = change == SpecChange::Unchanged && workers.is_some_and(|w| w.rollout_complete);
+    let settled = matches!(change, SpecChange::Unchanged | SpecChange::PoisonBatch)
+        && workers.is_some_and(|w| w.rollout_complete);
     let mut autoscaler_state = observation.autoscale.as_ref().map(|a| a.state.clone());
     let mut decision = None;
     if let (Some(input), Some(running)) = (&observation.autoscale, workers)
         && settled
         && limit.is_none()
         && !spec.suspend
+        && poison.is_none()
     {
         let current = u32::try_from(running.replicas).unwrap_or(1);
         let (state, decided) = scale::autoscale(spec, report.as_ref(), current, input);
@@ -1065,7 +1151,9 @@ pub fn plan(
     }
 
     // 6. Phase, conditions and events.
-    let phase = if spec.suspend {
+    let phase = if poison.is_some() {
+        Phase::Failed
+    } else if spec.suspend {
         Phase::Suspended
     } else if candidate.rolling_back {
         Phase::RollingBack
@@ -1120,6 +1208,27 @@ pub fn plan(
                     ),
                 ));
             }
+        }
+        Phase::Failed => {
+            let done = workers.is_some_and(|w| w.replicas == 0 && w.rollout_complete);
+            conditions::set(
+                conditions,
+                READY,
+                false,
+                "PoisonBatch",
+                "the workers stopped on a poison batch; see condition PoisonBatch",
+                generation,
+                now.clone(),
+            );
+            conditions::set(
+                conditions,
+                PROGRESSING,
+                !done,
+                if done { "PoisonBatch" } else { "Stopping" },
+                "",
+                generation,
+                now.clone(),
+            );
         }
         Phase::Suspended => {
             conditions::set(

@@ -540,3 +540,15 @@ fn status_carries_the_worker_selector_for_the_scale_subresource() {
         })
     );
 }
+
+#[test]
+fn the_poison_line_is_found_in_a_termination_message_or_a_log_tail() {
+    use super::poison_line;
+    let line = "PoisonBatch: batch 7 task 2 after 3 attempts: bad value";
+    assert_eq!(poison_line(line).as_deref(), Some(line));
+    let log = format!(
+        "serving /metrics on http://127.0.0.1:1\nerror: fix the manifest, SQL or data: {line}\n"
+    );
+    assert_eq!(poison_line(&log).as_deref(), Some(line));
+    assert_eq!(poison_line("error: sink unreachable\n"), None);
+}
