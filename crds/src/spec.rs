@@ -122,6 +122,11 @@ pub struct StreamingQuerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_batch_attempts: Option<u32>,
+    /// What happens to a batch that failed `maxBatchAttempts` times: `stop` the query (default) or
+    /// `quarantine` it: write its input (the rows it read, else its offsets/files range) with the
+    /// error to the bad-records location, commit it as skipped (the sink never sees it) and go on.
+    #[serde(default)]
+    pub on_poison_batch: PoisonBatchPolicy,
     /// Worker container image; the chart's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_IMAGE))]
@@ -428,6 +433,18 @@ pub enum BadRecordPolicy {
     Drop,
     /// Stop the query with an error naming the file and line.
     Fail,
+}
+
+/// What to do with a poison batch (`spec.onPoisonBatch`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoisonBatchPolicy {
+    /// Stop the query with `PoisonBatch` (a restart replays the batch once more and stops again).
+    #[default]
+    Stop,
+    /// Write the batch's input and error to the bad-records location, commit the batch as skipped
+    /// and continue with the next one. The batch's rows reach neither the sink nor the state.
+    Quarantine,
 }
 
 /// A static table for enrichment joins. Exactly one of `file`, `postgres` is set.

@@ -8,6 +8,7 @@
 //! errors stop the query with the error.
 
 pub mod continuous;
+pub mod quarantine;
 pub mod retention;
 mod stop;
 pub mod task;
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sluice_crds::{StreamingQuery, StreamingQuerySpec, duration::parse_duration};
+use sluice_crds::{
+    PoisonBatchPolicy, StreamingQuery, StreamingQuerySpec, duration::parse_duration,
+};
 
 pub use self::stop::StopHandle;
 use self::task::{BatchOutcome, TaskInput, TaskRunner, TaskTargets};
@@ -152,6 +155,8 @@ pub struct RunSummary {
     pub input_rows: u64,
     pub output_rows: u64,
     pub bad_records: u64,
+    /// Poison batches quarantined (`onPoisonBatch: quarantine`).
+    pub quarantined_batches: u64,
 }
 
 /// State shared with the HTTP endpoints.
@@ -295,6 +300,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     checkpoint: Checkpoint,
     max_batch_attempts: u32,
+    on_poison_batch: PoisonBatchPolicy,
 }
 
 /// One task's result in a round: the task, its pending batch after the attempt, the result.
@@ -449,6 +455,7 @@ impl Engine {
                 .max_batch_attempts
                 .unwrap_or(DEFAULT_MAX_BATCH_ATTEMPTS)
                 .max(1),
+            on_poison_batch: spec.on_poison_batch,
             config,
         })
     }
@@ -510,6 +517,7 @@ impl Engine {
             }
             let mut outcomes = Vec::new();
             let mut retryable = None;
+            let mut quarantined = false;
             for (task, batch, result) in results {
                 match result {
                     Ok(Some(outcome)) => outcomes.push(outcome),
@@ -524,6 +532,19 @@ impl Engine {
                             .checkpoint
                             .record_failed_attempt(task, batch_id, &message)
                             .await?;
+                        if attempts >= self.max_batch_attempts
+                            && self.on_poison_batch == PoisonBatchPolicy::Quarantine
+                        {
+                            match self.quarantine(task, attempts, &message).await {
+                                Ok(()) => {
+                                    summary.quarantined_batches += 1;
+                                    quarantined = true;
+                                }
+                                Err(e) if e.is_retryable() => retryable = Some(e),
+                                Err(e) => return Err(e),
+                            }
+                            continue;
+                        }
                         if attempts >= self.max_batch_attempts {
                             let poison = EngineError::PoisonBatch {
                                 task,
@@ -575,7 +596,8 @@ impl Engine {
                     *last = None;
                 }
             }
-            let idle = outcomes.is_empty();
+            // A quarantined batch made room for the next one: not idle.
+            let idle = outcomes.is_empty() && !quarantined;
             match self.trigger {
                 Trigger::Once | Trigger::AvailableNow if idle => break,
                 Trigger::Once | Trigger::AvailableNow => {}
@@ -587,6 +609,33 @@ impl Engine {
             }
         }
         Ok(summary)
+    }
+
+    /// Quarantines the pending batch of `task` ([`TaskRunner::quarantine_pending`]) and counts
+    /// it in `sluice_quarantined_batches_total`.
+    ///
+    /// # Errors
+    /// As [`TaskRunner::quarantine_pending`].
+    async fn quarantine(&mut self, task: u32, attempts: u32, error: &str) -> Result<()> {
+        let Some(runner) = self.runners.iter_mut().find(|r| r.task == task) else {
+            return Err(EngineError::Internal(format!("no runner for task {task}")));
+        };
+        if let Some((batch_id, rows)) = runner.quarantine_pending(attempts, error).await? {
+            tracing::warn!(
+                task,
+                batch_id,
+                attempts,
+                rows,
+                error,
+                "poison batch quarantined to the bad-records location and committed as skipped"
+            );
+            self.shared
+                .metrics
+                .quarantined_batches
+                .get_or_create(&self.labels(task))
+                .inc();
+        }
+        Ok(())
     }
 
     /// One batch on every task, in parallel.
