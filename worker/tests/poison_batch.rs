@@ -9,7 +9,7 @@ mod common;
 use sluice_worker::EngineError;
 use sluice_worker::engine::{Engine, QueryConfig, Shared};
 
-fn manifest(input: &str, sql: &str, sink: &str, checkpoint: &str) -> String {
+fn manifest_text(input: &str, sql: &str, sink: &str, checkpoint: &str) -> String {
     format!(
         r#"apiVersion: sluice.dev/v1alpha1
 kind: StreamingQuery
@@ -76,7 +76,7 @@ async fn poison_case(sql: &str, sink: &str, cause: &str) {
     )
     .expect("input");
     let checkpoint = dir.path().join("ckpt").display().to_string();
-    let manifest = manifest(&input.display().to_string(), sql, sink, &checkpoint);
+    let manifest = manifest_text(&input.display().to_string(), sql, sink, &checkpoint);
     let (error, last) = run_to_error(&manifest).await;
     assert_poison(&error, 3, cause);
     assert_eq!(last, Some(error.to_string()), "lastError names it");
@@ -268,4 +268,51 @@ spec:
     // A restart has nothing left to do.
     let (summary, _) = run().await;
     assert_eq!((summary.batches, summary.quarantined_batches), (0, 0));
+}
+
+/// The worker stopped by a poison batch exits with code 3 and leaves one machine-readable line in
+/// the termination message file, which the operator turns into a `PoisonBatch` condition.
+#[test]
+fn poison_batch_writes_the_termination_message_and_exits_3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::write(
+        input.join("a.json"),
+        "{\"id\": 1, \"note\": \"two\\nlines\"}\n",
+    )
+    .expect("input");
+    let manifest = dir.path().join("query.yaml");
+    std::fs::write(
+        &manifest,
+        manifest_text(
+            &input.display().to_string(),
+            "SELECT id, CAST(note AS BIGINT) AS n FROM events",
+            "    console: {}",
+            &dir.path().join("ckpt").display().to_string(),
+        ),
+    )
+    .expect("manifest");
+    let log = dir.path().join("termination-log");
+    let status = common::spawn_worker(
+        &manifest,
+        &[("SLUICE_TERMINATION_LOG", log.to_str().expect("utf8"))],
+    )
+    .wait()
+    .expect("worker");
+    assert_eq!(status.code(), Some(3));
+    let message = std::fs::read_to_string(&log).expect("termination message");
+    assert_eq!(
+        message,
+        "PoisonBatch: batch 0 task 0 after 3 attempts: SQL error: Arrow error: Cast error: Cannot cast string 'two lines' to value of Int64 type"
+    );
+
+    // An unwritable path does not change the outcome.
+    let status = common::spawn_worker(
+        &manifest,
+        &[("SLUICE_TERMINATION_LOG", "/nonexistent-dir/termination-log")],
+    )
+    .wait()
+    .expect("worker");
+    assert_eq!(status.code(), Some(3));
 }
