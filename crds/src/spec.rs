@@ -127,6 +127,9 @@ pub struct StreamingQuerySpec {
     /// error to the bad-records location, commit it as skipped (the sink never sees it) and go on.
     #[serde(default)]
     pub on_poison_batch: PoisonBatchPolicy,
+    /// When the worker's `/healthz` reports it unhealthy.
+    #[serde(default)]
+    pub health: HealthSpec,
     /// Worker container image; the chart's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_IMAGE))]
@@ -744,6 +747,19 @@ pub struct TriggerSpec {
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 64))]
     pub continuous: Option<String>,
+}
+
+/// When the worker's `/healthz` answers 503 (Kubernetes' liveness probe then restarts it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthSpec {
+    /// A batch running longer than this (a duration, e.g. `15m`) makes `/healthz` unhealthy until
+    /// it ends: a hung sink or lookup is restarted instead of stalling the query. Unset (default):
+    /// no bound, since a `once` batch or a large backlog can take hours. Set it well above the
+    /// longest normal batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub max_batch_duration: Option<String>,
 }
 
 /// Checkpoint location and its fate when the query is deleted.

@@ -58,6 +58,10 @@ struct RunArgs {
     /// these directories (comma-separated); `s3://` is not affected.
     #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
     allowed_paths: Vec<PathBuf>,
+    /// `/healthz` answers 503 while a batch has run longer than this (e.g. `15m`); overrides
+    /// `spec.health.maxBatchDuration`.
+    #[arg(long, value_parser = parse_max_batch_duration)]
+    max_batch_duration: Option<std::time::Duration>,
     /// This replica's index (0-based).
     #[arg(long, default_value_t = 0)]
     replica: u32,
@@ -194,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or(1),
                 control_token_file,
                 allowed_paths,
+                max_batch_duration: None,
             };
             (manifest, args, auth)
         }
@@ -208,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.checkpoint_location = checkpoint.clone();
     }
     config.replica = args.replica;
+    config.max_batch_duration = args.max_batch_duration;
     config.replicas = args.replicas.max(1);
     if let Some(micros) = std::env::var("SLUICE_ROW_COST_MICROS")
         .ok()
@@ -405,6 +411,14 @@ fn confine(
     let allowed = sluice_worker::confine::AllowedPaths::new(roots).map_err(anyhow::Error::msg)?;
     allowed.check_spec(spec, checkpoint)?;
     Ok(())
+}
+
+/// `--max-batch-duration` value: a positive duration (`90s`, `15m`).
+fn parse_max_batch_duration(value: &str) -> Result<std::time::Duration, String> {
+    match sluice_crds::duration::parse_duration(value)? {
+        d if d.is_zero() => Err("must be positive".into()),
+        d => Ok(d),
+    }
 }
 
 /// `--http` value: a bare port binds 127.0.0.1 (local runs are not exposed to the network unless

@@ -105,6 +105,8 @@ pub struct QueryConfig {
     /// benchmarks set it (`SLUICE_ROW_COST_MICROS`) so that one replica's capacity is known:
     /// `1 / row_cost` rows/s.
     pub row_cost: Duration,
+    /// Overrides `spec.health.maxBatchDuration` (`--max-batch-duration`).
+    pub max_batch_duration: Option<Duration>,
 }
 
 impl QueryConfig {
@@ -127,6 +129,7 @@ impl QueryConfig {
             replica: 0,
             replicas: 1,
             row_cost: Duration::ZERO,
+            max_batch_duration: None,
         }
     }
 
@@ -168,6 +171,10 @@ pub struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// Set once the trigger loop has exited (after its final commit); `POST /stop` waits for it.
     pub stopped: tokio::sync::watch::Sender<bool>,
+    /// When the running round of batches started; `None` between rounds.
+    batch_started: Mutex<Option<Instant>>,
+    /// A round running longer makes `/healthz` unhealthy (`spec.health.maxBatchDuration`).
+    max_batch_duration: Mutex<Option<Duration>>,
 }
 
 impl Shared {
@@ -178,6 +185,36 @@ impl Shared {
             stop: StopHandle::default(),
             last_error: Mutex::new(None),
             stopped: tokio::sync::watch::Sender::new(false),
+            batch_started: Mutex::new(None),
+            max_batch_duration: Mutex::new(None),
+        })
+    }
+
+    /// Sets the bound on a round's duration that `/healthz` checks (`None`: no bound).
+    pub fn set_max_batch_duration(&self, bound: Option<Duration>) {
+        if let Ok(mut slot) = self.max_batch_duration.lock() {
+            *slot = bound;
+        }
+    }
+
+    /// Marks the start (`true`) or the end (`false`) of a round of batches.
+    pub fn set_batch_running(&self, running: bool) {
+        if let Ok(mut slot) = self.batch_started.lock() {
+            *slot = running.then(Instant::now);
+        }
+    }
+
+    /// Why the worker is unhealthy, if it is: the running batch has taken longer than the bound.
+    /// Retryable errors do not count (the worker is waiting for a server, as it should).
+    pub fn unhealthy_reason(&self) -> Option<String> {
+        let bound = (*self.max_batch_duration.lock().ok()?)?;
+        let running = self.batch_started.lock().ok()?.map(|s| s.elapsed())?;
+        (running > bound).then(|| {
+            format!(
+                "the current batch has run for {:.1}s, longer than spec.health.maxBatchDuration ({:.1}s)",
+                running.as_secs_f64(),
+                bound.as_secs_f64()
+            )
         })
     }
 
@@ -317,6 +354,15 @@ impl Engine {
         let spec = &config.query.spec;
         sluice_crds::validate_spec(spec).map_err(sluice_crds::CrdError::from)?;
         let trigger = Trigger::from_spec(spec)?;
+        let max_batch_duration = match (config.max_batch_duration, &spec.health.max_batch_duration)
+        {
+            (Some(bound), _) => Some(bound),
+            (None, Some(text)) => Some(parse_duration(text).map_err(|m| {
+                EngineError::InvalidQuery(format!("spec.health.maxBatchDuration: {m}"))
+            })?),
+            (None, None) => None,
+        };
+        shared.set_max_batch_duration(max_batch_duration);
         let sources: Vec<Box<dyn Source>> = spec
             .sources
             .iter()
@@ -510,7 +556,9 @@ impl Engine {
         while !stop.is_requested() {
             let started = Instant::now();
             let trigger_time = chrono::Utc::now();
+            self.shared.set_batch_running(true);
             let results = self.run_round(limit).await;
+            self.shared.set_batch_running(false);
             let cost = self.row_cost_wait(&results, started);
             if !cost.is_zero() {
                 tokio::time::sleep(cost).await;

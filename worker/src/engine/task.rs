@@ -22,7 +22,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, Epoch, OffsetsEntry, TaskLog};
 use crate::engine::quarantine::{QuarantinedInput, write_quarantine};
 use crate::engine::retention::LogRetention;
 use crate::error::{EngineError, Result};
-use crate::fault::{CrashPoint, crash_point};
+use crate::fault::{CrashPoint, crash_point, delay_point};
 use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
@@ -297,6 +297,7 @@ impl TaskRunner {
         let phase = Instant::now();
         let written = self.write_sink(entry.batch_id, &output).await?;
         durations.add_batch = elapsed_ms(phase);
+        delay_point(CrashPoint::AfterSinkWrite, entry.batch_id).await;
         crash_point(CrashPoint::AfterSinkWrite, entry.batch_id);
 
         // State and learned models before the commit: a restart loads the state of the last
@@ -304,6 +305,7 @@ impl TaskRunner {
         self.query
             .write_state(&self.checkpoint, self.task, entry.batch_id)
             .await?;
+        delay_point(CrashPoint::MidStateWrite, entry.batch_id).await;
         crash_point(CrashPoint::MidStateWrite, entry.batch_id);
 
         // Commit.
@@ -323,6 +325,7 @@ impl TaskRunner {
             quarantined: None,
         };
         self.checkpoint.check_epoch(self.task, &self.epoch).await?;
+        delay_point(CrashPoint::BeforeCommit, entry.batch_id).await;
         crash_point(CrashPoint::BeforeCommit, entry.batch_id);
         self.checkpoint.write_commit(self.task, &commit).await?;
         self.query.commit_state();
