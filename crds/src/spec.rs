@@ -122,6 +122,14 @@ pub struct StreamingQuerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_batch_attempts: Option<u32>,
+    /// What happens to a batch that failed `maxBatchAttempts` times: `stop` the query (default) or
+    /// `quarantine` it: write its input (the rows it read, else its offsets/files range) with the
+    /// error to the bad-records location, commit it as skipped (the sink never sees it) and go on.
+    #[serde(default)]
+    pub on_poison_batch: PoisonBatchPolicy,
+    /// When the worker's `/healthz` reports it unhealthy.
+    #[serde(default)]
+    pub health: HealthSpec,
     /// Worker container image; the chart's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_IMAGE))]
@@ -436,6 +444,18 @@ pub enum BadRecordPolicy {
     Fail,
 }
 
+/// What to do with a poison batch (`spec.onPoisonBatch`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoisonBatchPolicy {
+    /// Stop the query with `PoisonBatch` (a restart replays the batch once more and stops again).
+    #[default]
+    Stop,
+    /// Write the batch's input and error to the bad-records location, commit the batch as skipped
+    /// and continue with the next one. The batch's rows reach neither the sink nor the state.
+    Quarantine,
+}
+
 /// A static table for enrichment joins. Exactly one of `file`, `postgres` is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -733,6 +753,19 @@ pub struct TriggerSpec {
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 64))]
     pub continuous: Option<String>,
+}
+
+/// When the worker's `/healthz` answers 503 (Kubernetes' liveness probe then restarts it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthSpec {
+    /// A batch running longer than this (a duration, e.g. `15m`) makes `/healthz` unhealthy until
+    /// it ends: a hung sink or lookup is restarted instead of stalling the query. Unset (default):
+    /// no bound, since a `once` batch or a large backlog can take hours. Set it well above the
+    /// longest normal batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub max_batch_duration: Option<String>,
 }
 
 /// Checkpoint location and its fate when the query is deleted.

@@ -297,6 +297,15 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             ));
         }
     }
+    if let Some(bound) = spec.health.max_batch_duration.as_deref() {
+        let parsed = parse_duration(bound).map_err(|m| err("spec.health.maxBatchDuration", m))?;
+        if parsed.is_zero() {
+            return Err(err(
+                "spec.health.maxBatchDuration",
+                "must be positive (leave it unset for no bound)",
+            ));
+        }
+    }
     let trigger = &spec.trigger;
     let set = usize::from(trigger.processing_time.is_some())
         + usize::from(trigger.once == Some(true))
@@ -501,6 +510,27 @@ mod tests {
             "{SOURCES}      watermark: {{column: v, delay: 10m}}\n  sink: {{console: {{}}}}\n"
         ));
         assert!(e.contains("spec.sources[0].watermark.column"), "{e}");
+    }
+
+    #[test]
+    fn max_batch_duration_must_be_a_positive_duration() {
+        for (bound, message) in [
+            ("soon", "spec.health.maxBatchDuration"),
+            ("0s", "must be positive"),
+        ] {
+            let e = error_of(&format!(
+                "{SOURCES}  sink: {{console: {{}}}}\n  health: {{maxBatchDuration: {bound}}}\n"
+            ));
+            assert!(
+                e.contains("spec.health.maxBatchDuration") && e.contains(message),
+                "{e}"
+            );
+        }
+        let ok = parse_manifest(&manifest(&format!(
+            "{SOURCES}  sink: {{console: {{}}}}\n  health: {{maxBatchDuration: 15m}}\n"
+        )))
+        .expect("valid");
+        assert_eq!(ok.spec.health.max_batch_duration.as_deref(), Some("15m"));
     }
 
     #[test]

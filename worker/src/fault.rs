@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 
 /// The environment variable that arms crash points: `<point>:<batchId>[,<point>:<batchId>...]`.
 pub const CRASH_AT_ENV: &str = "SLUICE_CRASH_AT";
+/// The environment variable that arms delays (a hung batch, for the `/healthz` test):
+/// `<point>:<batchId>:<millis>[,...]`; the task sleeps that long when it reaches the point.
+/// Only the points a task passes itself (`after-sink-write`, `mid-state-write`, `before-commit`).
+pub const DELAY_AT_ENV: &str = "SLUICE_DELAY_AT";
 
 /// A place in the batch protocol where a test may crash the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +95,43 @@ pub fn crash_point(point: CrashPoint, batch_id: u64) {
     }
 }
 
+/// Parses a [`DELAY_AT_ENV`] value into `(point name, batch id, delay)`; malformed items are
+/// ignored.
+pub fn parse_delay_points(text: &str) -> Vec<(String, u64, std::time::Duration)> {
+    text.split(',')
+        .filter_map(|item| {
+            let (rest, millis) = item.trim().rsplit_once(':')?;
+            let (name, batch) = rest.rsplit_once(':')?;
+            Some((
+                name.trim().to_string(),
+                batch.trim().parse().ok()?,
+                std::time::Duration::from_millis(millis.trim().parse().ok()?),
+            ))
+        })
+        .collect()
+}
+
+fn delays() -> &'static [(String, u64, std::time::Duration)] {
+    static DELAYS: OnceLock<Vec<(String, u64, std::time::Duration)>> = OnceLock::new();
+    DELAYS.get_or_init(|| match std::env::var(DELAY_AT_ENV) {
+        Ok(text) => {
+            let points = parse_delay_points(&text);
+            tracing::warn!(value = %text, armed = points.len(), "{DELAY_AT_ENV} is set: test delays are armed");
+            points
+        }
+        Err(_) => Vec::new(),
+    })
+}
+
+/// Sleeps as long as a test asked for at `point` in `batch_id`; otherwise returns at once.
+pub async fn delay_point(point: CrashPoint, batch_id: u64) {
+    for (name, batch, delay) in delays() {
+        if name == point.name() && *batch == batch_id {
+            tokio::time::sleep(*delay).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +144,14 @@ mod tests {
                 ("after-sink-write".to_string(), 3),
                 ("before-commit".to_string(), 0)
             ]
+        );
+        assert_eq!(
+            parse_delay_points("before-commit:1:2500,bad,after-sink-write:x:1"),
+            vec![(
+                "before-commit".to_string(),
+                1,
+                std::time::Duration::from_millis(2500)
+            )]
         );
         let names: Vec<&str> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(names.len(), 5);

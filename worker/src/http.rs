@@ -1,5 +1,5 @@
 //! The worker's HTTP endpoints: `GET /` (a page charting the recent triggers), `GET /metrics`
-//! (Prometheus text), `GET /healthz`, `GET /progress` (latest `StreamingQueryProgress` and recent
+//! (Prometheus text), `GET /healthz` (503 while a batch runs past `spec.health.maxBatchDuration`), `GET /progress` (latest `StreamingQueryProgress` and recent
 //! history), `POST /stop` (stop at the next batch boundary; the response comes back once the
 //! trigger loop has exited after its final commit, with the latest progress, so a caller knows the
 //! worker's last commit; the process then exits).
@@ -122,8 +122,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
+/// 200 while the worker makes progress; 503 with a `reason` while the current batch has run
+/// longer than `spec.health.maxBatchDuration` (a hung sink or lookup: the liveness probe then
+/// restarts the worker, which replays the batch).
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let last_error = shared.last_error.lock().ok().and_then(|e| e.clone());
+    if let Some(reason) = shared.unhealthy_reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "reason": reason, "lastError": last_error})),
+        );
+    }
     // Retryable errors keep the worker alive (it is waiting for a server), so still 200.
     (
         StatusCode::OK,

@@ -28,6 +28,7 @@ pub mod source;
 pub mod sql;
 pub mod state;
 pub mod storage;
+pub mod termination;
 
 pub use engine::{Engine, QueryConfig, RunSummary, Shared, StopHandle, Trigger};
 pub use error::{EngineError, ErrorClass, Result};

@@ -14,7 +14,11 @@
 //! `SLUICE_ROW_COST_MICROS` (load tests, benchmarks): simulated processing cost per input row and
 //! replica, so that one replica's capacity is known (`1e6 / cost` rows/s).
 //!
-//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest.
+//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest, 3 poison
+//! batch. On a poison batch the worker also writes one line,
+//! `PoisonBatch: batch <id> task <t> after <n> attempts: <error>`, to the container termination
+//! message path: `SLUICE_TERMINATION_LOG`, else `/dev/termination-log` for `pod` (not for `run`);
+//! see `termination.rs`.
 
 mod display;
 
@@ -26,6 +30,7 @@ use clap::{Parser, Subcommand};
 use sluice_crds::contract;
 use sluice_worker::control::ControlAuth;
 use sluice_worker::engine::describe_sink;
+use sluice_worker::termination;
 use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
 
 #[derive(Parser)]
@@ -53,6 +58,10 @@ struct RunArgs {
     /// these directories (comma-separated); `s3://` is not affected.
     #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
     allowed_paths: Vec<PathBuf>,
+    /// `/healthz` answers 503 while a batch has run longer than this (e.g. `15m`); overrides
+    /// `spec.health.maxBatchDuration`.
+    #[arg(long, value_parser = parse_max_batch_duration)]
+    max_batch_duration: Option<std::time::Duration>,
     /// This replica's index (0-based).
     #[arg(long, default_value_t = 0)]
     replica: u32,
@@ -118,10 +127,26 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(Cli::parse())) {
+    let cli = Cli::parse();
+    // A pod reports a poison batch in its termination message; a local run only when asked
+    // (`check` writes its own outcome with `--termination-log`).
+    let termination_log = match &cli.command {
+        Command::Pod { .. } => {
+            termination::termination_log_path(Some(termination::DEFAULT_TERMINATION_LOG))
+        }
+        Command::Run { .. } => termination::termination_log_path(None),
+        Command::Check { .. } => None,
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            if let (Some(path), Some(engine_error)) = (
+                termination_log.as_deref(),
+                e.downcast_ref::<sluice_worker::EngineError>(),
+            ) {
+                termination::write_termination_message(path, engine_error);
+            }
             // 2: the manifest is invalid; 3: a poison batch (restarting replays it again).
             let code = match e.downcast_ref::<sluice_worker::EngineError>() {
                 Some(sluice_worker::EngineError::Manifest(_)) => 2,
@@ -173,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or(1),
                 control_token_file,
                 allowed_paths,
+                max_batch_duration: None,
             };
             (manifest, args, auth)
         }
@@ -187,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.checkpoint_location = checkpoint.clone();
     }
     config.replica = args.replica;
+    config.max_batch_duration = args.max_batch_duration;
     config.replicas = args.replicas.max(1);
     if let Some(micros) = std::env::var("SLUICE_ROW_COST_MICROS")
         .ok()
@@ -384,6 +411,14 @@ fn confine(
     let allowed = sluice_worker::confine::AllowedPaths::new(roots).map_err(anyhow::Error::msg)?;
     allowed.check_spec(spec, checkpoint)?;
     Ok(())
+}
+
+/// `--max-batch-duration` value: a positive duration (`90s`, `15m`).
+fn parse_max_batch_duration(value: &str) -> Result<std::time::Duration, String> {
+    match sluice_crds::duration::parse_duration(value)? {
+        d if d.is_zero() => Err("must be positive".into()),
+        d => Ok(d),
+    }
 }
 
 /// `--http` value: a bare port binds 127.0.0.1 (local runs are not exposed to the network unless

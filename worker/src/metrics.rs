@@ -58,6 +58,9 @@ pub struct Metrics {
     pub sink_rows_written: Family<TaskLabels, Counter>,
     /// Batches that failed with a retryable error and will be replayed.
     pub batch_retries: Family<TaskLabels, Counter>,
+    /// Poison batches written to the bad-records location and committed as skipped
+    /// (`onPoisonBatch: quarantine`).
+    pub quarantined_batches: Family<TaskLabels, Counter>,
     /// Rows fetched from PostgreSQL lookup tables (committed batches).
     pub lookup_rows: Family<LookupLabels, Counter>,
     /// Distinct keys looked up in PostgreSQL lookup tables (committed batches).
@@ -88,6 +91,7 @@ impl Metrics {
         let source_backlog = Family::<TaskLabels, Gauge>::default();
         let sink_rows_written = Family::<TaskLabels, Counter>::default();
         let batch_retries = Family::<TaskLabels, Counter>::default();
+        let quarantined_batches = Family::<TaskLabels, Counter>::default();
         let lookup_rows = Family::<LookupLabels, Counter>::default();
         let lookup_keys = Family::<LookupLabels, Counter>::default();
         registry.register("input_rows", "Rows read from sources", input_rows.clone());
@@ -148,6 +152,11 @@ impl Metrics {
             batch_retries.clone(),
         );
         registry.register(
+            "quarantined_batches",
+            "Poison batches quarantined and committed as skipped",
+            quarantined_batches.clone(),
+        );
+        registry.register(
             "lookup_rows",
             "Rows fetched from PostgreSQL lookup tables",
             lookup_rows.clone(),
@@ -172,6 +181,7 @@ impl Metrics {
             source_backlog,
             sink_rows_written,
             batch_retries,
+            quarantined_batches,
             lookup_rows,
             lookup_keys,
         }

@@ -74,6 +74,10 @@ pub struct CommitEntry {
     /// The writer's epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<Epoch>,
+    /// Set when the batch was a quarantined poison batch (`onPoisonBatch: quarantine`): the
+    /// error it failed with. The batch is committed as skipped: the sink never saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 /// One `sinks/<batchId>` entry: the sink accepted the batch.
@@ -587,6 +591,7 @@ mod tests {
             input_rows: 1,
             output_rows: 1,
             epoch: None,
+            quarantined: None,
         };
         checkpoint.write_commit(0, &commit).await.expect("commit 0");
         checkpoint

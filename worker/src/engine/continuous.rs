@@ -364,6 +364,7 @@ async fn commit_epoch(
         input_rows: epoch.input_rows,
         output_rows: epoch.output_rows,
         epoch: None,
+        quarantined: None,
     };
     let checkpoint = parts.checkpoint.clone();
     let task = parts.task;

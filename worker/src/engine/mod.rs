@@ -8,6 +8,7 @@
 //! errors stop the query with the error.
 
 pub mod continuous;
+pub mod quarantine;
 pub mod retention;
 mod stop;
 pub mod task;
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sluice_crds::{StreamingQuery, StreamingQuerySpec, duration::parse_duration};
+use sluice_crds::{
+    PoisonBatchPolicy, StreamingQuery, StreamingQuerySpec, duration::parse_duration,
+};
 
 pub use self::stop::StopHandle;
 use self::task::{BatchOutcome, TaskInput, TaskRunner, TaskTargets};
@@ -102,6 +105,8 @@ pub struct QueryConfig {
     /// benchmarks set it (`SLUICE_ROW_COST_MICROS`) so that one replica's capacity is known:
     /// `1 / row_cost` rows/s.
     pub row_cost: Duration,
+    /// Overrides `spec.health.maxBatchDuration` (`--max-batch-duration`).
+    pub max_batch_duration: Option<Duration>,
 }
 
 impl QueryConfig {
@@ -124,6 +129,7 @@ impl QueryConfig {
             replica: 0,
             replicas: 1,
             row_cost: Duration::ZERO,
+            max_batch_duration: None,
         }
     }
 
@@ -152,6 +158,8 @@ pub struct RunSummary {
     pub input_rows: u64,
     pub output_rows: u64,
     pub bad_records: u64,
+    /// Poison batches quarantined (`onPoisonBatch: quarantine`).
+    pub quarantined_batches: u64,
 }
 
 /// State shared with the HTTP endpoints.
@@ -163,6 +171,10 @@ pub struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// Set once the trigger loop has exited (after its final commit); `POST /stop` waits for it.
     pub stopped: tokio::sync::watch::Sender<bool>,
+    /// When the running round of batches started; `None` between rounds.
+    batch_started: Mutex<Option<Instant>>,
+    /// A round running longer makes `/healthz` unhealthy (`spec.health.maxBatchDuration`).
+    max_batch_duration: Mutex<Option<Duration>>,
 }
 
 impl Shared {
@@ -173,6 +185,36 @@ impl Shared {
             stop: StopHandle::default(),
             last_error: Mutex::new(None),
             stopped: tokio::sync::watch::Sender::new(false),
+            batch_started: Mutex::new(None),
+            max_batch_duration: Mutex::new(None),
+        })
+    }
+
+    /// Sets the bound on a round's duration that `/healthz` checks (`None`: no bound).
+    pub fn set_max_batch_duration(&self, bound: Option<Duration>) {
+        if let Ok(mut slot) = self.max_batch_duration.lock() {
+            *slot = bound;
+        }
+    }
+
+    /// Marks the start (`true`) or the end (`false`) of a round of batches.
+    pub fn set_batch_running(&self, running: bool) {
+        if let Ok(mut slot) = self.batch_started.lock() {
+            *slot = running.then(Instant::now);
+        }
+    }
+
+    /// Why the worker is unhealthy, if it is: the running batch has taken longer than the bound.
+    /// Retryable errors do not count (the worker is waiting for a server, as it should).
+    pub fn unhealthy_reason(&self) -> Option<String> {
+        let bound = (*self.max_batch_duration.lock().ok()?)?;
+        let running = self.batch_started.lock().ok()?.map(|s| s.elapsed())?;
+        (running > bound).then(|| {
+            format!(
+                "the current batch has run for {:.1}s, longer than spec.health.maxBatchDuration ({:.1}s)",
+                running.as_secs_f64(),
+                bound.as_secs_f64()
+            )
         })
     }
 
@@ -295,6 +337,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     checkpoint: Checkpoint,
     max_batch_attempts: u32,
+    on_poison_batch: PoisonBatchPolicy,
 }
 
 /// One task's result in a round: the task, its pending batch after the attempt, the result.
@@ -311,6 +354,15 @@ impl Engine {
         let spec = &config.query.spec;
         sluice_crds::validate_spec(spec).map_err(sluice_crds::CrdError::from)?;
         let trigger = Trigger::from_spec(spec)?;
+        let max_batch_duration = match (config.max_batch_duration, &spec.health.max_batch_duration)
+        {
+            (Some(bound), _) => Some(bound),
+            (None, Some(text)) => Some(parse_duration(text).map_err(|m| {
+                EngineError::InvalidQuery(format!("spec.health.maxBatchDuration: {m}"))
+            })?),
+            (None, None) => None,
+        };
+        shared.set_max_batch_duration(max_batch_duration);
         let sources: Vec<Box<dyn Source>> = spec
             .sources
             .iter()
@@ -449,6 +501,7 @@ impl Engine {
                 .max_batch_attempts
                 .unwrap_or(DEFAULT_MAX_BATCH_ATTEMPTS)
                 .max(1),
+            on_poison_batch: spec.on_poison_batch,
             config,
         })
     }
@@ -503,13 +556,16 @@ impl Engine {
         while !stop.is_requested() {
             let started = Instant::now();
             let trigger_time = chrono::Utc::now();
+            self.shared.set_batch_running(true);
             let results = self.run_round(limit).await;
+            self.shared.set_batch_running(false);
             let cost = self.row_cost_wait(&results, started);
             if !cost.is_zero() {
                 tokio::time::sleep(cost).await;
             }
             let mut outcomes = Vec::new();
             let mut retryable = None;
+            let mut quarantined = false;
             for (task, batch, result) in results {
                 match result {
                     Ok(Some(outcome)) => outcomes.push(outcome),
@@ -524,6 +580,19 @@ impl Engine {
                             .checkpoint
                             .record_failed_attempt(task, batch_id, &message)
                             .await?;
+                        if attempts >= self.max_batch_attempts
+                            && self.on_poison_batch == PoisonBatchPolicy::Quarantine
+                        {
+                            match self.quarantine(task, attempts, &message).await {
+                                Ok(()) => {
+                                    summary.quarantined_batches += 1;
+                                    quarantined = true;
+                                }
+                                Err(e) if e.is_retryable() => retryable = Some(e),
+                                Err(e) => return Err(e),
+                            }
+                            continue;
+                        }
                         if attempts >= self.max_batch_attempts {
                             let poison = EngineError::PoisonBatch {
                                 task,
@@ -575,7 +644,8 @@ impl Engine {
                     *last = None;
                 }
             }
-            let idle = outcomes.is_empty();
+            // A quarantined batch made room for the next one: not idle.
+            let idle = outcomes.is_empty() && !quarantined;
             match self.trigger {
                 Trigger::Once | Trigger::AvailableNow if idle => break,
                 Trigger::Once | Trigger::AvailableNow => {}
@@ -587,6 +657,33 @@ impl Engine {
             }
         }
         Ok(summary)
+    }
+
+    /// Quarantines the pending batch of `task` ([`TaskRunner::quarantine_pending`]) and counts
+    /// it in `sluice_quarantined_batches_total`.
+    ///
+    /// # Errors
+    /// As [`TaskRunner::quarantine_pending`].
+    async fn quarantine(&mut self, task: u32, attempts: u32, error: &str) -> Result<()> {
+        let Some(runner) = self.runners.iter_mut().find(|r| r.task == task) else {
+            return Err(EngineError::Internal(format!("no runner for task {task}")));
+        };
+        if let Some((batch_id, rows)) = runner.quarantine_pending(attempts, error).await? {
+            tracing::warn!(
+                task,
+                batch_id,
+                attempts,
+                rows,
+                error,
+                "poison batch quarantined to the bad-records location and committed as skipped"
+            );
+            self.shared
+                .metrics
+                .quarantined_batches
+                .get_or_create(&self.labels(task))
+                .inc();
+        }
+        Ok(())
     }
 
     /// One batch on every task, in parallel.

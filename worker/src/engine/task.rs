@@ -19,9 +19,10 @@ use object_store::ObjectStoreExt;
 use sluice_crds::BadRecordPolicy;
 
 use crate::checkpoint::{Checkpoint, CommitEntry, Epoch, OffsetsEntry, TaskLog};
+use crate::engine::quarantine::{QuarantinedInput, write_quarantine};
 use crate::engine::retention::LogRetention;
 use crate::error::{EngineError, Result};
-use crate::fault::{CrashPoint, crash_point};
+use crate::fault::{CrashPoint, crash_point, delay_point};
 use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
@@ -296,6 +297,7 @@ impl TaskRunner {
         let phase = Instant::now();
         let written = self.write_sink(entry.batch_id, &output).await?;
         durations.add_batch = elapsed_ms(phase);
+        delay_point(CrashPoint::AfterSinkWrite, entry.batch_id).await;
         crash_point(CrashPoint::AfterSinkWrite, entry.batch_id);
 
         // State and learned models before the commit: a restart loads the state of the last
@@ -303,6 +305,7 @@ impl TaskRunner {
         self.query
             .write_state(&self.checkpoint, self.task, entry.batch_id)
             .await?;
+        delay_point(CrashPoint::MidStateWrite, entry.batch_id).await;
         crash_point(CrashPoint::MidStateWrite, entry.batch_id);
 
         // Commit.
@@ -319,8 +322,10 @@ impl TaskRunner {
             input_rows,
             output_rows: written,
             epoch: Some(self.epoch.clone()),
+            quarantined: None,
         };
         self.checkpoint.check_epoch(self.task, &self.epoch).await?;
+        delay_point(CrashPoint::BeforeCommit, entry.batch_id).await;
         crash_point(CrashPoint::BeforeCommit, entry.batch_id);
         self.checkpoint.write_commit(self.task, &commit).await?;
         self.query.commit_state();
@@ -360,6 +365,85 @@ impl TaskRunner {
             state: self.query.state_progress(),
             lookups: self.query.lookup_progress().to_vec(),
         }))
+    }
+
+    /// Quarantines the pending batch (`onPoisonBatch: quarantine`, after it failed `attempts`
+    /// times with `error`): writes its input to the bad-records location
+    /// ([`write_quarantine`]), then commits it as skipped, with the state and learned models as
+    /// they stood before it, so the sink never sees it and the next batch follows. Returns the
+    /// batch id and the rows quarantined; `None` when no batch is pending.
+    ///
+    /// # Errors
+    /// A retryable error when a source cannot be read again for an outage, or the checkpoint or
+    /// bad-records store fails (the batch stays pending; the next failure quarantines it again).
+    pub async fn quarantine_pending(
+        &mut self,
+        attempts: u32,
+        error: &str,
+    ) -> Result<Option<(u64, u64)>> {
+        let Some(pending) = self.pending.as_ref() else {
+            return Ok(None);
+        };
+        let entry = pending.entry.clone();
+        let mut inputs = Vec::new();
+        for input in &mut self.inputs {
+            let Some(range) = entry.sources.get(&input.name) else {
+                continue;
+            };
+            let rows = match input.reader.read(range).await {
+                Ok(output) => Ok(output.batches),
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => Err(e.to_string()),
+            };
+            inputs.push(QuarantinedInput {
+                source: input.name.clone(),
+                range: range.clone(),
+                rows,
+            });
+        }
+        let message = format!(
+            "poison batch {} of task {} quarantined after {attempts} attempts: {error}",
+            entry.batch_id, self.task
+        );
+        let rows = write_quarantine(
+            &self.bad_records,
+            self.task,
+            entry.batch_id,
+            &inputs,
+            &message,
+        )
+        .await?;
+        self.query.stage_unchanged_state();
+        self.query
+            .write_state(&self.checkpoint, self.task, entry.batch_id)
+            .await?;
+        if self.models.has_learned_models() {
+            self.checkpoint
+                .write_models(self.task, entry.batch_id, &self.models.learned_state()?)
+                .await?;
+        }
+        let commit = CommitEntry {
+            batch_id: entry.batch_id,
+            committed_ms: now_ms(),
+            input_rows: rows,
+            output_rows: 0,
+            epoch: Some(self.epoch.clone()),
+            quarantined: Some(error.to_string()),
+        };
+        self.checkpoint.check_epoch(self.task, &self.epoch).await?;
+        self.checkpoint.write_commit(self.task, &commit).await?;
+        self.query.commit_state();
+        for input in &mut self.inputs {
+            if let Some(range) = entry.sources.get(&input.name) {
+                input.reader.committed(range);
+            }
+        }
+        self.pending = None;
+        self.next_batch_id = entry.batch_id + 1;
+        if let Some(due) = self.retention.record(&entry, merge_with(&self.inputs)) {
+            self.retention.compact(&self.checkpoint, due).await;
+        }
+        Ok(Some((entry.batch_id, rows)))
     }
 
     /// Writes the batch's output to the sink unless the sink accepted it already, then records in

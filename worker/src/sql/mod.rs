@@ -590,6 +590,17 @@ impl BatchQuery {
         Ok(())
     }
 
+    /// Stages a batch that changes no state (a quarantined poison batch): its state file then
+    /// holds the state as it stood, so a restart finds a state file for every committed batch.
+    pub fn stage_unchanged_state(&mut self) {
+        if let Some(state) = self.streaming.as_mut() {
+            state.pending = Some(StateDelta {
+                event_time: state.store.event_time.clone(),
+                ..StateDelta::default()
+            });
+        }
+    }
+
     /// Applies the running batch's state changes to memory; call after the commit entry.
     pub fn commit_state(&mut self) {
         if let Some(state) = self.streaming.as_mut()
