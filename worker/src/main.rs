@@ -11,12 +11,19 @@
 //!   manifest, the SQL or its fit with an existing checkpoint is invalid (the operator's upgrade
 //!   guard).
 //!
+//! - `sluice-worker checkpoint list|show|restore --manifest <path>`: the checkpoint's retained
+//!   batches, one batch in detail, restoring the query to a retained batch (`cli/checkpoint.rs`).
+//!
 //! `SLUICE_ROW_COST_MICROS` (load tests, benchmarks): simulated processing cost per input row and
 //! replica, so that one replica's capacity is known (`1e6 / cost` rows/s).
 //!
-//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest.
+//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest or a refused
+//! restore.
 
 mod display;
+mod cli {
+    pub mod checkpoint;
+}
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +92,11 @@ enum Command {
         #[arg(long)]
         termination_log: Option<PathBuf>,
     },
+    /// Inspect the checkpoint's retained batches or restore the query to one of them.
+    Checkpoint {
+        #[command(subcommand)]
+        command: cli::checkpoint::CheckpointCommand,
+    },
     /// Run inside a Kubernetes pod (replica from the environment).
     Pod {
         #[arg(long, default_value = "/etc/sluice/query.yaml")]
@@ -124,7 +136,10 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {}", error_chain(&e));
             // 2: the manifest is invalid; 3: a poison batch (restarting replays it again).
             let code = match e.downcast_ref::<sluice_worker::EngineError>() {
-                Some(sluice_worker::EngineError::Manifest(_)) => 2,
+                Some(
+                    sluice_worker::EngineError::Manifest(_)
+                    | sluice_worker::EngineError::RestoreRefused(_),
+                ) => 2,
                 Some(sluice_worker::EngineError::PoisonBatch { .. }) => 3,
                 _ => 1,
             };
@@ -153,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return result.map(|_| ());
         }
+        Command::Checkpoint { command } => return cli::checkpoint::run(command).await,
         Command::Pod {
             manifest,
             http_port,
