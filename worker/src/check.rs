@@ -5,14 +5,14 @@
 //!
 //! The report is JSON (see [`CheckReport`]). Validation is the engine's own: the spec rules, the
 //! sources and sink, planning the SQL with [`crate::engine::plan_query`] (the same function a
-//! start uses) and, with a checkpoint, [`Checkpoint::check_compatible`] on its `metadata.json`
+//! start uses) and, with a checkpoint, [`crate::checkpoint::Checkpoint::check_compatible`] on its `metadata.json`
 //! (partition counts, stateful-operator fingerprint).
 
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
 use sluice_crds::{SqlScope, StreamingQuery};
 
-use crate::checkpoint::{Checkpoint, CheckpointMetadata};
+use crate::checkpoint::CheckpointMetadata;
 use crate::error::Result;
 use crate::ml::TaskModels;
 use crate::sql::stateful_operators;
@@ -69,7 +69,8 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
         fingerprint,
     };
     if let Some(location) = checkpoint {
-        let checkpoint = Checkpoint::new(Location::parse(location)?);
+        let checkpoint =
+            crate::checkpoint::generation::open_current(Location::parse(location)?).await?;
         // A checkpoint that does not exist yet fits any query.
         if let Some(stored) = checkpoint.stored_metadata().await? {
             let fresh = CheckpointMetadata {

@@ -73,6 +73,11 @@ pub enum EngineError {
         attempts: u32,
         error: String,
     },
+    /// A checkpoint restore (`sluice-worker checkpoint restore`, `spec.restore`) that cannot be
+    /// done: the batch is not retained or not committed, or the sink cannot take the replay
+    /// without duplicates. The message is the reason, one line.
+    #[error("restore refused: {0}")]
+    RestoreRefused(String),
     /// A sink failed to write.
     #[error("sink: {0}")]
     Sink(String),
@@ -116,7 +121,8 @@ impl EngineError {
             Self::Fenced(_)
             | Self::Checkpoint { .. }
             | Self::DataLoss { .. }
-            | Self::PoisonBatch { .. } => ErrorClass::User,
+            | Self::PoisonBatch { .. }
+            | Self::RestoreRefused(_) => ErrorClass::User,
             Self::Storage { .. } | Self::Source { .. } | Self::Sink(_) | Self::Lookup { .. } => {
                 ErrorClass::External
             }

@@ -11,16 +11,22 @@
 //!   manifest, the SQL or its fit with an existing checkpoint is invalid (the operator's upgrade
 //!   guard).
 //!
+//! - `sluice-worker checkpoint list|show|restore --manifest <path>`: the checkpoint's retained
+//!   batches, one batch in detail, restoring the query to a retained batch (`cli/checkpoint.rs`).
+//!
 //! `SLUICE_ROW_COST_MICROS` (load tests, benchmarks): simulated processing cost per input row and
 //! replica, so that one replica's capacity is known (`1e6 / cost` rows/s).
 //!
-//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest, 3 poison
-//! batch. On a poison batch the worker also writes one line,
+//! Exit codes: 0 stopped or finished, 1 failed (the error is printed), 2 bad manifest or a refused
+//! restore, 3 poison batch. On a poison batch the worker also writes one line,
 //! `PoisonBatch: batch <id> task <t> after <n> attempts: <error>`, to the container termination
 //! message path: `SLUICE_TERMINATION_LOG`, else `/dev/termination-log` for `pod` (not for `run`);
 //! see `termination.rs`.
 
 mod display;
+mod cli {
+    pub mod checkpoint;
+}
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +100,11 @@ enum Command {
         #[arg(long)]
         termination_log: Option<PathBuf>,
     },
+    /// Inspect the checkpoint's retained batches or restore the query to one of them.
+    Checkpoint {
+        #[command(subcommand)]
+        command: cli::checkpoint::CheckpointCommand,
+    },
     /// Run inside a Kubernetes pod (replica from the environment).
     Pod {
         #[arg(long, default_value = "/etc/sluice/query.yaml")]
@@ -149,7 +160,10 @@ fn main() -> std::process::ExitCode {
             }
             // 2: the manifest is invalid; 3: a poison batch (restarting replays it again).
             let code = match e.downcast_ref::<sluice_worker::EngineError>() {
-                Some(sluice_worker::EngineError::Manifest(_)) => 2,
+                Some(
+                    sluice_worker::EngineError::Manifest(_)
+                    | sluice_worker::EngineError::RestoreRefused(_),
+                ) => 2,
                 Some(sluice_worker::EngineError::PoisonBatch { .. }) => 3,
                 _ => 1,
             };
@@ -178,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return result.map(|_| ());
         }
+        Command::Checkpoint { command } => return cli::checkpoint::run(command).await,
         Command::Pod {
             manifest,
             http_port,

@@ -10,7 +10,9 @@
 //! tasks/<task>/commits/<batchId>     written AFTER the sink accepted the batch
 //! tasks/<task>/compacted/<batchId>   every batch up to batchId folded into one entry (retention)
 //! tasks/<task>/epochs/<epoch>        the worker that owns the task (see [`epoch`])
-//! bad-records/task-<task>/batch-<batchId>.jsonl
+//! bad-records/<source>/task-<task>/batch-<batchId>.jsonl
+//! restores/current.json              the generation workers run on (see [`generation`])
+//! restores/<n>/                      a generation restored to a retained batch ([`restore`])
 //! ```
 //! Batch ids are zero-padded to 20 digits so a listing sorts numerically. Offsets and commits are
 //! created with `PutMode::Create`: if the object exists, another writer owns the task and this one is
@@ -19,6 +21,8 @@
 //! and the sinks' idempotent writes make the replay overwrite identical output.
 
 pub mod epoch;
+pub mod generation;
+pub mod restore;
 
 use std::collections::BTreeMap;
 

@@ -378,7 +378,11 @@ impl Engine {
         if let Some(keys) = first.grouping_columns() {
             check_stateful_partitioning(spec, &sources, &keys)?;
         }
-        let checkpoint = Checkpoint::new(Location::parse(&config.checkpoint_location)?);
+        // The current generation: a restored one when `checkpoint restore` ran.
+        let checkpoint = crate::checkpoint::generation::open_current(Location::parse(
+            &config.checkpoint_location,
+        )?)
+        .await?;
         let mut sources = sources;
         if let Some(stored) = checkpoint.stored_metadata().await? {
             for source in &mut sources {

@@ -12,6 +12,7 @@ pub mod file;
 pub mod kafka;
 pub mod memory;
 pub mod postgres;
+pub mod replay;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;

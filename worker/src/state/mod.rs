@@ -464,10 +464,31 @@ pub fn prunable_state_files(names: &[String], through: u64) -> Vec<String> {
         .collect()
 }
 
-/// `(batch id, is a snapshot)` of a state file name written by [`state_file`]; `None` for others.
-fn state_file_id(name: &str) -> Option<(u64, bool)> {
+/// `(batch id, is a snapshot)` of a state file name (`<batchId>.delta.arrow`,
+/// `<batchId>.snapshot.arrow`); `None` for other names.
+pub fn state_file_id(name: &str) -> Option<(u64, bool)> {
     let (id, kind) = name.split_once('.')?;
     Some((id.parse().ok()?, kind.starts_with("snapshot")))
+}
+
+/// The event-time bookkeeping a state file records in its schema metadata (the watermark after
+/// the batch that wrote it), read without decoding its rows.
+///
+/// # Errors
+/// [`EngineError::Arrow`] when `body` is not an Arrow IPC file.
+pub fn file_event_time(body: &[u8]) -> Result<EventTimeState> {
+    let reader = FileReader::try_new(Cursor::new(body), None)?;
+    let metadata = reader.schema().metadata().clone();
+    Ok(EventTimeState {
+        watermark_ms: metadata.get(META_WATERMARK).and_then(|v| v.parse().ok()),
+        used_watermark_ms: metadata
+            .get(META_USED_WATERMARK)
+            .and_then(|v| v.parse().ok()),
+        max_event_ms: metadata
+            .get(META_MAX_EVENT)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default(),
+    })
 }
 
 fn state_file(task: u32, batch_id: u64, kind: &str) -> String {

@@ -20,6 +20,7 @@
 //! orphans), then writes and logs anew. Names starting with `_` are skipped by Spark, DuckDB's Hive
 //! reader and pyarrow datasets, so the log never mixes with the data.
 
+pub mod retract;
 #[cfg(test)]
 mod tests;
 

@@ -141,10 +141,23 @@ impl PostgresSink {
                 batch_id,
                 "postgres sink: batch already written; skipping the replay"
             );
+            // The rows the first write made, as the file sink reports a logged batch: the
+            // checkpoint's sink record then says what the table holds (a restore reads it to
+            // know whether a replay would duplicate rows).
+            let recorded: i64 = tx
+                .query_one(
+                    &format!(
+                        "SELECT rows FROM {COMMITS_TABLE} WHERE query = $1 AND task = $2 AND batch_id = $3"
+                    ),
+                    &[&self.query, &(task as i32), &(batch_id as i64)],
+                )
+                .await
+                .map_err(|e| sink_error(format!("read batch mark: {e}")))?
+                .get(0);
             tx.rollback()
                 .await
                 .map_err(|e| sink_error(format!("rollback: {e}")))?;
-            return Ok(0);
+            return Ok(u64::try_from(recorded).unwrap_or(0));
         }
         tx.execute(statement, &[&json])
             .await
