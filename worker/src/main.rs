@@ -59,6 +59,10 @@ struct RunArgs {
     /// Number of replicas sharing the query's tasks.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// With `trigger: once / availableNow`, also write the run's `Run: batches <first>..<last>,
+    /// <rows> rows` line to this file (a Job's `/dev/termination-log`).
+    #[arg(long)]
+    termination_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +102,9 @@ enum Command {
         /// As for `run`.
         #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
         allowed_paths: Vec<PathBuf>,
+        /// As for `run`.
+        #[arg(long)]
+        termination_log: Option<PathBuf>,
     },
 }
 
@@ -158,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             http_port,
             control_token_file,
             allowed_paths,
+            termination_log,
         } => {
             // Reachable from the whole cluster: no token, no control.
             let auth =
@@ -173,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or(1),
                 control_token_file,
                 allowed_paths,
+                termination_log,
             };
             (manifest, args, auth)
         }
@@ -323,11 +332,8 @@ async fn run_engine(
         args.replica,
         args.replicas.max(1),
     );
-    let drain_total = if engine.trigger().is_bounded() {
-        engine.backlog()
-    } else {
-        None
-    };
+    let bounded = engine.trigger().is_bounded();
+    let drain_total = if bounded { engine.backlog() } else { None };
     let display = display::Display::new(drain_total);
     let summary = engine.run(|progress| display.update(progress)).await;
     display.finish();
@@ -343,6 +349,20 @@ async fn run_engine(
             String::new()
         }
     ));
+    if bounded {
+        // The one-shot run's result for the operator (status.lastRun): stderr and the Job's
+        // termination message.
+        let report = contract::RunReport {
+            first_batch_id: summary.first_batch_id.and_then(|id| i64::try_from(id).ok()),
+            last_batch_id: summary.last_batch_id.and_then(|id| i64::try_from(id).ok()),
+            rows: i64::try_from(summary.output_rows).unwrap_or(i64::MAX),
+        };
+        eprintln!("{report}");
+        if let Some(path) = &args.termination_log {
+            std::fs::write(path, format!("{report}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
     Ok(())
 }
 

@@ -152,6 +152,9 @@ pub struct RunSummary {
     pub input_rows: u64,
     pub output_rows: u64,
     pub bad_records: u64,
+    /// Lowest and highest batch id committed by this run (over its tasks).
+    pub first_batch_id: Option<u64>,
+    pub last_batch_id: Option<u64>,
 }
 
 /// State shared with the HTTP endpoints.
@@ -546,6 +549,10 @@ impl Engine {
             if !outcomes.is_empty() {
                 let progress = self.progress(&outcomes, started, previous_start, trigger_time);
                 summary.batches += outcomes.len() as u64;
+                let ids = outcomes.iter().map(|o| o.progress.batch_id);
+                summary.first_batch_id =
+                    summary.first_batch_id.into_iter().chain(ids.clone()).min();
+                summary.last_batch_id = summary.last_batch_id.into_iter().chain(ids).max();
                 summary.input_rows += progress.num_input_rows;
                 summary.output_rows += progress.sink.num_output_rows;
                 summary.bad_records += progress.num_bad_records;
