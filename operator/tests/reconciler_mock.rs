@@ -58,6 +58,8 @@ struct World {
     run_status: Option<Value>,
     /// The termination message of a finished run Job's pod.
     run_message: Option<String>,
+    /// The CronJob as applied (or merge-patched).
+    cron_job: Option<Value>,
     requests: Vec<Recorded>,
 }
 
@@ -136,6 +138,18 @@ impl FakeApi {
                             }
                             None => respond(StatusCode::NOT_FOUND, &not_found),
                         }
+                    }
+                    (Method::GET, CRON_JOB_PATH) => match &world.cron_job {
+                        Some(cron_job) => respond(StatusCode::OK, cron_job),
+                        None => respond(StatusCode::NOT_FOUND, &not_found),
+                    },
+                    (Method::PATCH, CRON_JOB_PATH) => {
+                        if body.get("kind").is_some() {
+                            world.cron_job = Some(body.clone());
+                        } else if let Some(cron_job) = world.cron_job.as_mut() {
+                            cron_job["spec"]["suspend"] = body["spec"]["suspend"].clone();
+                        }
+                        respond(StatusCode::OK, &body)
                     }
                     (Method::GET, p) if format!("{p}/") == JOBS_PATH => {
                         let items: Vec<Value> = world
@@ -835,6 +849,37 @@ async fn a_scheduled_query_is_a_forbid_cron_job_and_seconds_are_refused_on_kuber
         .find(|r| r.path == CRON_JOB_PATH && r.method == Method::PATCH)
         .expect("the CronJob is applied");
     assert_eq!(cron_job.body["spec"]["suspend"], true);
+    // Back to a continuous trigger: the StatefulSet starts and the schedule is suspended, so no
+    // run writes to the checkpoint the workers now own.
+    setup.edit(&scheduled);
+    setup.reconcile(12).await;
+    setup.api.take_requests();
+    setup.edit(V1);
+    setup.reconcile(15).await;
+    let requests = setup.api.take_requests();
+    assert!(touched(&requests, STS_PATH), "the workers start");
+    let suspended = setup.api.with(|w| w.cron_job.clone()).expect("cron job");
+    assert_eq!(suspended["spec"]["suspend"], true);
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == CRON_JOB_PATH && r.body == json!({"spec": {"suspend": true}})),
+        "{requests:#?}"
+    );
+    // Scheduled again: the CronJob is applied (unsuspended) and the StatefulSet is stopped.
+    setup.edit(&scheduled);
+    setup.reconcile(17).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == STS_PATH && r.body["spec"]["replicas"] == json!(0)),
+        "the continuous workers stop first: {requests:#?}"
+    );
+    assert_eq!(
+        setup.api.with(|w| w.cron_job.clone()).expect("cron job")["spec"]["suspend"],
+        false
+    );
     // A seconds field is the local backend's: refused here, naming the field.
     setup.edit(&format!(
         "{ONE_SHOT}  schedule: {{cron: '*/5 * * * * *'}}\n"

@@ -685,6 +685,29 @@ impl KubernetesBackend {
         Ok(Some(observed))
     }
 
+    /// Suspends the query's CronJob, if a schedule was removed: its runs would write to the
+    /// checkpoint the continuous workers now own.
+    async fn suspend_schedule(&self, name: &str, namespace: &str) -> Result<()> {
+        use k8s_openapi::api::batch::v1::CronJob;
+        let api: Api<CronJob> = Api::namespaced(self.client.clone(), namespace);
+        let running = api
+            .get_opt(&child_name(name))
+            .await?
+            .and_then(|c| c.spec)
+            .is_some_and(|s| s.suspend != Some(true));
+        if running {
+            // A merge patch: an apply of this one field would drop the others the operator owns.
+            let suspend = serde_json::json!({"spec": {"suspend": true}});
+            api.patch(
+                &child_name(name),
+                &PatchParams::default(),
+                &Patch::Merge(&suspend),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The worker pods of a query (any generation).
     async fn pods(&self, name: &str, namespace: &str) -> Result<Vec<Pod>> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
@@ -832,6 +855,7 @@ impl Backend for KubernetesBackend {
             }
             return Ok(());
         }
+        self.suspend_schedule(&name, &namespace).await?;
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
         // Before the StatefulSet: its pods do not start without the Secret they mount.
