@@ -18,6 +18,11 @@ pub const SCALING_LIMITED: &str = "ScalingLimited";
 /// A batch failed deterministically `spec.maxBatchAttempts` times (issue 17): the workers are
 /// stopped instead of crash-looping; the message names the batch, the task and the error.
 pub const POISON_BATCH: &str = "PoisonBatch";
+/// The last one-shot or scheduled run succeeded (True) or failed (False); the message names its
+/// batch range and rows.
+pub const SUCCEEDED: &str = "Succeeded";
+/// The last one-shot or scheduled run failed; the message says why.
+pub const FAILED: &str = "Failed";
 /// The annotation [`PAUSE_ANNOTATION`] is `"true"`: the operator leaves the query's children alone.
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 

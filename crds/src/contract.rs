@@ -189,3 +189,97 @@ pub struct SourceBacklog {
     #[serde(default)]
     pub backlog: f64,
 }
+
+/// What a one-shot run (`trigger: once / availableNow`) did, as the worker's last line:
+/// `Run: batches <first>..<last>, <rows> rows` (`Run: no batches, 0 rows` when there was no new
+/// input), on stderr and, with `--termination-log`, as the Job pod's termination message. The
+/// operator reads it into `status.lastRun`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Lowest batch id committed by the run (over its tasks), `None` without a batch.
+    pub first_batch_id: Option<i64>,
+    /// Highest batch id committed by the run.
+    pub last_batch_id: Option<i64>,
+    /// Rows written to the sink.
+    pub rows: i64,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.first_batch_id, self.last_batch_id) {
+            (Some(first), Some(last)) => {
+                write!(f, "Run: batches {first}..{last}, {} rows", self.rows)
+            }
+            _ => write!(f, "Run: no batches, {} rows", self.rows),
+        }
+    }
+}
+
+impl RunReport {
+    /// The report of the last `Run: ...` line in `text` (a termination message or a log tail).
+    pub fn find(text: &str) -> Option<Self> {
+        text.lines().rev().find_map(|line| {
+            let rest = &line[line.find("Run: ")? + "Run: ".len()..];
+            let (batches, rows) = rest.trim_end().split_once(", ")?;
+            let rows = rows.strip_suffix(" rows")?.parse().ok()?;
+            if batches == "no batches" {
+                return Some(Self {
+                    rows,
+                    ..Self::default()
+                });
+            }
+            let (first, last) = batches.strip_prefix("batches ")?.split_once("..")?;
+            Some(Self {
+                first_batch_id: Some(first.parse().ok()?),
+                last_batch_id: Some(last.parse().ok()?),
+                rows,
+            })
+        })
+    }
+
+    /// The report of a run of several replicas: the lowest first, the highest last, rows summed.
+    pub fn combine(reports: &[Self]) -> Self {
+        Self {
+            first_batch_id: reports.iter().filter_map(|r| r.first_batch_id).min(),
+            last_batch_id: reports.iter().filter_map(|r| r.last_batch_id).max(),
+            rows: reports.iter().map(|r| r.rows).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod run_report_tests {
+    use super::RunReport;
+
+    #[test]
+    fn the_run_line_round_trips_and_is_found_in_a_log() {
+        let report = RunReport {
+            first_batch_id: Some(3),
+            last_batch_id: Some(5),
+            rows: 120,
+        };
+        assert_eq!(report.to_string(), "Run: batches 3..5, 120 rows");
+        let log = format!("serving /metrics\n{report}\nquery stopped: 3 batches\n");
+        assert_eq!(RunReport::find(&log), Some(report));
+        let empty = RunReport::default();
+        assert_eq!(empty.to_string(), "Run: no batches, 0 rows");
+        assert_eq!(RunReport::find(&empty.to_string()), Some(empty));
+        assert_eq!(RunReport::find("error: sink down"), None);
+        assert_eq!(
+            RunReport::combine(&[
+                report,
+                empty,
+                RunReport {
+                    first_batch_id: Some(2),
+                    last_batch_id: Some(4),
+                    rows: 1
+                }
+            ]),
+            RunReport {
+                first_batch_id: Some(2),
+                last_batch_id: Some(5),
+                rows: 121
+            }
+        );
+    }
+}

@@ -10,6 +10,7 @@ pub mod crd;
 pub mod duration;
 pub mod error;
 pub mod manifest;
+pub mod schedule;
 pub mod secrets;
 pub mod spec;
 pub mod status;

@@ -66,7 +66,10 @@ const CHECKPOINT_LOCATION_MESSAGE: &str = "checkpoint.location cannot change onc
     printcolumn = r#"{"name":"Processed/s","type":"number","jsonPath":".status.processedRowsPerSecond"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
     printcolumn = r#"{"name":"Batch","type":"integer","jsonPath":".status.lastCommittedBatchId"}"#,
+    printcolumn = r#"{"name":"Last-Run","type":"date","jsonPath":".status.lastRun.end"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Run-Rows","type":"integer","priority":1,"jsonPath":".status.lastRun.rows"}"#,
+    printcolumn = r#"{"name":"Run-Batches","type":"string","priority":1,"jsonPath":".status.lastRun.batches"}"#,
     printcolumn = r#"{"name":"Watermark","type":"string","priority":1,"jsonPath":".status.watermark"}"#,
     printcolumn = r#"{"name":"Generation","type":"integer","priority":1,"jsonPath":".status.generation"}"#,
     printcolumn = r#"{"name":"Restarts","type":"integer","priority":1,"jsonPath":".status.restarts"}"#,
@@ -145,9 +148,15 @@ pub struct StreamingQuerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_NAME))]
     pub storage_secret_ref: Option<String>,
-    /// Stop all workers at a batch boundary and keep the checkpoint.
+    /// Stop all workers at a batch boundary and keep the checkpoint; with `schedule`, start no
+    /// new run (as a CronJob's `suspend`).
     #[serde(default)]
     pub suspend: bool,
+    /// Run the query repeatedly, each run a one-shot run (`trigger: {availableNow: true}` or
+    /// `{once: true}`, required) continuing from the same checkpoint: a CronJob on Kubernetes,
+    /// the operator's own timer on the local backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
     /// Any text; changing it restarts the workers at a batch boundary, keeping state and
     /// checkpoint (the same stop-first path as a rescale): a restart without a spec change, after
     /// fixing a sink or a poison batch's data. `status.restartNonce` shows the one applied.
@@ -766,6 +775,30 @@ pub struct HealthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub max_batch_duration: Option<String>,
+/// When a one-shot query runs (`spec.schedule`), as a Kubernetes CronJob's fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Cron expression, CronJob syntax: `minute hour day-of-month month day-of-week`, or a macro
+    /// (`@hourly`, `@daily`, ...). The local backend also takes a leading seconds field.
+    #[schemars(length(min = 1, max = crate::schedule::MAX_CRON))]
+    pub cron: String,
+    /// IANA time zone of `cron` (`Europe/Zurich`); UTC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::schedule::MAX_TIME_ZONE))]
+    pub time_zone: Option<String>,
+    /// Only `Forbid`: a run due while the previous one still runs waits for it (runs of one
+    /// query share its checkpoint, so they never overlap).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+}
+
+/// What a due run does while the previous one still runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Never two runs at once.
+    #[default]
+    Forbid,
 }
 
 /// Checkpoint location and its fate when the query is deleted.

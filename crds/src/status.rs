@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bounds::MAX_PATH;
 
-/// Most conditions (one per type; five types today).
+/// Most conditions (one per type; nine types today).
 pub const MAX_CONDITIONS: u32 = 16;
 /// Most entries of `scalingHistory` (the operator keeps fewer).
 pub const MAX_SCALING_HISTORY: u32 = 32;
@@ -30,7 +30,8 @@ pub struct StreamingQueryStatus {
     /// `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded, CheckpointStale, ScalingLimited.
+    /// Ready, Progressing, Degraded, CheckpointStale, ScalingLimited, ReconciliationPaused,
+    /// PoisonBatch, Succeeded, Failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_CONDITIONS))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -95,6 +96,13 @@ pub struct StreamingQueryStatus {
     /// Worker restarts after crashes, since the query was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<i64>,
+    /// The latest one-shot or scheduled run (`trigger: once / availableNow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunStatus>,
+    /// When the schedule last fired (a run started or, while one still ran, was due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
+    pub last_schedule_time: Option<Time>,
     /// The `spec.restartNonce` the running workers were started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = crate::bounds::MAX_RESTART_NONCE))]
@@ -103,6 +111,40 @@ pub struct StreamingQueryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_TIMESTAMP))]
     pub last_batch_time: Option<String>,
+}
+
+/// One run of a one-shot or scheduled query.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// Deployment generation the run ran (a one-shot query runs once per generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
+    pub start: Option<Time>,
+    /// Unset while the run runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TIMESTAMP))]
+    pub end: Option<Time>,
+    /// Unset while the run runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<bool>,
+    /// Rows written by the run (all replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_batch_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_batch_id: Option<i64>,
+    /// `first..last` (for `kubectl get`), `none` when the run found no new input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub batches: Option<String>,
+    /// Why a failed run failed (exit status, `PoisonBatch: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_REASON))]
+    pub message: Option<String>,
 }
 
 /// Lifecycle phase of a query.
@@ -116,6 +158,10 @@ pub enum Phase {
     Suspended,
     Failed,
     RollingBack,
+    /// A one-shot query's run finished.
+    Succeeded,
+    /// A scheduled query waits for its next run.
+    Scheduled,
 }
 
 /// One autoscaler decision with the inputs that led to it.

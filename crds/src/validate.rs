@@ -323,6 +323,20 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if let Some(interval) = &trigger.continuous {
         parse_duration(interval).map_err(|m| err("spec.trigger.continuous", m))?;
     }
+    if let Some(schedule) = &spec.schedule {
+        if trigger.once != Some(true) && trigger.available_now != Some(true) {
+            return Err(err(
+                "spec.schedule",
+                "a scheduled query runs to the end of its input each time: set trigger \
+                 {availableNow: true} or {once: true}",
+            ));
+        }
+        // Seconds are the local backend's; the operator refuses them for Kubernetes.
+        crate::schedule::parse_cron(&schedule.cron, true)
+            .map_err(|m| err("spec.schedule.cron", m))?;
+        crate::schedule::parse_time_zone(schedule.time_zone.as_deref())
+            .map_err(|m| err("spec.schedule.timeZone", m))?;
+    }
     for (i, source) in spec.sources.iter().enumerate() {
         if let Some(bytes) = source.file.as_ref().and_then(|f| f.max_record_bytes)
             && !(1024..=1_073_741_824).contains(&bytes)
@@ -631,5 +645,28 @@ mod tests {
     #[test]
     fn valid_spec_passes() {
         parse_manifest(&manifest(&format!("{SOURCES}  sink: {{console: {{}}}}\n"))).expect("valid");
+    }
+
+    #[test]
+    fn a_schedule_needs_a_one_shot_trigger_a_cron_and_a_known_zone() {
+        let sink = "  sink: {console: {}}\n";
+        let e = error_of(&format!("{SOURCES}{sink}  schedule: {{cron: '@hourly'}}\n"));
+        assert!(
+            e.contains("spec.schedule") && e.contains("availableNow"),
+            "{e}"
+        );
+        let once = "  trigger: {availableNow: true}\n";
+        let e = error_of(&format!(
+            "{SOURCES}{sink}{once}  schedule: {{cron: '99 * * * *'}}\n"
+        ));
+        assert!(e.contains("spec.schedule.cron"), "{e}");
+        let e = error_of(&format!(
+            "{SOURCES}{sink}{once}  schedule: {{cron: '@hourly', timeZone: Mars/Base}}\n"
+        ));
+        assert!(e.contains("spec.schedule.timeZone"), "{e}");
+        parse_manifest(&manifest(&format!(
+            "{SOURCES}{sink}{once}  schedule: {{cron: '*/5 * * * *', timeZone: Europe/Zurich, concurrencyPolicy: Forbid}}\n"
+        )))
+        .expect("valid schedule");
     }
 }

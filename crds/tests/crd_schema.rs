@@ -47,7 +47,10 @@ fn crd_has_short_name_printer_columns_and_subresources() {
             "Processed/s",
             "Lag",
             "Batch",
+            "Last-Run",
             "Age",
+            "Run-Rows",
+            "Run-Batches",
             "Watermark",
             "Generation",
             "Restarts",
@@ -55,14 +58,14 @@ fn crd_has_short_name_printer_columns_and_subresources() {
             "Message"
         ]
     );
-    // The last five are for `kubectl get sq -o wide` only.
+    // The last seven are for `kubectl get sq -o wide` only.
     let wide: Vec<i64> = version["additionalPrinterColumns"]
         .as_array()
         .expect("columns")
         .iter()
         .map(|c| c["priority"].as_i64().unwrap_or(0))
         .collect();
-    assert_eq!(wide, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    assert_eq!(wide, [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]);
     let sources =
         &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["sources"];
     assert_eq!(sources["x-kubernetes-list-type"], "map");

@@ -168,6 +168,29 @@ async fn derived_grants() -> (BTreeSet<Grant>, BTreeSet<Grant>, Vec<String>) {
     );
     operator.extend(served(&api));
 
+    // One-shot and scheduled queries: a run Job (runs listed by label, their pods listed), a
+    // CronJob (read, applied).
+    for spec_tail in [
+        "  trigger: {availableNow: true}\n",
+        "  trigger: {availableNow: true}\n  schedule: {cron: '@hourly'}\n",
+    ] {
+        let mut run_query = query(true, "SELECT * FROM events");
+        run_query.spec = parse_manifest(&format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {{name: q}}\nspec:\n  sources:\n    - name: events\n      rate: {{rowsPerSecond: 10}}\n  sql: SELECT * FROM events\n  sink: {{console: {{}}}}\n{spec_tail}"
+        ))
+        .expect("run manifest")
+        .spec;
+        let (client, api) =
+            FakeApi::start_with(vec![serde_json::to_value(&run_query).expect("json")]);
+        let ctx = context(client, &base);
+        for _ in 0..2 {
+            if let Err(e) = reconcile(Arc::new(run_query.clone()), ctx.clone()).await {
+                errors.push(e.to_string());
+            }
+        }
+        operator.extend(served(&api));
+    }
+
     // The pre-upgrade check Job: applied (with its ConfigMap), then read back while it runs.
     let (client, api) = FakeApi::start_with(Vec::new());
     let check = JobCheck {

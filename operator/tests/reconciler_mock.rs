@@ -54,6 +54,12 @@ struct World {
     jobs: std::collections::BTreeMap<String, Value>,
     /// The termination message of a finished check Job's pod; `None` while it runs.
     check_message: Option<String>,
+    /// The status run Jobs report when listed (`None`: as applied, running).
+    run_status: Option<Value>,
+    /// The termination message of a finished run Job's pod.
+    run_message: Option<String>,
+    /// The CronJob as applied (or merge-patched).
+    cron_job: Option<Value>,
     requests: Vec<Recorded>,
 }
 
@@ -133,6 +139,47 @@ impl FakeApi {
                             None => respond(StatusCode::NOT_FOUND, &not_found),
                         }
                     }
+                    (Method::GET, CRON_JOB_PATH) => match &world.cron_job {
+                        Some(cron_job) => respond(StatusCode::OK, cron_job),
+                        None => respond(StatusCode::NOT_FOUND, &not_found),
+                    },
+                    (Method::PATCH, CRON_JOB_PATH) => {
+                        if body.get("kind").is_some() {
+                            world.cron_job = Some(body.clone());
+                        } else if let Some(cron_job) = world.cron_job.as_mut() {
+                            cron_job["spec"]["suspend"] = body["spec"]["suspend"].clone();
+                        }
+                        respond(StatusCode::OK, &body)
+                    }
+                    (Method::GET, p) if format!("{p}/") == JOBS_PATH => {
+                        let items: Vec<Value> = world
+                            .jobs
+                            .values()
+                            .filter(|j| j["metadata"]["labels"]["sluice.dev/run"].is_string())
+                            .map(|j| {
+                                let mut j = j.clone();
+                                if let Some(status) = &world.run_status {
+                                    j["status"] = status.clone();
+                                }
+                                j
+                            })
+                            .collect();
+                        respond(
+                            StatusCode::OK,
+                            &json!({"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items}),
+                        )
+                    }
+                    (Method::GET, PODS_PATH) if world.run_message.is_some() => respond(
+                        StatusCode::OK,
+                        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
+                            "metadata": {"name": "sluice-q-run-1-0-x"},
+                            "status": {"containerStatuses": [{
+                                "name": "worker", "image": "", "imageID": "", "ready": false,
+                                "restartCount": 0,
+                                "state": {"terminated": {"exitCode": 0, "message": world.run_message}},
+                            }]},
+                        }]}),
+                    ),
                     (Method::PATCH, p) if p.starts_with(JOBS_PATH) => {
                         let name = p.trim_start_matches(JOBS_PATH).to_string();
                         world.jobs.insert(name, body.clone());
@@ -676,4 +723,175 @@ async fn a_new_restart_nonce_restarts_the_workers_once_at_a_batch_boundary() {
     );
     assert_eq!(plan.status.phase, Some(Phase::Running));
     assert!(!events(&requests).contains(&"RestartRequested".to_string()));
+}
+
+const RUN_JOB_PATH: &str = "/apis/batch/v1/namespaces/default/jobs/sluice-q-run-1";
+const CRON_JOB_PATH: &str = "/apis/batch/v1/namespaces/default/cronjobs/sluice-q";
+const ONE_SHOT: &str = "  sources:\n    - name: events\n      rate: {rowsPerSecond: 10, partitions: 2}\n  sql: SELECT * FROM events\n  sink: {console: {}}\n  trigger: {availableNow: true}\n  parallelism: {replicas: 2}\n";
+
+#[tokio::test]
+async fn a_one_shot_query_runs_once_as_an_indexed_job_and_reports_its_batch_range() {
+    let mut setup = Setup::new(ONE_SHOT);
+    let plan = setup.reconcile(0).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, STS_PATH), "no StatefulSet for a run");
+    let job = requests
+        .iter()
+        .find(|r| r.path == RUN_JOB_PATH && r.method == Method::PATCH)
+        .expect("the run's Job is applied");
+    let spec = &job.body["spec"];
+    assert_eq!(
+        (
+            &spec["completions"],
+            &spec["parallelism"],
+            &spec["completionMode"],
+            &spec["backoffLimit"]
+        ),
+        (&json!(2), &json!(2), &json!("Indexed"), &json!(0))
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let args = pod["containers"][0]["args"].as_array().expect("args");
+    assert!(
+        args.ends_with(&[json!("--termination-log"), json!("/dev/termination-log")]),
+        "{args:?}"
+    );
+    assert_eq!(
+        spec["template"]["metadata"]["labels"]["sluice.dev/run"], "q",
+        "run pods are not labelled as continuous workers"
+    );
+    assert!(
+        spec["template"]["metadata"]["labels"]["sluice.dev/query"].is_null(),
+        "{spec}"
+    );
+    assert_eq!(events(&requests), ["CheckpointClaimed", "RunStarted"]);
+    assert_eq!(plan.status.phase, Some(Phase::Running));
+    // Still running: the Job is not applied again.
+    setup.reconcile(5).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, RUN_JOB_PATH), "{requests:#?}");
+    // The run finishes: both pods' termination messages give the batch range.
+    setup.api.with(|w| {
+        w.run_status = Some(json!({
+            "succeeded": 2,
+            "startTime": "2026-12-07T09:00:00Z",
+            "completionTime": "2026-12-07T09:00:30Z",
+        }));
+        w.run_message = Some("Run: batches 0..3, 40 rows\n".into());
+    });
+    let plan = setup.reconcile(40).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, RUN_JOB_PATH));
+    assert_eq!(events(&requests), ["RunSucceeded"]);
+    let last = plan.status.last_run.clone().expect("lastRun");
+    assert_eq!(
+        (
+            last.succeeded,
+            last.first_batch_id,
+            last.last_batch_id,
+            last.rows,
+            last.batches.as_deref()
+        ),
+        (Some(true), Some(0), Some(3), Some(40), Some("0..3"))
+    );
+    assert_eq!(
+        last.end.map(|t| t.0.to_string()).as_deref(),
+        Some("2026-12-07T09:00:30Z")
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Succeeded));
+    let (state, reason, message) = condition(&plan.status, "Succeeded");
+    assert_eq!(
+        (state.as_str(), reason.as_str(), message.as_str()),
+        ("True", "RunSucceeded", "batches 0..3, 40 rows")
+    );
+    // Done: nothing runs again for this generation.
+    setup.reconcile(60).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, RUN_JOB_PATH));
+    assert!(events(&requests).is_empty());
+}
+
+#[tokio::test]
+async fn a_scheduled_query_is_a_forbid_cron_job_and_seconds_are_refused_on_kubernetes() {
+    let scheduled =
+        format!("{ONE_SHOT}  schedule: {{cron: '*/15 * * * *', timeZone: Europe/Zurich}}\n");
+    let mut setup = Setup::new(&scheduled);
+    let plan = setup.reconcile(0).await;
+    let requests = setup.api.take_requests();
+    let cron_job = requests
+        .iter()
+        .find(|r| r.path == CRON_JOB_PATH && r.method == Method::PATCH)
+        .expect("the CronJob is applied");
+    let spec = &cron_job.body["spec"];
+    assert_eq!(spec["schedule"], "*/15 * * * *");
+    assert_eq!(spec["timeZone"], "Europe/Zurich");
+    assert_eq!(spec["concurrencyPolicy"], "Forbid");
+    assert_eq!(spec["suspend"], false);
+    assert_eq!(spec["jobTemplate"]["spec"]["completionMode"], "Indexed");
+    assert_eq!(
+        spec["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"],
+        "Never"
+    );
+    assert!(!touched(&requests, STS_PATH));
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH),
+        "the CronJob starts the runs"
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Scheduled));
+    // suspend applies to the schedule.
+    setup.edit(&format!("{scheduled}  suspend: true\n"));
+    setup.reconcile(10).await;
+    let requests = setup.api.take_requests();
+    let cron_job = requests
+        .iter()
+        .find(|r| r.path == CRON_JOB_PATH && r.method == Method::PATCH)
+        .expect("the CronJob is applied");
+    assert_eq!(cron_job.body["spec"]["suspend"], true);
+    // Back to a continuous trigger: the StatefulSet starts and the schedule is suspended, so no
+    // run writes to the checkpoint the workers now own.
+    setup.edit(&scheduled);
+    setup.reconcile(12).await;
+    setup.api.take_requests();
+    setup.edit(V1);
+    setup.reconcile(15).await;
+    let requests = setup.api.take_requests();
+    assert!(touched(&requests, STS_PATH), "the workers start");
+    let suspended = setup.api.with(|w| w.cron_job.clone()).expect("cron job");
+    assert_eq!(suspended["spec"]["suspend"], true);
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == CRON_JOB_PATH && r.body == json!({"spec": {"suspend": true}})),
+        "{requests:#?}"
+    );
+    // Scheduled again: the CronJob is applied (unsuspended) and the StatefulSet is stopped.
+    setup.edit(&scheduled);
+    setup.reconcile(17).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == STS_PATH && r.body["spec"]["replicas"] == json!(0)),
+        "the continuous workers stop first: {requests:#?}"
+    );
+    assert_eq!(
+        setup.api.with(|w| w.cron_job.clone()).expect("cron job")["spec"]["suspend"],
+        false
+    );
+    // A seconds field is the local backend's: refused here, naming the field.
+    setup.edit(&format!(
+        "{ONE_SHOT}  schedule: {{cron: '*/5 * * * * *'}}\n"
+    ));
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    assert!(!touched(&requests, CRON_JOB_PATH));
+    let (state, reason, message) = condition(&plan.status, "Degraded");
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        message.contains("spec.schedule.cron")
+            && message.contains("only supported by the local backend"),
+        "{message}"
+    );
 }

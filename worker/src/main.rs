@@ -74,6 +74,10 @@ struct RunArgs {
     /// Number of replicas sharing the query's tasks.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// With `trigger: once / availableNow`, also write the run's `Run: batches <first>..<last>,
+    /// <rows> rows` line to this file (a Job's `/dev/termination-log`).
+    #[arg(long)]
+    termination_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +122,9 @@ enum Command {
         /// As for `run`.
         #[arg(long, env = "SLUICE_ALLOWED_PATHS", value_delimiter = ',')]
         allowed_paths: Vec<PathBuf>,
+        /// As for `run`.
+        #[arg(long)]
+        termination_log: Option<PathBuf>,
     },
 }
 
@@ -142,11 +149,17 @@ fn main() -> std::process::ExitCode {
     // A pod reports a poison batch in its termination message; a local run only when asked
     // (`check` writes its own outcome with `--termination-log`).
     let termination_log = match &cli.command {
-        Command::Pod { .. } => {
+        Command::Pod {
+            termination_log, ..
+        } => termination_log.clone().or_else(|| {
             termination::termination_log_path(Some(termination::DEFAULT_TERMINATION_LOG))
-        }
-        Command::Run { .. } => termination::termination_log_path(None),
-        Command::Check { .. } => None,
+        }),
+        Command::Run { args, .. } => args
+            .termination_log
+            .clone()
+            .or_else(|| termination::termination_log_path(None)),
+        // `check` and `checkpoint restore` write their own outcome.
+        Command::Check { .. } | Command::Checkpoint { .. } => None,
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -198,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             http_port,
             control_token_file,
             allowed_paths,
+            termination_log,
         } => {
             // Reachable from the whole cluster: no token, no control.
             let auth =
@@ -214,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 control_token_file,
                 allowed_paths,
                 max_batch_duration: None,
+                termination_log,
             };
             (manifest, args, auth)
         }
@@ -365,11 +380,8 @@ async fn run_engine(
         args.replica,
         args.replicas.max(1),
     );
-    let drain_total = if engine.trigger().is_bounded() {
-        engine.backlog()
-    } else {
-        None
-    };
+    let bounded = engine.trigger().is_bounded();
+    let drain_total = if bounded { engine.backlog() } else { None };
     let display = display::Display::new(drain_total);
     let summary = engine.run(|progress| display.update(progress)).await;
     display.finish();
@@ -385,6 +397,19 @@ async fn run_engine(
             String::new()
         }
     ));
+    if bounded {
+        // The one-shot run's result for the operator (status.lastRun): stderr and the Job's
+        // termination message.
+        let report = contract::RunReport {
+            first_batch_id: summary.first_batch_id.and_then(|id| i64::try_from(id).ok()),
+            last_batch_id: summary.last_batch_id.and_then(|id| i64::try_from(id).ok()),
+            rows: i64::try_from(summary.output_rows).unwrap_or(i64::MAX),
+        };
+        eprintln!("{report}");
+        if let Some(path) = &args.termination_log {
+            termination::write_message(path, &report.to_string());
+        }
+    }
     Ok(())
 }
 

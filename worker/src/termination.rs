@@ -65,10 +65,21 @@ pub fn termination_log_path(default: Option<&str>) -> Option<PathBuf> {
 /// Writes `error`'s termination message to `path`, if it has one. A path that cannot be written
 /// (no such mount, read-only) is only logged: the exit code (3) still says what happened.
 pub fn write_termination_message(path: &std::path::Path, error: &EngineError) {
-    let Some(message) = termination_message(error) else {
-        return;
-    };
-    if let Err(e) = std::fs::write(path, message) {
+    if let Some(message) = termination_message(error) {
+        write_message(path, &message);
+    }
+}
+
+/// Writes `text` to the termination message file `path`, cut at a character boundary to
+/// [`sluice_crds::contract::MAX_MESSAGE`] bytes (Kubernetes keeps at most 4096). A failure is
+/// only logged: the exit code still tells the operator what happened.
+pub fn write_message(path: &std::path::Path, text: &str) {
+    let mut end = text.len().min(sluice_crds::contract::MAX_MESSAGE);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = text.get(..end).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, format!("{text}\n")) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
     }
 }

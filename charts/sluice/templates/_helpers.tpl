@@ -43,6 +43,8 @@ Server-side apply of an object that does not exist yet is a create, so every app
 `create` as well as `patch`. StreamingQueries are watched and get the finalizer by JSON patch;
 status is written by server-side apply; StatefulSets are watched (owned children) and read back.
 Each query's control Secret (the workers' /stop token) is only created, never read or updated.
+Jobs: the pre-upgrade check Job and one-shot runs (applied, read, listed by label for the latest
+run); CronJobs: scheduled queries (applied, read).
 */}}
 {{- define "sluice.rules" -}}
 - apiGroups: ["sluice.dev"]
@@ -68,6 +70,9 @@ Each query's control Secret (the workers' /stop token) is only created, never re
   verbs: ["list"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
+  verbs: ["get", "list", "create", "patch"]
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

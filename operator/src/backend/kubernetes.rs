@@ -447,6 +447,7 @@ pub fn observe_stateful_set(set: &StatefulSet) -> WorkersObservation {
         last_exit: None,
         restart_nonce: annotations.get(RESTART_NONCE_ANNOTATION).cloned(),
         poison: None,
+        run: None,
     }
 }
 
@@ -635,6 +636,78 @@ impl KubernetesBackend {
         self
     }
 
+    /// The chart's storage settings for workers without their own `storageSecretRef`.
+    fn storage_for(&self, desired: &DesiredWorkers) -> WorkerStorage {
+        if desired.storage_secret_ref.is_none() {
+            self.storage.clone()
+        } else {
+            WorkerStorage::default()
+        }
+    }
+
+    /// A one-shot or scheduled query's latest run: its newest Job (and that Job's pods), the
+    /// deployment fields from the CronJob (scheduled) or that Job (one-shot).
+    async fn observe_runs(
+        &self,
+        query: &StreamingQuery,
+        mode: crate::plan::RunMode<'_>,
+    ) -> Result<Option<WorkersObservation>> {
+        use k8s_openapi::api::batch::v1::{CronJob, Job};
+        let (name, namespace) = name_and_namespace(query)?;
+        let replicas = i32::try_from(query.spec.parallelism.replicas).unwrap_or(1);
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let listed = jobs
+            .list(&ListParams::default().labels(&format!("{}={name}", run_job::RUN_LABEL)))
+            .await?
+            .items;
+        let newest = run_job::newest(&listed);
+        let mut observed = if let crate::plan::RunMode::Scheduled(_) = mode {
+            let cron_jobs: Api<CronJob> = Api::namespaced(self.client.clone(), &namespace);
+            match cron_jobs.get_opt(&child_name(&name)).await? {
+                Some(cron_job) => run_job::observe_annotations(&cron_job.metadata, replicas),
+                None => return Ok(None),
+            }
+        } else {
+            match newest {
+                Some(job) => run_job::observe_annotations(&job.metadata, replicas),
+                None => return Ok(None),
+            }
+        };
+        if let Some(job) = newest {
+            let job_name = job.metadata.name.clone().unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            let pods = pods
+                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+                .await?
+                .items;
+            observed.run = Some(run_job::observe_run(job, &pods));
+        }
+        Ok(Some(observed))
+    }
+
+    /// Suspends the query's CronJob, if a schedule was removed: its runs would write to the
+    /// checkpoint the continuous workers now own.
+    async fn suspend_schedule(&self, name: &str, namespace: &str) -> Result<()> {
+        use k8s_openapi::api::batch::v1::CronJob;
+        let api: Api<CronJob> = Api::namespaced(self.client.clone(), namespace);
+        let running = api
+            .get_opt(&child_name(name))
+            .await?
+            .and_then(|c| c.spec)
+            .is_some_and(|s| s.suspend != Some(true));
+        if running {
+            // A merge patch: an apply of this one field would drop the others the operator owns.
+            let suspend = serde_json::json!({"spec": {"suspend": true}});
+            api.patch(
+                &child_name(name),
+                &PatchParams::default(),
+                &Patch::Merge(&suspend),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The worker pods of a query (any generation).
     async fn pods(&self, name: &str, namespace: &str) -> Result<Vec<Pod>> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
@@ -741,12 +814,20 @@ impl Backend for KubernetesBackend {
     async fn observe_workers(&self, query: &StreamingQuery) -> Result<Option<WorkersObservation>> {
         let (name, namespace) = name_and_namespace(query)?;
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &namespace);
-        let Some(mut observed) = api
-            .get_opt(&child_name(&name))
-            .await?
-            .as_ref()
-            .map(observe_stateful_set)
-        else {
+        let set = api.get_opt(&child_name(&name)).await?;
+        let mode = crate::plan::run_mode(&query.spec);
+        // A one-shot or scheduled query: its runs, unless continuous workers still run (the
+        // trigger was changed): those are stopped first.
+        if mode != crate::plan::RunMode::Continuous
+            && set
+                .as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.replicas)
+                .is_none_or(|r| r == 0)
+        {
+            return self.observe_runs(query, mode).await;
+        }
+        let Some(mut observed) = set.as_ref().map(observe_stateful_set) else {
             return Ok(None);
         };
         // Pods are only looked at while some replica is not Ready: that is when crashes matter.
@@ -762,6 +843,19 @@ impl Backend for KubernetesBackend {
         if desired.stop_first {
             self.stop_workers(&name, &namespace).await?;
         }
+        if let Some(run) = &desired.run {
+            self.apply(&namespace, &config_map(query, desired)?).await?;
+            self.ensure_control_secret(query, &namespace).await?;
+            if run.schedule.is_some() {
+                let cron_job = run_job::run_cron_job(query, desired, &self.storage_for(desired))?;
+                self.apply(&namespace, &cron_job).await?;
+            } else if run.start_now {
+                let job = run_job::run_job(query, desired, &self.storage_for(desired))?;
+                self.apply(&namespace, &job).await?;
+            }
+            return Ok(());
+        }
+        self.suspend_schedule(&name, &namespace).await?;
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
         // Before the StatefulSet: its pods do not start without the Secret they mount.
@@ -845,6 +939,7 @@ impl Backend for KubernetesBackend {
 }
 
 pub mod check_job;
+pub mod run_job;
 
 #[cfg(test)]
 mod tests;

@@ -35,11 +35,12 @@ use crate::control_token::ControlToken;
 use crate::error::{Error, Result};
 use crate::plan::{
     CRASH_LOOP_WINDOW, DesiredWorkers, EventSeverity, OperatorConfig, PlannedEvent,
-    ProgressObservation, WorkersObservation,
+    ProgressObservation, RunObservation, WorkersObservation,
 };
 use crate::progress::WorkerProgress;
 use crate::reconcile::reconcile_live;
 use crate::scaling::{MetricsSource, ProgressMetrics, PrometheusMetrics, Scaler, WorkerCheck};
+use sluice_crds::contract::RunReport;
 
 pub use crate::progress::commit_ms;
 
@@ -96,10 +97,20 @@ struct Worker {
     replica: u32,
     port: u16,
     child: Child,
+    /// How a run's worker exited (runs are not restarted).
+    exit: Option<std::process::ExitStatus>,
+}
+
+/// A one-shot or scheduled run's processes: never restarted; when the last exits, the run ends.
+struct LocalRun {
+    start: Time,
+    end: Option<Time>,
 }
 
 /// A running generation of workers.
 struct Deployment {
+    /// `Some` for a one-shot or scheduled run.
+    run: Option<LocalRun>,
     generation: i64,
     restart_nonce: Option<String>,
     restart_hash: String,
@@ -156,6 +167,7 @@ pub fn processes_observation(snapshot: &ProcessSnapshot) -> WorkersObservation {
         last_exit: snapshot.last_exit.clone(),
         restart_nonce: snapshot.restart_nonce.clone(),
         poison: snapshot.poison.clone(),
+        run: None,
     }
 }
 
@@ -292,6 +304,10 @@ impl LocalBackend {
             self.config.worker_bin.clone()
         };
         let mut deployment = Deployment {
+            run: desired.run.as_ref().map(|_| LocalRun {
+                start: Time(Timestamp::now()),
+                end: None,
+            }),
             generation: desired.generation,
             restart_nonce: desired.restart_nonce.clone(),
             restart_hash: desired.restart_hash.clone(),
@@ -321,9 +337,12 @@ impl LocalBackend {
     fn spawn(&self, name: &str, deployment: &Deployment, replica: u32) -> Result<Worker> {
         let port = free_port().map_err(|e| io_error("finding a free port", e))?;
         let log_path = self.state_dir(name).join(format!("worker-{replica}.log"));
+        // A run's log starts empty: its last words (`Run: ...`, `PoisonBatch: ...`) are its own.
         let log = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .append(deployment.run.is_none())
+            .write(true)
+            .truncate(deployment.run.is_some())
             .open(&log_path)
             .map_err(|e| io_error("opening worker log", e))?;
         let log_err = log.try_clone().map_err(|e| io_error("worker log", e))?;
@@ -365,6 +384,7 @@ impl LocalBackend {
             replica,
             port,
             child,
+            exit: None,
         })
     }
 
@@ -373,6 +393,9 @@ impl LocalBackend {
         let Some(deployment) = supervised.deployment.as_mut() else {
             return 0;
         };
+        if deployment.run.is_some() {
+            return 0;
+        }
         let mut restarted = 0;
         for index in 0..deployment.workers.len() {
             let exited = deployment.workers[index].child.try_wait().ok().flatten();
@@ -407,6 +430,48 @@ impl LocalBackend {
             }
         }
         restarted
+    }
+
+    /// A run's state: exits collected (never restarted), its end when the last worker exited,
+    /// the workers' `Run: ...` lines and the first failure. `None` for continuous workers.
+    fn observe_run(&self, name: &str, deployment: &mut Deployment) -> Option<RunObservation> {
+        let run = deployment.run.as_mut()?;
+        let mut reports = Vec::new();
+        let mut message = None;
+        let mut ok = true;
+        for worker in &mut deployment.workers {
+            if worker.exit.is_none() {
+                worker.exit = worker.child.try_wait().ok().flatten();
+            }
+            let Some(exit) = worker.exit else { continue };
+            let replica = worker.replica;
+            let tail = log_tail(&self.state_dir(name).join(format!("worker-{replica}.log")))
+                .unwrap_or_default();
+            if let Some(report) = RunReport::find(&tail) {
+                reports.push(report);
+            }
+            if !exit.success() {
+                ok = false;
+                message.get_or_insert_with(|| {
+                    crate::plan::poison_line(&tail).unwrap_or_else(|| {
+                        format!("replica {replica} exited ({exit}), log .sluice/{name}/worker-{replica}.log")
+                    })
+                });
+            }
+        }
+        let active = deployment.workers.iter().any(|w| w.exit.is_none());
+        if !active && run.end.is_none() {
+            run.end = Some(Time(Timestamp::now()));
+        }
+        Some(RunObservation {
+            generation: deployment.generation,
+            active,
+            start: Some(run.start.clone()),
+            end: run.end.clone(),
+            succeeded: (!active).then_some(ok),
+            report: (!reports.is_empty()).then(|| RunReport::combine(&reports)),
+            message,
+        })
     }
 
     fn sd_path(&self, name: &str) -> Option<PathBuf> {
@@ -494,7 +559,8 @@ impl Backend for LocalBackend {
         }
         deployment.ready = ready;
         deployment.answers = answers;
-        Ok(Some(processes_observation(&ProcessSnapshot {
+        let run = self.observe_run(&name, deployment);
+        let mut observed = processes_observation(&ProcessSnapshot {
             generation: deployment.generation,
             restart_hash: deployment.restart_hash.clone(),
             section_hashes: deployment.section_hashes.clone(),
@@ -506,7 +572,13 @@ impl Backend for LocalBackend {
             last_exit,
             restart_nonce: deployment.restart_nonce.clone(),
             poison,
-        })))
+        });
+        if run.is_some() {
+            // A run has no rollout to wait for.
+            observed.rollout_complete = true;
+            observed.run = run;
+        }
+        Ok(Some(observed))
     }
 
     async fn observe_progress(
@@ -543,6 +615,26 @@ impl Backend for LocalBackend {
         let name = query_name(query)?;
         let mut queries = self.queries.lock().await;
         let supervised = queries.entry(name.clone()).or_default();
+        if let Some(run) = &desired.run {
+            // Continuous workers (the trigger was changed to a one-shot one) stop first.
+            let continuous = supervised
+                .deployment
+                .as_ref()
+                .is_some_and(|d| d.run.is_none());
+            if continuous && let Some(old) = supervised.deployment.take() {
+                stop_deployment(old, self.config.stop_timeout).await;
+            }
+            // Forbid: never a second run while one is active.
+            let active = supervised.deployment.as_ref().is_some_and(|d| {
+                d.run.as_ref().is_some_and(|r| r.end.is_none()) && !d.workers.is_empty()
+            });
+            if run.start_now && !active {
+                let deployment = self.start_deployment(&name, desired)?;
+                self.publish_ports(&name, Some(&deployment));
+                supervised.deployment = Some(deployment);
+            }
+            return Ok(());
+        }
         let running = supervised
             .deployment
             .as_ref()
@@ -620,6 +712,8 @@ impl LocalOperator {
             progress_poll: config.poll,
             resync: config.poll,
             ready_timeout: config.ready_timeout,
+            // The local backend runs schedules itself, to the second.
+            schedule_seconds: true,
             ..OperatorConfig::default()
         };
         let backend = LocalBackend::new(config.clone());
@@ -954,6 +1048,7 @@ mod tests {
             http_port: 0,
             stop_first: false,
             restart_nonce: None,
+            run: None,
         };
         let mut deployment = backend.start_deployment("q", &desired).expect("start");
         let token = deployment.control_token.expose().to_string();
@@ -1030,6 +1125,7 @@ mod tests {
             http_port: 0,
             stop_first: false,
             restart_nonce: None,
+            run: None,
         };
         backend
             .apply_workers(&query, &desired)

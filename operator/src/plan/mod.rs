@@ -35,9 +35,11 @@ use crate::checkpoint;
 use crate::error::{Error, Result};
 
 pub mod guard;
+pub mod run;
 pub mod scale;
 
 pub use guard::{CheckObservation, CheckRequest, check_request};
+pub use run::{DesiredRun, RunMode, RunObservation, run_mode};
 pub use scale::{AutoscaleObservation, may_scale_out, scaling_limit};
 
 /// Operator-wide settings (chart values).
@@ -55,6 +57,9 @@ pub struct OperatorConfig {
     pub progress_poll: Duration,
     /// A restart-type rollout not Ready within this rolls back to `status.lastStableSpec`.
     pub ready_timeout: Duration,
+    /// Whether `spec.schedule.cron` may have a leading seconds field: only where the operator
+    /// runs the schedule itself (local backend); a Kubernetes CronJob has minute granularity.
+    pub schedule_seconds: bool,
 }
 
 impl Default for OperatorConfig {
@@ -66,6 +71,7 @@ impl Default for OperatorConfig {
             resync: Duration::from_secs(300),
             progress_poll: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(300),
+            schedule_seconds: false,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct WorkersObservation {
     /// A worker stopped on a poison batch (exit code [`POISON_EXIT_CODE`]): its
     /// [`poison_line`] (`PoisonBatch: batch <id> task <t> after <n> attempts: <error>`).
     pub poison: Option<String>,
+    /// The latest run of a one-shot or scheduled query (`None` for a continuous deployment).
+    pub run: Option<RunObservation>,
 }
 
 /// Exit code of a worker that stopped on a poison batch (restarting it replays the same batch).
@@ -189,6 +197,9 @@ pub struct DesiredWorkers {
     pub stop_first: bool,
     /// `spec.restartNonce`: a change restarts the workers (stop first) in the same generation.
     pub restart_nonce: Option<String>,
+    /// A one-shot or scheduled run instead of a continuous deployment (`stop_first` then stops
+    /// a continuous one that still runs).
+    pub run: Option<DesiredRun>,
 }
 
 /// What to do with the worker deployment.
@@ -548,6 +559,7 @@ pub fn plan(
     config: &OperatorConfig,
     now: Time,
 ) -> Result<Plan> {
+    let validation = validation.and_then(|()| run::check_schedule(&query.spec, config));
     let previous = query.status.clone().unwrap_or_default();
     let generation = query.metadata.generation;
     let workers = observation.workers.as_ref();
@@ -880,6 +892,20 @@ pub fn plan(
         }
         _ => None,
     };
+    let mode = run::run_mode(spec);
+    if mode != RunMode::Continuous {
+        return run::plan_run(
+            query,
+            spec,
+            mode,
+            status,
+            events,
+            workers,
+            &base_location,
+            config,
+            now,
+        );
+    }
     // A poison batch (seen now, or held since it was seen for this very spec): the workers stay
     // stopped until the spec changes; a change that restarts them anyway is a new attempt.
     let poison = {
@@ -1143,6 +1169,7 @@ pub fn plan(
                     || w.restart_nonce != spec.restart_nonce
             }),
         restart_nonce: spec.restart_nonce.clone(),
+        run: None,
     };
     status.generation = Some(deploy_generation);
     status.restart_nonce = spec.restart_nonce.clone();

@@ -733,3 +733,114 @@ async fn partition_key_decides_whether_a_stateful_query_scales() {
     );
     fixture.shutdown().await;
 }
+
+/// A scheduled `availableNow` query (every 4 s, the local backend's seconds field) runs over
+/// growing input: each run reads only what the previous ones did not, `status.lastRun` names its
+/// batch range and rows, a failed run is reported and the next run reads the same input again,
+/// and the output holds every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
+async fn scheduled_available_now_runs_read_each_row_once() {
+    let Some(fixture) = Fixture::start("scheduled_runs", |_| {}) else {
+        return;
+    };
+    let io = fixture.folders();
+    let query = fixture.query("nightly");
+    let file = |n: i64, ids: std::ops::Range<i64>| {
+        let lines: Vec<String> = ids
+            .map(|id| format!(r#"{{"id": {id}, "v": "r{id}"}}"#))
+            .collect();
+        drop_file(&io.input, &io.staging, &format!("part-{n:03}.json"), &lines);
+    };
+    let manifest = |extra: &str| {
+        query
+            .manifest(&copy_ids(
+                &io,
+                1,
+                "1s",
+                format!("  schedule: {{cron: \"*/4 * * * * *\"}}\n{extra}"),
+            ))
+            .replace(
+                "trigger: {processingTime: \"1s\"}",
+                "trigger: {availableNow: true}",
+            )
+    };
+    // Run 1 reads two files (maxFilesPerTrigger 1: two batches).
+    file(0, 0..6);
+    file(1, 6..10);
+    query.apply(&manifest(""));
+    let finished = |status: &sluice_crds::StreamingQueryStatus| {
+        status
+            .last_run
+            .clone()
+            .filter(|r| r.succeeded.is_some() && r.end.is_some())
+    };
+    let first = query
+        .wait("the first run", secs(90), |s| {
+            finished(s).is_some_and(|r| r.succeeded == Some(true))
+        })
+        .await
+        .last_run
+        .expect("lastRun");
+    assert_eq!(
+        (first.rows, first.first_batch_id, first.last_batch_id),
+        (Some(10), Some(0), Some(1)),
+        "{first:?}"
+    );
+    // Run 2: only the new file.
+    file(2, 10..15);
+    let second = query
+        .wait("the second run", secs(60), |s| {
+            finished(s).is_some_and(|r| r.start != first.start && r.rows == Some(5))
+        })
+        .await
+        .last_run
+        .expect("lastRun");
+    assert_eq!(
+        (
+            second.succeeded,
+            second.first_batch_id,
+            second.last_batch_id
+        ),
+        (Some(true), Some(2), Some(2)),
+        "{second:?}"
+    );
+    // A run that fails (the worker refuses the manifest: its input is outside the allowed
+    // paths) is reported; the file waiting meanwhile is read by the next run.
+    file(3, 15..22);
+    query.apply(&manifest(
+        "  env: [{name: SLUICE_ALLOWED_PATHS, value: /nowhere}]\n",
+    ));
+    let failed = query
+        .wait("a failed run", secs(60), |s| {
+            finished(s).is_some_and(|r| r.succeeded == Some(false))
+                && condition(s, "Failed").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    let (_, reason, message) = condition(&failed, "Failed").expect("Failed condition");
+    assert_eq!(reason, "RunFailed");
+    assert!(message.contains("replica 0 exited"), "{message}");
+    query.apply(&manifest(""));
+    let third = query
+        .wait("the run after the failure", secs(60), |s| {
+            finished(s).is_some_and(|r| r.succeeded == Some(true) && r.rows == Some(7))
+        })
+        .await;
+    let last = third.last_run.clone().expect("lastRun");
+    assert_eq!(
+        (
+            last.first_batch_id,
+            last.last_batch_id,
+            last.batches.as_deref()
+        ),
+        (Some(3), Some(3), Some("3..3")),
+        "{last:?}"
+    );
+    assert_eq!(
+        condition(&third, "Succeeded").map(|c| (c.0, c.2)),
+        Some(("True".to_string(), "batches 3..3, 7 rows".to_string()))
+    );
+    assert_eq!(third.phase, Some(sluice_crds::Phase::Scheduled));
+    assert_exactly_once(&io.output, 22, secs(10)).await;
+    fixture.shutdown().await;
+}

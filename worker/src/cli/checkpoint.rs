@@ -13,7 +13,6 @@
 //! (`SLUICE_TERMINATION_LOG`, else `/dev/termination-log` when it exists and is writable), where
 //! Kubernetes shows it on the Job's pod.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -22,10 +21,8 @@ use sluice_crds::contract;
 use sluice_worker::checkpoint::generation::Generations;
 use sluice_worker::checkpoint::restore::{self, CheckpointListing};
 use sluice_worker::storage::Location;
-use sluice_worker::{EngineError, QueryConfig};
+use sluice_worker::{EngineError, QueryConfig, termination};
 
-/// Where the termination message goes when `SLUICE_TERMINATION_LOG` is not set.
-const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// Options every `checkpoint` command takes.
 #[derive(clap::Args)]
@@ -155,36 +152,15 @@ fn one_line(e: &anyhow::Error) -> String {
     text.replace('\n', " ")
 }
 
-/// Writes `line` to the termination message file, cut to the size Kubernetes keeps.
+/// Writes `line` to the termination message file: `SLUICE_TERMINATION_LOG`, else
+/// `/dev/termination-log` when it exists (in a pod; outside one there is nothing to report).
 fn write_termination_message(line: &str) {
-    let path = std::env::var_os("SLUICE_TERMINATION_LOG").map(PathBuf::from);
-    let (path, must_exist) = match path {
-        Some(path) => (path, false),
-        None => (PathBuf::from(DEFAULT_TERMINATION_LOG), true),
-    };
-    let mut text = line.to_string();
-    if text.len() > contract::MAX_MESSAGE {
-        let mut end = contract::MAX_MESSAGE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+    let default = Path::new(termination::DEFAULT_TERMINATION_LOG)
+        .exists()
+        .then_some(termination::DEFAULT_TERMINATION_LOG);
+    if let Some(path) = termination::termination_log_path(default) {
+        termination::write_message(&path, line);
     }
-    if let Err(e) = write_file(&path, must_exist, &text) {
-        // Outside Kubernetes the default file does not exist: nothing to report.
-        if !must_exist {
-            eprintln!("warning: cannot write {}: {e}", path.display());
-        }
-    }
-}
-
-fn write_file(path: &Path, must_exist: bool, text: &str) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .create(!must_exist)
-        .open(path)?;
-    writeln!(file, "{text}")
 }
 
 /// The human table of `checkpoint list`.

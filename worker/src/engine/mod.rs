@@ -160,6 +160,9 @@ pub struct RunSummary {
     pub bad_records: u64,
     /// Poison batches quarantined (`onPoisonBatch: quarantine`).
     pub quarantined_batches: u64,
+    /// Lowest and highest batch id committed by this run (over its tasks).
+    pub first_batch_id: Option<u64>,
+    pub last_batch_id: Option<u64>,
 }
 
 /// State shared with the HTTP endpoints.
@@ -619,6 +622,10 @@ impl Engine {
             if !outcomes.is_empty() {
                 let progress = self.progress(&outcomes, started, previous_start, trigger_time);
                 summary.batches += outcomes.len() as u64;
+                let ids = outcomes.iter().map(|o| o.progress.batch_id);
+                summary.first_batch_id =
+                    summary.first_batch_id.into_iter().chain(ids.clone()).min();
+                summary.last_batch_id = summary.last_batch_id.into_iter().chain(ids).max();
                 summary.input_rows += progress.num_input_rows;
                 summary.output_rows += progress.sink.num_output_rows;
                 summary.bad_records += progress.num_bad_records;

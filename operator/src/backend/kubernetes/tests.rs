@@ -34,6 +34,7 @@ fn desired() -> DesiredWorkers {
         http_port: 9464,
         stop_first: false,
         restart_nonce: None,
+        run: None,
     }
 }
 
