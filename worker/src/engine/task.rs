@@ -21,7 +21,7 @@ use sluice_crds::BadRecordPolicy;
 use crate::checkpoint::{Checkpoint, CommitEntry, Epoch, OffsetsEntry, TaskLog};
 use crate::engine::retention::LogRetention;
 use crate::error::{EngineError, Result};
-use crate::fault::{CrashPoint, crash_point};
+use crate::fault::{CrashPoint, PausePoint, crash_point, pause_point};
 use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
@@ -400,6 +400,7 @@ impl TaskRunner {
                         pending.sink_tried = true;
                         let rows = self.sink.write(self.task, batch_id, output).await?;
                         pending.sink_done = Some(rows);
+                        pause_point(PausePoint::AfterSinkCommit, batch_id).await;
                         rows
                     }
                 }
