@@ -775,6 +775,8 @@ pub struct HealthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub max_batch_duration: Option<String>,
+}
+
 /// When a one-shot query runs (`spec.schedule`), as a Kubernetes CronJob's fields.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

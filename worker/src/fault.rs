@@ -6,8 +6,14 @@
 //! `after-sink-write` in batch 3. Several points may be given, comma-separated. The crash tests run
 //! the worker once with the variable (it dies there) and again without it (it must recover the
 //! batch exactly once). Never set it in production.
+//!
+//! Pause points ([`PAUSE_AT_ENV`], [`PAUSE_FILE_ENV`]) hold a task at a place instead of killing
+//! the process, so a test can take a server away exactly there (say S3 right after a Kafka
+//! transaction committed) and check what the worker does when it goes on.
 
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 /// The environment variable that arms crash points: `<point>:<batchId>[,<point>:<batchId>...]`.
 pub const CRASH_AT_ENV: &str = "SLUICE_CRASH_AT";
@@ -111,25 +117,90 @@ pub fn parse_delay_points(text: &str) -> Vec<(String, u64, std::time::Duration)>
         .collect()
 }
 
-fn delays() -> &'static [(String, u64, std::time::Duration)] {
-    static DELAYS: OnceLock<Vec<(String, u64, std::time::Duration)>> = OnceLock::new();
-    DELAYS.get_or_init(|| match std::env::var(DELAY_AT_ENV) {
-        Ok(text) => {
-            let points = parse_delay_points(&text);
-            tracing::warn!(value = %text, armed = points.len(), "{DELAY_AT_ENV} is set: test delays are armed");
-            points
+/// The environment variable that arms pause points: `<point>:<batchId>[,...]`, names as
+/// [`PausePoint::name`]. Needs [`PAUSE_FILE_ENV`].
+pub const PAUSE_AT_ENV: &str = "SLUICE_PAUSE_AT";
+/// The file a paused task creates and waits on: the task goes on once a test deletes it.
+pub const PAUSE_FILE_ENV: &str = "SLUICE_PAUSE_FILE";
+
+/// A place in the batch protocol where a test may hold a task (see [`pause_point`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PausePoint {
+    /// The Kafka sink (`exactlyOnce`) sent the batch's records in its transaction, and has not
+    /// committed it yet.
+    BeforeSinkCommit,
+    /// The sink accepted the batch (a Kafka transaction committed); the checkpoint's sink record
+    /// and the batch's commit are not written yet. Not a crash point: a crash here is the one
+    /// documented window that repeats a Kafka batch.
+    AfterSinkCommit,
+}
+
+impl PausePoint {
+    /// The point's name in [`PAUSE_AT_ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            PausePoint::BeforeSinkCommit => "before-sink-commit",
+            PausePoint::AfterSinkCommit => "after-sink-commit",
         }
-        Err(_) => Vec::new(),
+    }
+}
+
+/// The armed pause points and the pause file.
+type PauseArmed = (Vec<(String, u64)>, Option<PathBuf>);
+
+fn pause_armed() -> &'static PauseArmed {
+    static ARMED: OnceLock<PauseArmed> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        let file = std::env::var_os(PAUSE_FILE_ENV).map(PathBuf::from);
+        match std::env::var(PAUSE_AT_ENV) {
+            Ok(text) if file.is_some() => {
+                let points = parse_crash_points(&text);
+                tracing::warn!(value = %text, armed = points.len(), "{PAUSE_AT_ENV} is set: test pause points are armed");
+                (points, file)
+            }
+            Ok(_) => {
+                tracing::warn!("{PAUSE_AT_ENV} is set without {PAUSE_FILE_ENV}: ignored");
+                (Vec::new(), None)
+            }
+            Err(_) => (Vec::new(), None),
+        }
     })
 }
 
-/// Sleeps as long as a test asked for at `point` in `batch_id`; otherwise returns at once.
-pub async fn delay_point(point: CrashPoint, batch_id: u64) {
-    for (name, batch, delay) in delays() {
-        if name == point.name() && *batch == batch_id {
-            tokio::time::sleep(*delay).await;
-        }
+/// If a test armed `point` for `batch_id` and the task has not paused there yet: creates the pause
+/// file and waits (polling every 50 ms) until the test deletes it. Otherwise returns at once.
+pub async fn pause_point(point: PausePoint, batch_id: u64) {
+    let (armed, file) = pause_armed();
+    let Some(file) = file else {
+        return;
+    };
+    if !armed
+        .iter()
+        .any(|(name, batch)| name == point.name() && *batch == batch_id)
+    {
+        return;
     }
+    // Once per point and batch: a retry of the batch goes through without pausing again.
+    static FIRED: Mutex<Vec<(&str, u64)>> = Mutex::new(Vec::new());
+    match FIRED.lock() {
+        Ok(mut fired) if !fired.contains(&(point.name(), batch_id)) => {
+            fired.push((point.name(), batch_id));
+        }
+        _ => return,
+    }
+    eprintln!(
+        "{PAUSE_AT_ENV}: pausing at {} in batch {batch_id} until {} is deleted",
+        point.name(),
+        file.display()
+    );
+    if let Err(e) = std::fs::write(file, point.name()) {
+        eprintln!("{PAUSE_AT_ENV}: cannot create {}: {e}", file.display());
+        return;
+    }
+    while file.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{PAUSE_AT_ENV}: going on after {}", point.name());
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, Epoch, OffsetsEntry, TaskLog};
 use crate::engine::quarantine::{QuarantinedInput, write_quarantine};
 use crate::engine::retention::LogRetention;
 use crate::error::{EngineError, Result};
-use crate::fault::{CrashPoint, crash_point, delay_point};
+use crate::fault::{CrashPoint, PausePoint, crash_point, delay_point, pause_point};
 use crate::ml::TaskModels;
 use crate::progress::{DurationMs, TaskProgress};
 use crate::sink::Sink;
@@ -484,6 +484,7 @@ impl TaskRunner {
                         pending.sink_tried = true;
                         let rows = self.sink.write(self.task, batch_id, output).await?;
                         pending.sink_done = Some(rows);
+                        pause_point(PausePoint::AfterSinkCommit, batch_id).await;
                         rows
                     }
                 }

@@ -74,8 +74,8 @@ pub struct ReadRecord {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Reads every record of `topic` (all `partitions`) from the beginning until nothing arrives for
-/// `idle`.
+/// Reads every committed record of `topic` (all `partitions`, `isolation.level=read_committed`)
+/// from the beginning until nothing arrives for `idle`.
 pub fn read_topic(
     bootstrap: &str,
     topic: &str,
@@ -86,6 +86,7 @@ pub fn read_topic(
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-test-reader")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
     let mut list = TopicPartitionList::new();

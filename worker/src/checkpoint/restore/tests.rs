@@ -50,6 +50,7 @@ async fn checkpoint(dir: &std::path::Path, last: u64, committed: u64, rows: u64)
                     input_rows: 10,
                     output_rows: rows,
                     epoch: None,
+                    quarantined: None,
                 },
             )
             .await

@@ -19,7 +19,11 @@
 //! checkpoint store was down) nor a restart sends it again. One window remains, as in Spark: a crash
 //! between the transaction's commit and that record (one object write) replays the batch, with the
 //! same dedup headers. A broker that refuses transactions (authorization, version) is an error
-//! naming `exactlyOnce`: the sink never falls back to at-least-once silently.
+//! naming `exactlyOnce`: the sink never falls back to at-least-once silently. A commit that times
+//! out with the broker unreachable ([`COMMIT_TIMEOUT`]) fails the batch retryably but keeps the
+//! transaction: the batch's retry resumes that commit rather than aborting it and sending the
+//! records again (an aborted transaction's records stay in the log, and some brokers, tansu 0.6
+//! among them, show them to `read_committed` readers).
 
 #[cfg(test)]
 mod tests;
@@ -39,6 +43,7 @@ use sluice_crds::{KafkaFormat, KafkaSinkSpec};
 use tokio::sync::Mutex;
 
 use crate::error::{EngineError, Result};
+use crate::fault::{PausePoint, pause_point};
 use crate::sink::Sink;
 use crate::source::kafka::client_config;
 
@@ -54,6 +59,11 @@ pub const HEADER_BATCH: &str = "sluice-batch";
 pub const HEADER_SEQ: &str = "sluice-seq";
 /// How long a delivery or transaction call may take before the batch fails (retryably).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `commit_transaction` call waits before the batch fails retryably with the
+/// transaction kept open: the retry resumes that commit (librdkafka's contract for a retriable
+/// commit error) instead of sending the batch again, so a broker outage shows in `lastError`
+/// within seconds and aborts nothing.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One record to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +83,10 @@ pub struct KafkaSink {
     shared: Mutex<Option<Arc<FutureProducer>>>,
     /// Transactional producers per task (`exactlyOnce`).
     transactional: Mutex<HashMap<u32, Arc<FutureProducer>>>,
+    /// Per task, the batch whose transaction's commit failed retriably (timed out with the broker
+    /// unreachable): its records are sent, its producer kept; the next write of that batch resumes
+    /// the commit.
+    commit_pending: Mutex<HashMap<u32, u64>>,
 }
 
 fn sink_error(message: impl std::fmt::Display) -> EngineError {
@@ -89,6 +103,7 @@ impl KafkaSink {
             query_id: query_id.to_string(),
             shared: Mutex::new(None),
             transactional: Mutex::new(HashMap::new()),
+            commit_pending: Mutex::new(HashMap::new()),
         }
     }
 
@@ -238,6 +253,41 @@ impl KafkaSink {
     }
 }
 
+impl KafkaSink {
+    /// Commits the task's open transaction. A retriable failure (the broker did not answer within
+    /// [`COMMIT_TIMEOUT`]) keeps the producer and marks `batch_id` as pending, so the batch's retry
+    /// resumes this commit; any other failure aborts and drops the producer.
+    async fn commit(&self, task: u32, batch_id: u64, producer: Arc<FutureProducer>) -> Result<()> {
+        let p = Arc::clone(&producer);
+        let committed = tokio::task::spawn_blocking(move || p.commit_transaction(COMMIT_TIMEOUT))
+            .await
+            .map_err(|e| EngineError::Internal(format!("kafka commit task: {e}")))?;
+        let Err(e) = committed else {
+            return Ok(());
+        };
+        if is_resumable(&e) {
+            self.commit_pending.lock().await.insert(task, batch_id);
+        } else {
+            let p = Arc::clone(&producer);
+            let _ = tokio::task::spawn_blocking(move || p.abort_transaction(SEND_TIMEOUT)).await;
+            // A producer in an unknown transaction state is rebuilt next time.
+            self.transactional.lock().await.remove(&task);
+        }
+        Err(sink_error(format!("commit transaction: {e}")))
+    }
+}
+
+/// Whether a failed `commit_transaction` may be called again to finish the same transaction
+/// (librdkafka: a retriable error that neither requires an abort nor is fatal).
+fn is_resumable(e: &rdkafka::error::KafkaError) -> bool {
+    match e {
+        rdkafka::error::KafkaError::Transaction(e) => {
+            e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal()
+        }
+        _ => false,
+    }
+}
+
 fn is_unsupported(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
@@ -270,27 +320,53 @@ impl Sink for KafkaSink {
                 self.send_all(&producer, &records).await?;
             }
             Some(producer) => {
+                let pending = self.commit_pending.lock().await.remove(&task);
+                match pending {
+                    Some(pending) if pending == batch_id => {
+                        tracing::info!(
+                            task,
+                            batch_id,
+                            "kafka: resuming the batch's transaction commit"
+                        );
+                        self.commit(task, batch_id, producer).await?;
+                        return Ok(records.len() as u64);
+                    }
+                    Some(other) => {
+                        // Not the batch that is pending (cannot happen while the engine replays
+                        // a failed batch first): drop that transaction, start afresh.
+                        tracing::warn!(
+                            task,
+                            batch_id,
+                            pending = other,
+                            "kafka: aborting another batch's pending transaction"
+                        );
+                        let p = Arc::clone(&producer);
+                        let aborted =
+                            tokio::task::spawn_blocking(move || p.abort_transaction(SEND_TIMEOUT))
+                                .await
+                                .map_err(|e| {
+                                    EngineError::Internal(format!("kafka abort task: {e}"))
+                                })?;
+                        if let Err(e) = aborted {
+                            self.transactional.lock().await.remove(&task);
+                            return Err(sink_error(format!("abort transaction: {e}")));
+                        }
+                    }
+                    None => {}
+                }
                 producer
                     .begin_transaction()
                     .map_err(|e| sink_error(format!("begin transaction: {e}")))?;
-                let sent = self.send_all(&producer, &records).await;
-                let p = Arc::clone(&producer);
-                let finished = tokio::task::spawn_blocking(move || match sent {
-                    Ok(()) => p
-                        .commit_transaction(SEND_TIMEOUT)
-                        .map_err(|e| sink_error(format!("commit transaction: {e}"))),
-                    Err(e) => {
-                        let _ = p.abort_transaction(SEND_TIMEOUT);
-                        Err(e)
-                    }
-                })
-                .await
-                .map_err(|e| EngineError::Internal(format!("kafka commit task: {e}")))?;
-                if let Err(e) = finished {
+                if let Err(e) = self.send_all(&producer, &records).await {
+                    let p = Arc::clone(&producer);
+                    let _ = tokio::task::spawn_blocking(move || p.abort_transaction(SEND_TIMEOUT))
+                        .await;
                     // A producer in an unknown transaction state is rebuilt next time.
                     self.transactional.lock().await.remove(&task);
                     return Err(e);
                 }
+                pause_point(PausePoint::BeforeSinkCommit, batch_id).await;
+                self.commit(task, batch_id, producer).await?;
             }
         }
         Ok(records.len() as u64)

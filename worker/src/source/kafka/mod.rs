@@ -121,6 +121,16 @@ fn data_loss_message(lost: &BTreeMap<String, [i64; 2]>) -> String {
         .join("; ")
 }
 
+/// Whether a consumer error only says the broker is (or was) unreachable: librdkafka keeps
+/// reconnecting by itself, so the consumer goes on once the broker is back.
+fn is_connection_error(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::Resolve)
+    )
+}
+
 /// A topic partition.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
@@ -615,9 +625,14 @@ impl KafkaTask {
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             let mut wait = first_wait;
+            let mut unreachable = None;
             while out.len() < max {
                 match consumer.poll(wait) {
                     None => break,
+                    // librdkafka reconnects by itself and queues one such event per failed
+                    // attempt: drain them in this poll, so that after an outage the stale ones do
+                    // not fail one batch (and one backoff) each.
+                    Some(Err(e)) if is_connection_error(&e) => unreachable = Some(e),
                     // Records already taken from the consumer must not be dropped: plan them and
                     // let the next poll report the error again.
                     Some(Err(e)) if !out.is_empty() => {
@@ -629,7 +644,10 @@ impl KafkaTask {
                 }
                 wait = Duration::ZERO;
             }
-            Ok(out)
+            match unreachable {
+                Some(e) if out.is_empty() => Err(source_error(&name, format!("consume: {e}"))),
+                _ => Ok(out),
+            }
         })
         .await
         .map_err(|e| EngineError::Internal(format!("kafka poll task: {e}")))?
