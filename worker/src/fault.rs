@@ -117,6 +117,27 @@ pub fn parse_delay_points(text: &str) -> Vec<(String, u64, std::time::Duration)>
         .collect()
 }
 
+fn delays() -> &'static [(String, u64, std::time::Duration)] {
+    static DELAYS: OnceLock<Vec<(String, u64, std::time::Duration)>> = OnceLock::new();
+    DELAYS.get_or_init(|| match std::env::var(DELAY_AT_ENV) {
+        Ok(text) => {
+            let points = parse_delay_points(&text);
+            tracing::warn!(value = %text, armed = points.len(), "{DELAY_AT_ENV} is set: test delays are armed");
+            points
+        }
+        Err(_) => Vec::new(),
+    })
+}
+
+/// Sleeps as long as a test asked for at `point` in `batch_id`; otherwise returns at once.
+pub async fn delay_point(point: CrashPoint, batch_id: u64) {
+    for (name, batch, delay) in delays() {
+        if name == point.name() && *batch == batch_id {
+            tokio::time::sleep(*delay).await;
+        }
+    }
+}
+
 /// The environment variable that arms pause points: `<point>:<batchId>[,...]`, names as
 /// [`PausePoint::name`]. Needs [`PAUSE_FILE_ENV`].
 pub const PAUSE_AT_ENV: &str = "SLUICE_PAUSE_AT";
