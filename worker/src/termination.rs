@@ -79,7 +79,7 @@ pub fn write_message(path: &std::path::Path, text: &str) {
         end -= 1;
     }
     let text = text.get(..end).unwrap_or_default();
-    if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+    if let Err(e) = std::fs::write(path, text) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
     }
 }

@@ -855,7 +855,16 @@ impl Backend for KubernetesBackend {
             }
             return Ok(());
         }
-        self.suspend_schedule(&name, &namespace).await?;
+        // Only a query that ran on a schedule can have a CronJob to suspend: a streaming query's
+        // steady state makes no extra request.
+        let was_scheduled = query.status.as_ref().is_some_and(|s| {
+            s.last_schedule_time.is_some()
+                || s.last_run.is_some()
+                || s.phase == Some(sluice_crds::Phase::Scheduled)
+        });
+        if was_scheduled {
+            self.suspend_schedule(&name, &namespace).await?;
+        }
         self.apply(&namespace, &config_map(query, desired)?).await?;
         self.apply(&namespace, &service(query, desired)?).await?;
         // Before the StatefulSet: its pods do not start without the Secret they mount.
