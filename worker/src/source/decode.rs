@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+pub use crate::source::parquet::decode_parquet;
 
 /// Rows per decoded Arrow batch.
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -289,50 +289,6 @@ fn decode_lines(
     Ok((batches, bad))
 }
 
-/// Decodes one Parquet file, taking the schema's columns by name (missing columns become nulls,
-/// types are cast). An unreadable file is one bad record with line 0.
-///
-/// # Errors
-/// None in practice: read failures are returned as a [`BadRecord`].
-pub fn decode_parquet(
-    schema: &SchemaRef,
-    origin: &str,
-    data: Bytes,
-) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
-    match read_parquet(schema, data) {
-        Ok(batches) => Ok((batches, Vec::new())),
-        Err(e) => Ok((
-            Vec::new(),
-            vec![BadRecord {
-                origin: origin.to_string(),
-                line: 0,
-                record: String::new(),
-                error: e.to_string(),
-            }],
-        )),
-    }
-}
-
-fn read_parquet(schema: &SchemaRef, data: Bytes) -> Result<Vec<RecordBatch>> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?
-        .with_batch_size(BATCH_ROWS)
-        .build()?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|field| match batch.column_by_name(field.name()) {
-                Some(column) => arrow::compute::cast(column, field.data_type()),
-                None => Ok(new_null_array(field.data_type(), batch.num_rows())),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
-    }
-    Ok(out)
-}
-
 fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     match format {
@@ -562,8 +518,12 @@ mod tests {
 
     #[test]
     fn unreadable_parquet_is_one_bad_record() {
-        let (batches, bad) =
-            decode_parquet(&schema(), "x.parquet", Bytes::from_static(b"PAR1garbage")).expect("ok");
+        let (batches, bad) = decode_parquet(
+            &schema(),
+            "x.parquet",
+            bytes::Bytes::from_static(b"PAR1garbage"),
+        )
+        .expect("ok");
         assert!(batches.is_empty());
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].line, 0);

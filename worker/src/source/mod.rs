@@ -13,6 +13,7 @@ pub mod decode;
 pub mod file;
 pub mod kafka;
 pub mod nexmark;
+pub mod parquet;
 pub mod rate;
 pub mod socket;
 
