@@ -216,7 +216,7 @@ impl TextFileDecoder {
     fn decode_through(&mut self, end: usize) -> Result<()> {
         let mut start = 0;
         if self.header_pending && end > 0 {
-            match memchr::memchr(b'\n', &self.pending[..end]) {
+            match memchr::memchr(b'\n', self.pending.get(..end).unwrap_or_default()) {
                 Some(header_end) => {
                     start = header_end + 1;
                     self.header_pending = false;
@@ -230,7 +230,12 @@ impl TextFileDecoder {
                 None => return Ok(()),
             }
         }
-        let body = &self.pending[start..end];
+        let body = self.pending.get(start..end).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "decoder buffer range {start}..{end} out of {} bytes",
+                self.pending.len()
+            ))
+        })?;
         let (batches, bad) = decode_lines(
             &self.schema,
             &self.format,
@@ -268,7 +273,8 @@ fn decode_lines(
             continue;
         }
         for (i, &(start, end)) in chunk.iter().enumerate() {
-            let line = &body[start..end];
+            // Ranges come from `split_lines(body)`: always in bounds.
+            let line = body.get(start..end).unwrap_or_default();
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -297,8 +303,8 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
                 .with_batch_size(BATCH_ROWS)
                 .build_decoder()?;
             let mut offset = 0;
-            while offset < data.len() {
-                let consumed = decoder.decode(&data[offset..])?;
+            while let Some(rest) = data.get(offset..).filter(|r| !r.is_empty()) {
+                let consumed = decoder.decode(rest)?;
                 offset += consumed;
                 if let Some(batch) = decoder.flush()? {
                     batches.push(batch);
@@ -319,7 +325,7 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
                 .build_decoder();
             let mut offset = 0;
             loop {
-                let consumed = decoder.decode(&data[offset..])?;
+                let consumed = decoder.decode(data.get(offset..).unwrap_or_default())?;
                 offset += consumed;
                 // decode returns 0 when the batch is full or the input is exhausted.
                 if consumed == 0 || decoder.capacity() == 0 {
@@ -336,7 +342,7 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
 }
 
 fn memchr_newline(data: &[u8], from: usize) -> Option<usize> {
-    memchr::memchr(b'\n', &data[from..]).map(|p| p + from)
+    memchr::memchr(b'\n', data.get(from..)?).map(|p| p + from)
 }
 
 /// `(start, end)` byte ranges of the lines, without their `\n` (and `\r`).
@@ -345,7 +351,7 @@ fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
     let mut start = 0;
     while start < data.len() {
         let end = memchr_newline(data, start).unwrap_or(data.len());
-        let trimmed = if end > start && data[end - 1] == b'\r' {
+        let trimmed = if end > start && data.get(end - 1) == Some(&b'\r') {
             end - 1
         } else {
             end
@@ -359,7 +365,7 @@ fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
 fn join_lines(data: &[u8], lines: &[(usize, usize)]) -> Vec<u8> {
     let mut out = Vec::new();
     for &(start, end) in lines {
-        out.extend_from_slice(&data[start..end]);
+        out.extend_from_slice(data.get(start..end).unwrap_or_default());
         out.push(b'\n');
     }
     out

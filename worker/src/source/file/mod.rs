@@ -379,12 +379,15 @@ fn decode_local_file(
     let mut buffer = vec![0u8; TextFileDecoder::CHUNK_BYTES.min(remaining as usize)];
     while remaining > 0 {
         let want = buffer.len().min(remaining as usize);
-        let read = file.read(&mut buffer[..want]).map_err(io)?;
+        let Some(window) = buffer.get_mut(..want) else {
+            break;
+        };
+        let read = file.read(window).map_err(io)?;
         if read == 0 {
             break;
         }
         remaining -= read as u64;
-        decoder.push(&buffer[..read])?;
+        decoder.push(buffer.get(..read).unwrap_or_default())?;
         if decoder.ready() {
             decoder.decode_ready()?;
         }
