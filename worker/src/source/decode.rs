@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+pub use crate::source::parquet::decode_parquet;
 
 /// Rows per decoded Arrow batch.
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -216,7 +216,7 @@ impl TextFileDecoder {
     fn decode_through(&mut self, end: usize) -> Result<()> {
         let mut start = 0;
         if self.header_pending && end > 0 {
-            match memchr::memchr(b'\n', &self.pending[..end]) {
+            match memchr::memchr(b'\n', self.pending.get(..end).unwrap_or_default()) {
                 Some(header_end) => {
                     start = header_end + 1;
                     self.header_pending = false;
@@ -230,7 +230,12 @@ impl TextFileDecoder {
                 None => return Ok(()),
             }
         }
-        let body = &self.pending[start..end];
+        let body = self.pending.get(start..end).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "decoder buffer range {start}..{end} out of {} bytes",
+                self.pending.len()
+            ))
+        })?;
         let (batches, bad) = decode_lines(
             &self.schema,
             &self.format,
@@ -268,7 +273,8 @@ fn decode_lines(
             continue;
         }
         for (i, &(start, end)) in chunk.iter().enumerate() {
-            let line = &body[start..end];
+            // Ranges come from `split_lines(body)`: always in bounds.
+            let line = body.get(start..end).unwrap_or_default();
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -289,50 +295,6 @@ fn decode_lines(
     Ok((batches, bad))
 }
 
-/// Decodes one Parquet file, taking the schema's columns by name (missing columns become nulls,
-/// types are cast). An unreadable file is one bad record with line 0.
-///
-/// # Errors
-/// None in practice: read failures are returned as a [`BadRecord`].
-pub fn decode_parquet(
-    schema: &SchemaRef,
-    origin: &str,
-    data: Bytes,
-) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
-    match read_parquet(schema, data) {
-        Ok(batches) => Ok((batches, Vec::new())),
-        Err(e) => Ok((
-            Vec::new(),
-            vec![BadRecord {
-                origin: origin.to_string(),
-                line: 0,
-                record: String::new(),
-                error: e.to_string(),
-            }],
-        )),
-    }
-}
-
-fn read_parquet(schema: &SchemaRef, data: Bytes) -> Result<Vec<RecordBatch>> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?
-        .with_batch_size(BATCH_ROWS)
-        .build()?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|field| match batch.column_by_name(field.name()) {
-                Some(column) => arrow::compute::cast(column, field.data_type()),
-                None => Ok(new_null_array(field.data_type(), batch.num_rows())),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
-    }
-    Ok(out)
-}
-
 fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     match format {
@@ -341,8 +303,8 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
                 .with_batch_size(BATCH_ROWS)
                 .build_decoder()?;
             let mut offset = 0;
-            while offset < data.len() {
-                let consumed = decoder.decode(&data[offset..])?;
+            while let Some(rest) = data.get(offset..).filter(|r| !r.is_empty()) {
+                let consumed = decoder.decode(rest)?;
                 offset += consumed;
                 if let Some(batch) = decoder.flush()? {
                     batches.push(batch);
@@ -363,7 +325,7 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
                 .build_decoder();
             let mut offset = 0;
             loop {
-                let consumed = decoder.decode(&data[offset..])?;
+                let consumed = decoder.decode(data.get(offset..).unwrap_or_default())?;
                 offset += consumed;
                 // decode returns 0 when the batch is full or the input is exhausted.
                 if consumed == 0 || decoder.capacity() == 0 {
@@ -380,7 +342,7 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
 }
 
 fn memchr_newline(data: &[u8], from: usize) -> Option<usize> {
-    memchr::memchr(b'\n', &data[from..]).map(|p| p + from)
+    memchr::memchr(b'\n', data.get(from..)?).map(|p| p + from)
 }
 
 /// `(start, end)` byte ranges of the lines, without their `\n` (and `\r`).
@@ -389,7 +351,7 @@ fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
     let mut start = 0;
     while start < data.len() {
         let end = memchr_newline(data, start).unwrap_or(data.len());
-        let trimmed = if end > start && data[end - 1] == b'\r' {
+        let trimmed = if end > start && data.get(end - 1) == Some(&b'\r') {
             end - 1
         } else {
             end
@@ -403,7 +365,7 @@ fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
 fn join_lines(data: &[u8], lines: &[(usize, usize)]) -> Vec<u8> {
     let mut out = Vec::new();
     for &(start, end) in lines {
-        out.extend_from_slice(&data[start..end]);
+        out.extend_from_slice(data.get(start..end).unwrap_or_default());
         out.push(b'\n');
     }
     out
@@ -562,8 +524,12 @@ mod tests {
 
     #[test]
     fn unreadable_parquet_is_one_bad_record() {
-        let (batches, bad) =
-            decode_parquet(&schema(), "x.parquet", Bytes::from_static(b"PAR1garbage")).expect("ok");
+        let (batches, bad) = decode_parquet(
+            &schema(),
+            "x.parquet",
+            bytes::Bytes::from_static(b"PAR1garbage"),
+        )
+        .expect("ok");
         assert!(batches.is_empty());
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].line, 0);

@@ -424,8 +424,8 @@ fn raw_records(batch: &RecordBatch, out: &mut Vec<OutRecord>) -> Result<()> {
     };
     for row in 0..batch.num_rows() {
         let mut record = OutRecord {
-            key: keys.as_ref().and_then(|k| k[row].clone()),
-            value: values[row].clone(),
+            key: keys.as_ref().and_then(|k| k.get(row).cloned().flatten()),
+            value: values.get(row).cloned().flatten(),
             partition: partitions.and_then(|p| p.is_valid(row).then(|| p.value(row))),
             headers: Vec::new(),
         };
@@ -509,7 +509,7 @@ fn encoded_records(
     }
     for (row, line) in lines.into_iter().enumerate() {
         out.push(OutRecord {
-            key: keys.as_ref().and_then(|k| k[row].clone()),
+            key: keys.as_ref().and_then(|k| k.get(row).cloned().flatten()),
             value: Some(line.to_vec()),
             partition: None,
             headers: Vec::new(),

@@ -28,6 +28,7 @@ use sluice_crds::{FileFormat, FileSourceSpec, SourceSpec};
 use crate::error::{EngineError, Result};
 use crate::schema::arrow_schema;
 use crate::source::decode::{BadRecord, TextFileDecoder, TextFormat, decode_parquet};
+use crate::source::parquet::ObjectChunkReader;
 use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 use crate::storage::Location;
 
@@ -322,35 +323,38 @@ async fn read_file(
     let path = location.child(&file.path);
     let schema = config.schema.clone();
     let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
+    // Decoding is CPU-bound: keep it off the async worker threads.
+    if config.format == FileFormat::Parquet {
+        // A row group at a time, fetched as the reader reaches it (`source/parquet.rs`).
+        let reader = ObjectChunkReader::new(
+            Arc::clone(&location.store),
+            path.clone(),
+            file.size,
+            tokio::runtime::Handle::current(),
+        );
+        let failure = reader.failure();
+        let decoded = blocking(move || decode_parquet(&schema, &origin, reader)).await?;
+        // A store that failed mid-file is an outage to retry, not a bad file.
+        if let Some(error) = ObjectChunkReader::take_failure(&failure, path.as_ref()) {
+            return Err(error);
+        }
+        return Ok(decoded);
+    }
     let object = location
         .store
         .get(&path)
         .await
         .map_err(|e| EngineError::storage(path.to_string(), e))?;
-    // Decoding is CPU-bound: keep it off the async worker threads.
-    match config.format {
-        FileFormat::Parquet => {
-            let data = object
-                .bytes()
-                .await
-                .map_err(|e| EngineError::storage(path.to_string(), e))?;
-            blocking(move || decode_parquet(&schema, &origin, data)).await
+    // Text is decoded a run of lines at a time as it arrives, never whole.
+    let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin)
+        .with_max_record_bytes(config.max_record_bytes);
+    let range = object.range.clone();
+    match object.payload {
+        GetResultPayload::File(file, _) => {
+            let name = path.to_string();
+            blocking(move || decode_local_file(decoder, file, range, &name)).await
         }
-        _ => {
-            // Text is decoded a run of lines at a time as it arrives, never whole.
-            let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin)
-                .with_max_record_bytes(config.max_record_bytes);
-            let range = object.range.clone();
-            match object.payload {
-                GetResultPayload::File(file, _) => {
-                    let name = path.to_string();
-                    blocking(move || decode_local_file(decoder, file, range, &name)).await
-                }
-                GetResultPayload::Stream(pieces) => {
-                    decode_stream(decoder, pieces, path.as_ref()).await
-                }
-            }
-        }
+        GetResultPayload::Stream(pieces) => decode_stream(decoder, pieces, path.as_ref()).await,
     }
 }
 
@@ -375,12 +379,15 @@ fn decode_local_file(
     let mut buffer = vec![0u8; TextFileDecoder::CHUNK_BYTES.min(remaining as usize)];
     while remaining > 0 {
         let want = buffer.len().min(remaining as usize);
-        let read = file.read(&mut buffer[..want]).map_err(io)?;
+        let Some(window) = buffer.get_mut(..want) else {
+            break;
+        };
+        let read = file.read(window).map_err(io)?;
         if read == 0 {
             break;
         }
         remaining -= read as u64;
-        decoder.push(&buffer[..read])?;
+        decoder.push(buffer.get(..read).unwrap_or_default())?;
         if decoder.ready() {
             decoder.decode_ready()?;
         }

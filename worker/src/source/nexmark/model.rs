@@ -265,14 +265,21 @@ fn next_extra(random: &mut JavaRandom, current_size: i32, average: i32) -> Strin
     next_exact_string(random, size)
 }
 
+/// `list[random.nextInt(list.length)]`, as the Java generator picks; the index is in bounds by
+/// construction.
+fn pick(random: &mut JavaRandom, list: &[&'static str]) -> &'static str {
+    let i = random.next_int_bounded(list.len() as i32) as usize;
+    list.get(i).copied().unwrap_or_default()
+}
+
 /// Person event `n` (`PersonGenerator.nextPerson`).
 pub fn person(n: u64, events_per_second: u64) -> Person {
     let id = n as i64;
     let mut random = JavaRandom::new(id);
     let name = format!(
         "{} {}",
-        FIRST_NAMES[random.next_int_bounded(FIRST_NAMES.len() as i32) as usize],
-        LAST_NAMES[random.next_int_bounded(LAST_NAMES.len() as i32) as usize]
+        pick(&mut random, &FIRST_NAMES),
+        pick(&mut random, &LAST_NAMES)
     );
     let email_address = format!(
         "{}@{}.com",
@@ -283,8 +290,8 @@ pub fn person(n: u64, events_per_second: u64) -> Person {
         .map(|_| format!("{:04}", random.next_int_bounded(10_000)))
         .collect::<Vec<_>>()
         .join(" ");
-    let city = US_CITIES[random.next_int_bounded(US_CITIES.len() as i32) as usize].to_string();
-    let state = US_STATES[random.next_int_bounded(US_STATES.len() as i32) as usize].to_string();
+    let city = pick(&mut random, &US_CITIES).to_string();
+    let state = pick(&mut random, &US_STATES).to_string();
     let size = 8 + name.len() + email_address.len() + credit_card.len() + city.len() + state.len();
     let extra = next_extra(&mut random, size as i32, AVG_PERSON_BYTE_SIZE);
     Person {
@@ -359,7 +366,11 @@ pub fn bid(n: u64, events_per_second: u64) -> Bid {
         let i = random.next_int_bounded(HOT_CHANNELS.len() as i32);
         // Hot channels' urls are seeded apart from the numbered channels' (seeds >= 0).
         (
-            HOT_CHANNELS[i as usize].to_string(),
+            HOT_CHANNELS
+                .get(i as usize)
+                .copied()
+                .unwrap_or_default()
+                .to_string(),
             base_url(-1 - i64::from(i)),
         )
     } else {

@@ -168,7 +168,7 @@ impl SourceTask for SocketTask {
             }
             let from = (range.start - buffer.base) as usize;
             let to = ((range.end - buffer.base) as usize).min(buffer.lines.len());
-            buffer.lines[from..to].to_vec()
+            buffer.lines.get(from..to).unwrap_or_default().to_vec()
         };
         let batch = RecordBatch::try_new(
             self.schema.clone(),
