@@ -32,14 +32,41 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         joined.push_str(part);
         previous_was_digit = part.chars().last().is_some_and(|c| c.is_ascii_digit());
     }
-    let duration = humantime::parse_duration(&joined)
-        .map_err(|e| format!("`{text}` is not a duration ({e})"))?;
-    if duration > MAX_DURATION {
-        return Err(format!(
-            "`{text}` is longer than the longest duration supported (about 292,000 years)"
-        ));
+    // humantime sums the components itself and panics ("overflow in Duration::new") when the
+    // sum reaches u64::MAX seconds with nanoseconds to carry (`18446744073709551615s 500ms 500ms`).
+    // One component alone cannot overflow so, parsed one by one, the sum is checked here.
+    let mut total = Duration::ZERO;
+    for component in components(&joined) {
+        let part = humantime::parse_duration(component)
+            .map_err(|e| format!("`{text}` is not a duration ({e})"))?;
+        total = total
+            .checked_add(part)
+            .filter(|sum| *sum <= MAX_DURATION)
+            .ok_or_else(|| {
+                format!(
+                    "`{text}` is longer than the longest duration supported (about 292,000 years)"
+                )
+            })?;
     }
-    Ok(duration)
+    Ok(total)
+}
+
+/// `1h30m 10s` → `1h`, `30m`, `10s`: a new component at each digit that follows a non-digit.
+fn components(joined: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for word in joined.split_whitespace() {
+        let mut start = 0;
+        let mut previous_digit = true;
+        for (i, c) in word.char_indices() {
+            if c.is_ascii_digit() && !previous_digit {
+                out.push(&word[start..i]);
+                start = i;
+            }
+            previous_digit = c.is_ascii_digit();
+        }
+        out.push(&word[start..]);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -83,5 +110,17 @@ mod tests {
             Ok(MAX_DURATION)
         );
         assert!(parse_duration("9223372036854s 775ms 808us").is_err());
+    }
+
+    // Found by the `duration` fuzz target: humantime's own sum panicked on this.
+    #[test]
+    fn components_summing_past_u64_seconds_are_an_error_not_a_panic() {
+        let err = parse_duration("18446744073709551615s 500ms 500ms").expect_err("too long");
+        assert!(err.contains("longer than"), "{err}");
+        assert!(parse_duration("18446744073709551615s500ms500ms").is_err());
+        assert_eq!(parse_duration("1h30m 10s"), Ok(Duration::from_secs(5410)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5s;").is_err());
+        assert!(parse_duration("1.5h").is_err());
     }
 }
