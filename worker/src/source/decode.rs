@@ -297,10 +297,15 @@ fn decode_lines(
 
 fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
+    // The decoders allocate buffers for a whole batch up front (arrow-csv: offsets for
+    // rows × columns, zeroed), so a decoder sized for BATCH_ROWS costs megabytes even for the one
+    // line the bad-record fallback retries. A line holds about one record: size by line count (a
+    // fuller batch is flushed and decoding goes on).
+    let batch_rows = (memchr::memchr_iter(b'\n', data).count() + 1).min(BATCH_ROWS);
     match format {
         TextFormat::Json => {
             let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
-                .with_batch_size(BATCH_ROWS)
+                .with_batch_size(batch_rows)
                 .build_decoder()?;
             let mut offset = 0;
             while let Some(rest) = data.get(offset..).filter(|r| !r.is_empty()) {
@@ -321,7 +326,7 @@ fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Ve
             let mut decoder = arrow::csv::ReaderBuilder::new(schema.clone())
                 .with_header(false)
                 .with_delimiter(*delimiter)
-                .with_batch_size(BATCH_ROWS)
+                .with_batch_size(batch_rows)
                 .build_decoder();
             let mut offset = 0;
             loop {

@@ -44,14 +44,26 @@ struct WindowSpec {
     start: i64,
 }
 
+/// Most windows one row may fall in (`ceil(size / slide)`): each is a row of the aggregation's
+/// input, so a tiny slide under a long window multiplies a batch past any memory.
+const MAX_WINDOWS_PER_ROW: i64 = 10_000;
+
 impl WindowSpec {
-    /// Window starts of event time `t`, latest first.
+    /// Window starts of event time `t`, latest first. Windows whose start or end is not an `i64`
+    /// (event times near the ends of the timestamp range) are left out, so such a row has none.
     fn starts(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
-        let last_start = t - (t - self.start).rem_euclid(self.slide);
-        let overlapping = (self.size + self.slide - 1) / self.slide;
-        (0..overlapping)
-            .map(move |k| last_start - k * self.slide)
-            .filter(move |s| *s <= t && t < s + self.size)
+        let last_start = t
+            .checked_sub(self.start)
+            .and_then(|d| t.checked_sub(d.rem_euclid(self.slide)));
+        // size > 0, slide > 0: no overflow (ceil(size / slide) without `size + slide - 1`).
+        let overlapping = (self.size - 1) / self.slide + 1;
+        last_start
+            .into_iter()
+            .flat_map(move |last| {
+                (0..overlapping)
+                    .map_while(move |k| k.checked_mul(self.slide).and_then(|o| last.checked_sub(o)))
+            })
+            .filter(move |s| *s <= t && s.checked_add(self.size).is_some_and(|end| t < end))
     }
 }
 
@@ -72,11 +84,18 @@ fn duration_ticks(value: &ColumnarValue, unit: &TimeUnit, what: &str) -> DfResul
     };
     let duration = sluice_crds::duration::parse_duration(text)
         .map_err(|m| DataFusionError::Plan(format!("window(): {what}: {m}")))?;
-    let ms = duration.as_millis() as i64;
-    Ok(match unit {
-        TimeUnit::Second => ms / 1000,
-        other => ms * ticks_per_ms(other),
-    })
+    let ticks = i64::try_from(duration.as_millis())
+        .ok()
+        .and_then(|ms| match unit {
+            TimeUnit::Second => Some(ms / 1000),
+            other => ms.checked_mul(ticks_per_ms(other)),
+        });
+    match ticks {
+        Some(ticks) => Ok(ticks),
+        None => {
+            plan_err!("window(): {what} `{text}` does not fit the time column's {unit:?} range")
+        }
+    }
 }
 
 fn spec_from_args(args: &[ColumnarValue], unit: &TimeUnit) -> DfResult<WindowSpec> {
@@ -92,6 +111,12 @@ fn spec_from_args(args: &[ColumnarValue], unit: &TimeUnit) -> DfResult<WindowSpe
     if size <= 0 || slide <= 0 || slide > size {
         return plan_err!(
             "window(): the slide duration must be positive and at most the window duration"
+        );
+    }
+    if (size - 1) / slide + 1 > MAX_WINDOWS_PER_ROW {
+        return plan_err!(
+            "window(): a window sliding by less than 1/{MAX_WINDOWS_PER_ROW} of its duration puts \
+             each row in more than {MAX_WINDOWS_PER_ROW} windows; use a longer slide"
         );
     }
     Ok(WindowSpec { size, slide, start })
@@ -114,15 +139,20 @@ fn check_args(name: &str, arg_types: &[DataType]) -> DfResult<TimeUnit> {
     }
 }
 
-/// Builds the struct array of windows from parallel start ticks.
-fn struct_of(starts: Vec<i64>, size: i64, ts: &DataType) -> DfResult<StructArray> {
-    let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
-    let start_arr = cast(&Int64Array::from(starts), ts)?;
-    let end_arr = cast(&Int64Array::from(ends), ts)?;
+/// Builds the struct array of windows `[start, start + size)`; a null start, or one whose end is
+/// not an `i64`, gives a null window.
+fn struct_of(starts: Vec<Option<i64>>, size: i64, ts: &DataType) -> DfResult<StructArray> {
+    let windows: Vec<Option<(i64, i64)>> = starts
+        .into_iter()
+        .map(|s| s.and_then(|s| s.checked_add(size).map(|end| (s, end))))
+        .collect();
+    let start_arr: Int64Array = windows.iter().map(|w| w.map(|(s, _)| s)).collect();
+    let end_arr: Int64Array = windows.iter().map(|w| w.map(|(_, e)| e)).collect();
+    let nulls = start_arr.nulls().cloned();
     Ok(StructArray::try_new(
         window_fields(ts),
-        vec![start_arr, end_arr],
-        None,
+        vec![cast(&start_arr, ts)?, cast(&end_arr, ts)?],
+        nulls,
     )?)
 }
 
@@ -155,17 +185,12 @@ impl ScalarUDFImpl for WindowUdf {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| DataFusionError::Internal("timestamp ticks".into()))?;
+        // Null event time (or one at the ends of the range, in no window) → null window.
         let starts = ticks
             .iter()
-            .map(|t| t.and_then(|t| spec.starts(t).next()).unwrap_or(0))
+            .map(|t| t.and_then(|t| spec.starts(t).next()))
             .collect();
         let array = struct_of(starts, spec.size, &ts_type)?;
-        // Null event time → null window.
-        let array = StructArray::try_new(
-            array.fields().clone(),
-            array.columns().to_vec(),
-            ticks.nulls().cloned(),
-        )?;
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
@@ -215,7 +240,7 @@ impl ScalarUDFImpl for WindowsUdf {
             }
             lengths.push(starts.len() - before);
         }
-        let values = struct_of(starts, spec.size, &ts_type)?;
+        let values = struct_of(starts.into_iter().map(Some).collect(), spec.size, &ts_type)?;
         let item = Arc::new(Field::new(
             "item",
             DataType::Struct(window_fields(&ts_type)),
@@ -267,13 +292,8 @@ impl ScalarUDFImpl for SessionWindowUdf {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| DataFusionError::Internal("timestamp ticks".into()))?;
-        let starts: Vec<i64> = ticks.iter().map(|t| t.unwrap_or(0)).collect();
-        let array = struct_of(starts, gap, &ts_type)?;
-        let array = StructArray::try_new(
-            array.fields().clone(),
-            array.columns().to_vec(),
-            ticks.nulls().cloned(),
-        )?;
+        // Null event time (or one whose session would end past the range) → null session.
+        let array = struct_of(ticks.iter().collect(), gap, &ts_type)?;
         Ok(ColumnarValue::Array(Arc::new(array)))
     }
 }
@@ -417,5 +437,82 @@ mod tests {
             start: 0,
         };
         assert_eq!(tumbling.starts(-1).collect::<Vec<_>>(), vec![-minute]);
+    }
+
+    fn text(value: &str) -> ColumnarValue {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(value.to_string())))
+    }
+
+    fn spec_of(args: &[&str], unit: TimeUnit) -> DfResult<WindowSpec> {
+        let mut values = vec![ColumnarValue::Scalar(ScalarValue::Null)];
+        values.extend(args.iter().map(|a| text(a)));
+        spec_from_args(&values, &unit)
+    }
+
+    // Found with the `sql_plan` fuzz target: sizes past the unit's range overflowed
+    // `ms * ticks_per_ms` (a panic in debug builds, a wrapped size in release).
+    #[test]
+    fn window_durations_past_the_time_unit_range_are_plan_errors() {
+        let spec = spec_of(&["200000 years"], TimeUnit::Microsecond).expect("fits in µs");
+        assert_eq!(spec.size, 200_000 * 31_557_600 * 1_000_000);
+        let err = spec_of(&["200000 years"], TimeUnit::Nanosecond)
+            .expect_err("does not fit in ns")
+            .to_string();
+        assert!(
+            err.contains("window duration `200000 years` does not fit"),
+            "{err}"
+        );
+        let err = spec_of(
+            &["1 hour", "1 minute", "200000 years"],
+            TimeUnit::Nanosecond,
+        )
+        .expect_err("start does not fit in ns")
+        .to_string();
+        assert!(err.contains("start time"), "{err}");
+    }
+
+    #[test]
+    fn a_slide_too_small_for_its_window_is_a_plan_error() {
+        assert!(spec_of(&["10000 minutes", "1 minute"], TimeUnit::Microsecond).is_ok());
+        let err = spec_of(&["1 day", "1ms"], TimeUnit::Microsecond)
+            .expect_err("86,400,000 windows per row")
+            .to_string();
+        assert!(err.contains("more than 10000 windows"), "{err}");
+    }
+
+    #[test]
+    fn event_times_at_the_ends_of_the_range_fall_in_no_window() {
+        let minute = 60_000_000;
+        let tumbling = WindowSpec {
+            size: minute,
+            slide: minute,
+            start: 0,
+        };
+        // The window holding i64::MAX would end past it.
+        assert_eq!(tumbling.starts(i64::MAX).count(), 0);
+        assert_eq!(tumbling.starts(i64::MIN).count(), 0);
+        let sliding = WindowSpec {
+            size: 10 * minute,
+            slide: minute,
+            start: 30_000_000,
+        };
+        assert_eq!(sliding.starts(i64::MIN).count(), 0);
+        let t = i64::MAX - 5 * minute;
+        // Only the windows whose end is representable.
+        assert!(
+            sliding
+                .starts(t)
+                .all(|s| s.checked_add(10 * minute).is_some())
+        );
+        assert!(sliding.starts(t).count() < 10);
+        // Their struct: a null window, not [0, size).
+        let windows = struct_of(
+            vec![Some(i64::MAX - 1), Some(0), None],
+            minute,
+            &DataType::Int64,
+        )
+        .expect("struct");
+        assert_eq!(windows.null_count(), 2);
+        assert!(windows.is_valid(1));
     }
 }
