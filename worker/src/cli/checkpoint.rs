@@ -23,7 +23,6 @@ use sluice_worker::checkpoint::restore::{self, CheckpointListing};
 use sluice_worker::storage::Location;
 use sluice_worker::{EngineError, QueryConfig, termination};
 
-
 /// Options every `checkpoint` command takes.
 #[derive(clap::Args)]
 pub struct Target {
