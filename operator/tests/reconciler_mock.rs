@@ -1046,7 +1046,7 @@ async fn a_refused_restore_names_the_reason_and_restarts_the_workers() {
     setup.api.with(|w| {
         w.restore_exit = Some((
             2,
-            "error: the console sink cannot take a replay without duplicates".into(),
+            "error: restore refused: batch 2 is not retained: task 0 retains batches 120..=219 (spec.checkpoint.minBatchesToRetain)".into(),
         ))
     });
     let plan = setup.reconcile(35).await;
@@ -1057,7 +1057,9 @@ async fn a_refused_restore_names_the_reason_and_restarts_the_workers() {
         ("True", "RestoreRefused")
     );
     assert!(
-        message.contains(": the console sink cannot take a replay without duplicates;"),
+        message.starts_with(
+            "restore to batch 2 refused: batch 2 is not retained: task 0 retains batches 120..=219"
+        ),
         "{message}"
     );
     assert_eq!(events(&requests), ["RestoreRefused", "Resumed"]);

@@ -175,6 +175,7 @@ pub(crate) fn apply(
             None
         }
         RestoreObservation::Refused(reason) => {
+            let reason = reason.trim_start_matches("restore refused: ");
             let note = format!(
                 "restore to batch {batch_id} refused: {reason}; the workers restart on the \
                  checkpoint unchanged"

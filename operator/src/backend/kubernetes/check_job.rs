@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     SecretEnvSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use sluice_crds::StreamingQuery;
 use sluice_crds::contract::{CheckOutcomeReport, FLAG_CHECKPOINT, FLAG_TERMINATION_LOG};
@@ -336,7 +336,9 @@ impl JobCheck {
 
 impl JobCheck {
     /// Creates the restore Job, or reads its verdict once it finished. A Job that failed without
-    /// a refusal (store error, deadline) is deleted so the next reconcile runs it again.
+    /// a refusal (store error, deadline) answers `Unavailable` until it expires
+    /// ([`CHECK_TTL_SECONDS`]) or the spec is edited (a new Job name): the operator needs no
+    /// `delete` on Jobs.
     async fn run_restore(
         &self,
         query: &StreamingQuery,
@@ -393,11 +395,13 @@ impl JobCheck {
                     Some((terminated.exit_code, terminated.message.clone()))
                 })
         });
-        let verdict = restore_job_verdict(exit, failure.as_deref());
-        if matches!(verdict, RestoreObservation::Unavailable(_)) {
-            jobs.delete(&name, &DeleteParams::background()).await?;
-        }
-        Ok(verdict)
+        Ok(match restore_job_verdict(exit, failure.as_deref()) {
+            RestoreObservation::Unavailable(message) => RestoreObservation::Unavailable(format!(
+                "restore Job {name} failed: {message}; it runs again once the Job expires \
+                 ({CHECK_TTL_SECONDS} s) or after any edit of the spec"
+            )),
+            verdict => verdict,
+        })
     }
 }
 
