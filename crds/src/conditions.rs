@@ -26,6 +26,12 @@ pub const FAILED: &str = "Failed";
 /// The annotation [`PAUSE_ANNOTATION`] is `"true"`: the operator leaves the query's children alone.
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 
+/// The last `spec.restore` rolled the checkpoint back; the message names the batch and the new
+/// checkpoint generation.
+pub const RESTORED: &str = "Restored";
+/// The last `spec.restore` was refused; the message is the worker's reason.
+pub const RESTORE_REFUSED: &str = "RestoreRefused";
+
 /// Annotation that pauses reconciliation of one query while `"true"` (Strimzi's
 /// `strimzi.io/pause-reconciliation` convention): nothing the query owns is created, changed,
 /// scaled or deleted until it is removed or set to anything else.

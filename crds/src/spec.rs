@@ -163,6 +163,22 @@ pub struct StreamingQuerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_RESTART_NONCE))]
     pub restart_nonce: Option<String>,
+    /// Roll the checkpoint back to the state after a retained batch: the operator stops the
+    /// workers, runs `sluice-worker checkpoint restore --batch-id N` (a new checkpoint generation,
+    /// the old one kept) and starts them again, replaying the input after batch N. Runs once per
+    /// distinct `batchId` (`status.restore` records the applied one); refused (condition
+    /// `RestoreRefused`) when the batch is not retained or the sink would duplicate the replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// `spec.restore`: the batch to restore the query's checkpoint to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// A committed batch id the checkpoint still retains (`sluice-worker checkpoint list`).
+    #[schemars(range(max = 9_007_199_254_740_991_u64))]
+    pub batch_id: u64,
 }
 
 /// One named input stream. Exactly one of `file`, `kafka`, `socket`, `rate`, `nexmark` is set.

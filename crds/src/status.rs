@@ -111,6 +111,27 @@ pub struct StreamingQueryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_TIMESTAMP))]
     pub last_batch_time: Option<String>,
+    /// The last `spec.restore` the operator applied (restored or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+}
+
+/// Outcome of one `spec.restore`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// The `spec.restore.batchId` this records.
+    pub batch_id: u64,
+    /// The new checkpoint generation, when restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// `Restored` or `Refused`.
+    #[schemars(length(max = 16))]
+    pub outcome: String,
+    /// The worker's one-line verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_REASON))]
+    pub message: Option<String>,
 }
 
 /// One run of a one-shot or scheduled query.

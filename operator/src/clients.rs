@@ -62,6 +62,75 @@ pub async fn run_check(
     }
 }
 
+/// Runs `worker_bin checkpoint restore --manifest MANIFEST --batch-id N --checkpoint LOC`:
+/// exit 0 is `Restored` (the generation from its stdout line), exit 2 `Refused` (its one-line
+/// reason), anything else `Unavailable`.
+pub async fn run_restore(
+    worker_bin: &Path,
+    manifest: &Path,
+    request: &crate::plan::RestoreRequest,
+) -> crate::plan::RestoreObservation {
+    use crate::plan::RestoreObservation;
+    let mut command = Command::new(worker_bin);
+    command
+        .args(["checkpoint", "restore", "--manifest"])
+        .arg(manifest)
+        .arg("--batch-id")
+        .arg(request.batch_id.to_string())
+        .arg(sluice_crds::contract::FLAG_CHECKPOINT)
+        .arg(&request.checkpoint_location)
+        .env("RUST_LOG", "error")
+        .env("NO_COLOR", "1")
+        // No termination message outside a pod: the verdict is read from stdout/stderr.
+        .env_remove("SLUICE_TERMINATION_LOG");
+    match command.output().await {
+        Ok(output) => {
+            let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            restore_verdict(output.status.code(), &stdout, &stderr)
+        }
+        Err(e) => {
+            RestoreObservation::Unavailable(format!("cannot run {}: {e}", worker_bin.display()))
+        }
+    }
+}
+
+/// The verdict of `sluice-worker checkpoint restore` from its exit code and output (stdout on
+/// success, the reason line otherwise: stderr or the termination message).
+pub fn restore_verdict(
+    code: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+) -> crate::plan::RestoreObservation {
+    use crate::plan::RestoreObservation;
+    let reason = || {
+        stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("error: "))
+            .or_else(|| stderr.lines().last())
+            .unwrap_or("no reason given")
+            .trim_start_matches("error: ")
+            .to_string()
+    };
+    match code {
+        Some(0) => {
+            let line = stdout.lines().last().unwrap_or_default().to_string();
+            match crate::plan::restore::restored_generation(&line) {
+                Some(generation) => RestoreObservation::Restored {
+                    generation,
+                    message: line,
+                },
+                None => {
+                    RestoreObservation::Unavailable(format!("unreadable restore report: {line}"))
+                }
+            }
+        }
+        Some(sluice_crds::contract::CHECK_EXIT_REFUSED) => RestoreObservation::Refused(reason()),
+        _ => RestoreObservation::Unavailable(reason()),
+    }
+}
+
 /// A minimal HTTP/1.0 client for 127.0.0.1 endpoints (workers, Prometheus): no TLS, no
 /// keep-alive, the body is read to the end of the connection.
 ///

@@ -9,7 +9,8 @@ use crate::backend::Backend;
 use crate::checkpoint::{CheckpointManager, Claim, Owner};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::{
-    self, CheckObservation, CheckpointObservation, Observation, OperatorConfig, Plan, WorkersAction,
+    self, CheckObservation, CheckpointObservation, Observation, OperatorConfig, Plan,
+    RestoreObservation, WorkersAction,
 };
 use crate::scaling::Scaler;
 
@@ -113,6 +114,7 @@ pub async fn reconcile_live<B: Backend>(
         checkpoint,
         progress: progress.map(|p| p.observation),
         check: CheckObservation::NotRun,
+        restore: RestoreObservation::NotRun,
         autoscale: None,
     };
     if validation.is_ok()
@@ -121,6 +123,11 @@ pub async fn reconcile_live<B: Backend>(
     {
         if let Some(request) = plan::check_request(query, &observation, config, &now)? {
             observation.check = scaler.check(query, &request).await;
+        }
+        // Only once every worker has stopped (the request says so): nothing writes to the
+        // checkpoint while it is rolled back.
+        if let Some(request) = plan::restore_request(query, &observation, config)? {
+            observation.restore = scaler.restore(query, &request).await;
         }
         observation.autoscale = scaler
             .autoscale_input(query, observation.workers.as_ref())

@@ -18,7 +18,8 @@ use sluice_crds::StreamingQuery;
 
 use crate::autoscaler;
 use crate::plan::{
-    AutoscaleObservation, CheckObservation, CheckRequest, WorkersObservation, child_name,
+    AutoscaleObservation, CheckObservation, CheckRequest, RestoreObservation, RestoreRequest,
+    WorkersObservation, child_name,
 };
 
 pub use crate::plan::scale::{SCALING_HISTORY, decision, may_scale_out, scaling_limit};
@@ -37,6 +38,17 @@ pub trait QueryInspector: Send + Sync {
         query: &'a StreamingQuery,
         request: &'a CheckRequest,
     ) -> BoxFuture<'a, Inspection>;
+
+    /// Runs `sluice-worker checkpoint restore` of `request` (`spec.restore`) with the query's
+    /// credentials. Inspectors that cannot restore (test stand-ins) report `Unavailable`.
+    fn restore<'a>(
+        &'a self,
+        query: &'a StreamingQuery,
+        request: &'a RestoreRequest,
+    ) -> BoxFuture<'a, RestoreObservation> {
+        let _ = (query, request);
+        Box::pin(async { RestoreObservation::Unavailable("this backend cannot restore".into()) })
+    }
 }
 
 /// Runs `sluice-worker check <manifest> [--checkpoint URL]` as a process (the local backend).
@@ -62,6 +74,26 @@ impl QueryInspector for WorkerCheck {
             let outcome =
                 crate::clients::run_check(&binary, &path, request.checkpoint_location.as_deref())
                     .await;
+            let _ = tokio::fs::remove_file(&path).await;
+            outcome
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        _query: &'a StreamingQuery,
+        request: &'a RestoreRequest,
+    ) -> BoxFuture<'a, RestoreObservation> {
+        Box::pin(async move {
+            let path =
+                std::env::temp_dir().join(format!("sluice-restore-{}.yaml", uuid::Uuid::new_v4()));
+            if let Err(e) = tokio::fs::write(&path, &request.manifest_yaml).await {
+                return RestoreObservation::Unavailable(format!(
+                    "cannot write {}: {e}",
+                    path.display()
+                ));
+            }
+            let outcome = crate::clients::run_restore(&self.worker_bin, &path, request).await;
             let _ = tokio::fs::remove_file(&path).await;
             outcome
         })
@@ -313,6 +345,19 @@ impl Scaler {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, (request.key.clone(), outcome.clone()));
+        outcome
+    }
+
+    /// Runs the restore of `request` (not cached: `status.restore` records a final outcome).
+    pub async fn restore(
+        &self,
+        query: &StreamingQuery,
+        request: &RestoreRequest,
+    ) -> RestoreObservation {
+        let outcome = self.inspector.restore(query, request).await;
+        if let RestoreObservation::Unavailable(message) = &outcome {
+            tracing::warn!(query = %key(query), %message, "the restore could not complete");
+        }
         outcome
     }
 

@@ -186,6 +186,7 @@ impl Harness {
                 claimed_now: !self.claimed,
             },
             progress: None,
+            restore: sluice_operator::plan::RestoreObservation::NotRun,
             check: match check {
                 Check::Passed => CheckObservation::Passed(CheckReport {
                     tasks: 4,

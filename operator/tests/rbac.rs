@@ -33,7 +33,7 @@ use sluice_operator::clients::CheckOutcome;
 use sluice_operator::controller::{self, Context, FINALIZER, reconcile};
 use sluice_operator::leader::LeaderElector;
 use sluice_operator::metrics::Metrics;
-use sluice_operator::plan::CheckRequest;
+use sluice_operator::plan::{CheckRequest, RestoreObservation, RestoreRequest};
 use sluice_operator::plan::{EventSeverity, OperatorConfig, PlannedEvent};
 use sluice_operator::scaling::QueryInspector;
 use support::fake_api::FakeApi;
@@ -205,6 +205,19 @@ async fn derived_grants() -> (BTreeSet<Grant>, BTreeSet<Grant>, Vec<String>) {
     };
     for _ in 0..2 {
         if let CheckOutcome::Unknown(e) = check.inspect(&q, &request).await {
+            errors.push(e);
+        }
+    }
+    // The restore Job (spec.restore): applied with its ConfigMap, then read back.
+    let restore = RestoreRequest {
+        batch_id: 3,
+        key: "3@file:///ckpt/@1".into(),
+        image: "sluice-worker:test".into(),
+        manifest_yaml: "kind: StreamingQuery\n".into(),
+        checkpoint_location: "file:///ckpt/".into(),
+    };
+    for _ in 0..2 {
+        if let RestoreObservation::Unavailable(e) = check.restore(&q, &restore).await {
             errors.push(e);
         }
     }

@@ -60,6 +60,8 @@ struct World {
     run_message: Option<String>,
     /// The CronJob as applied (or merge-patched).
     cron_job: Option<Value>,
+    /// Exit code and termination message of a finished restore Job's pod; `None` while it runs.
+    restore_exit: Option<(i32, String)>,
     requests: Vec<Recorded>,
 }
 
@@ -98,6 +100,7 @@ impl FakeApi {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().clone();
                 let path = request.uri().path().to_string();
+                let selector = request.uri().query().unwrap_or_default().to_string();
                 let bytes = request
                     .into_body()
                     .collect_bytes()
@@ -131,7 +134,15 @@ impl FakeApi {
                         match world.jobs.get(&name) {
                             Some(job) => {
                                 let mut job = job.clone();
-                                if world.check_message.is_some() {
+                                if name.contains("-restore-") {
+                                    if let Some((code, _)) = &world.restore_exit {
+                                        job["status"] = if *code == 0 {
+                                            json!({"succeeded": 1})
+                                        } else {
+                                            json!({"failed": 1})
+                                        };
+                                    }
+                                } else if world.check_message.is_some() {
                                     job["status"] = json!({"succeeded": 1});
                                 }
                                 respond(StatusCode::OK, &job)
@@ -184,6 +195,22 @@ impl FakeApi {
                         let name = p.trim_start_matches(JOBS_PATH).to_string();
                         world.jobs.insert(name, body.clone());
                         respond(StatusCode::OK, &body)
+                    }
+                    (Method::GET, PODS_PATH)
+                        if selector.contains("restore") && world.restore_exit.is_some() =>
+                    {
+                        let (code, message) = world.restore_exit.clone().unwrap_or_default();
+                        respond(
+                            StatusCode::OK,
+                            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
+                                "metadata": {"name": "restore-pod"},
+                                "status": {"containerStatuses": [{
+                                    "name": "restore", "image": "", "imageID": "", "ready": false,
+                                    "restartCount": 0,
+                                    "state": {"terminated": {"exitCode": code, "message": message}},
+                                }]},
+                            }]}),
+                        )
                     }
                     (Method::GET, PODS_PATH) if world.check_message.is_some() => respond(
                         StatusCode::OK,
@@ -893,5 +920,159 @@ async fn a_scheduled_query_is_a_forbid_cron_job_and_seconds_are_refused_on_kuber
         message.contains("spec.schedule.cron")
             && message.contains("only supported by the local backend"),
         "{message}"
+    );
+}
+
+/// A query running V1 with the Job-running inspector, edited to restore to `batch_id`, stopped
+/// and with its restore Job created; returns the Job's container.
+async fn restore_started(batch_id: u64) -> (Setup, Value) {
+    use sluice_operator::backend::kubernetes::check_job::JobCheck;
+    let mut setup = Setup::running(V1).await;
+    setup.scaler = Scaler::new(
+        Arc::new(JobCheck {
+            client: setup.backend.client().clone(),
+            storage: Default::default(),
+        }),
+        None,
+        Metrics::default(),
+    );
+    setup.edit(&format!("{V1}  restore: {{batchId: {batch_id}}}\n"));
+    // The workers stop first; no Job while one may still write to the checkpoint.
+    let plan = setup.reconcile(20).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        !requests.iter().any(|r| r.path.starts_with(JOBS_PATH)),
+        "{requests:#?}"
+    );
+    let set = setup
+        .api
+        .with(|w| w.statefulset.clone())
+        .expect("statefulset");
+    assert_eq!(set["spec"]["replicas"], 0);
+    assert_eq!(condition(&plan.status, "Progressing").1, "Restoring");
+    assert_eq!(events(&requests), ["RestoreStarted"]);
+    // Stopped: the restore Job starts with the query's image, manifest and checkpoint.
+    let plan = setup.reconcile(25).await;
+    let requests = setup.api.take_requests();
+    let job = requests
+        .iter()
+        .find(|r| {
+            r.path.starts_with(&format!("{JOBS_PATH}sluice-q-restore-"))
+                && r.method == Method::PATCH
+        })
+        .expect("a restore Job is applied");
+    let container = job.body["spec"]["template"]["spec"]["containers"][0].clone();
+    assert_eq!(job.body["spec"]["backoffLimit"], 0);
+    assert_eq!(condition(&plan.status, "Progressing").1, "Restoring");
+    let set = setup
+        .api
+        .with(|w| w.statefulset.clone())
+        .expect("statefulset");
+    assert_eq!(set["spec"]["replicas"], 0, "stopped while the Job runs");
+    (setup, container)
+}
+
+#[tokio::test]
+async fn a_restore_runs_as_a_job_between_stopping_and_starting_the_workers() {
+    let (mut setup, container) = restore_started(5).await;
+    assert_eq!(container["image"], "sluice-worker:test");
+    let location = setup
+        .query
+        .status
+        .as_ref()
+        .and_then(|s| s.checkpoint_location.clone())
+        .expect("location");
+    assert_eq!(
+        container["args"],
+        json!([
+            "checkpoint",
+            "restore",
+            "--manifest",
+            "/etc/sluice/query.yaml",
+            "--batch-id",
+            "5",
+            "--checkpoint",
+            location
+        ])
+    );
+    assert_eq!(container["terminationMessagePath"], "/dev/termination-log");
+    // Still running: not created twice, the workers stay stopped.
+    setup.reconcile(30).await;
+    let requests = setup.api.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH)
+    );
+    setup.api.with(|w| {
+        w.restore_exit = Some((
+            0,
+            "restored to batch 5: checkpoint generation 2 (from generation 1) is current; the next \
+             run replays the input after batch 5 (40 rows had been written after it)"
+                .into(),
+        ))
+    });
+    let plan = setup.reconcile(35).await;
+    let requests = setup.api.take_requests();
+    let (state, reason, message) = condition(&plan.status, "Restored");
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "Restored"));
+    assert!(
+        message.starts_with("restored to batch 5: checkpoint generation 2 is current"),
+        "{message}"
+    );
+    let recorded = plan.status.restore.clone().expect("status.restore");
+    assert_eq!((recorded.batch_id, recorded.generation), (5, Some(2)));
+    assert_eq!(events(&requests), ["Restored", "Resumed"]);
+    let set = setup
+        .api
+        .with(|w| w.statefulset.clone())
+        .expect("statefulset");
+    assert_eq!(set["spec"]["replicas"], 1, "the workers start again");
+    // Recorded: the next reconcile neither stops the workers nor runs another Job.
+    setup.api.with(|w| w.ready = true);
+    setup.reconcile(45).await;
+    let requests = setup.api.take_requests();
+    assert!(!requests.iter().any(|r| r.path.starts_with(JOBS_PATH)));
+    let set = setup
+        .api
+        .with(|w| w.statefulset.clone())
+        .expect("statefulset");
+    assert_eq!(set["spec"]["replicas"], 1);
+}
+
+#[tokio::test]
+async fn a_refused_restore_names_the_reason_and_restarts_the_workers() {
+    let (mut setup, _) = restore_started(2).await;
+    setup.api.with(|w| {
+        w.restore_exit = Some((
+            2,
+            "error: restore refused: batch 2 is not retained: task 0 retains batches 120..=219 (spec.checkpoint.minBatchesToRetain)".into(),
+        ))
+    });
+    let plan = setup.reconcile(35).await;
+    let requests = setup.api.take_requests();
+    let (state, reason, message) = condition(&plan.status, "RestoreRefused");
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "RestoreRefused")
+    );
+    assert!(
+        message.starts_with(
+            "restore to batch 2 refused: batch 2 is not retained: task 0 retains batches 120..=219"
+        ),
+        "{message}"
+    );
+    assert_eq!(events(&requests), ["RestoreRefused", "Resumed"]);
+    assert_eq!(
+        plan.status.restore.clone().map(|r| r.outcome),
+        Some("Refused".to_string())
+    );
+    let set = setup
+        .api
+        .with(|w| w.statefulset.clone())
+        .expect("statefulset");
+    assert_eq!(
+        set["spec"]["replicas"], 1,
+        "back on the unchanged checkpoint"
     );
 }

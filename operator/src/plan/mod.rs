@@ -35,10 +35,12 @@ use crate::checkpoint;
 use crate::error::{Error, Result};
 
 pub mod guard;
+pub mod restore;
 pub mod run;
 pub mod scale;
 
 pub use guard::{CheckObservation, CheckRequest, check_request};
+pub use restore::{RestoreObservation, RestoreRequest, restore_request};
 pub use run::{DesiredRun, RunMode, RunObservation, run_mode};
 pub use scale::{AutoscaleObservation, may_scale_out, scaling_limit};
 
@@ -170,6 +172,8 @@ pub struct Observation {
     pub check: CheckObservation,
     /// The autoscaler's inputs, when the query autoscales and its metrics were read.
     pub autoscale: Option<AutoscaleObservation>,
+    /// `sluice-worker checkpoint restore` of the request [`restore_request`] named.
+    pub restore: RestoreObservation,
 }
 
 /// The worker deployment a backend must make real.
@@ -241,6 +245,8 @@ pub enum SpecChange {
     /// A worker stopped on a poison batch: the workers are stopped (not restarted, not rolled
     /// back) until the spec changes (`restartNonce` will do).
     PoisonBatch,
+    /// `spec.restore` is pending: the workers are stopped until the restore has run.
+    Restoring { batch_id: u64 },
 }
 
 /// Severity of a planned event.
@@ -450,7 +456,12 @@ fn changed_sections(old: &BTreeMap<String, String>, new: &BTreeMap<String, Strin
     names
 }
 
-fn event(severity: EventSeverity, reason: &str, action: &str, note: String) -> PlannedEvent {
+pub(crate) fn event(
+    severity: EventSeverity,
+    reason: &str,
+    action: &str,
+    note: String,
+) -> PlannedEvent {
     PlannedEvent {
         severity,
         reason: reason.into(),
@@ -1059,7 +1070,8 @@ pub fn plan(
     } else {
         wanted_replicas(spec, workers)
     };
-    let mut desired_replicas = if spec.suspend || poison.is_some() {
+    let restoring = restore::apply(query, &observation.restore, &mut status, &mut events, &now);
+    let mut desired_replicas = if spec.suspend || poison.is_some() || restoring.is_some() {
         0
     } else {
         wanted
@@ -1100,6 +1112,13 @@ pub fn plan(
     };
     if poison.is_some() && matches!(change, SpecChange::Suspend | SpecChange::Unchanged) {
         change = SpecChange::PoisonBatch;
+    }
+    if let Some(batch_id) = restoring
+        && !spec.suspend
+        && poison.is_none()
+        && matches!(change, SpecChange::Suspend | SpecChange::Unchanged)
+    {
+        change = SpecChange::Restoring { batch_id };
     }
 
     // 5. The autoscaler, on a settled query only.
@@ -1189,7 +1208,9 @@ pub fn plan(
             SpecChange::New => Phase::Starting,
             SpecChange::Restart { .. } => Phase::Upgrading,
             SpecChange::Scale { .. } => Phase::Scaling,
-            SpecChange::Resume | SpecChange::RestartRequested => Phase::Starting,
+            SpecChange::Resume | SpecChange::RestartRequested | SpecChange::Restoring { .. } => {
+                Phase::Starting
+            }
             _ if settled => Phase::Running,
             // Still rolling out what an earlier reconcile started.
             _ => match previous.phase {
@@ -1310,6 +1331,27 @@ pub fn plan(
             );
         }
     }
+    if let SpecChange::Restoring { batch_id } = &change {
+        let note = restore::progress_note(*batch_id, &observation.restore);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Restoring",
+            &note,
+            generation,
+            now.clone(),
+        );
+        conditions::set(
+            &mut status.conditions,
+            PROGRESSING,
+            true,
+            "Restoring",
+            &note,
+            generation,
+            now.clone(),
+        );
+    }
     if let Some(downtime) = observation
         .progress
         .as_ref()
@@ -1370,6 +1412,16 @@ pub fn plan(
             "Suspend",
             "stopping all workers; the checkpoint is kept".into(),
         )),
+        SpecChange::Restoring { batch_id } if workers.is_some_and(|w| w.replicas > 0) => events
+            .push(event(
+                EventSeverity::Normal,
+                "RestoreStarted",
+                "Restore",
+                format!(
+                    "spec.restore.batchId is {batch_id}: stopping the workers at a batch boundary \
+                     to restore the checkpoint"
+                ),
+            )),
         SpecChange::Resume => events.push(event(
             EventSeverity::Normal,
             "Resumed",

@@ -39,6 +39,7 @@ fn observation(workers: Option<WorkersObservation>, claimed_now: bool) -> Observ
         },
         progress: None,
         check: CheckObservation::NotRun,
+        restore: RestoreObservation::NotRun,
         autoscale: None,
     }
 }
@@ -323,6 +324,7 @@ fn invalid_spec_degrades_once_and_leaves_the_running_generation_alone() {
         checkpoint: CheckpointObservation::NotChecked,
         progress: None,
         check: CheckObservation::NotRun,
+        restore: RestoreObservation::NotRun,
         autoscale: None,
     };
     let plan = plan(&q, validation.clone(), &obs, &config(), at(30)).expect("plan");
@@ -365,6 +367,7 @@ fn invalid_new_query_fails() {
         checkpoint: CheckpointObservation::NotChecked,
         progress: None,
         check: CheckObservation::NotRun,
+        restore: RestoreObservation::NotRun,
         autoscale: None,
     };
     let plan = plan(&q, validate_spec(&q.spec), &obs, &config(), at(0)).expect("plan");
@@ -385,6 +388,7 @@ fn checkpoint_owned_by_another_query_is_refused() {
         },
         progress: None,
         check: CheckObservation::NotRun,
+        restore: RestoreObservation::NotRun,
         autoscale: None,
     };
     let plan = run(&q, &obs, at(0));
@@ -417,6 +421,7 @@ fn unreachable_checkpoint_is_retried_and_keeps_workers() {
         },
         progress: None,
         check: CheckObservation::NotRun,
+        restore: RestoreObservation::NotRun,
         autoscale: None,
     };
     let plan = run(&q, &obs, at(30));
@@ -551,4 +556,136 @@ fn the_poison_line_is_found_in_a_termination_message_or_a_log_tail() {
     );
     assert_eq!(poison_line(&log).as_deref(), Some(line));
     assert_eq!(poison_line("error: sink unreachable\n"), None);
+}
+
+fn restoring_to(batch_id: u64, generation: i64, q: StreamingQuery) -> StreamingQuery {
+    with_spec(
+        q,
+        &format!("{SPEC}  restore: {{batchId: {batch_id}}}\n"),
+        generation,
+    )
+}
+
+#[test]
+fn restore_stops_the_workers_restores_once_and_starts_them_again() {
+    let (q, workers) = running_query();
+    let q = restoring_to(3, 2, q);
+    // 1. The workers still run: they are stopped first, nothing is restored yet.
+    let mut obs = observation(Some(workers.clone()), false);
+    assert_eq!(restore_request(&q, &obs, &config()).expect("request"), None);
+    let stopping = run(&q, &obs, at(20));
+    assert_eq!(stopping.change, SpecChange::Restoring { batch_id: 3 });
+    assert_eq!(desired(&stopping).replicas, 0);
+    assert_eq!(
+        desired(&stopping).generation,
+        workers.generation,
+        "no new generation"
+    );
+    assert_eq!(condition(&stopping, PROGRESSING), ("True", "Restoring"));
+    assert_eq!(reasons(&stopping), ["RestoreStarted"]);
+    assert_eq!(stopping.status.restore, None);
+    // 2. All stopped: the restore of batch 3 runs against the workers' checkpoint.
+    let q = after(q, &stopping);
+    obs.workers = Some(rolled_out(&stopping));
+    let request = restore_request(&q, &obs, &config())
+        .expect("request")
+        .expect("the workers are stopped");
+    assert_eq!(request.batch_id, 3);
+    assert_eq!(request.checkpoint_location, BASE);
+    assert_eq!(request.image, "sluice-worker:test");
+    assert!(
+        request.manifest_yaml.contains("batchId: 3"),
+        "{}",
+        request.manifest_yaml
+    );
+    obs.restore = RestoreObservation::Pending("restore Job started".into());
+    let held = run(&q, &obs, at(25));
+    assert_eq!(held.change, SpecChange::Restoring { batch_id: 3 });
+    assert_eq!(desired(&held).replicas, 0);
+    assert_eq!(reasons(&held), Vec::<&str>::new());
+    // 3. Restored: recorded, the workers start again on the new checkpoint generation.
+    obs.restore = RestoreObservation::Restored {
+        generation: 2,
+        message: "restored to batch 3: checkpoint generation 2 (from generation 1) is current"
+            .into(),
+    };
+    let restored = run(&q, &obs, at(30));
+    assert_eq!(restored.change, SpecChange::Resume);
+    assert_eq!(desired(&restored).replicas, 1);
+    assert_eq!(condition(&restored, "Restored"), ("True", "Restored"));
+    let message = &conditions::find(&restored.status.conditions, "Restored")
+        .expect("Restored")
+        .message;
+    assert!(
+        message.starts_with("restored to batch 3: checkpoint generation 2 is current"),
+        "{message}"
+    );
+    assert_eq!(reasons(&restored), ["Restored", "Resumed"]);
+    let recorded = restored.status.restore.clone().expect("status.restore");
+    assert_eq!(
+        (
+            recorded.batch_id,
+            recorded.generation,
+            recorded.outcome.as_str()
+        ),
+        (3, Some(2), "Restored")
+    );
+    // 4. Once per batch id: the same spec never restores again.
+    let q = after(q, &restored);
+    let mut obs = observation(Some(rolled_out(&restored)), false);
+    assert_eq!(restore_request(&q, &obs, &config()).expect("request"), None);
+    obs.workers.as_mut().expect("workers").replicas = 1;
+    let steady = run(&q, &obs, at(40));
+    assert_eq!(steady.change, SpecChange::Unchanged);
+    assert_eq!(desired(&steady).replicas, 1);
+}
+
+#[test]
+fn a_refused_restore_restarts_the_workers_on_the_unchanged_checkpoint() {
+    let (q, workers) = running_query();
+    let q = restoring_to(9, 2, q);
+    let stopping = run(&q, &observation(Some(workers), false), at(20));
+    let q = after(q, &stopping);
+    let mut obs = observation(Some(rolled_out(&stopping)), false);
+    obs.restore = RestoreObservation::Refused("batch 9 is not retained (retained: 4..=12)".into());
+    let refused = run(&q, &obs, at(30));
+    assert_eq!(refused.change, SpecChange::Resume);
+    assert_eq!(desired(&refused).replicas, 1);
+    assert_eq!(desired(&refused).checkpoint_location, BASE);
+    assert_eq!(
+        condition(&refused, "RestoreRefused"),
+        ("True", "RestoreRefused")
+    );
+    let message = &conditions::find(&refused.status.conditions, "RestoreRefused")
+        .expect("RestoreRefused")
+        .message;
+    assert!(message.contains("batch 9 is not retained"), "{message}");
+    assert_eq!(reasons(&refused), ["RestoreRefused", "Resumed"]);
+    let recorded = refused.status.restore.clone().expect("status.restore");
+    assert_eq!(
+        (recorded.batch_id, recorded.outcome.as_str()),
+        (9, "Refused")
+    );
+    assert_eq!(
+        restore_request(&after(q, &refused), &obs, &config()).expect("request"),
+        None,
+        "a refusal is not retried for the same batch id"
+    );
+}
+
+#[test]
+fn the_restored_generation_is_read_from_the_worker_line() {
+    assert_eq!(
+        restore::restored_generation(
+            "restored to batch 7: checkpoint generation 12 (from generation 11) is current; ..."
+        ),
+        Some(12)
+    );
+    assert_eq!(
+        restore::restored_generation(
+            "already restored to batch 7: checkpoint generation 2 is current"
+        ),
+        Some(2)
+    );
+    assert_eq!(restore::restored_generation("restored"), None);
 }

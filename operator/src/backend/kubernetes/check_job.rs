@@ -27,7 +27,7 @@ use sluice_crds::contract::{CheckOutcomeReport, FLAG_CHECKPOINT, FLAG_TERMINATIO
 use super::{FIELD_MANAGER, MANIFEST_KEY, QUERY_LABEL, WorkerStorage, add_container_storage};
 use crate::clients::CheckOutcome;
 use crate::error::{Error, Result};
-use crate::plan::{CheckRequest, child_name, hash_json};
+use crate::plan::{CheckRequest, RestoreObservation, RestoreRequest, child_name, hash_json};
 use crate::scaling::QueryInspector;
 
 /// A check that has not finished within this fails (Job `activeDeadlineSeconds`).
@@ -84,15 +84,6 @@ pub fn check_objects(
         .clone()
         .ok_or(Error::MissingField("name"))?;
     let name = check_name(&query_name, request);
-    let hash = name.rsplit('-').next().unwrap_or_default().to_string();
-    let config_map = ConfigMap {
-        metadata: metadata(query, &name, &hash)?,
-        data: Some(BTreeMap::from([(
-            MANIFEST_KEY.to_string(),
-            request.manifest_yaml.clone(),
-        )])),
-        ..ConfigMap::default()
-    };
     let mut args = vec![
         "check".to_string(),
         format!("/etc/sluice/{MANIFEST_KEY}"),
@@ -103,6 +94,50 @@ pub fn check_objects(
         args.push(FLAG_CHECKPOINT.to_string());
         args.push(location.clone());
     }
+    let job = JobTemplate {
+        name,
+        container: "check",
+        image: &request.image,
+        manifest_yaml: &request.manifest_yaml,
+        args,
+    };
+    job_objects(query, &query_name, job, storage)
+}
+
+/// What differs between the check Job and the restore Job.
+struct JobTemplate<'a> {
+    name: String,
+    container: &'static str,
+    image: &'a str,
+    manifest_yaml: &'a str,
+    args: Vec<String>,
+}
+
+/// The ConfigMap (the manifest) and Job running `sluice-worker <args>` with the query's image,
+/// env and storage credentials, reporting through its termination message.
+fn job_objects(
+    query: &StreamingQuery,
+    query_name: &str,
+    template: JobTemplate<'_>,
+    storage: &WorkerStorage,
+) -> Result<(ConfigMap, Job)> {
+    let JobTemplate {
+        name,
+        container: container_name,
+        image,
+        manifest_yaml,
+        args,
+    } = template;
+    let query_name = query_name.to_string();
+    let hash = name.rsplit('-').next().unwrap_or_default().to_string();
+    let config_map = ConfigMap {
+        metadata: metadata(query, &name, &hash)?,
+        data: Some(BTreeMap::from([(
+            MANIFEST_KEY.to_string(),
+            manifest_yaml.to_string(),
+        )])),
+        ..ConfigMap::default()
+    };
     let env_from = query.spec.storage_secret_ref.as_ref().map(|secret| {
         vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource {
@@ -113,8 +148,8 @@ pub fn check_objects(
         }]
     });
     let mut container = Container {
-        name: "check".into(),
-        image: Some(request.image.clone()),
+        name: container_name.into(),
+        image: Some(image.to_string()),
         command: Some(vec!["sluice-worker".into()]),
         args: Some(args),
         env: Some(query.spec.env.clone()),
@@ -181,7 +216,66 @@ pub fn verdict(message: Option<&str>, job_failure: Option<&str>) -> CheckOutcome
     }
 }
 
-/// Runs checks as Jobs (see the module docs).
+/// Name of the restore Job (and its ConfigMap) of `request` for `query_name`.
+pub fn restore_name(query_name: &str, request: &RestoreRequest) -> String {
+    let hash = hash_json(&request.key);
+    format!("{}-restore-{}", child_name(query_name), &hash[..10])
+}
+
+/// The ConfigMap and Job of a restore: `sluice-worker checkpoint restore --manifest ...
+/// --batch-id N --checkpoint LOC` with the query's image and credentials (pure).
+///
+/// # Errors
+/// [`Error::MissingField`] without name, namespace or uid.
+pub fn restore_objects(
+    query: &StreamingQuery,
+    request: &RestoreRequest,
+    storage: &WorkerStorage,
+) -> Result<(ConfigMap, Job)> {
+    let query_name = query
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("name"))?;
+    let args = vec![
+        "checkpoint".to_string(),
+        "restore".to_string(),
+        "--manifest".to_string(),
+        format!("/etc/sluice/{MANIFEST_KEY}"),
+        "--batch-id".to_string(),
+        request.batch_id.to_string(),
+        FLAG_CHECKPOINT.to_string(),
+        request.checkpoint_location.clone(),
+    ];
+    let job = JobTemplate {
+        name: restore_name(&query_name, request),
+        container: "restore",
+        image: &request.image,
+        manifest_yaml: &request.manifest_yaml,
+        args,
+    };
+    job_objects(query, &query_name, job, storage)
+}
+
+/// The verdict of a finished restore Job: its pod's exit code and termination message (the
+/// worker's one line).
+pub fn restore_job_verdict(
+    exit: Option<(i32, Option<String>)>,
+    job_failure: Option<&str>,
+) -> RestoreObservation {
+    match exit {
+        Some((code, message)) => {
+            let line = message.unwrap_or_default();
+            crate::clients::restore_verdict(Some(code), &line, &line)
+        }
+        None => RestoreObservation::Unavailable(format!(
+            "the restore Job ended without a report ({})",
+            job_failure.unwrap_or("no pod found")
+        )),
+    }
+}
+
+/// Runs checks and restores as Jobs (see the module docs).
 pub struct JobCheck {
     pub client: Client,
     /// The chart's object-store settings for queries without `spec.storageSecretRef`.
@@ -240,6 +334,77 @@ impl JobCheck {
     }
 }
 
+impl JobCheck {
+    /// Creates the restore Job, or reads its verdict once it finished. A Job that failed without
+    /// a refusal (store error, deadline) answers `Unavailable` until it expires
+    /// ([`CHECK_TTL_SECONDS`]) or the spec is edited (a new Job name): the operator needs no
+    /// `delete` on Jobs.
+    async fn run_restore(
+        &self,
+        query: &StreamingQuery,
+        request: &RestoreRequest,
+    ) -> Result<RestoreObservation> {
+        let namespace = query
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingField("namespace"))?;
+        let (config_map, job) = restore_objects(query, request, &self.storage)?;
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let Some(found) = jobs.get_opt(&name).await? else {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
+            maps.patch(&name, &params, &Patch::Apply(&config_map))
+                .await?;
+            jobs.patch(&name, &params, &Patch::Apply(&job)).await?;
+            return Ok(RestoreObservation::Pending(format!(
+                "restore Job {name} started"
+            )));
+        };
+        let status = found.status.unwrap_or_default();
+        if status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0 {
+            return Ok(RestoreObservation::Pending(format!(
+                "restore Job {name} is running"
+            )));
+        }
+        let failure = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.unwrap_or_default(),
+                    c.message.unwrap_or_default()
+                )
+            });
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let listed = pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await?;
+        let exit = listed.items.iter().find_map(|pod| {
+            pod.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| {
+                    let terminated = c.state.as_ref()?.terminated.as_ref()?;
+                    Some((terminated.exit_code, terminated.message.clone()))
+                })
+        });
+        Ok(match restore_job_verdict(exit, failure.as_deref()) {
+            RestoreObservation::Unavailable(message) => RestoreObservation::Unavailable(format!(
+                "restore Job {name} failed: {message}; it runs again once the Job expires \
+                 ({CHECK_TTL_SECONDS} s) or after any edit of the spec"
+            )),
+            verdict => verdict,
+        })
+    }
+}
+
 impl QueryInspector for JobCheck {
     fn inspect<'a>(
         &'a self,
@@ -250,6 +415,21 @@ impl QueryInspector for JobCheck {
             match self.run(query, request).await {
                 Ok(outcome) => outcome,
                 Err(e) => CheckOutcome::Unknown(format!("cannot run the check Job: {e}")),
+            }
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        query: &'a StreamingQuery,
+        request: &'a RestoreRequest,
+    ) -> BoxFuture<'a, RestoreObservation> {
+        Box::pin(async move {
+            match self.run_restore(query, request).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    RestoreObservation::Unavailable(format!("cannot run the restore Job: {e}"))
+                }
             }
         })
     }
