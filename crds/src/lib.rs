@@ -3,6 +3,9 @@
 //! Shared by the operator (which reconciles it) and the worker (which runs it), so both read a
 //! manifest the same way and reject the same mistakes with the same messages.
 
+// No unchecked index or slice: a manifest must never reach a panic (tests may use them).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod bounds;
 pub mod conditions;
 pub mod contract;

@@ -78,14 +78,14 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             ));
         }
         let kinds = source.kinds();
-        if kinds.len() != 1 {
+        let [kind] = kinds.as_slice() else {
             return Err(err(
                 path,
                 "exactly one of file, kafka, socket, rate, nexmark must be set",
             ));
-        }
+        };
         check_schema(&format!("{path}.schema"), &source.schema)?;
-        match kinds[0] {
+        match *kind {
             SourceKind::File => {
                 if source.schema.is_empty() {
                     return Err(err(

@@ -168,3 +168,17 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
     let millis = 100u64.saturating_mul(1u64 << attempt.min(16));
     Duration::from_millis(millis).min(max)
 }
+
+/// `items[range]` without a panic: an out-of-range `range` (a plan whose column counts do not
+/// match its batches) becomes [`EngineError::Internal`] naming `what`.
+pub(crate) fn slice<'a, T, R>(items: &'a [T], range: R, what: &str) -> Result<&'a [T]>
+where
+    R: std::slice::SliceIndex<[T], Output = [T]> + std::fmt::Debug + Clone,
+{
+    items.get(range.clone()).ok_or_else(|| {
+        EngineError::Internal(format!(
+            "{what}: columns {range:?} out of range (only {} columns)",
+            items.len()
+        ))
+    })
+}

@@ -5,8 +5,12 @@
 //! task, logs it in the [`checkpoint`], reads it from the [`source`]s, runs the [`sql`] with
 //! DataFusion, writes the [`sink`] idempotently and commits. See docs/architecture.md.
 
-// No `unwrap`/`expect` in library code: input must never reach a panic (tests may use them).
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// No `unwrap`/`expect`/unchecked index or slice in library code: input must never reach a panic
+// (tests may use them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod check;
 pub mod checkpoint;

@@ -215,8 +215,12 @@ async fn run_task(mut parts: RunnerParts, context: TaskContext) -> Result<()> {
         let mut epoch = Epoch::default();
         while started.elapsed() < context.interval && !context.stop.is_requested() {
             let mut any = false;
+            // By index: `process` below needs `parts` mutably while the loop goes on.
             for i in 0..parts.inputs.len() {
-                let planned = parts.inputs[i].reader.plan(PlanLimit::PerTrigger).await;
+                let Some(input) = parts.inputs.get_mut(i) else {
+                    break;
+                };
+                let planned = input.reader.plan(PlanLimit::PerTrigger).await;
                 let range = match planned {
                     Ok(Some(range)) => range,
                     Ok(None) => continue,
@@ -228,18 +232,13 @@ async fn run_task(mut parts: RunnerParts, context: TaskContext) -> Result<()> {
                     Err(e) => return Err(e),
                 };
                 any = true;
-                let name = parts.inputs[i].name.clone();
+                let name = input.name.clone();
                 let merged = match epoch.ranges.get(&name) {
-                    Some(earlier) => {
-                        parts.inputs[i]
-                            .reader
-                            .merge(earlier, &range)
-                            .ok_or_else(|| {
-                                EngineError::InvalidQuery(format!(
-                                    "trigger `continuous`: source `{name}` cannot merge ranges"
-                                ))
-                            })?
-                    }
+                    Some(earlier) => input.reader.merge(earlier, &range).ok_or_else(|| {
+                        EngineError::InvalidQuery(format!(
+                            "trigger `continuous`: source `{name}` cannot merge ranges"
+                        ))
+                    })?,
                     None => range.clone(),
                 };
                 epoch.ranges.insert(name.clone(), merged);

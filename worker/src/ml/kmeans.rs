@@ -85,24 +85,32 @@ impl KMeansState {
         let mut counts = vec![0.0f64; k];
         for point in points {
             let (i, _) = self.nearest(point);
-            counts[i] += 1.0;
-            for (s, x) in sums[i].iter_mut().zip(point) {
-                *s += x;
+            // `nearest` returns an index into `centers`, which `sums`/`counts` mirror.
+            if let (Some(count), Some(sum)) = (counts.get_mut(i), sums.get_mut(i)) {
+                *count += 1.0;
+                for (s, x) in sum.iter_mut().zip(point) {
+                    *s += x;
+                }
             }
         }
         let discount = match decay {
             Decay::PerBatch(a) => a,
             Decay::PerPoint(a) => a.powf(points.len() as f64),
         };
-        for i in 0..k {
-            let old = self.weights[i] * discount;
-            let new = old + counts[i];
+        for ((center, weight), (sum, count)) in self
+            .centers
+            .iter_mut()
+            .zip(self.weights.iter_mut())
+            .zip(sums.iter().zip(&counts))
+        {
+            let old = *weight * discount;
+            let new = old + count;
             if new > 0.0 {
-                for (c, s) in self.centers[i].iter_mut().zip(&sums[i]) {
+                for (c, s) in center.iter_mut().zip(sum) {
                     *c = (*c * old + s) / new;
                 }
             }
-            self.weights[i] = new;
+            *weight = new;
         }
         self.split_dying_clusters();
     }
@@ -112,29 +120,51 @@ impl KMeansState {
         let (Some(largest), Some(smallest)) = (self.argmax(), self.argmin()) else {
             return;
         };
-        if largest == smallest || self.weights[smallest] >= 1e-8 * self.weights[largest] {
+        let (Some(&w_largest), Some(&w_smallest)) =
+            (self.weights.get(largest), self.weights.get(smallest))
+        else {
+            return;
+        };
+        if largest == smallest || w_smallest >= 1e-8 * w_largest {
             return;
         }
-        let weight = (self.weights[largest] + self.weights[smallest]) / 2.0;
-        self.weights[largest] = weight;
-        self.weights[smallest] = weight;
-        let center = self.centers[largest].clone();
-        self.centers[largest] = center
-            .iter()
-            .map(|x| x + 1e-14 * x.abs().max(1.0))
-            .collect();
-        self.centers[smallest] = center
-            .iter()
-            .map(|x| x - 1e-14 * x.abs().max(1.0))
-            .collect();
+        let Some(center) = self.centers.get(largest).cloned() else {
+            return;
+        };
+        let weight = (w_largest + w_smallest) / 2.0;
+        for (i, w) in self.weights.iter_mut().enumerate() {
+            if i == largest || i == smallest {
+                *w = weight;
+            }
+        }
+        if let Some(c) = self.centers.get_mut(largest) {
+            *c = center
+                .iter()
+                .map(|x| x + 1e-14 * x.abs().max(1.0))
+                .collect();
+        }
+        if let Some(c) = self.centers.get_mut(smallest) {
+            *c = center
+                .iter()
+                .map(|x| x - 1e-14 * x.abs().max(1.0))
+                .collect();
+        }
     }
 
     fn argmax(&self) -> Option<usize> {
-        (0..self.weights.len()).max_by(|&a, &b| self.weights[a].total_cmp(&self.weights[b]))
+        self.weights
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
     }
 
     fn argmin(&self) -> Option<usize> {
-        (0..self.weights.len()).min_by(|&a, &b| self.weights[a].total_cmp(&self.weights[b]))
+        self.weights
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
     }
 }
 

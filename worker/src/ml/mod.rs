@@ -707,7 +707,7 @@ fn onnx_scores(
         .collect();
     let n = complete.iter().filter(|c| **c).count();
     let mut values = Vec::with_capacity(n * columns.len());
-    for i in (0..rows).filter(|i| complete[*i]) {
+    for (i, _) in complete.iter().enumerate().filter(|(_, ok)| **ok) {
         values.extend(columns.iter().map(|c| c.value(i)));
     }
     let mut scores = model.score(n, &values)?.into_iter();

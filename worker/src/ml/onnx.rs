@@ -136,18 +136,22 @@ impl OnnxModel {
             ));
         };
         let output = typed.outlet_label(outlet).unwrap_or("?").to_string();
-        let columns =
-            match fact.rank() {
-                1 => None,
-                2 => Some(fact.shape[1].to_usize().map_err(|_| {
-                    format!("output `{output}` has no fixed column count: {fact:?}")
-                })?),
-                _ => {
-                    return Err(format!(
-                        "output `{output}` must be [rows] or [rows, columns], not {fact:?}"
-                    ));
-                }
-            };
+        let columns = match fact.rank() {
+            1 => None,
+            2 => Some(
+                fact.shape
+                    .get(1)
+                    .and_then(|d| d.to_usize().ok())
+                    .ok_or_else(|| {
+                        format!("output `{output}` has no fixed column count: {fact:?}")
+                    })?,
+            ),
+            _ => {
+                return Err(format!(
+                    "output `{output}` must be [rows] or [rows, columns], not {fact:?}"
+                ));
+            }
+        };
         let layout =
             score_layout(columns, class_index).map_err(|e| format!("output `{output}`: {e}"))?;
         typed.select_output_outlets(&[outlet]).map_err(tract)?;
@@ -206,11 +210,14 @@ impl OnnxModel {
             .map_err(|e| format!("{e:#}"))?;
         let scores: Vec<f64> = match self.layout {
             ScoreLayout::Vector if view.ndim() == 1 => view.iter().copied().collect(),
-            ScoreLayout::Column(c) if view.ndim() == 2 && c < view.shape()[1] => view
-                .index_axis(tract_ndarray::Axis(1), c)
-                .iter()
-                .copied()
-                .collect(),
+            ScoreLayout::Column(c)
+                if view.ndim() == 2 && view.shape().get(1).is_some_and(|n| c < *n) =>
+            {
+                view.index_axis(tract_ndarray::Axis(1), c)
+                    .iter()
+                    .copied()
+                    .collect()
+            }
             _ => {
                 return Err(format!(
                     "output `{}` has shape {:?}, expected {:?}",

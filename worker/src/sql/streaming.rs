@@ -42,7 +42,7 @@ use datafusion::prelude::SessionContext;
 use sluice_crds::OutputMode;
 
 use super::window::{SESSION_COLUMN, WINDOW_COLUMN, WindowGrouping, rewrite_window_grouping};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Result, slice};
 use crate::schema::cast_columns;
 use crate::state::{
     EventTimeState, StateDelta, StateEntry, StateStore, event_millis, single_row_arrays,
@@ -429,47 +429,53 @@ fn merge_into_delta(
 ) -> Result<()> {
     let num_keys = store.num_keys();
     let rows = partial.num_rows();
-    let keys = store.keys(&partial.columns()[..num_keys], rows)?;
+    let keys = store.keys(
+        slice(partial.columns(), ..num_keys, "aggregate keys")?,
+        rows,
+    )?;
     // Group index of each partial row; the first row of each group gives its key values.
     let mut group_of_key: HashMap<&OwnedRow, usize> = HashMap::with_capacity(rows);
     let mut group_of_row = Vec::with_capacity(rows);
     let mut first_rows: Vec<u32> = Vec::new();
+    let mut first_keys: Vec<&OwnedRow> = Vec::new();
     for (r, key) in keys.iter().enumerate() {
         let next = first_rows.len();
         let group = *group_of_key.entry(key).or_insert(next);
         if group == next {
             first_rows.push(r as u32);
+            first_keys.push(key);
         }
         group_of_row.push(group);
     }
     let groups = first_rows.len();
     let mut stored_groups = Vec::new();
     let mut stored_entries = Vec::new();
-    for (g, &r) in first_rows.iter().enumerate() {
-        if let Some(entry) = store.get(&keys[r as usize]) {
+    for (g, key) in first_keys.iter().enumerate() {
+        if let Some(entry) = store.get(key) {
             stored_groups.push(g);
             stored_entries.push(entry);
         }
     }
     let stored = store.columns(stored_entries)?;
     let first_rows = UInt32Array::from(first_rows);
-    let mut columns: Vec<ArrayRef> = partial.columns()[..num_keys]
+    let mut columns: Vec<ArrayRef> = slice(partial.columns(), ..num_keys, "aggregate keys")?
         .iter()
         .map(|c| take(c, &first_rows, None))
         .collect::<std::result::Result<_, _>>()?;
     for (aggr, range) in plan.aggr.iter().zip(plan.state_ranges()?) {
         let mut accumulator = groups_accumulator(aggr)?;
         if !stored_groups.is_empty() {
-            accumulator.merge_batch(&stored[range.clone()], &stored_groups, groups)?;
+            let state = slice(&stored, range.clone(), "stored aggregate state")?;
+            accumulator.merge_batch(state, &stored_groups, groups)?;
         }
-        accumulator.merge_batch(&partial.columns()[range], &group_of_row, groups)?;
+        let state = slice(partial.columns(), range, "partial aggregate state")?;
+        accumulator.merge_batch(state, &group_of_row, groups)?;
         columns.extend(accumulator.state(EmitTo::All)?);
     }
     let columns = cast_columns(store.schema(), columns)?;
     let entries = store.entries(&columns)?;
-    for (g, entry) in entries.into_iter().enumerate() {
-        let key = keys[first_rows.value(g) as usize].clone();
-        delta.upserts.insert(key, entry);
+    for (entry, key) in entries.into_iter().zip(first_keys) {
+        delta.upserts.insert(key.clone(), entry);
     }
     Ok(())
 }
@@ -550,7 +556,7 @@ fn merge_sessions(
     for (_, mut members) in groups {
         let mut bounded = Vec::with_capacity(members.len());
         for member in members.drain(..) {
-            let (start, end) = session_bounds(&member.1[session])?;
+            let (start, end) = session_bounds(session_column(&member.1, session)?)?;
             bounded.push((start, end, member));
         }
         bounded.sort_by_key(|(start, end, _)| (*start, *end));
@@ -569,17 +575,28 @@ fn merge_sessions(
             if cluster.iter().all(|(_, _, changed)| !changed) {
                 continue;
             }
-            let template = &cluster[0].1;
-            let mut row: Vec<ScalarValue> = template[..store.num_keys()].to_vec();
-            row[session] = session_value_of(&template[session], start, end)?;
+            // Clusters are built non-empty.
+            let Some((_, template, _)) = cluster.first() else {
+                continue;
+            };
+            let mut row: Vec<ScalarValue> =
+                slice(template, ..store.num_keys(), "session keys")?.to_vec();
+            let value = session_value_of(session_column(template, session)?, start, end)?;
+            let keys = row.len();
+            *row.get_mut(session).ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "session window column {session} is not a key column (only {keys} keys)"
+                ))
+            })? = value;
             for (aggr, range) in plan.aggr.iter().zip(&ranges) {
                 let mut acc = aggr.create_accumulator()?;
                 for (_, member, _) in &cluster {
-                    acc.merge_batch(&single_row_arrays(&member[range.clone()])?)?;
+                    let state = slice(member, range.clone(), "session state")?;
+                    acc.merge_batch(&single_row_arrays(state)?)?;
                 }
                 row.extend(acc.state()?);
             }
-            let key_columns = row[..store.num_keys()]
+            let key_columns = slice(&row, ..store.num_keys(), "session keys")?
                 .iter()
                 .map(|v| v.to_array_of_size(1))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -633,11 +650,12 @@ fn final_rows(
     let schema: SchemaRef = Arc::new(plan.aggregate.schema.as_arrow().clone());
     let num_keys = plan.group_by.expr().len();
     let state = store.columns(groups.iter().map(|(_, entry)| entry))?;
-    let mut columns: Vec<ArrayRef> = state[..num_keys].to_vec();
+    let mut columns: Vec<ArrayRef> = slice(&state, ..num_keys, "aggregate keys")?.to_vec();
     let indices: Vec<usize> = (0..groups.len()).collect();
     for (aggr, range) in plan.aggr.iter().zip(plan.state_ranges()?) {
         let mut accumulator = groups_accumulator(aggr)?;
-        accumulator.merge_batch(&state[range], &indices, groups.len())?;
+        let state_columns = slice(&state, range, "aggregate state")?;
+        accumulator.merge_batch(state_columns, &indices, groups.len())?;
         columns.push(accumulator.evaluate(EmitTo::All)?);
     }
     let columns = cast_columns(&schema, columns)?;
@@ -652,4 +670,14 @@ fn final_rows(
     Ok(RecordBatch::try_new_with_options(
         relaxed, columns, &options,
     )?)
+}
+
+/// The session window column of a stored row.
+fn session_column(row: &[ScalarValue], session: usize) -> Result<&ScalarValue> {
+    row.get(session).ok_or_else(|| {
+        EngineError::Internal(format!(
+            "session window column {session} out of range (row of {} values)",
+            row.len()
+        ))
+    })
 }

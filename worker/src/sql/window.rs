@@ -99,7 +99,7 @@ fn duration_ticks(value: &ColumnarValue, unit: &TimeUnit, what: &str) -> DfResul
 }
 
 fn spec_from_args(args: &[ColumnarValue], unit: &TimeUnit) -> DfResult<WindowSpec> {
-    let size = duration_ticks(&args[1], unit, "window duration")?;
+    let size = duration_ticks(arg(args, 1, "window")?, unit, "window duration")?;
     let slide = match args.get(2) {
         Some(v) => duration_ticks(v, unit, "slide duration")?,
         None => size,
@@ -122,6 +122,14 @@ fn spec_from_args(args: &[ColumnarValue], unit: &TimeUnit) -> DfResult<WindowSpe
     Ok(WindowSpec { size, slide, start })
 }
 
+/// Argument `i` of a call to `name`: a planning error (the call's usage) when it is missing.
+fn arg<'a, T>(args: &'a [T], i: usize, name: &str) -> DfResult<&'a T> {
+    match args.get(i) {
+        Some(a) => Ok(a),
+        None => plan_err!("{name}(): missing argument {}", i + 1),
+    }
+}
+
 fn window_fields(ts: &DataType) -> Fields {
     Fields::from(vec![
         Field::new("start", ts.clone(), true),
@@ -133,7 +141,7 @@ fn check_args(name: &str, arg_types: &[DataType]) -> DfResult<TimeUnit> {
     if !(2..=4).contains(&arg_types.len()) {
         return plan_err!("{name}(timeColumn, windowDuration[, slideDuration[, startTime]])");
     }
-    match &arg_types[0] {
+    match arg(arg_types, 0, name)? {
         DataType::Timestamp(unit, _) => Ok(*unit),
         other => plan_err!("{name}(): the time column must be a timestamp, not {other}"),
     }
@@ -171,15 +179,20 @@ impl ScalarUDFImpl for WindowUdf {
     }
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
         check_args("window", arg_types)?;
-        Ok(DataType::Struct(window_fields(&arg_types[0])))
+        Ok(DataType::Struct(window_fields(arg(
+            arg_types,
+            0,
+            self.name(),
+        )?)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let ts_type = args.args[0].data_type();
+        let time = arg(&args.args, 0, self.name())?;
+        let ts_type = time.data_type();
         let DataType::Timestamp(unit, _) = &ts_type else {
             return plan_err!("window(): the time column must be a timestamp");
         };
         let spec = spec_from_args(&args.args, unit)?;
-        let ts = args.args[0].to_array(args.number_rows)?;
+        let ts = time.to_array(args.number_rows)?;
         let ticks = cast(&ts, &DataType::Int64)?;
         let ticks = ticks
             .as_any()
@@ -212,17 +225,18 @@ impl ScalarUDFImpl for WindowsUdf {
         check_args("window", arg_types)?;
         Ok(DataType::List(Arc::new(Field::new(
             "item",
-            DataType::Struct(window_fields(&arg_types[0])),
+            DataType::Struct(window_fields(arg(arg_types, 0, "window")?)),
             true,
         ))))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let ts_type = args.args[0].data_type();
+        let time = arg(&args.args, 0, "window")?;
+        let ts_type = time.data_type();
         let DataType::Timestamp(unit, _) = &ts_type else {
             return plan_err!("window(): the time column must be a timestamp");
         };
         let spec = spec_from_args(&args.args, unit)?;
-        let ts = args.args[0].to_array(args.number_rows)?;
+        let ts = time.to_array(args.number_rows)?;
         let ticks = cast(&ts, &DataType::Int64)?;
         let ticks = ticks
             .as_any()
@@ -275,18 +289,23 @@ impl ScalarUDFImpl for SessionWindowUdf {
             return plan_err!("session_window(timeColumn, gapDuration)");
         }
         check_args("session_window", arg_types)?;
-        Ok(DataType::Struct(window_fields(&arg_types[0])))
+        Ok(DataType::Struct(window_fields(arg(
+            arg_types,
+            0,
+            self.name(),
+        )?)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let ts_type = args.args[0].data_type();
+        let time = arg(&args.args, 0, self.name())?;
+        let ts_type = time.data_type();
         let DataType::Timestamp(unit, _) = &ts_type else {
             return plan_err!("session_window(): the time column must be a timestamp");
         };
-        let gap = duration_ticks(&args.args[1], unit, "gap duration")?;
+        let gap = duration_ticks(arg(&args.args, 1, self.name())?, unit, "gap duration")?;
         if gap <= 0 {
             return plan_err!("session_window(): the gap duration must be positive");
         }
-        let ts = args.args[0].to_array(args.number_rows)?;
+        let ts = time.to_array(args.number_rows)?;
         let ticks = cast(&ts, &DataType::Int64)?;
         let ticks = ticks
             .as_any()
@@ -366,13 +385,16 @@ pub fn rewrite_window_grouping(
         Some(Expr::Column(c)) => Some(c.name.clone()),
         _ => None,
     };
-    let original_name = aggregate.group_expr[index].schema_name().to_string();
+    // `index` is the position of `call` among the grouping expressions (`window_group`).
+    let original_name = Expr::ScalarFunction(call.clone()).schema_name().to_string();
     if call.func.name() == "session_window" {
         exprs.push(Expr::ScalarFunction(call.clone()).alias(SESSION_COLUMN));
         let projected = LogicalPlanBuilder::from(input).project(exprs)?.build()?;
         let mut groups = aggregate.group_expr.clone();
-        groups[index] = Expr::Column(datafusion::common::Column::new_unqualified(SESSION_COLUMN))
-            .alias(original_name);
+        if let Some(group) = groups.get_mut(index) {
+            *group = Expr::Column(datafusion::common::Column::new_unqualified(SESSION_COLUMN))
+                .alias(original_name);
+        }
         let rewritten =
             Aggregate::try_new(Arc::new(projected), groups, aggregate.aggr_expr.clone())?;
         return Ok((
@@ -396,10 +418,12 @@ pub fn rewrite_window_grouping(
         .unnest_column(WINDOW_LIST_COLUMN)?
         .build()?;
     let mut groups = aggregate.group_expr.clone();
-    groups[index] = Expr::Column(datafusion::common::Column::new_unqualified(
-        WINDOW_LIST_COLUMN,
-    ))
-    .alias(original_name);
+    if let Some(group) = groups.get_mut(index) {
+        *group = Expr::Column(datafusion::common::Column::new_unqualified(
+            WINDOW_LIST_COLUMN,
+        ))
+        .alias(original_name);
+    }
     let rewritten = Aggregate::try_new(Arc::new(expanded), groups, aggregate.aggr_expr.clone())?;
     Ok((
         rewritten,

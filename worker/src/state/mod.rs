@@ -354,10 +354,9 @@ impl StateStore {
                 .get(c)
                 .cloned()
                 .unwrap_or_else(|| arrow::array::new_empty_array(field.data_type()));
-            let deleted = if c < self.num_keys && !deleted_keys.is_empty() {
-                deleted_keys[c].clone()
-            } else {
-                arrow::array::new_null_array(field.data_type(), deletes.len())
+            let deleted = match deleted_keys.get(c) {
+                Some(key) if c < self.num_keys => key.clone(),
+                _ => arrow::array::new_null_array(field.data_type(), deletes.len()),
             };
             columns.push(arrow::compute::concat(&[&upserted, &deleted])?);
         }
@@ -410,7 +409,13 @@ impl StateStore {
             let columns: Vec<ArrayRef> = (0..width)
                 .map(|c| arrow::compute::cast(batch.column(c), self.schema.field(c).data_type()))
                 .collect::<std::result::Result<_, _>>()?;
-            let keys = self.keys(&columns[..self.num_keys], batch.num_rows())?;
+            let key_columns = columns.get(..self.num_keys).ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "state store: {} key columns but only {width} columns in the batch",
+                    self.num_keys
+                ))
+            })?;
+            let keys = self.keys(key_columns, batch.num_rows())?;
             let live = arrow::compute::not(&deleted)?;
             let upserted: Vec<ArrayRef> = columns
                 .iter()

@@ -277,7 +277,7 @@ impl JoinPlan {
             let s = self.side(side as u8);
             let mut columns = Vec::with_capacity(s.schema.fields().len());
             for (c, field) in s.schema.fields().iter().enumerate() {
-                let array = arrow::compute::take(&buffer.columns[s.offset + c], &indices, None)?;
+                let array = arrow::compute::take(buffer.column(s.offset + c)?, &indices, None)?;
                 columns.push(if array.data_type() == field.data_type() {
                     array
                 } else {
@@ -291,13 +291,15 @@ impl JoinPlan {
 
     /// Event time (ms) of each buffered row, read from its side's time column.
     fn buffered_times(&self, buffer: &Buffer) -> Result<Vec<Option<i64>>> {
-        let times = [
-            timestamp_millis(&buffer.columns[self.left.offset + self.left.time_index])?,
-            timestamp_millis(&buffer.columns[self.right.offset + self.right.time_index])?,
-        ];
+        let left = timestamp_millis(buffer.column(self.left.offset + self.left.time_index)?)?;
+        let right = timestamp_millis(buffer.column(self.right.offset + self.right.time_index)?)?;
         Ok((0..buffer.sides.len())
             .map(|r| {
-                let t = &times[usize::from(buffer.sides.value(r).min(1))];
+                let t = if buffer.sides.value(r) == 0 {
+                    &left
+                } else {
+                    &right
+                };
                 t.is_valid(r).then(|| t.value(r))
             })
             .collect())
@@ -366,6 +368,16 @@ struct Buffer {
 }
 
 impl Buffer {
+    /// Buffered column `i` (left side's columns first, then the right side's).
+    fn column(&self, i: usize) -> Result<&ArrayRef> {
+        self.columns.get(i).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "stream join buffer: column {i} out of range (only {} columns)",
+                self.columns.len()
+            ))
+        })
+    }
+
     fn read(store: &StateStore) -> Result<Self> {
         let (keys, entries): (Vec<_>, Vec<_>) = store.iter().map(|(k, e)| (k.clone(), e)).unzip();
         let columns = store.columns(entries)?;
@@ -410,8 +422,12 @@ impl BatchQuery {
         let watermark = state.store.event_time.watermark_ms;
         let batch_max = max_event_times(&state.watermarks, &rows)?;
         rows.resize_with(self.inputs.len(), Vec::new);
-        let (new_left, late_left) = join.left.admit(&rows[join.left.input], watermark)?;
-        let (new_right, late_right) = join.right.admit(&rows[join.right.input], watermark)?;
+        let (new_left, late_left) = join
+            .left
+            .admit(input_rows(&mut rows, join.left.input)?, watermark)?;
+        let (new_right, late_right) = join
+            .right
+            .admit(input_rows(&mut rows, join.right.input)?, watermark)?;
         let buffer = Buffer::read(&state.store)?;
         let ([old_left, old_right], mut next_seq) = join.buffered(&buffer)?;
 
@@ -429,8 +445,8 @@ impl BatchQuery {
                 continue;
             }
             let mut inputs = rows.clone();
-            inputs[join.left.input] = left_rows;
-            inputs[join.right.input] = right_rows;
+            *input_rows(&mut inputs, join.left.input)? = left_rows;
+            *input_rows(&mut inputs, join.right.input)? = right_rows;
             let plan = self.plan(inputs).await?;
             output.extend(self.ctx.execute_logical_plan(plan).await?.collect().await?);
         }
@@ -512,15 +528,26 @@ fn scanned_streams(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
     found
 }
 
+/// The batches of input `input` (rows are kept one list per input of the query).
+fn input_rows(rows: &mut [Vec<RecordBatch>], input: usize) -> Result<&mut Vec<RecordBatch>> {
+    let count = rows.len();
+    rows.get_mut(input).ok_or_else(|| {
+        EngineError::Internal(format!(
+            "stream join: input {input} out of range (only {count} inputs)"
+        ))
+    })
+}
+
 fn side(
     inputs: &[(String, SchemaRef)],
     watermarks: &[SourceWatermark],
     name: &str,
     offset: usize,
 ) -> Result<JoinSide> {
-    let input = inputs
+    let (input, schema) = inputs
         .iter()
-        .position(|(n, _)| n == name)
+        .enumerate()
+        .find_map(|(i, (n, schema))| (n == name).then_some((i, schema)))
         .ok_or_else(|| EngineError::Internal(format!("stream `{name}` is not an input")))?;
     let watermark = watermarks.iter().find(|w| w.input == input).ok_or_else(|| {
         EngineError::InvalidQuery(format!(
@@ -529,7 +556,7 @@ fn side(
              the unbounded state Spark would allow)"
         ))
     })?;
-    let schema = inputs[input].1.clone();
+    let schema = schema.clone();
     let time_index = schema.index_of(&watermark.column).map_err(|_| {
         EngineError::InvalidQuery(format!(
             "source `{name}`: watermark column `{}` is not in its schema",
