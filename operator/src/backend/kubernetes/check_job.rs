@@ -282,29 +282,43 @@ pub struct JobCheck {
     pub storage: WorkerStorage,
 }
 
+/// Where a check or restore Job stands (see [`JobCheck::start_or_read`]).
+enum JobState {
+    /// Not there: its ConfigMap and Job were just applied.
+    Started,
+    /// Neither succeeded nor failed yet.
+    Running,
+    /// Finished: the Job's `Failed` condition (`reason: message`), if any, and the exit code
+    /// and termination message of each terminated container of its pods.
+    Finished {
+        failure: Option<String>,
+        terminated: Vec<(i32, Option<String>)>,
+    },
+}
+
 impl JobCheck {
-    async fn run(&self, query: &StreamingQuery, request: &CheckRequest) -> Result<CheckOutcome> {
-        let namespace = query
-            .metadata
-            .namespace
-            .clone()
-            .ok_or(Error::MissingField("namespace"))?;
-        let (config_map, job) = check_objects(query, request, &self.storage)?;
+    /// Applies `config_map` and `job` if the Job does not exist yet; otherwise reads how it
+    /// ended (its conditions and its pod's termination message). The check and the restore
+    /// share this; they differ only in how they read the verdict.
+    async fn start_or_read(
+        &self,
+        namespace: &str,
+        config_map: &ConfigMap,
+        job: &Job,
+    ) -> Result<JobState> {
         let name = job.metadata.name.clone().unwrap_or_default();
-        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
         let Some(found) = jobs.get_opt(&name).await? else {
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
-            maps.patch(&name, &params, &Patch::Apply(&config_map))
+            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            maps.patch(&name, &params, &Patch::Apply(config_map))
                 .await?;
-            jobs.patch(&name, &params, &Patch::Apply(&job)).await?;
-            return Ok(CheckOutcome::Pending(format!("check Job {name} started")));
+            jobs.patch(&name, &params, &Patch::Apply(job)).await?;
+            return Ok(JobState::Started);
         };
         let status = found.status.unwrap_or_default();
         if status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0 {
-            return Ok(CheckOutcome::Pending(format!(
-                "check Job {name} is running"
-            )));
+            return Ok(JobState::Running);
         }
         let failure = status
             .conditions
@@ -318,23 +332,50 @@ impl JobCheck {
                     c.message.unwrap_or_default()
                 )
             });
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let listed = pods
             .list(&ListParams::default().labels(&format!("job-name={name}")))
             .await?;
-        let message = listed.items.iter().find_map(|pod| {
-            pod.status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
-        });
-        Ok(verdict(message.as_deref(), failure.as_deref()))
+        let terminated = listed
+            .items
+            .iter()
+            .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+            .flatten()
+            .filter_map(|c| {
+                let terminated = c.state.as_ref()?.terminated.as_ref()?;
+                Some((terminated.exit_code, terminated.message.clone()))
+            })
+            .collect();
+        Ok(JobState::Finished {
+            failure,
+            terminated,
+        })
     }
-}
 
-impl JobCheck {
+    async fn run(&self, query: &StreamingQuery, request: &CheckRequest) -> Result<CheckOutcome> {
+        let namespace = query
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingField("namespace"))?;
+        let (config_map, job) = check_objects(query, request, &self.storage)?;
+        let name = job.metadata.name.clone().unwrap_or_default();
+        Ok(
+            match self.start_or_read(&namespace, &config_map, &job).await? {
+                JobState::Started => CheckOutcome::Pending(format!("check Job {name} started")),
+                JobState::Running => CheckOutcome::Pending(format!("check Job {name} is running")),
+                JobState::Finished {
+                    failure,
+                    terminated,
+                } => {
+                    // The first termination message of any pod.
+                    let message = terminated.into_iter().find_map(|(_, message)| message);
+                    verdict(message.as_deref(), failure.as_deref())
+                }
+            },
+        )
+    }
+
     /// Creates the restore Job, or reads its verdict once it finished. A Job that failed without
     /// a refusal (store error, deadline) answers `Unavailable` until it expires
     /// ([`CHECK_TTL_SECONDS`]) or the spec is edited (a new Job name): the operator needs no
@@ -351,57 +392,28 @@ impl JobCheck {
             .ok_or(Error::MissingField("namespace"))?;
         let (config_map, job) = restore_objects(query, request, &self.storage)?;
         let name = job.metadata.name.clone().unwrap_or_default();
-        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
-        let Some(found) = jobs.get_opt(&name).await? else {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
-            maps.patch(&name, &params, &Patch::Apply(&config_map))
-                .await?;
-            jobs.patch(&name, &params, &Patch::Apply(&job)).await?;
-            return Ok(RestoreObservation::Pending(format!(
-                "restore Job {name} started"
-            )));
-        };
-        let status = found.status.unwrap_or_default();
-        if status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0 {
-            return Ok(RestoreObservation::Pending(format!(
-                "restore Job {name} is running"
-            )));
-        }
-        let failure = status
-            .conditions
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == "Failed" && c.status == "True")
-            .map(|c| {
-                format!(
-                    "{}: {}",
-                    c.reason.unwrap_or_default(),
-                    c.message.unwrap_or_default()
-                )
-            });
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let listed = pods
-            .list(&ListParams::default().labels(&format!("job-name={name}")))
-            .await?;
-        let exit = listed.items.iter().find_map(|pod| {
-            pod.status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find_map(|c| {
-                    let terminated = c.state.as_ref()?.terminated.as_ref()?;
-                    Some((terminated.exit_code, terminated.message.clone()))
-                })
-        });
-        Ok(match restore_job_verdict(exit, failure.as_deref()) {
-            RestoreObservation::Unavailable(message) => RestoreObservation::Unavailable(format!(
-                "restore Job {name} failed: {message}; it runs again once the Job expires \
-                 ({CHECK_TTL_SECONDS} s) or after any edit of the spec"
-            )),
-            verdict => verdict,
-        })
+        Ok(
+            match self.start_or_read(&namespace, &config_map, &job).await? {
+                JobState::Started => {
+                    RestoreObservation::Pending(format!("restore Job {name} started"))
+                }
+                JobState::Running => {
+                    RestoreObservation::Pending(format!("restore Job {name} is running"))
+                }
+                JobState::Finished {
+                    failure,
+                    terminated,
+                } => match restore_job_verdict(terminated.into_iter().next(), failure.as_deref()) {
+                    RestoreObservation::Unavailable(message) => {
+                        RestoreObservation::Unavailable(format!(
+                            "restore Job {name} failed: {message}; it runs again once the Job \
+                             expires ({CHECK_TTL_SECONDS} s) or after any edit of the spec"
+                        ))
+                    }
+                    verdict => verdict,
+                },
+            },
+        )
     }
 }
 
