@@ -47,6 +47,36 @@ pub const FLAG_HTTP: &str = "--http";
 /// termination message on Kubernetes).
 pub const FLAG_TERMINATION_LOG: &str = "--termination-log";
 
+/// How long (s) a Job or worker pod keeps its [`JobReport`] on `GET /report` after its command
+/// ended, before it exits. Set by the operator on the pods it reads reports from; unset (a local
+/// run), nothing is served. The operator reads reports over HTTP instead of pod statuses, so it
+/// needs no `pods` permission.
+pub const ENV_REPORT_HOLD_SECONDS: &str = "SLUICE_REPORT_HOLD_SECONDS";
+/// Port of `GET /report` (beside the worker's own 9464, which is gone once the engine stopped).
+pub const REPORT_PORT: u16 = 9465;
+/// Once the report was read, the pod exits this long after (s): time for the answer to leave.
+pub const REPORT_LINGER_SECONDS: u64 = 3;
+/// Where a container that keeps a report counts its starts (an `emptyDir`, kept across container
+/// restarts of one pod): the report then says how many times the worker has started.
+pub const STARTS_FILE: &str = "/var/run/sluice/run/starts";
+
+/// What a finished worker command leaves on `GET /report` (port [`REPORT_PORT`]) for the
+/// operator: its exit code and the line it also wrote as its termination message (a check's
+/// [`CheckOutcomeReport`] JSON, a restore's verdict, a run's `Run: ...` line, a
+/// `PoisonBatch: ...` line, or an error chain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobReport {
+    /// The process exit code: 0 done, 2 refused (user error), 3 poison batch, 1 other.
+    pub exit_code: i32,
+    /// The termination message (at most 4096 bytes), empty when none was written.
+    #[serde(default)]
+    pub message: String,
+    /// Starts of the worker container in this pod ([`STARTS_FILE`]), when counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts: Option<u32>,
+}
+
 /// Exit code of `sluice-worker check` when the manifest, the SQL or its fit with the checkpoint
 /// is invalid (a user error: do not retry). 0 is a valid query, anything else means the check
 /// could not complete (store unreachable, ...).

@@ -64,10 +64,7 @@ impl Context {
             }));
         // The pre-upgrade check runs as a Job with the spec's own image.
         let scaler = Scaler::new(
-            Arc::new(JobCheck {
-                client: client.clone(),
-                storage: Default::default(),
-            }),
+            Arc::new(JobCheck::new(client.clone(), Default::default())),
             None,
             metrics.clone(),
         );

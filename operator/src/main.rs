@@ -239,10 +239,7 @@ async fn run_kubernetes(args: KubernetesArgs) -> anyhow::Result<()> {
         region: args.worker_s3_region.filter(|s| !s.is_empty()),
     };
     ctx.scaler = Some(Scaler::new(
-        Arc::new(JobCheck {
-            client: client.clone(),
-            storage: storage.clone(),
-        }),
+        Arc::new(JobCheck::new(client.clone(), storage.clone())),
         Some(source),
         metrics,
     ));

@@ -32,7 +32,6 @@ const CM_PATH: &str = "/api/v1/namespaces/default/configmaps/sluice-q";
 const SVC_PATH: &str = "/api/v1/namespaces/default/services/sluice-q";
 const PDB_PATH: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/sluice-q";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
 const SECRETS_PATH: &str = "/api/v1/namespaces/default/secrets";
 const SECRET_PATH: &str = "/api/v1/namespaces/default/secrets/sluice-q-control";
 
@@ -305,7 +304,7 @@ async fn spec_change_rolls_out_a_new_generation() {
             // The old generation stops at a batch boundary before the new one starts.
             call("GET", STS_PATH),
             call("PATCH", STS_PATH),
-            call("GET", PODS_PATH),
+            call("GET", STS_PATH),
             call("PATCH", CM_PATH),
             call("PATCH", SVC_PATH),
             call("POST", SECRETS_PATH),

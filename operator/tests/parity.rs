@@ -1,6 +1,6 @@
 //! Parity of the two backends: one table of scenarios driven through the one `plan`, with the
 //! observations each backend would make of the same world — the Kubernetes backend's
-//! (`observe_stateful_set` of the StatefulSet it applied, `observe_pods` of its pods) and the local
+//! (`observe_stateful_set` of the StatefulSet it applied, `observe_reports` of its stopped workers' `GET /report`) and the local
 //! backend's (`processes_observation` of its worker processes). Both must produce the same phases,
 //! conditions, events and worker actions, and the table says which.
 //!
@@ -10,18 +10,15 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSetStatus;
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::contract::CheckReport;
+use sluice_crds::contract::JobReport;
 use sluice_crds::{
     Phase, Retention, StreamingQuery, StreamingQueryStatus, parse_manifest, validate_spec,
 };
 use sluice_operator::autoscaler::Metrics;
-use sluice_operator::backend::kubernetes::{observe_pods, observe_stateful_set, stateful_set};
+use sluice_operator::backend::kubernetes::{observe_reports, observe_stateful_set, stateful_set};
 use sluice_operator::backend::local::{ProcessSnapshot, processes_observation};
 use sluice_operator::plan::{
     AutoscaleObservation, CheckObservation, CheckpointObservation, DesiredWorkers, Observation,
@@ -135,7 +132,7 @@ impl Harness {
     }
 
     /// What the Kubernetes backend observes: the StatefulSet it applied with the world's
-    /// readiness, and its pods while some are not Ready.
+    /// readiness, and the reports of stopped workers while some are not Ready.
     fn kubernetes(&self) -> Option<WorkersObservation> {
         let running = self.running.as_ref()?;
         let mut set = stateful_set(&self.query, &running.desired).expect("statefulset");
@@ -149,10 +146,10 @@ impl Harness {
         });
         let mut observed = observe_stateful_set(&set);
         if observed.ready_replicas < observed.replicas {
-            let pods: Vec<Pod> = (0..running.desired.replicas)
-                .map(|ordinal| pod(ordinal, running))
+            let reports: Vec<(i32, JobReport)> = (0..running.desired.replicas)
+                .filter_map(|ordinal| report(ordinal, running).map(|r| (ordinal, r)))
                 .collect();
-            observe_pods(&mut observed, &pods);
+            observe_reports(&mut observed, &reports);
         }
         Some(observed)
     }
@@ -288,52 +285,26 @@ impl Harness {
     }
 }
 
-fn pod(ordinal: i32, running: &Running) -> Pod {
-    let waiting = running.crashing.then(|| ContainerStateWaiting {
-        reason: Some("CrashLoopBackOff".into()),
-        ..ContainerStateWaiting::default()
-    });
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(format!("sluice-q-{ordinal}")),
-            ..ObjectMeta::default()
-        },
-        status: Some(PodStatus {
-            container_statuses: Some(vec![ContainerStatus {
-                name: "worker".into(),
-                ready: ordinal < running.ready,
-                restart_count: if ordinal == 0 {
-                    i32::try_from(running.restarts).expect("restarts")
-                } else {
-                    0
-                },
-                state: Some(ContainerState {
-                    waiting,
-                    // The worker's termination message (`/dev/termination-log`).
-                    terminated: running
-                        .poison
-                        .as_ref()
-                        .filter(|_| ordinal == 0)
-                        .map(|line| ContainerStateTerminated {
-                            exit_code: 3,
-                            message: Some(format!("{line}\n")),
-                            ..ContainerStateTerminated::default()
-                        }),
-                    ..ContainerState::default()
-                }),
-                last_state: running.crashing.then(|| ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: 1,
-                        ..ContainerStateTerminated::default()
-                    }),
-                    ..ContainerState::default()
-                }),
-                ..ContainerStatus::default()
-            }]),
-            ..PodStatus::default()
-        }),
-        ..Pod::default()
+/// What replica `ordinal` serves on `GET /report` in the scripted world: replica 0's poison
+/// batch (exit 3) or crash (exit 1) with the starts its pod counted; nothing from a replica that
+/// is merely not Ready yet.
+fn report(ordinal: i32, running: &Running) -> Option<JobReport> {
+    if ordinal != 0 {
+        return None;
     }
+    let starts = Some(u32::try_from(running.restarts + 1).expect("starts"));
+    if let Some(line) = &running.poison {
+        return Some(JobReport {
+            exit_code: 3,
+            message: format!("{line}\n"),
+            starts,
+        });
+    }
+    running.crashing.then(|| JobReport {
+        exit_code: 1,
+        message: "error: sink unreachable\n".into(),
+        starts,
+    })
 }
 
 fn manifest(spec: &str, generation: i64) -> StreamingQuery {

@@ -44,23 +44,25 @@ struct Recorded {
 struct World {
     /// The worker StatefulSet as last applied (or scaled).
     statefulset: Option<Value>,
-    /// Pod counts the next `GET pods` calls answer (then 0).
+    /// Pod counts (`status.replicas`) the next reads of a StatefulSet scaled to 0 answer (then 0).
     pods: VecDeque<usize>,
+    /// The StatefulSet was scaled to 0 and has not been applied since.
+    stopping: bool,
     /// Whether an applied StatefulSet reports all replicas Ready.
     ready: bool,
     /// The StreamingQuery (a status write answers it with the new status).
     query: Value,
     /// Check Jobs as applied (name → object).
     jobs: std::collections::BTreeMap<String, Value>,
-    /// The termination message of a finished check Job's pod; `None` while it runs.
+    /// The report (`GET /report`) of the check Job's pod: a refusal; `None` while it runs.
     check_message: Option<String>,
     /// The status run Jobs report when listed (`None`: as applied, running).
     run_status: Option<Value>,
-    /// The termination message of a finished run Job's pod.
+    /// The report of each finished run Job's pod (exit code 0).
     run_message: Option<String>,
     /// The CronJob as applied (or merge-patched).
     cron_job: Option<Value>,
-    /// Exit code and termination message of a finished restore Job's pod; `None` while it runs.
+    /// Exit code and report of a finished restore Job's pod; `None` while it runs.
     restore_exit: Option<(i32, String)>,
     requests: Vec<Recorded>,
 }
@@ -100,7 +102,6 @@ impl FakeApi {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().clone();
                 let path = request.uri().path().to_string();
-                let selector = request.uri().query().unwrap_or_default().to_string();
                 let bytes = request
                     .into_body()
                     .collect_bytes()
@@ -115,17 +116,25 @@ impl FakeApi {
                 });
                 let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
                 let response = match (method, path.as_str()) {
-                    (Method::GET, STS_PATH) => match &world.statefulset {
+                    (Method::GET, STS_PATH) => match world.statefulset.clone() {
                         Some(set) => {
-                            respond(StatusCode::OK, &with_status(set.clone(), world.ready))
+                            let mut set = with_status(set, world.ready);
+                            if world.stopping {
+                                // The pods of a stopping generation, as the controller counts them.
+                                let left = world.pods.pop_front().unwrap_or(0);
+                                set["status"]["replicas"] = json!(left);
+                            }
+                            respond(StatusCode::OK, &set)
                         }
                         None => respond(StatusCode::NOT_FOUND, &not_found),
                     },
                     (Method::PATCH, STS_PATH) => {
                         if body.get("kind").is_some() {
                             world.statefulset = Some(body.clone());
+                            world.stopping = false;
                         } else if let Some(set) = world.statefulset.as_mut() {
                             set["spec"]["replicas"] = body["spec"]["replicas"].clone();
+                            world.stopping = body["spec"]["replicas"] == json!(0);
                         }
                         respond(StatusCode::OK, &body)
                     }
@@ -180,59 +189,16 @@ impl FakeApi {
                             &json!({"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items}),
                         )
                     }
-                    (Method::GET, PODS_PATH) if world.run_message.is_some() => respond(
-                        StatusCode::OK,
-                        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
-                            "metadata": {"name": "sluice-q-run-1-0-x"},
-                            "status": {"containerStatuses": [{
-                                "name": "worker", "image": "", "imageID": "", "ready": false,
-                                "restartCount": 0,
-                                "state": {"terminated": {"exitCode": 0, "message": world.run_message}},
-                            }]},
-                        }]}),
-                    ),
                     (Method::PATCH, p) if p.starts_with(JOBS_PATH) => {
                         let name = p.trim_start_matches(JOBS_PATH).to_string();
                         world.jobs.insert(name, body.clone());
                         respond(StatusCode::OK, &body)
                     }
-                    (Method::GET, PODS_PATH)
-                        if selector.contains("restore") && world.restore_exit.is_some() =>
-                    {
-                        let (code, message) = world.restore_exit.clone().unwrap_or_default();
-                        respond(
-                            StatusCode::OK,
-                            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
-                                "metadata": {"name": "restore-pod"},
-                                "status": {"containerStatuses": [{
-                                    "name": "restore", "image": "", "imageID": "", "ready": false,
-                                    "restartCount": 0,
-                                    "state": {"terminated": {"exitCode": code, "message": message}},
-                                }]},
-                            }]}),
-                        )
-                    }
-                    (Method::GET, PODS_PATH) if world.check_message.is_some() => respond(
-                        StatusCode::OK,
-                        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
-                            "metadata": {"name": "check-pod"},
-                            "status": {"containerStatuses": [{
-                                "name": "check", "image": "", "imageID": "", "ready": false,
-                                "restartCount": 0,
-                                "state": {"terminated": {"exitCode": 2, "message": world.check_message}},
-                            }]},
-                        }]}),
+                    // The operator has no pods permission: the chart grants none.
+                    (_, p) if p.starts_with(PODS_PATH) => respond(
+                        StatusCode::FORBIDDEN,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403}),
                     ),
-                    (Method::GET, PODS_PATH) => {
-                        let count = world.pods.pop_front().unwrap_or(0);
-                        let items: Vec<Value> = (0..count)
-                            .map(|i| json!({"metadata": {"name": format!("sluice-q-{i}")}}))
-                            .collect();
-                        respond(
-                            StatusCode::OK,
-                            &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
-                        )
-                    }
                     // Server-side apply, status writes and events echo the object.
                     (Method::PATCH | Method::POST, _) => {
                         let mut object = body.clone();
@@ -248,6 +214,55 @@ impl FakeApi {
             }
         });
         (Client::new(service, "default"), api)
+    }
+
+    /// Serves `GET /<host>/report` for the pods of the world's Jobs (their reports as set by the
+    /// test; 404 while none); returns the base URL for a [`ReportUrl`].
+    fn serve_reports(&self) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let world = self.0.clone();
+        let app = axum::Router::new().fallback(move |uri: http::Uri| {
+            let world = world.clone();
+            async move {
+                let host = uri
+                    .path()
+                    .trim_start_matches('/')
+                    .strip_suffix("/report")
+                    .unwrap_or_default()
+                    .to_string();
+                let world = world.lock().expect("lock");
+                let report = if host.starts_with("sluice-q-check-") {
+                    world.check_message.clone().map(|m| (2, m))
+                } else if host.starts_with("sluice-q-restore-") {
+                    world.restore_exit.clone()
+                } else if host.starts_with("sluice-q-run-") {
+                    // Replica 0 ran the batches; the others found no input of their own.
+                    world.run_message.clone().map(|m| {
+                        if host.ends_with("-0") {
+                            (0, m)
+                        } else {
+                            (0, "Run: no batches, 0 rows\n".to_string())
+                        }
+                    })
+                } else {
+                    None
+                };
+                match report {
+                    Some((code, message)) => (
+                        StatusCode::OK,
+                        json!({"exitCode": code, "message": message}).to_string(),
+                    ),
+                    None => (StatusCode::NOT_FOUND, String::new()),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, app).await.expect("serve");
+        });
+        format!("http://{addr}")
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
@@ -278,6 +293,8 @@ const V1: &str = "  sources:\n    - name: events\n      rate: {rowsPerSecond: 10
 struct Setup {
     _dir: tempfile::TempDir,
     api: FakeApi,
+    /// Base URL of the Job pods' `GET /<host>/report`.
+    reports: String,
     backend: KubernetesBackend,
     checkpoints: CheckpointManager,
     config: OperatorConfig,
@@ -295,8 +312,13 @@ impl Setup {
     fn new(spec: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, api) = FakeApi::start();
+        let reports = api.serve_reports();
         let mut backend = KubernetesBackend::new(client, FIELD_MANAGER.into())
-            .with_progress_url(Arc::new(|_, _, _| "http://127.0.0.1:1".into()));
+            .with_progress_url(Arc::new(|_, _, _| "http://127.0.0.1:1".into()))
+            .with_report_url({
+                let base = reports.clone();
+                Arc::new(move |host, _, _| format!("{base}/{host}"))
+            });
         backend.stop_poll = Duration::from_millis(5);
         let config = OperatorConfig {
             default_image: "sluice-worker:test".into(),
@@ -315,6 +337,7 @@ impl Setup {
         Self {
             _dir: dir,
             api,
+            reports,
             backend,
             checkpoints: CheckpointManager::default(),
             config,
@@ -323,6 +346,12 @@ impl Setup {
             query: manifest(spec, 1),
             start: Timestamp::now().as_second(),
         }
+    }
+
+    /// Where the Job pods' reports of this setup's world are served.
+    fn report_url(&self) -> sluice_operator::backend::kubernetes::reports::ReportUrl {
+        let base = self.reports.clone();
+        Arc::new(move |host, _, _| format!("{base}/{host}"))
     }
 
     /// One reconcile at `seconds` after the start; the status it wrote (or kept) is the query's
@@ -497,12 +526,12 @@ async fn a_rescale_stops_the_old_pods_before_the_new_count_starts() {
             call("GET", STS_PATH, Value::Null),
             call("GET", STS_PATH, Value::Null),
             call("PATCH", STS_PATH, json!(0)),
-            call("GET", PODS_PATH, Value::Null),
-            call("GET", PODS_PATH, Value::Null),
-            call("GET", PODS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
             call("PATCH", STS_PATH, json!(3)),
         ],
-        "scale to 0, wait until no pod is left, then start 3"
+        "scale to 0, wait until the StatefulSet counts no pod, then start 3"
     );
 }
 
@@ -572,10 +601,10 @@ async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
     use sluice_operator::backend::kubernetes::check_job::JobCheck;
     let mut setup = Setup::running(V1).await;
     setup.scaler = Scaler::new(
-        Arc::new(JobCheck {
-            client: setup.backend.client().clone(),
-            storage: Default::default(),
-        }),
+        Arc::new(
+            JobCheck::new(setup.backend.client().clone(), Default::default())
+                .with_report_url(setup.report_url()),
+        ),
         None,
         Metrics::default(),
     );
@@ -591,6 +620,23 @@ async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
         job.body["spec"]["template"]["spec"]["containers"][0]["image"], "sluice-worker:test",
         "the new spec's own image"
     );
+    // Its pod is found by DNS name, not by listing pods: `<job>.sluice-q-jobs`.
+    let pod = &job.body["spec"]["template"]["spec"];
+    assert_eq!(pod["subdomain"], "sluice-q-jobs");
+    assert_eq!(pod["hostname"], job.body["metadata"]["name"]);
+    assert_eq!(
+        job.body["spec"]["template"]["metadata"]["labels"]["sluice.dev/report"],
+        "q"
+    );
+    let service = requests
+        .iter()
+        .find(|r| r.path == "/api/v1/namespaces/default/services/sluice-q-jobs")
+        .expect("the Jobs' headless Service is applied");
+    assert_eq!(service.body["spec"]["clusterIP"], "None");
+    assert_eq!(
+        service.body["spec"]["selector"],
+        json!({"sluice.dev/report": "q"})
+    );
     assert!(!touched(&requests, STS_PATH), "held while the check runs");
     assert_eq!(plan.status.phase, Some(Phase::Running));
     assert_eq!(
@@ -605,7 +651,7 @@ async fn the_check_runs_as_a_job_and_holds_the_deployment_until_it_answers() {
             .iter()
             .any(|r| r.path.starts_with(JOBS_PATH) && r.method == Method::PATCH)
     );
-    // The Job refuses through its termination message.
+    // The Job's pod refuses on `GET /report` (and in its termination message).
     let refusal = serde_json::to_string(&sluice_crds::contract::CheckOutcomeReport::Refused {
         message: "stateful operators changed".into(),
     })
@@ -718,8 +764,8 @@ async fn a_new_restart_nonce_restarts_the_workers_once_at_a_batch_boundary() {
             call("GET", STS_PATH, Value::Null),
             call("GET", STS_PATH, Value::Null),
             call("PATCH", STS_PATH, json!(0)),
-            call("GET", PODS_PATH, Value::Null),
-            call("GET", PODS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
+            call("GET", STS_PATH, Value::Null),
             call("PATCH", STS_PATH, json!(1)),
         ],
         "stop (scale to 0, wait for the pods), then start again"
@@ -797,7 +843,7 @@ async fn a_one_shot_query_runs_once_as_an_indexed_job_and_reports_its_batch_rang
     setup.reconcile(5).await;
     let requests = setup.api.take_requests();
     assert!(!touched(&requests, RUN_JOB_PATH), "{requests:#?}");
-    // The run finishes: both pods' termination messages give the batch range.
+    // The run finishes: both pods' reports give the batch range.
     setup.api.with(|w| {
         w.run_status = Some(json!({
             "succeeded": 2,
@@ -929,10 +975,10 @@ async fn restore_started(batch_id: u64) -> (Setup, Value) {
     use sluice_operator::backend::kubernetes::check_job::JobCheck;
     let mut setup = Setup::running(V1).await;
     setup.scaler = Scaler::new(
-        Arc::new(JobCheck {
-            client: setup.backend.client().clone(),
-            storage: Default::default(),
-        }),
+        Arc::new(
+            JobCheck::new(setup.backend.client().clone(), Default::default())
+                .with_report_url(setup.report_url()),
+        ),
         None,
         Metrics::default(),
     );

@@ -25,6 +25,7 @@ pub mod ml;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod progress;
+pub mod report;
 pub mod schema;
 pub mod secrets;
 pub mod sink;

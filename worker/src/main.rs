@@ -21,7 +21,9 @@
 //! restore, 3 poison batch. On a poison batch the worker also writes one line,
 //! `PoisonBatch: batch <id> task <t> after <n> attempts: <error>`, to the container termination
 //! message path: `SLUICE_TERMINATION_LOG`, else `/dev/termination-log` for `pod` (not for `run`);
-//! see `termination.rs`.
+//! see `termination.rs`. With `SLUICE_REPORT_HOLD_SECONDS` set (by the operator on its Job and
+//! worker pods), the outcome line and the exit code are then served on `GET /report` (port
+//! 9465) until the operator read them: `report.rs`.
 
 mod display;
 mod cli {
@@ -34,8 +36,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_crds::contract;
+use sluice_crds::contract::JobReport;
 use sluice_worker::control::ControlAuth;
 use sluice_worker::engine::describe_sink;
+use sluice_worker::report;
 use sluice_worker::termination;
 use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
 
@@ -161,8 +165,25 @@ fn main() -> std::process::ExitCode {
         // `check` and `checkpoint restore` write their own outcome.
         Command::Check { .. } | Command::Checkpoint { .. } => None,
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    // Where this command's one-line outcome ends up, for `GET /report` (see `report.rs`).
+    let report_source = match &cli.command {
+        Command::Check {
+            termination_log, ..
+        } => termination_log.clone(),
+        Command::Checkpoint { .. } => termination::termination_log_path(None).or_else(|| {
+            let default = std::path::Path::new(termination::DEFAULT_TERMINATION_LOG);
+            default.exists().then(|| default.to_path_buf())
+        }),
+        Command::Pod { .. } | Command::Run { .. } => termination_log.clone(),
+    };
+    // A continuous worker reports only an abnormal end; a Job's command always reports.
+    let report_on_success = !matches!(cli.command, Command::Pod { .. });
+    if let Some(path) = &report_source {
+        // A message of an earlier start of this container must not pass for this one's.
+        let _ = std::fs::remove_file(path);
+    }
+    let code = match runtime.block_on(run(cli)) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             if let (Some(path), Some(engine_error)) = (
@@ -180,9 +201,34 @@ fn main() -> std::process::ExitCode {
                 Some(sluice_worker::EngineError::PoisonBatch { .. }) => 3,
                 _ => 1,
             };
-            std::process::ExitCode::from(code)
+            if termination_log.is_some()
+                && e.downcast_ref::<sluice_worker::EngineError>()
+                    .and_then(termination::termination_message)
+                    .is_none()
+                && let Some(path) = &report_source
+            {
+                // Any other error: its chain is the report (and the termination message).
+                termination::write_message(path, &error_chain(&e));
+            }
+            code
+        }
+    };
+    if let Some(hold) = report::hold_from_env()
+        && (code != 0 || report_on_success)
+    {
+        let job_report = JobReport {
+            exit_code: code,
+            message: report_source
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default(),
+            starts: report::starts(),
+        };
+        if let Err(e) = runtime.block_on(report::hold(job_report, hold)) {
+            eprintln!("warning: cannot serve GET /report: {e}");
         }
     }
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -213,6 +259,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             allowed_paths,
             termination_log,
         } => {
+            // The report of a crash says how often this pod's worker has started.
+            let _ = report::count_start();
             // Reachable from the whole cluster: no token, no control.
             let auth =
                 ControlAuth::from_sources(control_token_file.as_deref(), ControlAuth::Disabled)

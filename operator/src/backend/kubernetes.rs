@@ -26,9 +26,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretEnvSource,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -38,7 +38,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use sluice_crds::contract::{
     CONTROL_TOKEN_DIR, CONTROL_TOKEN_KEY, ENV_CHECKPOINT_LOCATION, ENV_CONTROL_TOKEN_FILE,
-    ENV_GENERATION, ENV_NAMESPACE, ENV_POD_NAME, ENV_QUERY, ENV_REPLICA_COUNT,
+    ENV_GENERATION, ENV_NAMESPACE, ENV_POD_NAME, ENV_QUERY, ENV_REPLICA_COUNT, JobReport,
 };
 use sluice_crds::{StreamingQuery, StreamingQueryStatus};
 
@@ -321,7 +321,7 @@ pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<
     };
     let mut pod_labels = labels(&name);
     pod_labels.insert(GENERATION_ANNOTATION.into(), desired.generation.to_string());
-    Ok(StatefulSet {
+    let mut set = StatefulSet {
         metadata: meta,
         spec: Some(StatefulSetSpec {
             replicas: Some(desired.replicas),
@@ -384,7 +384,12 @@ pub fn stateful_set(query: &StreamingQuery, desired: &DesiredWorkers) -> Result<
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    })
+    };
+    // A worker that stops on an error says why on `GET /report` (read instead of pod statuses).
+    if let Some(pod) = set.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        reports::add_report(pod, reports::WORKER_REPORT_HOLD_SECONDS, true);
+    }
+    Ok(set)
 }
 
 /// The PodDisruptionBudget: voluntary evictions take at most one worker at a time.
@@ -515,7 +520,11 @@ pub struct KubernetesBackend {
     client: Client,
     recorder: Recorder,
     progress_url: ProgressUrl,
-    /// How often the pods of a stopping generation are listed.
+    /// Where a pod's `GET /report` is ([`reports`]).
+    report_url: reports::ReportUrl,
+    /// Reports of run Jobs' pods read so far (each is served only until read).
+    reports: reports::ReportCache,
+    /// How often the StatefulSet of a stopping generation is read.
     pub stop_poll: Duration,
     /// How long the old generation may take to stop (its pods' grace period is 60 s) before the
     /// apply fails and is retried.
@@ -526,85 +535,39 @@ pub struct KubernetesBackend {
     storage: WorkerStorage,
 }
 
-/// The poison-batch line of a terminated worker container (exit code
-/// [`crate::plan::POISON_EXIT_CODE`] with a `PoisonBatch: ...` termination message).
-fn poison(
-    terminated: Option<&k8s_openapi::api::core::v1::ContainerStateTerminated>,
-) -> Option<String> {
-    let t = terminated?;
-    (t.exit_code == crate::plan::POISON_EXIT_CODE)
-        .then(|| t.message.as_deref().and_then(crate::plan::poison_line))
-        .flatten()
-}
-
-/// A pod of the query's workers as the crash-loop rule sees it: its restarts, a crash loop, and
-/// the poison-batch line when its worker stopped on one (current or last state).
-fn pod_crash(pod: &Pod) -> (i64, Option<String>, Option<String>) {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let statuses = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.clone())
-        .unwrap_or_default();
-    let mut restarts = 0;
-    let mut looping = None;
-    let mut poisoned = None;
-    for status in statuses {
-        restarts += i64::from(status.restart_count);
-        let current = status.state.as_ref().and_then(|s| s.terminated.as_ref());
-        let last = status
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref());
-        poisoned = poisoned
-            .or_else(|| poison(current))
-            .or_else(|| poison(last));
-        let waiting = status
-            .state
-            .as_ref()
-            .and_then(|s| s.waiting.as_ref())
-            .and_then(|w| w.reason.clone());
-        if waiting.as_deref() == Some("CrashLoopBackOff") {
-            let last = status
-                .last_state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .map(|t| {
-                    format!(
-                        "exit code {}{}",
-                        t.exit_code,
-                        t.reason
-                            .as_deref()
-                            .map(|r| format!(", {r}"))
-                            .unwrap_or_default()
-                    )
-                })
-                .unwrap_or_else(|| "no exit recorded".into());
-            looping = Some(format!(
-                "pod {name} in CrashLoopBackOff ({last}); see kubectl logs {name} --previous"
-            ));
+/// Adds what the reports of stopped workers (`GET /report` of replicas that are not Ready) say
+/// to `observed`: a `PoisonBatch: ...` line (exit code [`crate::plan::POISON_EXIT_CODE`]), the
+/// last exit, the restarts (each pod counts its worker's starts) and, when a worker that failed
+/// has started [`crate::plan::CRASH_LOOP_EXITS`] times or more, a crash loop.
+pub fn observe_reports(observed: &mut WorkersObservation, reports: &[(i32, JobReport)]) {
+    let mut restarts = None;
+    for (ordinal, report) in reports {
+        if let Some(starts) = report.starts {
+            *restarts.get_or_insert(0) += i64::from(starts.saturating_sub(1));
         }
-    }
-    (restarts, looping, poisoned)
-}
-
-/// Adds what the worker pods say to `observed`: the sum of their containers' `restartCount` and,
-/// when one is in `CrashLoopBackOff` (kubelet's own crash-loop verdict), a crash loop; when a
-/// worker stopped on a poison batch, its `PoisonBatch: ...` line.
-pub fn observe_pods(observed: &mut WorkersObservation, pods: &[Pod]) {
-    let mut restarts = 0;
-    for pod in pods {
-        let (count, looping, poisoned) = pod_crash(pod);
-        restarts += count;
-        if poisoned.is_some() {
-            observed.poison = poisoned;
+        if report.exit_code == 0 {
+            continue;
         }
-        if looping.is_some() {
+        if report.exit_code == crate::plan::POISON_EXIT_CODE
+            && let Some(line) = crate::plan::poison_line(&report.message)
+        {
+            observed.poison = Some(line);
+        }
+        let message = report.message.lines().last().unwrap_or_default();
+        observed.last_exit = Some(format!(
+            "replica {ordinal} exited with code {}{}",
+            report.exit_code,
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            }
+        ));
+        if report.starts.unwrap_or(1) >= crate::plan::CRASH_LOOP_EXITS {
             observed.recent_exits = crate::plan::CRASH_LOOP_EXITS;
-            observed.last_exit = looping;
         }
     }
-    observed.restarts = Some(restarts);
+    observed.restarts = restarts;
 }
 
 fn query_key(namespace: &str, name: &str) -> String {
@@ -622,11 +585,20 @@ impl KubernetesBackend {
             progress_url: Arc::new(|name, namespace, ordinal| {
                 crate::scaling::pod_url(name, namespace, ordinal, 9464)
             }),
+            report_url: reports::default_report_url(),
+            reports: reports::ReportCache::default(),
             stop_poll: Duration::from_secs(2),
             stop_timeout: Duration::from_secs(90),
             stopped_at: Arc::new(Mutex::new(HashMap::new())),
             storage: WorkerStorage::default(),
         }
+    }
+
+    /// Replaces where pods' `GET /report` is found (tests: local servers).
+    #[must_use]
+    pub fn with_report_url(mut self, report_url: reports::ReportUrl) -> Self {
+        self.report_url = report_url;
+        self
     }
 
     /// Gives workers of queries without `spec.storageSecretRef` the chart's object-store settings.
@@ -675,12 +647,25 @@ impl KubernetesBackend {
         };
         if let Some(job) = newest {
             let job_name = job.metadata.name.clone().unwrap_or_default();
-            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            let pods = pods
-                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-                .await?
-                .items;
-            observed.run = Some(run_job::observe_run(job, &pods));
+            // Reports of older runs are not needed again.
+            self.reports
+                .retain_prefix(&namespace, &child_name(&name), |host| {
+                    host.starts_with(&format!("{job_name}-"))
+                });
+            let subdomain = reports::jobs_service_name(&name);
+            let completions = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(1);
+            let mut read = Vec::new();
+            for index in 0..completions.max(0) {
+                let host = format!("{job_name}-{index}");
+                if let Some(report) = self
+                    .reports
+                    .read(&self.report_url, &host, &subdomain, &namespace)
+                    .await
+                {
+                    read.push((index, report));
+                }
+            }
+            observed.run = Some(run_job::observe_run(job, &read));
         }
         Ok(Some(observed))
     }
@@ -708,19 +693,10 @@ impl KubernetesBackend {
         Ok(())
     }
 
-    /// The worker pods of a query (any generation).
-    async fn pods(&self, name: &str, namespace: &str) -> Result<Vec<Pod>> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let selector = format!("{QUERY_LABEL}={name}");
-        Ok(api
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items)
-    }
-
     /// Stops the running generation at a batch boundary: scales the StatefulSet to 0 (each
-    /// worker commits its current batch on SIGTERM, then exits) and waits until no pod of the
-    /// query remains.
+    /// worker commits its current batch on SIGTERM, then exits) and waits until the StatefulSet
+    /// reports no pod left (`status.replicas` counts every pod it created, terminating ones
+    /// included, once `status.observedGeneration` has caught up with the scale-down).
     ///
     /// # Errors
     /// [`Error::Kube`] for API errors; [`Error::Internal`] (retried) when pods remain after
@@ -740,14 +716,22 @@ impl KubernetesBackend {
         }
         let started = std::time::Instant::now();
         loop {
-            let pods = self.pods(name, namespace).await?;
-            if pods.is_empty() {
+            let remaining = sets.get_opt(&child_name(name)).await?.map_or(0, |set| {
+                let generation = set.metadata.generation.unwrap_or(0);
+                let status = set.status.unwrap_or_default();
+                if status.observed_generation.unwrap_or(0) < generation {
+                    // Not yet seen the scale-down: count the pods as still there.
+                    status.replicas.max(1)
+                } else {
+                    status.replicas
+                }
+            });
+            if remaining == 0 {
                 break;
             }
             if started.elapsed() > self.stop_timeout {
                 return Err(Error::Internal(format!(
-                    "{} pod(s) of the old generation still running after {} s; retrying",
-                    pods.len(),
+                    "{remaining} pod(s) of the old generation still running after {} s; retrying",
                     self.stop_timeout.as_secs()
                 )));
             }
@@ -830,10 +814,20 @@ impl Backend for KubernetesBackend {
         let Some(mut observed) = set.as_ref().map(observe_stateful_set) else {
             return Ok(None);
         };
-        // Pods are only looked at while some replica is not Ready: that is when crashes matter.
+        // Reports are only asked for while some replica is not Ready: a worker that stopped on
+        // an error serves one until read, then restarts.
         if observed.ready_replicas < observed.replicas {
-            let pods = self.pods(&name, &namespace).await?;
-            observe_pods(&mut observed, &pods);
+            let child = child_name(&name);
+            let mut read = Vec::new();
+            for ordinal in 0..observed.replicas.max(0) {
+                let host = format!("{child}-{ordinal}");
+                if let Some(report) =
+                    reports::fetch(&self.report_url, &host, &child, &namespace).await
+                {
+                    read.push((ordinal, report));
+                }
+            }
+            observe_reports(&mut observed, &read);
         }
         Ok(Some(observed))
     }
@@ -845,6 +839,8 @@ impl Backend for KubernetesBackend {
         }
         if let Some(run) = &desired.run {
             self.apply(&namespace, &config_map(query, desired)?).await?;
+            self.apply(&namespace, &reports::jobs_service(query)?)
+                .await?;
             self.ensure_control_secret(query, &namespace).await?;
             if run.schedule.is_some() {
                 let cron_job = run_job::run_cron_job(query, desired, &self.storage_for(desired))?;
@@ -948,6 +944,7 @@ impl Backend for KubernetesBackend {
 }
 
 pub mod check_job;
+pub mod reports;
 pub mod run_job;
 
 #[cfg(test)]

@@ -644,6 +644,9 @@ impl FakeApi {
                         .and_then(|o| o["metadata"]["generation"].as_i64())
                         .unwrap_or(0);
                     new["metadata"]["generation"] = json!(generation + 1);
+                    if new["kind"] == "StatefulSet" {
+                        Self::stateful_set_controller(&mut new);
+                    }
                 }
                 state.objects.insert(object_path.to_string(), new.clone());
                 let code = if old.is_none() {
@@ -658,6 +661,32 @@ impl FakeApi {
                 failure(405, "MethodNotAllowed", "not supported by the fake API"),
                 false,
             ),
+        }
+    }
+
+    /// What the StatefulSet controller does at once in this fake: it observes the new generation,
+    /// and a scale-down removes the surplus pods right away (`status.replicas` and
+    /// `readyReplicas` drop to `spec.replicas`; no pod starts by itself).
+    fn stateful_set_controller(set: &mut Value) {
+        let desired = set["spec"]["replicas"].as_i64().unwrap_or(1);
+        let generation = set["metadata"]["generation"].clone();
+        if !set["status"].is_object() {
+            set["status"] = json!({});
+        }
+        let status = &mut set["status"];
+        status["observedGeneration"] = generation;
+        for field in [
+            "replicas",
+            "readyReplicas",
+            "updatedReplicas",
+            "availableReplicas",
+        ] {
+            if let Some(count) = status[field].as_i64() {
+                status[field] = json!(count.min(desired));
+            }
+        }
+        if status["replicas"].is_null() {
+            status["replicas"] = json!(0);
         }
     }
 

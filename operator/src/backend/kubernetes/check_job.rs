@@ -1,12 +1,15 @@
 //! The pre-upgrade check on Kubernetes: `sluice-worker check --checkpoint ...` runs as a Job with
 //! the new spec's own image (no version skew between the checker and the workers, user SQL never
 //! runs in the operator's pod, the Job gets the workers' storage credentials rather than the
-//! operator's), and reports through its termination message (`contract::CheckOutcomeReport`).
+//! operator's), and reports its verdict (`contract::CheckOutcomeReport`) in its termination
+//! message and on `GET /report`, where the operator reads it ([`super::reports`]: no `pods`
+//! permission needed).
 //!
 //! Each check is a ConfigMap with the resolved manifest and a Job, both named
 //! `sluice-<query>-check-<hash>` after the spec's check key and owned by the query: a check that
-//! is still running is found again on the next reconcile, and a finished Job (kept for
-//! [`CHECK_TTL_SECONDS`]) answers again after an operator restart. A Job that cannot finish within
+//! is still running is found again on the next reconcile, and a verdict once read is kept in
+//! memory. A Job that ended without its report being read (an operator restart in between) is
+//! gone after [`CHECK_TTL_SECONDS`] and then runs again. A Job that cannot finish within
 //! [`CHECK_DEADLINE_SECONDS`] (image pull failure, unschedulable) fails, and the operator holds the
 //! running deployment with a condition saying why.
 
@@ -15,15 +18,16 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, Pod, PodSpec, PodTemplateSpec,
-    SecretEnvSource, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, PodSpec, PodTemplateSpec,
+    SecretEnvSource, Service, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use sluice_crds::StreamingQuery;
 use sluice_crds::contract::{CheckOutcomeReport, FLAG_CHECKPOINT, FLAG_TERMINATION_LOG};
 
+use super::reports::{self, ReportCache, ReportUrl};
 use super::{FIELD_MANAGER, MANIFEST_KEY, QUERY_LABEL, WorkerStorage, add_container_storage};
 use crate::clients::CheckOutcome;
 use crate::error::{Error, Result};
@@ -32,8 +36,9 @@ use crate::scaling::QueryInspector;
 
 /// A check that has not finished within this fails (Job `activeDeadlineSeconds`).
 pub const CHECK_DEADLINE_SECONDS: i64 = 300;
-/// A finished check Job is kept this long (its verdict survives an operator restart).
-pub const CHECK_TTL_SECONDS: i32 = 3600;
+/// A finished check or restore Job is kept this long (s); one whose report was not read runs
+/// again once it is gone.
+pub const CHECK_TTL_SECONDS: i32 = 60;
 /// Label naming the check key's hash on the check's ConfigMap and Job.
 pub const CHECK_LABEL: &str = "sluice.dev/check";
 /// Where the check container writes its verdict (the Kubernetes default termination path).
@@ -114,7 +119,7 @@ struct JobTemplate<'a> {
 }
 
 /// The ConfigMap (the manifest) and Job running `sluice-worker <args>` with the query's image,
-/// env and storage credentials, reporting through its termination message.
+/// env and storage credentials, reporting through its termination message and `GET /report`.
 fn job_objects(
     query: &StreamingQuery,
     query_name: &str,
@@ -166,6 +171,38 @@ fn job_objects(
     if query.spec.storage_secret_ref.is_none() {
         add_container_storage(&mut container, storage);
     }
+    let mut pod_meta = ObjectMeta {
+        labels: Some(BTreeMap::from([
+            (QUERY_LABEL.to_string(), query_name.clone()),
+            (CHECK_LABEL.to_string(), hash.clone()),
+            // The NetworkPolicy's worker selector: only the operator reaches `GET /report`.
+            (
+                "app.kubernetes.io/name".to_string(),
+                "sluice-worker".to_string(),
+            ),
+        ])),
+        ..ObjectMeta::default()
+    };
+    let mut pod_spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "query".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    reports::add_job_report(
+        &mut pod_meta,
+        &mut pod_spec,
+        &query_name,
+        Some(job_host(&name)),
+    );
     let job = Job {
         metadata: metadata(query, &name, &hash)?,
         spec: Some(JobSpec {
@@ -173,27 +210,8 @@ fn job_objects(
             active_deadline_seconds: Some(CHECK_DEADLINE_SECONDS),
             ttl_seconds_after_finished: Some(CHECK_TTL_SECONDS),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(BTreeMap::from([
-                        (QUERY_LABEL.to_string(), query_name),
-                        (CHECK_LABEL.to_string(), hash),
-                    ])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "query".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: name.clone(),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
+                metadata: Some(pod_meta),
+                spec: Some(pod_spec),
             },
             ..JobSpec::default()
         }),
@@ -202,7 +220,38 @@ fn job_objects(
     Ok((config_map, job))
 }
 
-/// The verdict of a finished check from its pod's termination message.
+/// The hostname of a check or restore Job's pod: the Job's name, or its last 63 characters (a
+/// DNS label; the name ends with the check's hash).
+pub fn job_host(job_name: &str) -> String {
+    let start = job_name.len().saturating_sub(63);
+    job_name
+        .get(start..)
+        .unwrap_or(job_name)
+        .trim_start_matches('-')
+        .to_string()
+}
+
+/// A restore that could not complete says when it runs again.
+fn retry_later(name: &str, verdict: RestoreObservation) -> RestoreObservation {
+    match verdict {
+        RestoreObservation::Unavailable(message) => RestoreObservation::Unavailable(format!(
+            "restore Job {name} failed: {message}; it runs again once the Job expires \
+             ({CHECK_TTL_SECONDS} s) or after any edit of the spec"
+        )),
+        verdict => verdict,
+    }
+}
+
+/// Why a Job that ended has no verdict: its report was not read while its pod served it.
+fn lost(name: &str, failure: Option<String>) -> String {
+    format!(
+        "Job {name} ended before the operator read its report{}; it runs again once the Job \
+         expires ({CHECK_TTL_SECONDS} s)",
+        failure.map(|f| format!(" ({f})")).unwrap_or_default()
+    )
+}
+
+/// The verdict of a finished check from its report (the pod's termination message).
 pub fn verdict(message: Option<&str>, job_failure: Option<&str>) -> CheckOutcome {
     match message.map(serde_json::from_str::<CheckOutcomeReport>) {
         Some(Ok(CheckOutcomeReport::Valid { report })) => CheckOutcome::Valid(report),
@@ -280,42 +329,91 @@ pub struct JobCheck {
     pub client: Client,
     /// The chart's object-store settings for queries without `spec.storageSecretRef`.
     pub storage: WorkerStorage,
+    /// Where a Job pod's `GET /report` is (its DNS name; a local server in tests).
+    pub report_url: ReportUrl,
+    /// Verdicts read so far (a Job's pod serves its report only until read).
+    pub reports: ReportCache,
 }
 
 /// Where a check or restore Job stands (see [`JobCheck::start_or_read`]).
 enum JobState {
     /// Not there: its ConfigMap and Job were just applied.
     Started,
-    /// Neither succeeded nor failed yet.
+    /// Running, its report not yet served.
     Running,
-    /// Finished: the Job's `Failed` condition (`reason: message`), if any, and the exit code
-    /// and termination message of each terminated container of its pods.
-    Finished {
-        failure: Option<String>,
-        terminated: Vec<(i32, Option<String>)>,
-    },
+    /// Its pod's report: exit code and termination message.
+    Reported(sluice_crds::contract::JobReport),
+    /// Ended without a report the operator read: the Job's `Failed` condition
+    /// (`reason: message`), if any.
+    Lost(Option<String>),
 }
 
 impl JobCheck {
-    /// Applies `config_map` and `job` if the Job does not exist yet; otherwise reads how it
-    /// ended (its conditions and its pod's termination message). The check and the restore
-    /// share this; they differ only in how they read the verdict.
+    /// Checks and restores with `client`, giving Jobs `storage`; reports read by DNS name.
+    pub fn new(client: Client, storage: WorkerStorage) -> Self {
+        Self {
+            client,
+            storage,
+            report_url: reports::default_report_url(),
+            reports: ReportCache::default(),
+        }
+    }
+
+    /// Reads Job reports from `report_url` instead (tests).
+    #[must_use]
+    pub fn with_report_url(mut self, report_url: ReportUrl) -> Self {
+        self.report_url = report_url;
+        self
+    }
+
+    /// Applies `config_map` and `job` (and the query's Job Service) if the Job does not exist yet;
+    /// otherwise reads its pod's report. The check and the restore share this; they differ only
+    /// in how they read the verdict.
     async fn start_or_read(
         &self,
+        query: &StreamingQuery,
         namespace: &str,
         config_map: &ConfigMap,
         job: &Job,
     ) -> Result<JobState> {
         let name = job.metadata.name.clone().unwrap_or_default();
+        let host = job_host(&name);
+        let query_name = query.metadata.name.clone().unwrap_or_default();
+        let subdomain = reports::jobs_service_name(&query_name);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
         let Some(found) = jobs.get_opt(&name).await? else {
+            if let Some(report) = self.reports.cached(namespace, &host) {
+                // Read before its Job expired: a verdict stands; a check or restore that could
+                // not complete runs again.
+                if report.exit_code == 0
+                    || report.exit_code == sluice_crds::contract::CHECK_EXIT_REFUSED
+                {
+                    return Ok(JobState::Reported(report));
+                }
+                self.reports.forget(namespace, &host);
+            }
             let params = PatchParams::apply(FIELD_MANAGER).force();
+            let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+            services
+                .patch(
+                    &subdomain,
+                    &params,
+                    &Patch::Apply(&reports::jobs_service(query)?),
+                )
+                .await?;
             let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
             maps.patch(&name, &params, &Patch::Apply(config_map))
                 .await?;
             jobs.patch(&name, &params, &Patch::Apply(job)).await?;
             return Ok(JobState::Started);
         };
+        if let Some(report) = self
+            .reports
+            .read(&self.report_url, &host, &subdomain, namespace)
+            .await
+        {
+            return Ok(JobState::Reported(report));
+        }
         let status = found.status.unwrap_or_default();
         if status.succeeded.unwrap_or(0) == 0 && status.failed.unwrap_or(0) == 0 {
             return Ok(JobState::Running);
@@ -332,24 +430,7 @@ impl JobCheck {
                     c.message.unwrap_or_default()
                 )
             });
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let listed = pods
-            .list(&ListParams::default().labels(&format!("job-name={name}")))
-            .await?;
-        let terminated = listed
-            .items
-            .iter()
-            .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
-            .flatten()
-            .filter_map(|c| {
-                let terminated = c.state.as_ref()?.terminated.as_ref()?;
-                Some((terminated.exit_code, terminated.message.clone()))
-            })
-            .collect();
-        Ok(JobState::Finished {
-            failure,
-            terminated,
-        })
+        Ok(JobState::Lost(failure))
     }
 
     async fn run(&self, query: &StreamingQuery, request: &CheckRequest) -> Result<CheckOutcome> {
@@ -361,17 +442,14 @@ impl JobCheck {
         let (config_map, job) = check_objects(query, request, &self.storage)?;
         let name = job.metadata.name.clone().unwrap_or_default();
         Ok(
-            match self.start_or_read(&namespace, &config_map, &job).await? {
+            match self
+                .start_or_read(query, &namespace, &config_map, &job)
+                .await?
+            {
                 JobState::Started => CheckOutcome::Pending(format!("check Job {name} started")),
                 JobState::Running => CheckOutcome::Pending(format!("check Job {name} is running")),
-                JobState::Finished {
-                    failure,
-                    terminated,
-                } => {
-                    // The first termination message of any pod.
-                    let message = terminated.into_iter().find_map(|(_, message)| message);
-                    verdict(message.as_deref(), failure.as_deref())
-                }
+                JobState::Reported(report) => verdict(Some(&report.message), None),
+                JobState::Lost(failure) => verdict(None, Some(&lost(&name, failure))),
             },
         )
     }
@@ -393,25 +471,24 @@ impl JobCheck {
         let (config_map, job) = restore_objects(query, request, &self.storage)?;
         let name = job.metadata.name.clone().unwrap_or_default();
         Ok(
-            match self.start_or_read(&namespace, &config_map, &job).await? {
+            match self
+                .start_or_read(query, &namespace, &config_map, &job)
+                .await?
+            {
                 JobState::Started => {
                     RestoreObservation::Pending(format!("restore Job {name} started"))
                 }
                 JobState::Running => {
                     RestoreObservation::Pending(format!("restore Job {name} is running"))
                 }
-                JobState::Finished {
-                    failure,
-                    terminated,
-                } => match restore_job_verdict(terminated.into_iter().next(), failure.as_deref()) {
-                    RestoreObservation::Unavailable(message) => {
-                        RestoreObservation::Unavailable(format!(
-                            "restore Job {name} failed: {message}; it runs again once the Job \
-                             expires ({CHECK_TTL_SECONDS} s) or after any edit of the spec"
-                        ))
-                    }
-                    verdict => verdict,
-                },
+                JobState::Reported(report) => retry_later(
+                    &name,
+                    restore_job_verdict(Some((report.exit_code, Some(report.message))), None),
+                ),
+                JobState::Lost(failure) => retry_later(
+                    &name,
+                    restore_job_verdict(None, Some(&lost(&name, failure))),
+                ),
             },
         )
     }

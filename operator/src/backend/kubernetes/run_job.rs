@@ -5,8 +5,9 @@
 //! Forbid`, `timeZone`, `suspend` from the spec). The pods are the worker pods of the
 //! StatefulSet (same container, mounts, security context) with `restartPolicy: Never` and
 //! `--termination-log /dev/termination-log`, where the worker leaves its `Run: batches ...`
-//! line (or a `PoisonBatch: ...` line): the operator reads the run's batch range and rows from
-//! the pods' termination messages.
+//! line (or a `PoisonBatch: ...` line); the pod then serves that line on `GET /report` until the
+//! operator has read it ([`super::reports`]): the operator reads the run's batch range and rows
+//! there, never from pod statuses.
 //!
 //! Run pods carry the label `sluice.dev/run=<query>` instead of `sluice.dev/query`, so a
 //! finished run's pods are never taken for continuous workers (the stop-first wait, crash loops).
@@ -14,10 +15,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use sluice_crds::StreamingQuery;
-use sluice_crds::contract::{ENV_REPLICA_INDEX, FLAG_TERMINATION_LOG, RunReport};
+use sluice_crds::contract::{ENV_REPLICA_INDEX, FLAG_TERMINATION_LOG, JobReport, RunReport};
 
 use super::{
     FIELD_MANAGER, GENERATION_ANNOTATION, RESTART_HASH_ANNOTATION, SECTIONS_ANNOTATION,
@@ -69,10 +70,11 @@ fn job_spec(
         .ok_or_else(|| Error::Internal("worker template missing".into()))?;
     let mut labels = run_labels(&name);
     labels.insert(GENERATION_ANNOTATION.into(), desired.generation.to_string());
-    if let Some(meta) = template.metadata.as_mut() {
-        meta.labels = Some(labels);
-    }
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels = Some(labels);
     if let Some(pod) = template.spec.as_mut() {
+        // An Indexed Job's pod is `<job>-<index>` in DNS by itself: no hostname to set.
+        super::reports::add_job_report(meta, pod, &name, None);
         pod.restart_policy = Some("Never".into());
         if let Some(container) = pod.containers.first_mut() {
             container.args.get_or_insert_with(Vec::new).extend([
@@ -227,9 +229,10 @@ pub fn newest(jobs: &[Job]) -> Option<&Job> {
     })
 }
 
-/// What a run Job and its pods say about the run: active or finished, its time span, the
-/// workers' `Run: ...` lines combined, and why it failed.
-pub fn observe_run(job: &Job, pods: &[Pod]) -> RunObservation {
+/// What a run Job and its pods' reports (`(completion index, report)`, see [`super::reports`])
+/// say about the run: active or finished, its time span, the workers' `Run: ...` lines combined,
+/// and why it failed.
+pub fn observe_run(job: &Job, read: &[(i32, JobReport)]) -> RunObservation {
     let generation = job
         .metadata
         .annotations
@@ -253,33 +256,23 @@ pub fn observe_run(job: &Job, pods: &[Pod]) -> RunObservation {
     };
     let mut reports = Vec::new();
     let mut message = None;
-    for pod in pods {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        for container in pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.clone())
-            .unwrap_or_default()
-        {
-            let Some(terminated) = container.state.and_then(|s| s.terminated) else {
-                continue;
-            };
-            let text = terminated.message.clone().unwrap_or_default();
-            if let Some(report) = RunReport::find(&text) {
-                reports.push(report);
-            }
-            if terminated.exit_code != 0 && message.is_none() {
-                message = Some(poison_line(&text).unwrap_or_else(|| {
-                    format!(
-                        "pod {pod_name} exited with code {}{}; see kubectl logs {pod_name}",
-                        terminated.exit_code,
-                        terminated
-                            .reason
-                            .map(|r| format!(" ({r})"))
-                            .unwrap_or_default()
-                    )
-                }));
-            }
+    for (index, report) in read {
+        if let Some(found) = RunReport::find(&report.message) {
+            reports.push(found);
+        }
+        if report.exit_code != 0 && message.is_none() {
+            message = Some(poison_line(&report.message).unwrap_or_else(|| {
+                let line = report.message.lines().last().unwrap_or_default();
+                format!(
+                    "replica {index} exited with code {}{}",
+                    report.exit_code,
+                    if line.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {line}")
+                    }
+                )
+            }));
         }
     }
     if succeeded == Some(false) && message.is_none() {

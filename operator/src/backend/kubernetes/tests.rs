@@ -81,8 +81,21 @@ fn stateful_set_runs_the_worker_as_specified() {
     );
     assert_eq!(
         container["ports"],
-        json!([{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}])
+        json!([
+            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+            {"name": "report", "containerPort": 9465, "protocol": "TCP"}
+        ])
     );
+    // A worker that stops on an error reports on `GET /report` for a minute, and counts its
+    // starts in a pod-scoped volume (no pods permission needed to see a crash loop).
+    assert!(
+        container["env"]
+            .as_array()
+            .expect("env")
+            .contains(&json!({"name": "SLUICE_REPORT_HOLD_SECONDS", "value": "60"})),
+        "{container}"
+    );
+
     assert_eq!(
         container["readinessProbe"]["httpGet"],
         json!({"path": "/healthz", "port": "metrics"})
@@ -132,7 +145,8 @@ fn stateful_set_runs_the_worker_as_specified() {
         json!([
             {"name": "query", "mountPath": "/etc/sluice", "readOnly": true},
             {"name": "control", "mountPath": "/var/run/sluice/control", "readOnly": true},
-            {"name": "tmp", "mountPath": "/tmp"}
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "run", "mountPath": "/var/run/sluice/run"}
         ])
     );
     assert_eq!(
@@ -140,7 +154,8 @@ fn stateful_set_runs_the_worker_as_specified() {
         json!([
             {"name": "query", "configMap": {"name": "sluice-q"}},
             {"name": "control", "secret": {"secretName": "sluice-q-control", "defaultMode": 0o400, "optional": false}},
-            {"name": "tmp", "emptyDir": {}}
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "run", "emptyDir": {}}
         ])
     );
 }
