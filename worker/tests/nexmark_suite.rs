@@ -1,0 +1,270 @@
+//! The Nexmark query suite (`bench/nexmark/q*.yaml`), each manifest run as written (but over
+//! 100,000 events, into a memory sink) and its rows compared with an independent reference: the
+//! query written again in batch SQL over the same events (windows as `date_bin`, sessions as gaps
+//! between consecutive bids, the interval join as a plain join), run by DataFusion without any of
+//! the engine's incremental machinery. Aggregations run in `complete` mode here so the final table
+//! is compared whole; stateless queries and the join compare every row they appended.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use sluice_crds::{OutputMode, StreamingQuery};
+use sluice_worker::{Engine, QueryConfig, Shared};
+
+const EVENTS: u64 = 100_000;
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/nexmark")
+}
+
+/// The manifest `file` made a test: `EVENTS` events, a memory sink `name`, a fresh checkpoint.
+fn manifest(file: &str, name: &str, checkpoint: &std::path::Path) -> StreamingQuery {
+    let text = std::fs::read_to_string(bench_dir().join(file)).expect("read manifest");
+    let mut query = sluice_crds::parse_manifest(&text).expect("manifest");
+    for source in &mut query.spec.sources {
+        if let Some(nexmark) = source.nexmark.as_mut() {
+            nexmark.max_events = Some(EVENTS);
+        }
+    }
+    query.spec.sink =
+        serde_json::from_value(serde_json::json!({"memory": {"name": name}})).expect("memory sink");
+    query.spec.checkpoint.location = Some(checkpoint.display().to_string());
+    query
+}
+
+async fn run(query: StreamingQuery) {
+    let engine = Engine::start(QueryConfig::local(query), Shared::new())
+        .await
+        .expect("start");
+    engine.run(|_| {}).await.expect("run");
+}
+
+/// Every batch a memory sink received; in `complete` mode only the last batch id's (the final
+/// result table).
+fn output(name: &str, complete: bool) -> Vec<RecordBatch> {
+    let table = sluice_worker::sink::memory::read_table(name);
+    if complete {
+        let last = table.keys().map(|(_, batch)| *batch).max().unwrap_or(0);
+        table
+            .into_iter()
+            .filter(|((_, batch), _)| *batch == last)
+            .flat_map(|(_, batches)| batches)
+            .collect()
+    } else {
+        table.into_values().flatten().collect()
+    }
+}
+
+/// The rows of `batches` as sorted lines of cells.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut lines = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect();
+            lines.push(cells.join(" | "));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+async fn sql(ctx: &SessionContext, text: &str) -> Vec<RecordBatch> {
+    ctx.sql(text)
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .collect()
+        .await
+        .expect("collect")
+}
+
+/// The three tables as the `nexmark` source produces them for `EVENTS` events (the source itself
+/// is checked against the reference generator in its unit tests).
+async fn tables(dir: &std::path::Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in ["person", "auction", "bid"] {
+        let name = format!("nexmark-input-{table}-{}", std::process::id());
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingQuery\nmetadata: {{name: input}}\nspec:\n  sources:\n    - {{name: {table}, nexmark: {{table: {table}, maxEvents: {EVENTS}}}}}\n  sql: SELECT * FROM {table}\n  sink: {{memory: {{name: {name}}}}}\n  trigger: {{availableNow: true}}\n  checkpoint: {{location: \"{}\"}}\n",
+            dir.join(format!("input-{table}")).display()
+        );
+        run(sluice_crds::parse_manifest(&text).expect("manifest")).await;
+        let batches = output(&name, false);
+        let schema = batches.first().expect("rows").schema();
+        let mem = MemTable::try_new(schema, vec![batches]).expect("table");
+        ctx.register_table(table, Arc::new(mem)).expect("register");
+    }
+    ctx
+}
+
+struct Case {
+    file: &'static str,
+    /// Aggregations: run in `complete` mode and compare the final table.
+    complete: bool,
+    /// Over the query's output, registered as `out`: the columns to compare.
+    normalize: &'static str,
+    /// Over `person`, `auction`, `bid`: the same columns, computed in batch.
+    reference: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        file: "q0.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: r#"SELECT auction, bidder, price, "dateTime", extra FROM bid"#,
+    },
+    Case {
+        file: "q1.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: r#"SELECT auction, bidder, price * 0.908 AS price, "dateTime", extra FROM bid"#,
+    },
+    Case {
+        file: "q2.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: "SELECT auction, price FROM bid WHERE auction - (auction / 123) * 123 = 0",
+    },
+    Case {
+        file: "q5.yaml",
+        complete: true,
+        normalize: "SELECT auction, num, to_unixtime(w['start']) AS s FROM out",
+        // Sliding 10 s / 2 s: a bid at t is in the five windows starting at
+        // date_bin(2 s, t) - 0, 2, 4, 6, 8 s.
+        reference: r#"SELECT auction, count(*) AS num, s FROM (
+              SELECT auction, to_unixtime(date_bin(INTERVAL '2 seconds', "dateTime", TIMESTAMP '1970-01-01T00:00:00Z')) - k AS s
+              FROM bid CROSS JOIN (VALUES (0), (2), (4), (6), (8)) AS shifts(k)) GROUP BY auction, s"#,
+    },
+    Case {
+        file: "q7.yaml",
+        complete: true,
+        normalize: "SELECT to_unixtime(w['start']) AS s, maxprice FROM out",
+        reference: r#"SELECT to_unixtime(date_bin(INTERVAL '10 seconds', "dateTime", TIMESTAMP '1970-01-01T00:00:00Z')) AS s, max(price) AS maxprice FROM bid GROUP BY 1"#,
+    },
+    Case {
+        file: "q8.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: r#"SELECT P.id, P.name, A.reserve FROM person P, auction A
+              WHERE P.id = A.seller AND A."dateTime" >= P."dateTime" AND A."dateTime" <= P."dateTime" + INTERVAL '10 seconds'"#,
+    },
+    Case {
+        file: "q11.yaml",
+        complete: true,
+        normalize: "SELECT bidder, bid_count, to_unixtime(w['start']) AS s, to_unixtime(w['end']) AS e FROM out",
+        // A session ends where the next bid of the bidder is 10 s or more later (Spark's rule:
+        // session windows [t, t + gap) that overlap merge).
+        reference: r#"WITH o AS (
+              SELECT bidder, "dateTime" AS t, lag("dateTime") OVER (PARTITION BY bidder ORDER BY "dateTime") AS p FROM bid),
+            s AS (
+              SELECT bidder, t, sum(CASE WHEN p IS NULL OR t >= p + INTERVAL '10 seconds' THEN 1 ELSE 0 END)
+                OVER (PARTITION BY bidder ORDER BY t ROWS UNBOUNDED PRECEDING) AS session FROM o)
+            SELECT bidder, count(*) AS bid_count, to_unixtime(min(t)) AS s, to_unixtime(max(t) + INTERVAL '10 seconds') AS e
+            FROM s GROUP BY bidder, session"#,
+    },
+    Case {
+        file: "q14.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: r#"SELECT auction, bidder, 0.908 * price AS price,
+              CASE WHEN date_part('hour', "dateTime") BETWEEN 8 AND 18 THEN 'dayTime'
+                   WHEN date_part('hour', "dateTime") <= 6 OR date_part('hour', "dateTime") >= 20 THEN 'nightTime'
+                   ELSE 'otherTime' END AS bidTimeType, "dateTime", extra
+            FROM bid WHERE price * 0.908 > 1000000 AND price * 0.908 < 50000000"#,
+    },
+    Case {
+        file: "q15.yaml",
+        complete: true,
+        normalize: "SELECT to_unixtime(day['start']) AS d, total_bids, rank1_bids, rank2_bids, rank3_bids, total_bidders, total_auctions FROM out",
+        reference: r#"SELECT to_unixtime(date_trunc('day', "dateTime")) AS d, count(*),
+              sum(CASE WHEN price < 10000 THEN 1 ELSE 0 END),
+              sum(CASE WHEN price >= 10000 AND price < 1000000 THEN 1 ELSE 0 END),
+              sum(CASE WHEN price >= 1000000 THEN 1 ELSE 0 END),
+              count(DISTINCT bidder), count(DISTINCT auction)
+            FROM bid GROUP BY 1"#,
+    },
+    Case {
+        file: "q16.yaml",
+        complete: true,
+        normalize: "SELECT channel, to_unixtime(day['start']) AS d, total_bids, rank1_bids, total_bidders, total_auctions FROM out",
+        reference: r#"SELECT channel, to_unixtime(date_trunc('day', "dateTime")) AS d, count(*),
+              sum(CASE WHEN price < 10000 THEN 1 ELSE 0 END), count(DISTINCT bidder), count(DISTINCT auction)
+            FROM bid GROUP BY 1, 2"#,
+    },
+    Case {
+        file: "q17.yaml",
+        complete: true,
+        normalize: "SELECT auction, to_unixtime(day['start']) AS d, total_bids, rank1_bids, min_price, max_price, round(avg_price, 6), sum_price FROM out",
+        reference: r#"SELECT auction, to_unixtime(date_trunc('day', "dateTime")) AS d, count(*),
+              sum(CASE WHEN price < 10000 THEN 1 ELSE 0 END), min(price), max(price),
+              round(CAST(sum(price) AS DOUBLE) / count(*), 6), sum(price)
+            FROM bid GROUP BY 1, 2"#,
+    },
+    Case {
+        file: "q21.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: r#"SELECT auction, bidder, price, channel,
+              CASE lower(channel) WHEN 'apple' THEN '0' WHEN 'google' THEN '1' WHEN 'facebook' THEN '2'
+                   WHEN 'baidu' THEN '3' ELSE regexp_replace(url, '^(.*&)?channel_id=([^&]*).*$', '\2') END
+            FROM bid
+            WHERE lower(channel) IN ('apple', 'google', 'facebook', 'baidu') OR url ~ '(&|^)channel_id='"#,
+    },
+    Case {
+        file: "q22.yaml",
+        complete: false,
+        normalize: "SELECT * FROM out",
+        reference: "SELECT auction, bidder, price, channel, split_part(url, '/', 4), split_part(url, '/', 5), split_part(url, '/', 6) FROM bid",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_query_equals_its_batch_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = tables(dir.path()).await;
+    let mut failures = Vec::new();
+    for case in CASES {
+        let name = format!("nexmark-suite-{}-{}", case.file, std::process::id());
+        let mut query = manifest(case.file, &name, &dir.path().join(case.file));
+        if case.complete {
+            query.spec.output_mode = OutputMode::Complete;
+        }
+        run(query).await;
+        let out = output(&name, case.complete);
+        assert!(!out.is_empty(), "{}: no output", case.file);
+        let ctx = SessionContext::new();
+        let schema = out[0].schema();
+        ctx.register_table(
+            "out",
+            Arc::new(MemTable::try_new(schema, vec![out]).expect("out")),
+        )
+        .expect("register");
+        let got = rows(&sql(&ctx, case.normalize).await);
+        let want = rows(&sql(&reference, case.reference).await);
+        assert!(!want.is_empty(), "{}: the reference has no rows", case.file);
+        if got != want {
+            let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(3).collect();
+            let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(3).collect();
+            failures.push(format!(
+                "{}: {} rows, reference {}; missing {missing:?}; extra {extra:?}",
+                case.file,
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
