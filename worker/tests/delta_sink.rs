@@ -58,6 +58,11 @@ fn read_delta(python: &Path, args: &[&str]) -> Value {
 
 /// The rows of the table's latest version as (word, n) pairs, sorted.
 fn word_counts(python: &Path, uri: &str) -> Vec<(Option<String>, i64)> {
+    key_counts(python, uri, "word")
+}
+
+/// The rows of the table's latest version as (`key`, n) pairs, sorted.
+fn key_counts(python: &Path, uri: &str, key: &str) -> Vec<(Option<String>, i64)> {
     let answer = read_delta(python, &["rows", uri]);
     let mut rows: Vec<(Option<String>, i64)> = answer["rows"]
         .as_array()
@@ -65,7 +70,7 @@ fn word_counts(python: &Path, uri: &str) -> Vec<(Option<String>, i64)> {
         .iter()
         .map(|r| {
             (
-                r["word"].as_str().map(str::to_string),
+                r[key].as_str().map(str::to_string),
                 r["n"].as_i64().expect("n"),
             )
         })
@@ -546,4 +551,76 @@ fn a_restore_replays_into_delta_only_when_the_replay_rewrites_in_place() {
             "{mode}"
         );
     }
+}
+
+/// Per danger level, the number of events of the generated data set.
+fn expected_level_counts(seed: u64, files: u64, rows: u64) -> Vec<(Option<String>, i64)> {
+    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    for event in sluice_bench::events(seed, files, rows) {
+        *counts.entry(event.danger_level.to_string()).or_default() += 1;
+    }
+    counts.into_iter().map(|(k, n)| (Some(k), n)).collect()
+}
+
+/// `SELECT danger_level, count(*) AS n ... GROUP BY danger_level` over the IoT files, one file per
+/// batch, into a Delta table in `output_mode` (update MERGEs on the query's grouping column);
+/// returns the table's (level, n) rows.
+async fn run_level_counts(python: &Path, output_mode: &str) -> Vec<(Option<String>, i64)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    sluice_bench::write_json_files(&input, SEED, 6, ROWS).expect("generate");
+    let table = dir.path().join("table");
+    let table = table.to_str().expect("utf8").to_string();
+    let manifest = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: delta-levels}}
+spec:
+  sources:
+    - name: events
+      file: {{path: "{input}", format: json, maxFilesPerTrigger: 1, partitions: 1}}
+      schema:
+        - {{name: deviceId, type: string}}
+        - {{name: temperature, type: double}}
+        - {{name: danger_level, type: string}}
+        - {{name: timestamp, type: timestamp}}
+  sql: SELECT danger_level, count(*) AS n FROM events GROUP BY danger_level
+  sink:
+    delta: {{path: "{table}"}}
+  outputMode: {output_mode}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{checkpoint}"}}
+"#,
+        input = input.display(),
+        checkpoint = dir.path().join("ckpt").display(),
+    );
+    let query = sluice_crds::parse_manifest(&manifest).expect("manifest");
+    let engine = sluice_worker::Engine::start(
+        sluice_worker::QueryConfig::local(query),
+        sluice_worker::Shared::new(),
+    )
+    .await
+    .expect("start");
+    let summary = engine.run(|_| {}).await.expect("run");
+    assert_eq!(summary.batches, 6, "one batch per file");
+    key_counts(python, &table, "danger_level")
+}
+
+#[tokio::test]
+async fn a_running_count_in_update_and_complete_mode_ends_as_the_final_counts() {
+    let test = "a_running_count_in_update_and_complete_mode_ends_as_the_final_counts";
+    let Some(python) = python(test) else {
+        return;
+    };
+    let expected = expected_level_counts(SEED, 6, ROWS);
+    assert_eq!(
+        run_level_counts(&python, "update").await,
+        expected,
+        "update"
+    );
+    assert_eq!(
+        run_level_counts(&python, "complete").await,
+        expected,
+        "complete"
+    );
 }
