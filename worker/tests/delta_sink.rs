@@ -624,3 +624,36 @@ async fn a_running_count_in_update_and_complete_mode_ends_as_the_final_counts() 
         "complete"
     );
 }
+
+#[tokio::test]
+async fn a_failed_compaction_is_counted_and_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t");
+    // A table whose log cannot be read: every compaction fails.
+    std::fs::create_dir_all(path.join("_delta_log")).expect("log dir");
+    std::fs::write(
+        path.join("_delta_log/00000000000000000000.json"),
+        "not a delta log\n",
+    )
+    .expect("corrupt log");
+    let (url, root) = table_root(path.to_str().expect("utf8")).expect("root");
+    let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let plan = maintenance::MaintenancePlan {
+        optimize: Some((
+            std::time::Duration::from_millis(1),
+            NonZeroU64::new(1 << 20).expect("size"),
+        )),
+        vacuum: None,
+    };
+    let runs = maintenance::Maintenance::new(plan, url, root, Some(failures.clone()));
+    for expected in 1..=2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        runs.after_commit();
+        let started = std::time::Instant::now();
+        while runs.is_running() {
+            assert!(started.elapsed().as_secs() < 60, "compaction did not end");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(failures.get(), expected, "each failed run is counted");
+    }
+}
