@@ -534,7 +534,7 @@ pub struct PostgresTableSpec {
 /// Where result rows go. Exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("(has(self.console) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.memory) ? 1 : 0) == 1").message("exactly one of console, file, kafka, postgres, memory must be set"))]
+#[x_kube(validation = Rule::new("(has(self.console) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.memory) ? 1 : 0) + (has(self.delta) ? 1 : 0) == 1").message("exactly one of console, file, kafka, postgres, memory, delta must be set"))]
 pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleSinkSpec>,
@@ -546,6 +546,8 @@ pub struct SinkSpec {
     pub postgres: Option<PostgresSinkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemorySinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaSinkSpec>,
 }
 
 /// The kind of a sink, for messages and dispatch.
@@ -556,6 +558,7 @@ pub enum SinkKind {
     Kafka,
     Postgres,
     Memory,
+    Delta,
 }
 
 impl SinkSpec {
@@ -576,6 +579,9 @@ impl SinkSpec {
         }
         if self.memory.is_some() {
             kinds.push(SinkKind::Memory);
+        }
+        if self.delta.is_some() {
+            kinds.push(SinkKind::Delta);
         }
         kinds
     }
@@ -730,6 +736,78 @@ pub struct MemorySinkSpec {
     /// Name under which the rows can be read back.
     #[schemars(length(max = MAX_IDENTIFIER))]
     pub name: String,
+}
+
+/// A Delta Lake table (local path, `file://` or `s3://`), written with one Delta commit per task and
+/// batch. Exactly once through Delta's idempotent writes: each commit carries a `txn` action
+/// (app id `<queryId>-<task>`, version = batch id), as Spark's Delta sink does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeltaSinkSpec {
+    /// The table's root (where `_delta_log/` is); created on the first batch if missing.
+    #[schemars(length(max = MAX_PATH))]
+    pub path: String,
+    /// Partition columns of a new table (Delta's `partitionColumns`); an existing table keeps its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_KEY_COLUMNS))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
+    pub partition_by: Vec<String>,
+    /// How a batch is written; unset: from `outputMode` (append → `append`, complete →
+    /// `overwrite`, update → `merge`). Set, it must be that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DeltaWriteMode>,
+    /// `merge`: the columns a row is matched on; unset: the query's grouping columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_KEY_COLUMNS))]
+    #[schemars(inner(length(max = MAX_IDENTIFIER)))]
+    pub key_columns: Vec<String>,
+    /// Periodic compaction (Delta's OPTIMIZE), run between batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimize: Option<DeltaOptimizeSpec>,
+    /// Periodic VACUUM (deletes files no version newer than `retention` refers to), run between
+    /// batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacuum: Option<DeltaVacuumSpec>,
+}
+
+/// How the Delta sink writes a batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaWriteMode {
+    /// Add the batch's rows (`outputMode: append`).
+    Append,
+    /// Replace the table's content with the batch's rows in one commit (`outputMode: complete`).
+    Overwrite,
+    /// MERGE the rows on the key columns: update matched rows, insert the others
+    /// (`outputMode: update`).
+    Merge,
+}
+
+/// Compaction of a Delta table's small files.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeltaOptimizeSpec {
+    /// Time between compactions, e.g. `1h`.
+    #[schemars(length(max = 64))]
+    pub every: String,
+    /// Size files are binned to (Delta's `targetSize`), e.g. `128MiB`; default 128 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub target_file_size: Option<String>,
+}
+
+/// VACUUM of a Delta table.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeltaVacuumSpec {
+    /// Time between vacuums, e.g. `1h`.
+    #[schemars(length(max = 64))]
+    pub every: String,
+    /// Files removed from the table longer ago than this are deleted (default `7d`, Delta's
+    /// `deletedFileRetentionDuration`); readers of older versions than that fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub retention: Option<String>,
 }
 
 /// What table the SQL runs over; see [`StreamingQuerySpec::sql_scope`].

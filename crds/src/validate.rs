@@ -8,7 +8,8 @@ use std::collections::HashSet;
 
 use crate::duration::parse_duration;
 use crate::spec::{
-    ColumnSpec, PostgresConnectionSpec, PostgresSslMode, SourceKind, StreamingQuerySpec,
+    ColumnSpec, DeltaSinkSpec, DeltaWriteMode, OutputMode, PostgresConnectionSpec, PostgresSslMode,
+    SourceKind, StreamingQuerySpec,
 };
 
 pub use crate::error::ValidationError;
@@ -264,8 +265,11 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if spec.sink.kinds().len() != 1 {
         return Err(err(
             "spec.sink",
-            "exactly one of console, file, kafka, postgres, memory must be set",
+            "exactly one of console, file, kafka, postgres, memory, delta must be set",
         ));
+    }
+    if let Some(delta) = &spec.sink.delta {
+        check_delta_sink(spec, delta)?;
     }
     if let Some(file) = &spec.sink.file
         && file.path.trim().is_empty()
@@ -402,6 +406,73 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The Delta sink's mode fits the output mode, and its durations and sizes parse.
+fn check_delta_sink(
+    spec: &StreamingQuerySpec,
+    delta: &DeltaSinkSpec,
+) -> Result<(), ValidationError> {
+    if delta.path.trim().is_empty() {
+        return Err(err("spec.sink.delta.path", "empty path"));
+    }
+    let expected = delta_mode_for(spec.output_mode);
+    if let Some(mode) = delta.mode
+        && mode != expected
+    {
+        return Err(err(
+            "spec.sink.delta.mode",
+            format!(
+                "{mode:?} does not fit outputMode {:?} (which writes as {expected:?}); leave mode unset",
+                spec.output_mode
+            )
+            .to_lowercase(),
+        ));
+    }
+    if !delta.key_columns.is_empty() && expected != DeltaWriteMode::Merge {
+        return Err(err(
+            "spec.sink.delta.keyColumns",
+            "only used by mode merge (outputMode update)",
+        ));
+    }
+    if let Some(optimize) = &delta.optimize {
+        check_positive_duration("spec.sink.delta.optimize.every", &optimize.every)?;
+        if let Some(size) = &optimize.target_file_size {
+            let bytes = crate::size::parse_size(size)
+                .map_err(|m| err("spec.sink.delta.optimize.targetFileSize", m))?;
+            if bytes == 0 {
+                return Err(err(
+                    "spec.sink.delta.optimize.targetFileSize",
+                    "must be positive",
+                ));
+            }
+        }
+    }
+    if let Some(vacuum) = &delta.vacuum {
+        check_positive_duration("spec.sink.delta.vacuum.every", &vacuum.every)?;
+        if let Some(retention) = &vacuum.retention {
+            parse_duration(retention).map_err(|m| err("spec.sink.delta.vacuum.retention", m))?;
+        }
+    }
+    Ok(())
+}
+
+/// How the Delta sink writes under an output mode (Spark's Delta sink: append appends, complete
+/// overwrites; update is a MERGE on the keys, as `foreachBatch` + MERGE does in Spark).
+pub fn delta_mode_for(output_mode: OutputMode) -> DeltaWriteMode {
+    match output_mode {
+        OutputMode::Append => DeltaWriteMode::Append,
+        OutputMode::Complete => DeltaWriteMode::Overwrite,
+        OutputMode::Update => DeltaWriteMode::Merge,
+    }
+}
+
+fn check_positive_duration(path: &str, text: &str) -> Result<(), ValidationError> {
+    let parsed = parse_duration(text).map_err(|m| err(path, m))?;
+    if parsed.is_zero() {
+        return Err(err(path, "must be positive"));
+    }
+    Ok(())
+}
+
 /// A PostgreSQL connection's TLS fields: a root certificate is a reference, and only used when
 /// the mode verifies.
 fn check_pg_connection(path: &str, c: &PostgresConnectionSpec) -> Result<(), ValidationError> {
@@ -508,6 +579,30 @@ mod tests {
         parse_manifest(&manifest(tail))
             .expect_err("must be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn delta_sink_mode_must_fit_the_output_mode() {
+        let sink = "  sink: {delta: {path: /t, mode: merge}}\n";
+        let e = error_of(&format!("{SOURCES}{sink}"));
+        assert!(
+            e.contains("spec.sink.delta.mode") && e.contains("outputmode append"),
+            "{e}"
+        );
+        parse_manifest(&manifest(&format!("{SOURCES}{sink}  outputMode: update\n")))
+            .expect("merge fits update");
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{delta: {{path: /t, keyColumns: [v]}}}}\n"
+        ));
+        assert!(e.contains("spec.sink.delta.keyColumns"), "{e}");
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{delta: {{path: /t, optimize: {{every: 1h, targetFileSize: 1 parsec}}}}}}\n"
+        ));
+        assert!(e.contains("spec.sink.delta.optimize.targetFileSize"), "{e}");
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{delta: {{path: /t, vacuum: {{every: 0s}}}}}}\n"
+        ));
+        assert!(e.contains("spec.sink.delta.vacuum.every"), "{e}");
     }
 
     #[test]

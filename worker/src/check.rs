@@ -37,11 +37,6 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
         .iter()
         .map(crate::source::build)
         .collect::<Result<_>>()?;
-    let context = crate::sink::SinkContext {
-        query: query.metadata.name.clone().unwrap_or_default(),
-        query_id: "check".into(),
-    };
-    crate::sink::build(&spec.sink, &context)?;
     let inputs: Vec<(String, arrow::datatypes::SchemaRef)> = sources
         .iter()
         .map(|s| (s.name().to_string(), s.schema()))
@@ -51,6 +46,15 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
     if let Some(keys) = planned.grouping_columns() {
         crate::engine::check_stateful_partitioning(spec, &sources, &keys)?;
     }
+    let context = crate::sink::SinkContext {
+        query: query.metadata.name.clone().unwrap_or_default(),
+        query_id: "check".into(),
+        output_mode: spec.output_mode,
+        grouping_columns: planned.grouping_columns(),
+        tasks: sources.iter().map(|s| s.partitions()).max().unwrap_or(1),
+        maintenance_failures: None,
+    };
+    crate::sink::build(&spec.sink, &context)?;
     let plan = planned.logical_plan().await?;
     let fingerprint = planned.stateful_fingerprint();
     let report = CheckReport {

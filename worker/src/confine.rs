@@ -1,5 +1,5 @@
 //! `--allowed-paths`: the local file locations a query may name (file sources, file tables, model
-//! files, the file sink and its bad-records path, the checkpoint) must lie under one of the given
+//! files, the file sink and its bad-records path, the Delta sink's table, the checkpoint) must lie under one of the given
 //! roots, so that whoever writes a StreamingQuery cannot make the worker read or write elsewhere on
 //! its file system. `s3://` locations are not local and not confined.
 //!
@@ -61,6 +61,9 @@ impl AllowedPaths {
             if let Some(bad) = &file.bad_records_path {
                 locations.push(("spec.sink.file.badRecordsPath".into(), bad));
             }
+        }
+        if let Some(delta) = &spec.sink.delta {
+            locations.push(("spec.sink.delta.path".into(), &delta.path));
         }
         match checkpoint {
             Some(location) => locations.push(("--checkpoint".into(), location)),

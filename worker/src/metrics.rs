@@ -30,6 +30,13 @@ pub struct LookupLabels {
     pub table: String,
 }
 
+/// Labels of per-query series that belong to no task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    pub query: String,
+    pub namespace: String,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 
 /// The worker's metric families, registered in [`Metrics::registry`].
@@ -65,6 +72,8 @@ pub struct Metrics {
     pub lookup_rows: Family<LookupLabels, Counter>,
     /// Distinct keys looked up in PostgreSQL lookup tables (committed batches).
     pub lookup_keys: Family<LookupLabels, Counter>,
+    /// Failed background maintenance runs of the sink (Delta compaction, vacuum).
+    pub sink_maintenance_failures: Family<QueryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,6 +103,7 @@ impl Metrics {
         let quarantined_batches = Family::<TaskLabels, Counter>::default();
         let lookup_rows = Family::<LookupLabels, Counter>::default();
         let lookup_keys = Family::<LookupLabels, Counter>::default();
+        let sink_maintenance_failures = Family::<QueryLabels, Counter>::default();
         registry.register("input_rows", "Rows read from sources", input_rows.clone());
         registry.register(
             "processed_rows",
@@ -166,6 +176,11 @@ impl Metrics {
             "Distinct keys looked up in PostgreSQL lookup tables",
             lookup_keys.clone(),
         );
+        registry.register(
+            "sink_maintenance_failures",
+            "Failed background maintenance runs of the sink (Delta compaction, vacuum)",
+            sink_maintenance_failures.clone(),
+        );
         Self {
             registry,
             input_rows,
@@ -184,6 +199,7 @@ impl Metrics {
             quarantined_batches,
             lookup_rows,
             lookup_keys,
+            sink_maintenance_failures,
         }
     }
 

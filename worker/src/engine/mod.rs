@@ -409,6 +409,19 @@ impl Engine {
         let sink_context = crate::sink::SinkContext {
             query: format!("{}/{}", config.namespace(), config.name()),
             query_id: metadata.query_id.clone(),
+            output_mode: spec.output_mode,
+            grouping_columns: first.grouping_columns(),
+            tasks: sources.iter().map(|s| s.partitions()).max().unwrap_or(1),
+            maintenance_failures: Some(
+                shared
+                    .metrics
+                    .sink_maintenance_failures
+                    .get_or_create(&crate::metrics::QueryLabels {
+                        query: config.name(),
+                        namespace: config.namespace(),
+                    })
+                    .clone(),
+            ),
         };
         let sink: Arc<dyn crate::sink::Sink> =
             Arc::from(crate::sink::build(&spec.sink, &sink_context)?);
@@ -1043,6 +1056,8 @@ pub fn describe_sink(sink: &sluice_crds::SinkSpec) -> String {
         format!("KafkaSink[{}]", kafka.topic)
     } else if let Some(pg) = &sink.postgres {
         format!("PostgresSink[{}]", pg.table)
+    } else if let Some(delta) = &sink.delta {
+        format!("DeltaSink[{}]", delta.path)
     } else {
         "Sink".into()
     }

@@ -8,6 +8,7 @@
 //! lives in its own folder.
 
 pub mod console;
+pub mod delta;
 pub mod file;
 pub mod kafka;
 pub mod memory;
@@ -39,6 +40,14 @@ pub struct SinkContext {
     /// The checkpoint's query id (a UUID kept in `metadata.json`, Spark's query `id`): a new
     /// checkpoint is a new query, so batch ids restarting at 0 do not collide with old ones.
     pub query_id: String,
+    /// The query's output mode.
+    pub output_mode: sluice_crds::OutputMode,
+    /// The query's grouping columns when it aggregates (the Delta sink MERGEs on them).
+    pub grouping_columns: Option<Vec<String>>,
+    /// Tasks of the query (all replicas).
+    pub tasks: u32,
+    /// Counts failed background maintenance of the sink (Delta compaction and vacuum).
+    pub maintenance_failures: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// Builds the sink a spec describes.
@@ -64,6 +73,18 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
     }
     if let Some(file) = &spec.file {
         return Ok(Box::new(file::FileSink::new(file, &context.query_id)?));
+    }
+    if let Some(delta) = &spec.delta {
+        return Ok(Box::new(delta::DeltaSink::new(
+            delta,
+            &delta::DeltaContext {
+                query_id: context.query_id.clone(),
+                output_mode: context.output_mode,
+                grouping_columns: context.grouping_columns.clone(),
+                tasks: context.tasks,
+                maintenance_failures: context.maintenance_failures.clone(),
+            },
+        )?));
     }
     if let Some(memory) = &spec.memory {
         return Ok(Box::new(memory::MemorySink::new(&memory.name)));

@@ -15,10 +15,13 @@
 //! - **PostgreSQL `insert` / `accumulate`** and **Kafka**: appended rows, added-up counters and
 //!   produced records cannot be taken back; refused unless no batch after N wrote a row.
 //!
-//! A Delta Lake sink would qualify through its transaction versions (`txn` app id and version),
-//! as Spark's does; this build has none.
+//! - **Delta** with `mode: merge` or `mode: overwrite` set: the replay MERGEs the same keys again
+//!   or replaces the table with the same result. Otherwise (appending, or the mode left to the
+//!   output mode, which the sink spec alone does not tell) refused unless no batch after N wrote
+//!   a row: the new generation's `txn` app ids are new, so appended batches would be appended
+//!   again.
 
-use sluice_crds::{PostgresWriteMode, SinkSpec};
+use sluice_crds::{DeltaWriteMode, PostgresWriteMode, SinkSpec};
 
 /// What a restore may do with a sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,17 @@ pub fn replay_verdict(sink: &SinkSpec, rows_after: u64) -> ReplayVerdict {
             "the Kafka sink already produced the {rows_after} records of the later batches; \
              records cannot be taken back and consumers would read them twice ({WHICH})"
         ));
+    }
+    if let Some(delta) = &sink.delta {
+        return match delta.mode {
+            Some(DeltaWriteMode::Merge | DeltaWriteMode::Overwrite) => ReplayVerdict::Allowed,
+            _ if rows_after == 0 => ReplayVerdict::Allowed,
+            _ => ReplayVerdict::Refused(format!(
+                "the Delta sink already appended the {rows_after} rows of the later batches; the \
+                 restored generation's txn app ids are new, so the replay would append them again \
+                 (Delta takes a replay with mode merge or overwrite set)"
+            )),
+        };
     }
     if sink.console.is_some() && rows_after > 0 {
         return ReplayVerdict::AllowedWithWarning(format!(
