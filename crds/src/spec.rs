@@ -588,6 +588,10 @@ pub struct ConsoleSinkSpec {
     /// Rows shown per batch (Spark's `numRows`, default 20).
     #[serde(default = "default_num_rows")]
     pub num_rows: usize,
+    /// Cut cells longer than 20 characters to 17 and `...` (Spark's console sink `truncate`,
+    /// default true); false shows every value whole.
+    #[serde(default = "default_true")]
+    pub truncate: bool,
 }
 
 fn default_num_rows() -> usize {
@@ -611,6 +615,20 @@ pub struct FileSinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_PATH))]
     pub bad_records_path: Option<String>,
+    /// `partitions`: each batch replaces, per task, the files of every partition directory whose
+    /// rows changed (the others keep their files), atomically at the commit log. Needs
+    /// `outputMode: complete`; without it the file sink only appends (`outputMode: append`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<FileOverwrite>,
+}
+
+/// What an overwriting file sink replaces each batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOverwrite {
+    /// The partition directories (`partitionBy`) whose rows changed; the whole directory when
+    /// there is no `partitionBy`.
+    Partitions,
 }
 
 /// Records to a Kafka topic.

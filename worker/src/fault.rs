@@ -36,17 +36,26 @@ pub enum CrashPoint {
     BeforeCommit,
     /// Retention wrote the compacted entry but has not deleted what it covers.
     MidRetention,
+    /// An overwriting file sink (`overwrite: partitions`) committed the batch's log entry and
+    /// deleted the files of one superseded version, not yet its marker. Only that sink reaches it.
+    MidSinkCleanup,
 }
 
 impl CrashPoint {
     /// Every crash point, for tests that try each.
-    pub const ALL: [CrashPoint; 5] = [
+    pub const ALL: [CrashPoint; 6] = [
         CrashPoint::MidSinkWrite,
         CrashPoint::AfterSinkWrite,
         CrashPoint::MidStateWrite,
         CrashPoint::BeforeCommit,
         CrashPoint::MidRetention,
+        CrashPoint::MidSinkCleanup,
     ];
+
+    /// Whether only the file sink reaches this point (other sinks' crash tests skip it).
+    pub fn file_sink_only(self) -> bool {
+        matches!(self, CrashPoint::MidSinkWrite | CrashPoint::MidSinkCleanup)
+    }
 
     /// The point's name in [`CRASH_AT_ENV`].
     pub fn name(self) -> &'static str {
@@ -56,6 +65,7 @@ impl CrashPoint {
             CrashPoint::MidStateWrite => "mid-state-write",
             CrashPoint::BeforeCommit => "before-commit",
             CrashPoint::MidRetention => "mid-retention",
+            CrashPoint::MidSinkCleanup => "mid-sink-cleanup",
         }
     }
 }
@@ -246,6 +256,6 @@ mod tests {
             )]
         );
         let names: Vec<&str> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
-        assert_eq!(names.len(), 5);
+        assert_eq!(names.len(), 6);
     }
 }

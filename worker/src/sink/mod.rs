@@ -60,7 +60,10 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
         )?));
     }
     if let Some(console) = &spec.console {
-        return Ok(Box::new(console::ConsoleSink::new(console.num_rows)));
+        return Ok(Box::new(console::ConsoleSink::new(
+            console.num_rows,
+            console.truncate,
+        )));
     }
     if let Some(file) = &spec.file {
         return Ok(Box::new(file::FileSink::new(file, &context.query_id)?));
