@@ -15,6 +15,7 @@ pub mod error;
 pub mod manifest;
 pub mod schedule;
 pub mod secrets;
+pub mod size;
 pub mod spec;
 pub mod status;
 pub mod validate;

@@ -306,6 +306,17 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     }
     if let Some(file) = &spec.sink.file {
         check_file_sink_mode(spec.output_mode, file)?;
+        if let Some(compaction) = &file.compaction {
+            if file.overwrite.is_some() {
+                return Err(err(
+                    "spec.sink.file.compaction",
+                    "an overwriting sink keeps one file per partition and task already; \
+                     compaction is for `append`",
+                ));
+            }
+            crate::size::parse_size(&compaction.target_file_size)
+                .map_err(|m| err("spec.sink.file.compaction.targetFileSize", m))?;
+        }
     }
     if let Some(kafka) = &spec.sink.kafka {
         crate::secrets::check_kafka_options(
@@ -605,6 +616,21 @@ mod tests {
         for (mode, extra) in [("append", ""), ("complete", ", overwrite: partitions")] {
             parse_manifest(&manifest(&spec(mode, extra))).expect(mode);
         }
+        let e = error_of(&spec("append", ", compaction: {targetFileSize: 10MB}"));
+        assert!(
+            e.contains("`spec.sink.file.compaction.targetFileSize`: `10MB` is not a size"),
+            "{e}"
+        );
+        let e = error_of(&spec(
+            "complete",
+            ", overwrite: partitions, compaction: {minFiles: 4}",
+        ));
+        assert!(e.contains("`spec.sink.file.compaction`"), "{e}");
+        parse_manifest(&manifest(&spec(
+            "append",
+            ", compaction: {minFiles: 4, targetFileSize: 64Mi}",
+        )))
+        .expect("compaction");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
     let context = crate::sink::SinkContext {
         query: query.metadata.name.clone().unwrap_or_default(),
         query_id: "check".into(),
+        min_batches_to_retain: 0,
     };
     crate::sink::build(&spec.sink, &context)?;
     let inputs: Vec<(String, arrow::datatypes::SchemaRef)> = sources

@@ -111,8 +111,15 @@ fn file_sink_exactly_once_after_a_crash_at_each_point() {
             ),
         )
         .expect("manifest");
-        // Only an overwriting file sink cleans up superseded versions.
-        crash_then_recover(&path, point, point == CrashPoint::MidSinkCleanup);
+        // Only an overwriting or compacting file sink reaches these.
+        crash_then_recover(
+            &path,
+            point,
+            matches!(
+                point,
+                CrashPoint::MidSinkCleanup | CrashPoint::MidCompaction
+            ),
+        );
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let location = Location::parse(output.to_str().expect("utf8")).expect("loc");
         let actual = runtime.block_on(output_rows(&location));

@@ -39,6 +39,9 @@ pub struct SinkContext {
     /// The checkpoint's query id (a UUID kept in `metadata.json`, Spark's query `id`): a new
     /// checkpoint is a new query, so batch ids restarting at 0 do not collide with old ones.
     pub query_id: String,
+    /// Batches the checkpoint retains (`checkpoint.minBatchesToRetain`): a restore may take back
+    /// that many, so the file sink does not compact their files.
+    pub min_batches_to_retain: u64,
 }
 
 /// Builds the sink a spec describes.
@@ -66,7 +69,9 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
         )));
     }
     if let Some(file) = &spec.file {
-        return Ok(Box::new(file::FileSink::new(file, &context.query_id)?));
+        return Ok(Box::new(
+            file::FileSink::new(file, &context.query_id)?.retaining(context.min_batches_to_retain),
+        ));
     }
     if let Some(memory) = &spec.memory {
         return Ok(Box::new(memory::MemorySink::new(&memory.name)));

@@ -23,6 +23,7 @@
 //! **Output modes.** Append only, as Spark's file sink; `complete` only with
 //! `overwrite: partitions` ([`overwrite`]), where an entry replaces the entries it `supersedes`.
 
+pub mod compaction;
 pub mod overwrite;
 pub mod retract;
 #[cfg(test)]
@@ -76,6 +77,10 @@ pub struct LogEntry {
     /// without `partitionBy`), a hash of its rows ([`overwrite::partition_hash`]), so the next batch keeps an unchanged one's files.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partitions: BTreeMap<String, String>,
+    /// A compaction entry (`<task>-c<batchId>.json`): the files its merged `files` replace; a
+    /// reader following the log skips them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// The configured file sink.
@@ -85,6 +90,10 @@ pub struct FileSink {
     partition_by: Vec<String>,
     /// `overwrite: partitions`: each batch replaces the task's previous output.
     overwrite: bool,
+    /// `compaction`: merging closed partitions' small files.
+    compaction: Option<compaction::Compaction>,
+    /// Batches the checkpoint retains: their files are never compacted.
+    retain: u64,
     /// The checkpoint's query id: names files and log entries.
     run: String,
     /// Per task, the batch this process last started and whether it was written and logged: the
@@ -104,9 +113,34 @@ impl FileSink {
             format: spec.format,
             partition_by: spec.partition_by.clone(),
             overwrite: spec.overwrite == Some(FileOverwrite::Partitions),
+            compaction: spec
+                .compaction
+                .as_ref()
+                .map(|c| {
+                    let target_bytes =
+                        sluice_crds::size::parse_size(&c.target_file_size).map_err(|m| {
+                            EngineError::InvalidQuery(format!(
+                                "sink.file.compaction.targetFileSize: {m}"
+                            ))
+                        })?;
+                    Ok::<_, EngineError>(compaction::Compaction {
+                        min_files: c.min_files.max(2) as usize,
+                        target_bytes,
+                        closed_after: u64::from(c.closed_after_batches.max(1)),
+                    })
+                })
+                .transpose()?,
+            retain: retention_default(),
             run: run.to_string(),
             written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same sink, never compacting the files of the last `batches` batches (the checkpoint's
+    /// `minBatchesToRetain`, which a restore may take back).
+    pub fn retaining(mut self, batches: u64) -> Self {
+        self.retain = batches;
+        self
     }
 
     /// The data file name of (task, batch) of this run.
@@ -170,6 +204,28 @@ impl FileSink {
         Ok(())
     }
 
+    /// Writes `batches` (one schema) as a Parquet file at `path`, batch by batch.
+    async fn write_parquet(
+        &self,
+        path: object_store::path::Path,
+        batches: &[RecordBatch],
+    ) -> Result<()> {
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let fail = |e: &dyn std::fmt::Display| EngineError::Sink(format!("writing {path}: {e}"));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let writer = BufWriter::new(self.location.store.clone(), path.clone());
+        let mut writer = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))?;
+        for batch in batches {
+            writer.write(batch).await.map_err(|e| fail(&e))?;
+        }
+        writer.close().await.map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
     /// `relative` (a path under the output location) as the store spells it, e.g. `%` in a
     /// partition value percent-encoded once more: what the commit log lists.
     fn stored(&self, relative: &str) -> String {
@@ -196,23 +252,13 @@ impl FileSink {
     async fn write_file(&self, relative: &str, batches: &[RecordBatch]) -> Result<String> {
         let path = self.location.child(relative);
         let stored = self.stored(relative);
-        let Some(first) = batches.first() else {
+        if batches.is_empty() {
             return Ok(stored);
-        };
+        }
         let store = self.location.store.clone();
         let fail = |e: &dyn std::fmt::Display| EngineError::Sink(format!("writing {path}: {e}"));
         match self.format {
-            FileFormat::Parquet => {
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .build();
-                let writer = BufWriter::new(store, path.clone());
-                let mut writer = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))?;
-                for batch in batches {
-                    writer.write(batch).await.map_err(|e| fail(&e))?;
-                }
-                writer.close().await.map_err(|e| fail(&e))?;
-            }
+            FileFormat::Parquet => self.write_parquet(path.clone(), batches).await?,
             FileFormat::Json => {
                 let mut buffer = Vec::new();
                 let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
@@ -268,6 +314,7 @@ impl Sink for FileSink {
                 if self.overwrite {
                     overwrite::clean_superseded(&self.location, task, batch_id).await?;
                 }
+                self.compact(task, batch_id).await?;
                 self.remember(task, batch_id);
                 return Ok(entry.rows);
             }
@@ -338,6 +385,7 @@ impl Sink for FileSink {
             files,
             supersedes,
             partitions,
+            replaces: Vec::new(),
         };
         let body = serde_json::to_vec(&entry).map_err(|e| EngineError::Internal(e.to_string()))?;
         let path = self.log_path(task, batch_id);
@@ -349,9 +397,14 @@ impl Sink for FileSink {
         if self.overwrite {
             overwrite::clean_superseded(&self.location, task, batch_id).await?;
         }
+        self.compact(task, batch_id).await?;
         self.remember(task, batch_id);
         Ok(rows)
     }
+}
+
+fn retention_default() -> u64 {
+    crate::engine::retention::DEFAULT_MIN_BATCHES_TO_RETAIN
 }
 
 impl FileSink {
@@ -394,14 +447,37 @@ pub async fn committed_files(location: &Location) -> Result<Option<Vec<String>>>
         live.push((name, read_log_entry_at(location, &path).await?));
     }
     let dead: HashSet<&String> = live.iter().flat_map(|(_, e)| &e.supersedes).collect();
-    let mut files: Vec<String> = live
+    let current: Vec<&LogEntry> = live
         .iter()
         .filter(|(name, _)| !dead.contains(name))
-        .flat_map(|(_, e)| e.files.iter().cloned())
+        .map(|(_, e)| e)
+        .collect();
+    let replaced: HashSet<&String> = current.iter().flat_map(|e| &e.replaces).collect();
+    let mut files: Vec<String> = current
+        .iter()
+        .flat_map(|e| e.files.iter())
+        .filter(|f| !replaced.contains(f))
+        .cloned()
         .collect();
     files.sort();
     files.dedup();
     Ok(Some(files))
+}
+
+/// The full path of `stored`, a file path relative to `location` as the commit log lists it
+/// (already in the store's encoding: not encoded again).
+///
+/// # Errors
+/// [`EngineError::Sink`] for a path the store cannot parse (a damaged log entry).
+pub fn stored_path(location: &Location, stored: &str) -> Result<object_store::path::Path> {
+    let prefix = location.prefix.as_ref();
+    let full = if prefix.is_empty() {
+        stored.to_string()
+    } else {
+        format!("{prefix}/{stored}")
+    };
+    object_store::path::Path::parse(&full)
+        .map_err(|e| EngineError::Sink(format!("commit log names a bad path `{stored}`: {e}")))
 }
 
 /// Reads the commit-log entry at `path` (a full path under `location`).

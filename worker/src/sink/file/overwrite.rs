@@ -156,7 +156,7 @@ pub async fn clean_superseded(location: &Location, task: u32, batch_id: u64) -> 
         let path = location.child(&format!("{LOG_DIR}/{marker}"));
         let entry = read_log_entry_at(location, &path).await?;
         for file in entry.files.iter().filter(|f| !keep.contains(f)) {
-            delete(location, &location.child(file)).await?;
+            delete(location, &super::stored_path(location, file)?).await?;
         }
         crash_point(CrashPoint::MidSinkCleanup, batch_id);
         delete(location, &path).await?;

@@ -75,6 +75,7 @@ fn sink_with(
             partition_by: partition_by.iter().map(|c| c.to_string()).collect(),
             bad_records_path: None,
             overwrite,
+            compaction: None,
         },
         run,
     )
@@ -357,4 +358,123 @@ async fn a_reader_following_the_log_ignores_a_superseded_version_left_by_a_crash
         .expect("replay");
     assert_eq!(files_on_disk(dir.path()), vec![part("level=A", 1, RUN)]);
     assert!(!old.exists());
+}
+
+fn compacting_sink(dir: &std::path::Path, format: FileFormat, partition_by: &[&str]) -> FileSink {
+    FileSink::new(
+        &FileSinkSpec {
+            path: dir.to_string_lossy().into_owned(),
+            format,
+            partition_by: partition_by.iter().map(|c| c.to_string()).collect(),
+            bad_records_path: None,
+            overwrite: None,
+            compaction: Some(sluice_crds::FileCompactionSpec {
+                min_files: 3,
+                target_file_size: "1MiB".into(),
+                closed_after_batches: 2,
+            }),
+        },
+        RUN,
+    )
+    .expect("sink")
+    .retaining(0)
+}
+
+/// The `n` values of every committed Parquet file under `dir`, sorted.
+async fn committed_values(dir: &std::path::Path) -> Vec<i64> {
+    let location = Location::parse(dir.to_str().expect("utf8")).expect("loc");
+    let mut values = Vec::new();
+    for file in committed_files(&location)
+        .await
+        .expect("log")
+        .expect("a log")
+    {
+        let bytes = std::fs::read(dir.join(file.replace("%25", "%"))).expect("file");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(bytes),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let n = batch.column_by_name("n").expect("n");
+            values.extend(
+                n.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("i64")
+                    .values()
+                    .iter(),
+            );
+        }
+    }
+    values.sort();
+    values
+}
+
+#[tokio::test]
+async fn compaction_merges_the_files_of_closed_partitions_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let location = Location::parse(dir.path().to_str().expect("utf8")).expect("loc");
+    let sink = compacting_sink(dir.path(), FileFormat::Parquet, &["level"]);
+    // Batches 0..4 write partition A, 4..7 partition B.
+    for batch_id in 0..7_u64 {
+        let level = if batch_id < 4 { "A" } else { "B" };
+        let n = batch_id as i64;
+        sink.write(0, batch_id, &[levels(&[(level, n), (level, n + 100)])])
+            .await
+            .expect("write");
+    }
+    // At batch 6, A (last written by batch 3) is closed: its four files became one. B is still
+    // being written: left alone.
+    let merged = format!("level=A/part-00000-c{:020}-{RUN}.parquet", 3);
+    let expected = vec![
+        merged,
+        part("level=B", 4, RUN),
+        part("level=B", 5, RUN),
+        part("level=B", 6, RUN),
+    ];
+    assert_eq!(
+        committed_files(&location).await.expect("log"),
+        Some(expected.clone())
+    );
+    assert_eq!(files_on_disk(dir.path()), expected, "originals deleted");
+    let mut all: Vec<i64> = (0..7).flat_map(|n| [n, n + 100]).collect();
+    all.sort();
+    assert_eq!(committed_values(dir.path()).await, all, "same rows");
+    // A restarted sink replaying an old batch neither rewrites it nor undoes the compaction.
+    let restarted = compacting_sink(dir.path(), FileFormat::Parquet, &["level"]);
+    assert_eq!(
+        restarted
+            .write(0, 6, &[levels(&[("B", 6), ("B", 106)])])
+            .await
+            .expect("replay"),
+        2
+    );
+    assert_eq!(files_on_disk(dir.path()), expected);
+}
+
+#[tokio::test]
+async fn csv_compaction_keeps_one_header_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = compacting_sink(dir.path(), FileFormat::Csv, &[]);
+    for batch_id in 0..5_u64 {
+        sink.write(0, batch_id, &[levels(&[("x", batch_id as i64)])])
+            .await
+            .expect("write");
+    }
+    // At batch 4 the files of batches 0..=2 are closed (two batches old).
+    let merged = dir.path().join(format!("part-00000-c{:020}-{RUN}.csv", 2));
+    assert_eq!(
+        std::fs::read_to_string(&merged).expect("merged"),
+        "level,n\nx,0\nx,1\nx,2\n"
+    );
+    assert_eq!(
+        files_on_disk(dir.path()),
+        vec![
+            format!("part-00000-{:020}-{RUN}-000.csv", 3),
+            format!("part-00000-{:020}-{RUN}-000.csv", 4),
+            format!("part-00000-c{:020}-{RUN}.csv", 2),
+        ]
+    );
 }

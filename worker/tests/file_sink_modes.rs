@@ -1,7 +1,8 @@
-//! The file sink's output modes: `update` (and `complete` without `overwrite`) refused at start and
-//! by `check` with the reason, as Spark refuses them; `complete` with `overwrite: partitions`
-//! leaves exactly one current version of each partition with the final counts after a crash at
-//! every crash point.
+//! The file sink's output modes and file management, with the worker binary: `update` (and
+//! `complete` without `overwrite`) refused at start and by `check` with the reason, as Spark
+//! refuses them; `complete` with `overwrite: partitions` leaves exactly one current version of
+//! each partition with the final counts after a crash at every crash point; compaction merges
+//! closed partitions' files with the same rows, exactly once after a crash at every crash point.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use arrow::array::{Array, Int64Array, StringArray};
-use common::{read_parquet_dir, spawn_worker};
+use common::{expected_high, output_rows, read_parquet_dir, spawn_worker};
 use sluice_worker::fault::{CRASH_AT_ENV, CrashPoint};
 use sluice_worker::sink::file::{LOG_DIR, committed_files};
 use sluice_worker::storage::Location;
@@ -184,6 +185,9 @@ fn overwrite_partitions_leaves_one_current_version_after_a_crash_at_each_point()
     let expected = expected_counts();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     for point in CrashPoint::ALL {
+        if point == CrashPoint::MidCompaction {
+            continue;
+        }
         let output = dir.path().join(format!("out-{}", point.name()));
         let file = dir.path().join(format!("{}.yaml", point.name()));
         let checkpoint = dir.path().join(format!("ckpt-{}", point.name()));
@@ -242,5 +246,199 @@ fn overwrite_partitions_leaves_one_current_version_after_a_crash_at_each_point()
             "{}: one live entry, the last batch's",
             point.name()
         );
+    }
+}
+
+/// The IoT filter (append, one batch per input file), compacting: every 2 batches, files at least
+/// 2 batches old and outside the checkpoint's 2 retained batches, 3 or more at a time.
+fn compacting_manifest(input: &Path, output: &Path, checkpoint: &Path, format: &str) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: compacting}}
+spec:
+  sources:
+    - name: events
+      file: {{path: "{input}", format: json, maxFilesPerTrigger: 1, partitions: 1}}
+      schema:
+        - {{name: deviceId, type: string}}
+        - {{name: temperature, type: double}}
+        - {{name: danger_level, type: string}}
+        - {{name: timestamp, type: timestamp}}
+  sql: SELECT * FROM events WHERE danger_level = 'HIGH'
+  sink:
+    file:
+      path: "{output}"
+      format: {format}
+      compaction: {{minFiles: 3, targetFileSize: 64MiB, closedAfterBatches: 2}}
+  trigger: {{availableNow: true}}
+  checkpoint: {{location: "{checkpoint}", minBatchesToRetain: 2}}
+"#,
+        input = input.display(),
+        output = output.display(),
+        checkpoint = checkpoint.display(),
+    )
+}
+
+/// `part-` files directly under `dir`, sorted.
+fn top_files(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .expect("out")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part-"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn compaction_reduces_the_file_count_with_the_same_rows_after_a_crash_at_each_point() {
+    const BATCHES: u64 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    sluice_bench::write_json_files(&input, SEED, BATCHES, ROWS).expect("generate");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // Compaction rounds run after batches 2, 4 and 6; the one after batch 4 merges 0..=2.
+    let crash_batch = 4;
+    for point in CrashPoint::ALL {
+        let output = dir.path().join(format!("out-{}", point.name()));
+        let file = dir.path().join(format!("{}.yaml", point.name()));
+        let checkpoint = dir.path().join(format!("ckpt-{}", point.name()));
+        std::fs::write(
+            &file,
+            compacting_manifest(&input, &output, &checkpoint, "parquet"),
+        )
+        .expect("manifest");
+        let armed = if point == CrashPoint::MidRetention {
+            (0..BATCHES)
+                .map(|b| format!("{}:{b}", point.name()))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            format!("{}:{crash_batch}", point.name())
+        };
+        let status = spawn_worker(&file, &[(CRASH_AT_ENV, &armed)])
+            .wait()
+            .expect("armed run");
+        assert!(
+            !status.success(),
+            "{}: the worker did not crash",
+            point.name()
+        );
+        let status = spawn_worker(&file, &[]).wait().expect("recovery run");
+        assert!(status.success(), "{}: recovery failed", point.name());
+
+        let location = Location::parse(output.to_str().expect("utf8")).expect("loc");
+        assert_eq!(
+            runtime.block_on(output_rows(&location)),
+            expected_high(SEED, BATCHES, ROWS),
+            "{}: every row exactly once",
+            point.name()
+        );
+        let committed = runtime
+            .block_on(committed_files(&location))
+            .expect("log")
+            .expect("a commit log");
+        assert_eq!(
+            top_files(&output),
+            committed,
+            "{}: no stray file",
+            point.name()
+        );
+        // The round after batch 4 merged batches 0..=2; the one after batch 6 found only two
+        // closed files (3, 4), fewer than minFiles.
+        let merged = format!("part-00000-c{:020}-", 2);
+        assert!(
+            committed.iter().any(|f| f.starts_with(&merged)),
+            "{}: {committed:?}",
+            point.name()
+        );
+        assert_eq!(
+            committed.len(),
+            6,
+            "{}: 8 batch files became 6",
+            point.name()
+        );
+    }
+}
+
+/// The rows of every committed file under `output` read back with arrow's own JSON or CSV
+/// reader and the query's result schema.
+fn text_rows(output: &Path, format: &str) -> Vec<common::Row> {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("deviceId", DataType::Utf8, true),
+        Field::new("temperature", DataType::Float64, true),
+        Field::new("danger_level", DataType::Utf8, true),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+    ]));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let location = Location::parse(output.to_str().expect("utf8")).expect("loc");
+    let committed = runtime
+        .block_on(committed_files(&location))
+        .expect("log")
+        .expect("a commit log");
+    let mut batches = Vec::new();
+    for file in committed {
+        assert!(file.ends_with(&format!(".{format}")), "{file}");
+        let body = std::fs::File::open(output.join(&file)).expect("file");
+        let body = std::io::BufReader::new(body);
+        if format == "json" {
+            let reader = arrow::json::ReaderBuilder::new(schema.clone())
+                .build(body)
+                .expect("json");
+            batches.extend(reader.map(|b| b.expect("json batch")));
+        } else {
+            let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_header(true)
+                .build(body)
+                .expect("csv");
+            batches.extend(reader.map(|b| b.expect("csv batch")));
+        }
+    }
+    let mut rows = common::rows_of(&batches, None);
+    rows.sort();
+    rows
+}
+
+#[test]
+fn json_and_csv_output_read_back_exactly_also_after_compaction() {
+    const BATCHES: u64 = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    sluice_bench::write_json_files(&input, SEED, BATCHES, ROWS).expect("generate");
+    for format in ["json", "csv"] {
+        let output = dir.path().join(format!("out-{format}"));
+        let file = dir.path().join(format!("{format}.yaml"));
+        std::fs::write(
+            &file,
+            compacting_manifest(
+                &input,
+                &output,
+                &dir.path().join(format!("ckpt-{format}")),
+                format,
+            ),
+        )
+        .expect("manifest");
+        let status = spawn_worker(&file, &[]).wait().expect("run");
+        assert!(status.success(), "{format}: {status}");
+        assert_eq!(
+            text_rows(&output, format),
+            expected_high(SEED, BATCHES, ROWS),
+            "{format}: every row back, exactly"
+        );
+        let files = top_files(&output);
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with(&format!("part-00000-c{:020}-", 2))),
+            "{format}: batches 0..=2 merged: {files:?}"
+        );
+        assert_eq!(files.len(), BATCHES as usize - 2, "{format}: {files:?}");
     }
 }
