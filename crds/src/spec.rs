@@ -594,6 +594,10 @@ pub struct ConsoleSinkSpec {
     /// Rows shown per batch (Spark's `numRows`, default 20).
     #[serde(default = "default_num_rows")]
     pub num_rows: usize,
+    /// Cut cells longer than 20 characters to 17 and `...` (Spark's console sink `truncate`,
+    /// default true); false shows every value whole.
+    #[serde(default = "default_true")]
+    pub truncate: bool,
 }
 
 fn default_num_rows() -> usize {
@@ -617,6 +621,65 @@ pub struct FileSinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_PATH))]
     pub bad_records_path: Option<String>,
+    /// `partitions`: each batch replaces, per task, the files of every partition directory whose
+    /// rows changed (the others keep their files), atomically at the commit log. Needs
+    /// `outputMode: complete`; without it the file sink only appends (`outputMode: append`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<FileOverwrite>,
+    /// Merge the small files of closed partitions (append mode): each task's files of a partition
+    /// directory its recent batches no longer write, under the commit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<FileCompactionSpec>,
+}
+
+/// When and how the file sink merges small files (`sink.file.compaction`).
+///
+/// A task's partition directory is **closed** when none of the task's last `closedAfterBatches`
+/// batches wrote into it (without `partitionBy`: a file is closed once it is that many batches
+/// old). Every `closedAfterBatches` batches, a task merges its closed files of each directory that
+/// has at least `minFiles` of them, oldest first, into files of about `targetFileSize`. Files of
+/// batches the checkpoint still retains (`checkpoint.minBatchesToRetain`) are left alone, so a
+/// checkpoint restore can still take them back.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileCompactionSpec {
+    /// A directory is compacted once it holds at least this many closed files of a task
+    /// (default 10).
+    #[serde(default = "default_min_files")]
+    #[schemars(range(min = 2, max = 1_000_000))]
+    pub min_files: u32,
+    /// Merged files stop growing at this size, e.g. `128MiB` (default; units B, KiB/Ki, MiB/Mi,
+    /// GiB/Gi).
+    #[serde(default = "default_target_file_size")]
+    #[x_kube(validation = Rule::new(crate::size::SIZE_RULE).message(crate::size::SIZE_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub target_file_size: String,
+    /// Batches without a write after which a task's partition directory counts as closed; also
+    /// how often compaction runs (default 10).
+    #[serde(default = "default_closed_after_batches")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub closed_after_batches: u32,
+}
+
+fn default_min_files() -> u32 {
+    10
+}
+
+fn default_target_file_size() -> String {
+    "128MiB".into()
+}
+
+fn default_closed_after_batches() -> u32 {
+    10
+}
+
+/// What an overwriting file sink replaces each batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOverwrite {
+    /// The partition directories (`partitionBy`) whose rows changed; the whole directory when
+    /// there is no `partitionBy`.
+    Partitions,
 }
 
 /// Records to a Kafka topic.

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 
 use crate::duration::parse_duration;
 use crate::spec::{
-    ColumnSpec, DeltaSinkSpec, DeltaWriteMode, OutputMode, PostgresConnectionSpec, PostgresSslMode,
-    SourceKind, StreamingQuerySpec,
+    ColumnSpec, DeltaSinkSpec, DeltaWriteMode, FileSinkSpec, OutputMode, PostgresConnectionSpec,
+    PostgresSslMode, SourceKind, StreamingQuerySpec,
 };
 
 pub use crate::error::ValidationError;
@@ -53,6 +53,37 @@ impl ColumnType {
             "binary" | "bytes" => Self::Binary,
             _ => return None,
         })
+    }
+}
+
+/// The output modes the file sink takes, as Spark's `FileStreamSink` (append only: a file cannot
+/// take back rows it holds), plus `complete` with `overwrite: partitions`, which replaces
+/// partitions instead of appending to them.
+///
+/// # Errors
+/// At `spec.outputMode` for `update`, and for `complete` without `overwrite`; at
+/// `spec.sink.file.overwrite` for `overwrite` with `append`.
+pub fn check_file_sink_mode(mode: OutputMode, file: &FileSinkSpec) -> Result<(), ValidationError> {
+    match (mode, file.overwrite) {
+        (OutputMode::Update, _) => Err(err(
+            "spec.outputMode",
+            "the file sink does not support `update` output mode (Spark: \"Data source parquet does \
+             not support Update output mode\"): files cannot change the rows they already hold. Use \
+             `append` (aggregations need a watermark), or `complete` with \
+             `sink.file.overwrite: partitions`",
+        )),
+        (OutputMode::Complete, None) => Err(err(
+            "spec.outputMode",
+            "the file sink supports `complete` output mode only with `sink.file.overwrite: \
+             partitions` (Spark: \"Data source parquet does not support Complete output mode\"): \
+             appending the whole result table every batch would repeat every row",
+        )),
+        (OutputMode::Append, Some(_)) => Err(err(
+            "spec.sink.file.overwrite",
+            "`partitions` replaces each partition with the batch's rows of it, which are the \
+             whole partition only in `outputMode: complete`; set it, or drop `overwrite`",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -275,6 +306,20 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
         && file.path.trim().is_empty()
     {
         return Err(err("spec.sink.file.path", "empty path"));
+    }
+    if let Some(file) = &spec.sink.file {
+        check_file_sink_mode(spec.output_mode, file)?;
+        if let Some(compaction) = &file.compaction {
+            if file.overwrite.is_some() {
+                return Err(err(
+                    "spec.sink.file.compaction",
+                    "an overwriting sink keeps one file per partition and task already; \
+                     compaction is for `append`",
+                ));
+            }
+            crate::size::parse_size(&compaction.target_file_size)
+                .map_err(|m| err("spec.sink.file.compaction.targetFileSize", m))?;
+        }
     }
     if let Some(kafka) = &spec.sink.kafka {
         crate::secrets::check_kafka_options(
@@ -640,6 +685,46 @@ mod tests {
         )))
         .expect("valid");
         assert_eq!(ok.spec.health.max_batch_duration.as_deref(), Some("15m"));
+    }
+
+    #[test]
+    fn file_sink_takes_append_or_complete_with_overwrite() {
+        let spec = |mode: &str, extra: &str| {
+            format!(
+                "{SOURCES}  sink: {{file: {{path: /out, format: parquet{extra}}}}}\n  outputMode: {mode}\n"
+            )
+        };
+        let e = error_of(&spec("update", ""));
+        assert!(
+            e.contains("`spec.outputMode`: the file sink does not support `update` output mode"),
+            "{e}"
+        );
+        let e = error_of(&spec("complete", ""));
+        assert!(
+            e.contains("`spec.outputMode`")
+                && e.contains("only with `sink.file.overwrite: partitions`"),
+            "{e}"
+        );
+        let e = error_of(&spec("append", ", overwrite: partitions"));
+        assert!(e.contains("`spec.sink.file.overwrite`"), "{e}");
+        for (mode, extra) in [("append", ""), ("complete", ", overwrite: partitions")] {
+            parse_manifest(&manifest(&spec(mode, extra))).expect(mode);
+        }
+        let e = error_of(&spec("append", ", compaction: {targetFileSize: 10MB}"));
+        assert!(
+            e.contains("`spec.sink.file.compaction.targetFileSize`: `10MB` is not a size"),
+            "{e}"
+        );
+        let e = error_of(&spec(
+            "complete",
+            ", overwrite: partitions, compaction: {minFiles: 4}",
+        ));
+        assert!(e.contains("`spec.sink.file.compaction`"), "{e}");
+        parse_manifest(&manifest(&spec(
+            "append",
+            ", compaction: {minFiles: 4, targetFileSize: 64Mi}",
+        )))
+        .expect("compaction");
     }
 
     #[test]

@@ -119,6 +119,32 @@ fn base_object_passes_cel() {
 }
 
 #[test]
+fn cel_checks_the_file_sink_compaction_size() {
+    let sink = |size: &str| {
+        with(
+            base(),
+            "/spec/sink",
+            json!({"file": {"path": "s3://out/", "format": "parquet",
+                            "compaction": {"minFiles": 4, "targetFileSize": size}}}),
+        )
+    };
+    for good in ["128MiB", "64Ki", "1000", " 2 GiB "] {
+        assert_eq!(
+            cel_errors(&sink(good), None),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    for bad in ["10MB", "1.5MiB", "big"] {
+        let errors = cel_errors(&sink(bad), None);
+        assert!(
+            errors.iter().any(|e| e.contains("must be a size")),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn cel_rejects_two_source_kinds() {
     let mut object = base();
     object["spec"]["sources"][0]["rate"] = json!({"rowsPerSecond": 10});

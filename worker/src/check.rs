@@ -53,6 +53,7 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
         grouping_columns: planned.grouping_columns(),
         tasks: sources.iter().map(|s| s.partitions()).max().unwrap_or(1),
         maintenance_failures: None,
+        min_batches_to_retain: 0,
     };
     crate::sink::build(&spec.sink, &context)?;
     let plan = planned.logical_plan().await?;

@@ -36,17 +36,32 @@ pub enum CrashPoint {
     BeforeCommit,
     /// Retention wrote the compacted entry but has not deleted what it covers.
     MidRetention,
+    /// The file sink committed a log entry that replaces files (an `overwrite: partitions`
+    /// version, a compaction) and deleted some of the replaced files, not all.
+    MidSinkCleanup,
+    /// A file-sink compaction round wrote a merged file but not its log entry.
+    MidCompaction,
 }
 
 impl CrashPoint {
     /// Every crash point, for tests that try each.
-    pub const ALL: [CrashPoint; 5] = [
+    pub const ALL: [CrashPoint; 7] = [
         CrashPoint::MidSinkWrite,
         CrashPoint::AfterSinkWrite,
         CrashPoint::MidStateWrite,
         CrashPoint::BeforeCommit,
         CrashPoint::MidRetention,
+        CrashPoint::MidSinkCleanup,
+        CrashPoint::MidCompaction,
     ];
+
+    /// Whether only the file sink reaches this point (other sinks' crash tests skip it).
+    pub fn file_sink_only(self) -> bool {
+        matches!(
+            self,
+            CrashPoint::MidSinkWrite | CrashPoint::MidSinkCleanup | CrashPoint::MidCompaction
+        )
+    }
 
     /// The point's name in [`CRASH_AT_ENV`].
     pub fn name(self) -> &'static str {
@@ -56,6 +71,8 @@ impl CrashPoint {
             CrashPoint::MidStateWrite => "mid-state-write",
             CrashPoint::BeforeCommit => "before-commit",
             CrashPoint::MidRetention => "mid-retention",
+            CrashPoint::MidSinkCleanup => "mid-sink-cleanup",
+            CrashPoint::MidCompaction => "mid-compaction",
         }
     }
 }
@@ -246,6 +263,6 @@ mod tests {
             )]
         );
         let names: Vec<&str> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
-        assert_eq!(names.len(), 5);
+        assert_eq!(names.len(), 7);
     }
 }

@@ -111,7 +111,15 @@ fn file_sink_exactly_once_after_a_crash_at_each_point() {
             ),
         )
         .expect("manifest");
-        crash_then_recover(&path, point, false);
+        // Only an overwriting or compacting file sink reaches these.
+        crash_then_recover(
+            &path,
+            point,
+            matches!(
+                point,
+                CrashPoint::MidSinkCleanup | CrashPoint::MidCompaction
+            ),
+        );
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let location = Location::parse(output.to_str().expect("utf8")).expect("loc");
         let actual = runtime.block_on(output_rows(&location));
@@ -146,8 +154,8 @@ async fn kafka_exactly_once_sink_exactly_once_after_a_crash_at_each_point() {
     let input = dir.path().join("in");
     sluice_bench::write_json_files(&input, SEED, FILES, ROWS).expect("generate");
     for point in CrashPoint::ALL {
-        if point == CrashPoint::MidSinkWrite {
-            continue; // a file-sink point
+        if point.file_sink_only() {
+            continue;
         }
         let topic = unique("crash-out");
         kafka_util::create_topic(&bootstrap, &topic, 2).await;
@@ -227,8 +235,8 @@ async fn postgres_sink_exactly_once_after_a_crash_at_each_point() {
         parsed.username()
     );
     for point in CrashPoint::ALL {
-        if point == CrashPoint::MidSinkWrite {
-            continue; // a file-sink point
+        if point.file_sink_only() {
+            continue;
         }
         let table = format!("crash_{}", uuid::Uuid::new_v4().simple());
         client

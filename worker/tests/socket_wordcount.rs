@@ -1,5 +1,6 @@
-//! Word count over a socket source with the worker binary and the console sink: each batch prints
-//! the correct counts for that batch (per micro-batch, DStream style).
+//! Word count over a socket source with the worker binary and the console sink: per micro-batch
+//! (DStream style) each batch prints that batch's counts; the stateful example (complete mode,
+//! every 5 s) prints the running totals.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -38,26 +39,30 @@ fn read_batch(lines: &mpsc::Receiver<String>, batch: u64) -> Vec<(String, i64)> 
     }
 }
 
-#[test]
-fn each_batch_prints_its_own_word_counts() {
+/// The example manifest `name` on a free port with its checkpoint in `dir`, started; returns
+/// the worker, the socket it connected to, and its stdout lines.
+fn start_example(
+    name: &str,
+    dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::net::TcpStream,
+    mpsc::Receiver<String>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = dir.path().join("wordcount.yaml");
+    let manifest = dir.join(name);
     std::fs::write(
         &manifest,
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../manifests/examples/wordcount-socket.yaml"
+        std::fs::read_to_string(format!(
+            "{}/../manifests/examples/{name}",
+            env!("CARGO_MANIFEST_DIR")
         ))
         .expect("example")
         .replace("port: 9999", &format!("port: {port}"))
         .replace(
             "checkpoint: {retention: Retain}",
-            &format!(
-                "checkpoint: {{location: {}}}",
-                dir.path().join("ckpt").display()
-            ),
+            &format!("checkpoint: {{location: {}}}", dir.join("ckpt").display()),
         ),
     )
     .expect("write manifest");
@@ -77,7 +82,25 @@ fn each_batch_prints_its_own_word_counts() {
             }
         }
     });
-    let (mut server, _) = listener.accept().expect("worker connects");
+    let (server, _) = listener.accept().expect("worker connects");
+    (child, server, rx)
+}
+
+fn stop(mut child: std::process::Child) {
+    // SIGTERM stops it at a batch boundary with exit 0.
+    let pid = child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn each_batch_prints_its_own_word_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, mut server, rx) = start_example("wordcount-socket.yaml", dir.path());
     server.write_all(b"the cat saw the dog\n").expect("write");
     server.flush().expect("flush");
     assert_eq!(
@@ -96,12 +119,48 @@ fn each_batch_prints_its_own_word_counts() {
         vec![("bird".into(), 1), ("dog".into(), 2)],
         "counts of batch 1 alone"
     );
-    // SIGTERM stops it at a batch boundary with exit 0.
-    let pid = child.id().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "{status}");
+    stop(child);
+}
+
+#[test]
+fn the_stateful_example_prints_running_totals_every_five_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, mut server, rx) = start_example("wordcount-socket-totals.yaml", dir.path());
+    server
+        .write_all(b"the cat saw the dog\nsupercalifragilisticexpialidocious\n")
+        .expect("write");
+    server.flush().expect("flush");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        read_batch(&rx, 0),
+        vec![
+            ("cat".into(), 1),
+            ("dog".into(), 1),
+            ("saw".into(), 1),
+            // The console sink cuts cells over 20 characters (truncate, Spark's default).
+            ("supercalifragilis...".into(), 1),
+            ("the".into(), 2)
+        ]
+    );
+    server.write_all(b"dog dog bird\n").expect("write");
+    server.flush().expect("flush");
+    assert_eq!(
+        read_batch(&rx, 1),
+        vec![
+            ("bird".into(), 1),
+            ("cat".into(), 1),
+            ("dog".into(), 3),
+            ("saw".into(), 1),
+            ("supercalifragilis...".into(), 1),
+            ("the".into(), 2)
+        ],
+        "batch 1 prints the whole table: totals over both batches"
+    );
+    // Batches start 5 s apart (processingTime).
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    stop(child);
 }

@@ -8,8 +8,9 @@
 //!
 //! Stateless tests move JSON-lines files with unique ids into an input folder at a controlled rate
 //! and end by checking that the output ids are exactly the produced ids, each once. Stateful tests
-//! count rows per event-time window (update output mode) and end by checking every window's count
-//! against the input: a row lost or counted twice, or state dropped by a rollout, changes a count.
+//! count rows per event-time window (complete output mode into an overwriting file sink) and end
+//! by checking every window's count against the input: a row lost or counted twice, or state
+//! dropped by a rollout, changes a count.
 
 mod support;
 
@@ -41,7 +42,9 @@ fn copy_ids<'a>(io: &'a Folders, partitions: u32, trigger: &'a str, extra: Strin
 }
 
 /// `spec` lines of the stateful tests: Structured Streaming semantics, changed rows each batch.
-const STATEFUL: &str = "  sqlScope: stream\n  outputMode: update\n";
+/// Stateful queries write the whole result table each batch; the file sink replaces its previous
+/// one (`overwrite: partitions`), so the output holds each window's latest count once.
+const STATEFUL: &str = "  sqlScope: stream\n  outputMode: complete\n";
 
 /// `spec` lines of an autoscaled query starting at 1 replica (at most 4) whose rows cost
 /// `row_cost_micros` each per replica (`SLUICE_ROW_COST_MICROS`), with short windows so that a
@@ -241,7 +244,7 @@ fn expected_counts(phases: &[(u64, u64)]) -> WindowCounts {
     }))
 }
 
-/// (b): upgrades of a stateful query (count per device per 10-second window, update mode).
+/// (b): upgrades of a stateful query (count per device per 10-second window, complete mode).
 /// A compatible SQL change (another filter on a non-key column, an added output column) keeps
 /// the state: a window that counted N rows before and gets M after reports N + M. A changed
 /// GROUP BY, an invalid SQL and a partition change are refused before the old workers stop and

@@ -220,7 +220,7 @@ spec:
 {source}
   sql: "{sql}"
   sink:
-    file: {{path: "{output}", format: parquet}}
+    file: {{path: "{output}", format: parquet{overwrite}}}
   trigger: {{processingTime: "{trigger}"}}
   checkpoint: {{location: "{checkpoint}"}}
 {extra}"#,
@@ -231,6 +231,12 @@ spec:
             trigger = spec.trigger,
             checkpoint = self.checkpoint,
             extra = spec.extra,
+            // The file sink takes `complete` only when it replaces its output each batch.
+            overwrite = if spec.extra.contains("outputMode: complete") {
+                ", overwrite: partitions"
+            } else {
+                ""
+            },
         )
     }
 
@@ -642,7 +648,7 @@ pub fn count_windows(rows: impl IntoIterator<Item = (i64, String)>) -> WindowCou
     counts
 }
 
-/// The latest count per window (and device) of an update-mode aggregation written under `dir`:
+/// The latest count per window (and device) of a complete-mode aggregation written under `dir`:
 /// files are read in (task, batch id) order and a later row replaces an earlier one. Each key
 /// lives in one task, so this is the key's current count. Panics when a count ever goes down:
 /// that is state lost (a window restarting from zero) or a batch undone.

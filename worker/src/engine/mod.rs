@@ -422,6 +422,10 @@ impl Engine {
                     })
                     .clone(),
             ),
+            min_batches_to_retain: spec
+                .checkpoint
+                .min_batches_to_retain
+                .map_or(retention::DEFAULT_MIN_BATCHES_TO_RETAIN, u64::from),
         };
         let sink: Arc<dyn crate::sink::Sink> =
             Arc::from(crate::sink::build(&spec.sink, &sink_context)?);

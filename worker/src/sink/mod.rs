@@ -48,6 +48,9 @@ pub struct SinkContext {
     pub tasks: u32,
     /// Counts failed background maintenance of the sink (Delta compaction and vacuum).
     pub maintenance_failures: Option<prometheus_client::metrics::counter::Counter>,
+    /// Batches the checkpoint retains (`checkpoint.minBatchesToRetain`): a restore may take back
+    /// that many, so the file sink does not compact their files.
+    pub min_batches_to_retain: u64,
 }
 
 /// Builds the sink a spec describes.
@@ -69,10 +72,15 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
         )?));
     }
     if let Some(console) = &spec.console {
-        return Ok(Box::new(console::ConsoleSink::new(console.num_rows)));
+        return Ok(Box::new(console::ConsoleSink::new(
+            console.num_rows,
+            console.truncate,
+        )));
     }
     if let Some(file) = &spec.file {
-        return Ok(Box::new(file::FileSink::new(file, &context.query_id)?));
+        return Ok(Box::new(
+            file::FileSink::new(file, &context.query_id)?.retaining(context.min_batches_to_retain),
+        ));
     }
     if let Some(delta) = &spec.delta {
         return Ok(Box::new(delta::DeltaSink::new(

@@ -19,12 +19,17 @@
 //! names (with `partitionBy`, a replay whose rows land in other partitions would otherwise leave
 //! orphans), then writes and logs anew. Names starting with `_` are skipped by Spark, DuckDB's Hive
 //! reader and pyarrow datasets, so the log never mixes with the data.
+//!
+//! **Output modes.** Append only, as Spark's file sink; `complete` only with
+//! `overwrite: partitions` ([`overwrite`]), where an entry replaces the entries it `supersedes`.
 
+pub mod compaction;
+pub mod overwrite;
 pub mod retract;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
@@ -39,7 +44,7 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
-use sluice_crds::{FileFormat, FileSinkSpec};
+use sluice_crds::{FileFormat, FileOverwrite, FileSinkSpec};
 
 use crate::error::{EngineError, Result};
 use crate::fault::{CrashPoint, crash_point};
@@ -64,6 +69,18 @@ pub struct LogEntry {
     pub rows: u64,
     /// The batch's files, relative to the output location (`a=1/part-....parquet`).
     pub files: Vec<String>,
+    /// `overwrite: partitions`: the live entries this one replaces (names under `_sluice_log/`,
+    /// `<run>/<task>-<batchId>.json`); a reader following the log skips them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<String>,
+    /// `overwrite: partitions`: per partition directory as the files list spells it (`""`
+    /// without `partitionBy`), a hash of its rows ([`overwrite::partition_hash`]), so the next batch keeps an unchanged one's files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions: BTreeMap<String, String>,
+    /// A compaction entry (`<task>-c<batchId>.json`): the files its merged `files` replace; a
+    /// reader following the log skips them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// The configured file sink.
@@ -71,6 +88,12 @@ pub struct FileSink {
     location: Location,
     format: FileFormat,
     partition_by: Vec<String>,
+    /// `overwrite: partitions`: each batch replaces the task's previous output.
+    overwrite: bool,
+    /// `compaction`: merging closed partitions' small files.
+    compaction: Option<compaction::Compaction>,
+    /// Batches the checkpoint retains: their files are never compacted.
+    retain: u64,
     /// The checkpoint's query id: names files and log entries.
     run: String,
     /// Per task, the batch this process last started and whether it was written and logged: the
@@ -89,9 +112,35 @@ impl FileSink {
             location: Location::parse(&spec.path)?,
             format: spec.format,
             partition_by: spec.partition_by.clone(),
+            overwrite: spec.overwrite == Some(FileOverwrite::Partitions),
+            compaction: spec
+                .compaction
+                .as_ref()
+                .map(|c| {
+                    let target_bytes =
+                        sluice_crds::size::parse_size(&c.target_file_size).map_err(|m| {
+                            EngineError::InvalidQuery(format!(
+                                "sink.file.compaction.targetFileSize: {m}"
+                            ))
+                        })?;
+                    Ok::<_, EngineError>(compaction::Compaction {
+                        min_files: c.min_files.max(2) as usize,
+                        target_bytes,
+                        closed_after: u64::from(c.closed_after_batches.max(1)),
+                    })
+                })
+                .transpose()?,
+            retain: retention_default(),
             run: run.to_string(),
             written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same sink, never compacting the files of the last `batches` batches (the checkpoint's
+    /// `minBatchesToRetain`, which a restore may take back).
+    pub fn retaining(mut self, batches: u64) -> Self {
+        self.retain = batches;
+        self
     }
 
     /// The data file name of (task, batch) of this run.
@@ -155,6 +204,39 @@ impl FileSink {
         Ok(())
     }
 
+    /// Writes `batches` (one schema) as a Parquet file at `path`, batch by batch.
+    async fn write_parquet(
+        &self,
+        path: object_store::path::Path,
+        batches: &[RecordBatch],
+    ) -> Result<()> {
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let fail = |e: &dyn std::fmt::Display| EngineError::Sink(format!("writing {path}: {e}"));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let writer = BufWriter::new(self.location.store.clone(), path.clone());
+        let mut writer = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))?;
+        for batch in batches {
+            writer.write(batch).await.map_err(|e| fail(&e))?;
+        }
+        writer.close().await.map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
+    /// `relative` (a path under the output location) as the store spells it, e.g. `%` in a
+    /// partition value percent-encoded once more: what the commit log lists.
+    fn stored(&self, relative: &str) -> String {
+        let path = self.location.child(relative);
+        path.as_ref()
+            .strip_prefix(self.location.prefix.as_ref())
+            .unwrap_or(path.as_ref())
+            .trim_start_matches('/')
+            .to_string()
+    }
+
     fn extension(&self) -> &'static str {
         match self.format {
             FileFormat::Parquet => "parquet",
@@ -169,29 +251,14 @@ impl FileSink {
     /// commit log lists).
     async fn write_file(&self, relative: &str, batches: &[RecordBatch]) -> Result<String> {
         let path = self.location.child(relative);
-        let stored = path
-            .as_ref()
-            .strip_prefix(self.location.prefix.as_ref())
-            .unwrap_or(path.as_ref())
-            .trim_start_matches('/')
-            .to_string();
-        let Some(first) = batches.first() else {
+        let stored = self.stored(relative);
+        if batches.is_empty() {
             return Ok(stored);
-        };
+        }
         let store = self.location.store.clone();
         let fail = |e: &dyn std::fmt::Display| EngineError::Sink(format!("writing {path}: {e}"));
         match self.format {
-            FileFormat::Parquet => {
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .build();
-                let writer = BufWriter::new(store, path.clone());
-                let mut writer = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))?;
-                for batch in batches {
-                    writer.write(batch).await.map_err(|e| fail(&e))?;
-                }
-                writer.close().await.map_err(|e| fail(&e))?;
-            }
+            FileFormat::Parquet => self.write_parquet(path.clone(), batches).await?,
             FileFormat::Json => {
                 let mut buffer = Vec::new();
                 let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
@@ -244,6 +311,10 @@ impl Sink for FileSink {
         if !follows_own_write {
             // Possibly a replay: a logged batch stands as written; an unlogged one starts clean.
             if let Some(entry) = self.read_log_entry(task, batch_id).await? {
+                if self.overwrite {
+                    overwrite::clean_superseded(&self.location, task, batch_id).await?;
+                }
+                self.compact(task, batch_id).await?;
                 self.remember(task, batch_id);
                 return Ok(entry.rows);
             }
@@ -252,7 +323,49 @@ impl Sink for FileSink {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let file_name = self.file_name(task, batch_id);
         let mut files = Vec::new();
-        if self.partition_by.is_empty() {
+        let mut supersedes = Vec::new();
+        let mut partitions = BTreeMap::new();
+        if self.overwrite {
+            let (live, _) = overwrite::task_entries(&self.location, task).await?;
+            let own = overwrite::entry_name(&self.run, task, batch_id);
+            let current = overwrite::current(&live);
+            // Unchanged partitions keep their files only when the previous version is one entry.
+            let previous = match current.as_slice() {
+                [(_, entry)] => Some(*entry),
+                _ => None,
+            };
+            let batch = concat_batches(&first.schema(), &batches)?;
+            let parts = if self.partition_by.is_empty() {
+                vec![(String::new(), batch)]
+            } else {
+                split_by_partition(&batch, &self.partition_by)?
+            };
+            for (directory, part) in parts {
+                let hash = overwrite::partition_hash(&part);
+                let relative = if directory.is_empty() {
+                    file_name.clone()
+                } else {
+                    format!("{directory}/{file_name}")
+                };
+                let directory = overwrite::directory_of(&self.stored(&relative)).to_string();
+                let unchanged = previous
+                    .filter(|p| hash.is_some() && p.partitions.get(&directory) == hash.as_ref());
+                match unchanged {
+                    Some(previous) => files.extend(
+                        previous
+                            .files
+                            .iter()
+                            .filter(|f| overwrite::directory_of(f) == directory)
+                            .cloned(),
+                    ),
+                    None => files.push(self.write_file(&relative, &[part]).await?),
+                }
+                if let Some(hash) = hash {
+                    partitions.insert(directory, hash);
+                }
+            }
+            supersedes = live.into_keys().filter(|name| *name != own).collect();
+        } else if self.partition_by.is_empty() {
             files.push(self.write_file(&file_name, &batches).await?);
         } else {
             let batch = concat_batches(&first.schema(), &batches)?;
@@ -270,6 +383,9 @@ impl Sink for FileSink {
             batch_id,
             rows,
             files,
+            supersedes,
+            partitions,
+            replaces: Vec::new(),
         };
         let body = serde_json::to_vec(&entry).map_err(|e| EngineError::Internal(e.to_string()))?;
         let path = self.log_path(task, batch_id);
@@ -278,9 +394,17 @@ impl Sink for FileSink {
             .put(&path, PutPayload::from(body))
             .await
             .map_err(|e| EngineError::storage(path.to_string(), e))?;
+        if self.overwrite {
+            overwrite::clean_superseded(&self.location, task, batch_id).await?;
+        }
+        self.compact(task, batch_id).await?;
         self.remember(task, batch_id);
         Ok(rows)
     }
+}
+
+fn retention_default() -> u64 {
+    crate::engine::retention::DEFAULT_MIN_BATCHES_TO_RETAIN
 }
 
 impl FileSink {
@@ -291,8 +415,9 @@ impl FileSink {
     }
 }
 
-/// The committed data files under an output `location` (relative paths, sorted): those listed in
-/// its commit log. `None` when the directory has no commit log (not written by Sluice's file sink).
+/// The committed data files under an output `location` (relative paths, sorted, each once): those
+/// listed in its commit log's live entries that no live entry supersedes (`overwrite:
+/// partitions`). `None` when the directory has no commit log (not written by Sluice's file sink).
 ///
 /// # Errors
 /// [`EngineError::Storage`] when the store fails; [`EngineError::Sink`] for an unreadable entry.
@@ -308,15 +433,51 @@ pub async fn committed_files(location: &Location) -> Result<Option<Vec<String>>>
     if entries.is_empty() {
         return Ok(None);
     }
-    let mut files = Vec::new();
+    let mut live = Vec::new();
     for path in entries {
         if !path.as_ref().ends_with(".json") {
             continue;
         }
-        files.extend(read_log_entry_at(location, &path).await?.files);
+        let name = path
+            .as_ref()
+            .strip_prefix(log.as_ref())
+            .unwrap_or(path.as_ref())
+            .trim_start_matches('/')
+            .to_string();
+        live.push((name, read_log_entry_at(location, &path).await?));
     }
+    let dead: HashSet<&String> = live.iter().flat_map(|(_, e)| &e.supersedes).collect();
+    let current: Vec<&LogEntry> = live
+        .iter()
+        .filter(|(name, _)| !dead.contains(name))
+        .map(|(_, e)| e)
+        .collect();
+    let replaced: HashSet<&String> = current.iter().flat_map(|e| &e.replaces).collect();
+    let mut files: Vec<String> = current
+        .iter()
+        .flat_map(|e| e.files.iter())
+        .filter(|f| !replaced.contains(f))
+        .cloned()
+        .collect();
     files.sort();
+    files.dedup();
     Ok(Some(files))
+}
+
+/// The full path of `stored`, a file path relative to `location` as the commit log lists it
+/// (already in the store's encoding: not encoded again).
+///
+/// # Errors
+/// [`EngineError::Sink`] for a path the store cannot parse (a damaged log entry).
+pub fn stored_path(location: &Location, stored: &str) -> Result<object_store::path::Path> {
+    let prefix = location.prefix.as_ref();
+    let full = if prefix.is_empty() {
+        stored.to_string()
+    } else {
+        format!("{prefix}/{stored}")
+    };
+    object_store::path::Path::parse(&full)
+        .map_err(|e| EngineError::Sink(format!("commit log names a bad path `{stored}`: {e}")))
 }
 
 /// Reads the commit-log entry at `path` (a full path under `location`).

@@ -71,7 +71,7 @@ pub async fn retract_after(location: &Location, run: &str, batch_id: u64) -> Res
             done.rows += entry.rows;
         }
         for file in &entry.files {
-            delete(location, &location.child(file)).await?;
+            delete(location, &super::stored_path(location, file)?).await?;
         }
     }
     Ok(done)
