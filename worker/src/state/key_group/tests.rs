@@ -12,7 +12,7 @@ fn strings(values: &[Option<&str>]) -> ArrayRef {
 fn hash_values_are_pinned() {
     let keys = strings(&[Some("sensor-1"), Some("sensor-2"), None]);
     assert_eq!(
-        key_hashes(&[keys.clone()], 3).expect("hash"),
+        key_hashes(std::slice::from_ref(&keys), 3).expect("hash"),
         vec![
             5_749_839_377_611_631_006,
             16_089_839_952_654_440_792,
