@@ -997,6 +997,12 @@ pub struct ParallelismSpec {
     pub replicas: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// Number of key groups of a stateful query (Flink's max parallelism): a group's state lives
+    /// in key group `hash(key) % maxParallelism`, and no more stateful tasks than key groups can
+    /// run. Fixed for the checkpoint's life. Default 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32768))]
+    pub max_parallelism: Option<u32>,
 }
 
 impl Default for ParallelismSpec {
@@ -1004,6 +1010,7 @@ impl Default for ParallelismSpec {
         Self {
             replicas: 1,
             autoscale: None,
+            max_parallelism: None,
         }
     }
 }

@@ -414,6 +414,16 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if parallelism.replicas == 0 {
         return Err(err("spec.parallelism.replicas", "must be at least 1"));
     }
+    if let Some(groups) = parallelism.max_parallelism
+        && !(1..=32_768).contains(&groups)
+    {
+        return Err(err(
+            "spec.parallelism.maxParallelism",
+            format!(
+                "must be between 1 and 32768 (key groups fit 15 bits, as Flink's), got {groups}"
+            ),
+        ));
+    }
     if let Some(auto) = &parallelism.autoscale {
         if auto.min_replicas == 0 {
             return Err(err(
@@ -803,6 +813,21 @@ mod tests {
             "{SOURCES}  sink: {{console: {{}}}}\n  parallelism: {{autoscale: {{enabled: true, minReplicas: 5, maxReplicas: 2}}}}\n"
         ));
         assert!(e.contains("minReplicas 5 > maxReplicas 2"), "{e}");
+    }
+
+    #[test]
+    fn max_parallelism_must_fit_key_groups() {
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{console: {{}}}}\n  parallelism: {{maxParallelism: 40000}}\n"
+        ));
+        assert!(
+            e.contains("spec.parallelism.maxParallelism") && e.contains("got 40000"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{SOURCES}  sink: {{console: {{}}}}\n  parallelism: {{maxParallelism: 0}}\n"
+        ));
+        assert!(e.contains("got 0"), "{e}");
     }
 
     #[test]

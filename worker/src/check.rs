@@ -86,6 +86,7 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
                     .collect(),
                 created_ms: stored.created_ms,
                 stateful_operators: report.fingerprint.clone(),
+                max_parallelism: planned.max_parallelism(),
             };
             checkpoint.check_compatible(&stored, &fresh)?;
         }

@@ -12,6 +12,7 @@
 //! tasks/<task>/epochs/<epoch>        the worker that owns the task (see [`epoch`])
 //! bad-records/<source>/task-<task>/batch-<batchId>.jsonl
 //! restores/current.json              the generation workers run on (see [`generation`])
+//! exchange/<task>/<batchId>/<start>-<end>.arrow  rows for a key-group range ([`exchange`])
 //! restores/<n>/                      a generation restored to a retained batch ([`restore`])
 //! ```
 //! Batch ids are zero-padded to 20 digits so a listing sorts numerically. Offsets and commits are
@@ -21,6 +22,7 @@
 //! and the sinks' idempotent writes make the replay overwrite identical output.
 
 pub mod epoch;
+pub mod exchange;
 pub mod generation;
 pub mod restore;
 
@@ -49,6 +51,11 @@ pub struct CheckpointMetadata {
     /// stateless query. A restart with a different fingerprint is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stateful_operators: Option<String>,
+    /// Number of key groups of a stateful query (`spec.parallelism.maxParallelism`), fixed for
+    /// the checkpoint's life; `None` for a stateless query and for checkpoints created before key
+    /// groups existed (their state files then record it, see `state::file_max_parallelism`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallelism: Option<u32>,
 }
 
 /// One `offsets/<batchId>` entry: the exact input of a batch.
@@ -224,6 +231,19 @@ impl Checkpoint {
                     ),
                 });
             }
+        }
+        if let (Some(stored_groups), Some(fresh_groups)) =
+            (stored.max_parallelism, fresh.max_parallelism)
+            && stored_groups != fresh_groups
+        {
+            return Err(EngineError::Checkpoint {
+                location: self.location.url.clone(),
+                message: format!(
+                    "spec.parallelism.maxParallelism is {fresh_groups} but the checkpoint was created with {stored_groups}; \
+                     the number of key groups is fixed for the life of a checkpoint, as state is kept per key group \
+                     (set it back to {stored_groups}, or use a new checkpoint location)"
+                ),
+            });
         }
         if stored.stateful_operators != fresh.stateful_operators {
             let describe =
@@ -638,6 +658,7 @@ mod tests {
             partitions: BTreeMap::from([("events".to_string(), n)]),
             created_ms: 0,
             stateful_operators: None,
+            max_parallelism: None,
         };
         checkpoint.open_metadata(meta(4)).await.expect("create");
         assert_eq!(

@@ -285,7 +285,7 @@ pub async fn plan_query(
     inputs: &[(String, arrow::datatypes::SchemaRef)],
     models: &TaskModels,
 ) -> Result<BatchQuery> {
-    BatchQuery::with_tables(
+    let mut query = BatchQuery::with_tables(
         &spec.sql,
         inputs.to_vec(),
         spec.sql_scope,
@@ -294,7 +294,17 @@ pub async fn plan_query(
         open_tables(spec).await?,
         extensions(models),
     )
-    .await
+    .await?;
+    query.set_max_parallelism(max_parallelism(spec))?;
+    Ok(query)
+}
+
+/// The number of key groups of a stateful query (`spec.parallelism.maxParallelism`, default
+/// [`crate::state::key_group::DEFAULT_MAX_PARALLELISM`]).
+pub fn max_parallelism(spec: &StreamingQuerySpec) -> u32 {
+    spec.parallelism
+        .max_parallelism
+        .unwrap_or(crate::state::key_group::DEFAULT_MAX_PARALLELISM)
 }
 
 async fn open_tables(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::StaticTable>> {
@@ -403,6 +413,7 @@ impl Engine {
                     .collect(),
                 created_ms: chrono::Utc::now().timestamp_millis(),
                 stateful_operators: first.stateful_fingerprint(),
+                max_parallelism: first.max_parallelism(),
             })
             .await?;
         // Built once the checkpoint's query id is known: sinks key their idempotence on it.

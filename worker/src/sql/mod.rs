@@ -286,14 +286,19 @@ impl BatchQuery {
                     ));
                 }
                 let state_schema = planned.state_schema()?;
+                let mut store = StateStore::new(
+                    state_schema,
+                    planned.group_by.expr().len(),
+                    planned.event_key.map(|k| k.group_index),
+                )?;
+                store.set_key_groups(
+                    planned.key_group_indices(),
+                    crate::state::key_group::DEFAULT_MAX_PARALLELISM,
+                )?;
                 query.streaming = Some(StreamingState {
                     mode: output_mode,
                     watermarks,
-                    store: StateStore::new(
-                        state_schema,
-                        planned.group_by.expr().len(),
-                        planned.event_key.map(|k| k.group_index),
-                    )?,
+                    store,
                     has_event_key: planned.event_key.is_some(),
                     fingerprint: planned.fingerprint()?,
                     key_columns: planned.key_columns(),
@@ -537,6 +542,24 @@ impl BatchQuery {
     /// query keeps no state).
     pub fn grouping_columns(&self) -> Option<Vec<String>> {
         self.streaming.as_ref().map(|s| s.key_columns.clone())
+    }
+
+    /// Sets the number of key groups of the state (`spec.parallelism.maxParallelism`); call
+    /// before the state is restored. No effect on a stateless query.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] for a value out of `1..=32768`.
+    pub fn set_max_parallelism(&mut self, max_parallelism: u32) -> Result<()> {
+        if let Some(state) = self.streaming.as_mut() {
+            let columns = state.store.key_group_columns().to_vec();
+            state.store.set_key_groups(columns, max_parallelism)?;
+        }
+        Ok(())
+    }
+
+    /// Number of key groups of the state (`None` for a stateless query).
+    pub fn max_parallelism(&self) -> Option<u32> {
+        self.streaming.as_ref().map(|s| s.store.max_parallelism())
     }
 
     /// Fingerprint of the stateful operators, for the checkpoint's `metadata.json`.

@@ -166,6 +166,24 @@ impl AggregatePlan {
             .collect()
     }
 
+    /// Indices among the grouping keys of the key that decides a group's key group: every key
+    /// but the `window(...)` / `session_window(...)` one (a row falls in several sliding windows,
+    /// and sessions merge across rows; docs/keyed-exchange.md, "Key groups").
+    pub fn key_group_indices(&self) -> Vec<usize> {
+        self.group_by
+            .expr()
+            .iter()
+            .enumerate()
+            .filter(|(_, (expr, _))| {
+                !expr.downcast_ref::<PhysicalColumn>().is_some_and(|c| {
+                    let name = self.input_schema.field(c.index()).name();
+                    name == WINDOW_COLUMN || name == SESSION_COLUMN
+                })
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// A human-readable fingerprint: what must not change across restarts of a checkpoint.
     ///
     /// # Errors

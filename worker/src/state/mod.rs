@@ -10,6 +10,11 @@
 //! count(*)[count]: Int64`. Files add `__sluice_deleted: Boolean` (true: the key was evicted) and
 //! carry the watermark in the schema metadata.
 //!
+//! Every group belongs to a key group (`hash(key) % maxParallelism`, see [`key_group`]); files
+//! carry each row's key group in `__sluice_key_group` and `maxParallelism` in their metadata, so a
+//! restore can load exactly the key groups of a range (docs/keyed-exchange.md). Files written
+//! before key groups existed have neither; their rows get their key groups on load.
+//!
 //! Layout: `tasks/<task>/state/<batchId>.delta.arrow` and `<batchId>.snapshot.arrow`, written
 //! BEFORE the batch's commit entry. A restart loads the state as of the last committed batch (the
 //! newest snapshot at or below it, then the deltas after it), so replaying an uncommitted batch never
@@ -20,7 +25,9 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StructArray};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StructArray, UInt16Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
@@ -32,9 +39,15 @@ use datafusion::common::{HashMap, HashSet, ScalarValue};
 use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
 
+pub mod key_group;
+
+use self::key_group::{DEFAULT_MAX_PARALLELISM, KeyGroupRange};
+
 /// A full snapshot is written when `batchId % SNAPSHOT_EVERY == 0`.
 pub const SNAPSHOT_EVERY: u64 = 10;
 const DELETED_COLUMN: &str = "__sluice_deleted";
+const KEY_GROUP_COLUMN: &str = "__sluice_key_group";
+const META_MAX_PARALLELISM: &str = "sluice.maxParallelism";
 const META_WATERMARK: &str = "sluice.watermarkMs";
 const META_USED_WATERMARK: &str = "sluice.usedWatermarkMs";
 const META_MAX_EVENT: &str = "sluice.maxEventMs";
@@ -48,6 +61,8 @@ pub struct StateEntry {
     /// Event time of the group, ms since the epoch: the window's `end` or the watermarked
     /// timestamp key; `None` without an event-time key (or a null one).
     pub event_ms: Option<i64>,
+    /// The group's key group, `0..maxParallelism` ([`key_group::key_groups`]).
+    pub key_group: u16,
 }
 
 /// Event-time bookkeeping kept with the state.
@@ -80,6 +95,10 @@ pub struct StateStore {
     /// Key column holding the event time (a timestamp, or a window/session struct whose `end`
     /// is one).
     event_column: Option<usize>,
+    /// Key columns (indices among the first `num_keys`) whose values decide the key group.
+    key_group_columns: Vec<usize>,
+    /// Number of key groups, fixed for the checkpoint's life.
+    max_parallelism: u32,
     groups: HashMap<OwnedRow, StateEntry>,
     /// Event-time bookkeeping as of the last committed batch.
     pub event_time: EventTimeState,
@@ -106,9 +125,54 @@ impl StateStore {
             key_converter,
             row_converter,
             event_column,
+            key_group_columns: Vec::new(),
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
             groups: HashMap::default(),
             event_time: EventTimeState::default(),
         })
+    }
+
+    /// Sets which key columns (indices among the first `num_keys`) decide a group's key group,
+    /// and the number of key groups. Call before the store holds groups. Without it every group
+    /// is in key group 0 of [`DEFAULT_MAX_PARALLELISM`].
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] for `max_parallelism` out of `1..=32768`;
+    /// [`EngineError::Internal`] for a column that is not a key column.
+    pub fn set_key_groups(&mut self, columns: Vec<usize>, max_parallelism: u32) -> Result<()> {
+        key_group::check_max_parallelism(max_parallelism)?;
+        if let Some(bad) = columns.iter().find(|c| **c >= self.num_keys) {
+            return Err(EngineError::Internal(format!(
+                "key-group column {bad} is not one of the {} key columns",
+                self.num_keys
+            )));
+        }
+        self.key_group_columns = columns;
+        self.max_parallelism = max_parallelism;
+        Ok(())
+    }
+
+    /// Number of key groups.
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    /// Key columns deciding the key group (indices among the key columns).
+    pub fn key_group_columns(&self) -> &[usize] {
+        &self.key_group_columns
+    }
+
+    /// Key group of each row whose key columns are `keys` (the state's key columns, `rows` rows).
+    ///
+    /// # Errors
+    /// As [`key_group::key_groups`].
+    pub fn key_groups_of(&self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u16>> {
+        let columns: Vec<ArrayRef> = self
+            .key_group_columns
+            .iter()
+            .filter_map(|c| keys.get(*c).cloned())
+            .collect();
+        key_group::key_groups(&columns, rows, self.max_parallelism)
     }
 
     /// The state table's schema.
@@ -165,15 +229,19 @@ impl StateStore {
             Some(column) => Some(event_millis(column)?),
             None => None,
         };
+        let rows = columns.first().map_or(0, |c| c.len());
+        let key_groups = self.key_groups_of(columns, rows)?;
         let encoded = self.row_converter.convert_columns(columns)?;
         Ok(encoded
             .iter()
+            .zip(key_groups)
             .enumerate()
-            .map(|(r, row)| StateEntry {
+            .map(|(r, (row, key_group))| StateEntry {
                 row: row.owned(),
                 event_ms: times
                     .as_ref()
                     .and_then(|t| t.is_valid(r).then(|| t.value(r))),
+                key_group,
             })
             .collect())
     }
@@ -268,6 +336,24 @@ impl StateStore {
         task: u32,
         last_committed: Option<u64>,
     ) -> Result<()> {
+        self.restore_range(checkpoint, task, last_committed, None)
+            .await
+    }
+
+    /// Loads the state of task `task` as of `last_committed`, keeping only the groups whose key
+    /// group is in `range` (every group when `None`): what a task taking over a key-group range
+    /// loads (docs/keyed-exchange.md, "Rescale").
+    ///
+    /// # Errors
+    /// [`EngineError::Checkpoint`] when a needed state file is missing or unreadable, or was
+    /// written with another `maxParallelism`.
+    pub async fn restore_range(
+        &mut self,
+        checkpoint: &Checkpoint,
+        task: u32,
+        last_committed: Option<u64>,
+        range: Option<KeyGroupRange>,
+    ) -> Result<()> {
         self.groups.clear();
         self.event_time = EventTimeState::default();
         let Some(last) = last_committed else {
@@ -301,8 +387,23 @@ impl StateStore {
                 .get_relative(&path)
                 .await?
                 .ok_or_else(|| corrupt(checkpoint, task, &format!("{path} is missing")))?;
+            let written_with = file_max_parallelism(&body)
+                .map_err(|e| corrupt(checkpoint, task, &format!("{path} is unreadable: {e}")))?;
+            if let Some(written_with) = written_with
+                && written_with != self.max_parallelism
+            {
+                return Err(corrupt(
+                    checkpoint,
+                    task,
+                    &format!(
+                        "{path} was written with spec.parallelism.maxParallelism {written_with}, the query now has {}; \
+                         the number of key groups is fixed for the life of a checkpoint (use a new checkpoint location)",
+                        self.max_parallelism
+                    ),
+                ));
+            }
             let delta = self
-                .decode(&body)
+                .decode(&body, range)
                 .map_err(|e| corrupt(checkpoint, task, &format!("{path} is unreadable: {e}")))?;
             self.apply(delta);
         }
@@ -317,7 +418,12 @@ impl StateStore {
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect();
         fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, false));
+        fields.push(Field::new(KEY_GROUP_COLUMN, DataType::UInt16, false));
         let mut metadata = std::collections::HashMap::new();
+        metadata.insert(
+            META_MAX_PARALLELISM.to_string(),
+            self.max_parallelism.to_string(),
+        );
         if let Some(w) = event_time.watermark_ms {
             metadata.insert(META_WATERMARK.to_string(), w.to_string());
         }
@@ -363,6 +469,9 @@ impl StateStore {
         let mut flags = vec![false; upserts.len()];
         flags.extend(std::iter::repeat_n(true, deletes.len()));
         columns.push(Arc::new(BooleanArray::from(flags)));
+        let mut key_groups: Vec<u16> = upserts.iter().map(|e| e.key_group).collect();
+        key_groups.extend(self.key_groups_of(&deleted_keys, deletes.len())?);
+        columns.push(Arc::new(UInt16Array::from(key_groups)));
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         let mut out = Vec::new();
         {
@@ -373,7 +482,8 @@ impl StateStore {
         Ok(out)
     }
 
-    fn decode(&self, body: &[u8]) -> Result<StateDelta> {
+    /// Decodes a state file, keeping only the rows of `range` (all when `None`).
+    fn decode(&self, body: &[u8], range: Option<KeyGroupRange>) -> Result<StateDelta> {
         let reader = FileReader::try_new(Cursor::new(body), None)?;
         let metadata = reader.schema().metadata().clone();
         let mut delta = StateDelta {
@@ -392,13 +502,45 @@ impl StateStore {
         let width = self.schema.fields().len();
         for batch in reader {
             let batch = batch?;
-            if batch.num_columns() != width + 1 {
+            // Files written before key groups existed have no key-group column.
+            let with_key_groups = batch.num_columns() == width + 2
+                && batch.schema().field(width + 1).name() == KEY_GROUP_COLUMN;
+            if batch.num_columns() != width + 1 && !with_key_groups {
                 return Err(EngineError::Internal(format!(
                     "state file has {} columns, the query's state has {}",
                     batch.num_columns(),
                     width + 1
                 )));
             }
+            let batch = match range {
+                None => batch,
+                Some(range) => {
+                    let key_groups: Vec<u16> = if with_key_groups {
+                        batch
+                            .column(width + 1)
+                            .as_any()
+                            .downcast_ref::<UInt16Array>()
+                            .ok_or_else(|| EngineError::Internal("key groups".into()))?
+                            .values()
+                            .to_vec()
+                    } else {
+                        let keys: Vec<ArrayRef> = (0..self.num_keys)
+                            .map(|c| {
+                                arrow::compute::cast(
+                                    batch.column(c),
+                                    self.schema.field(c).data_type(),
+                                )
+                            })
+                            .collect::<std::result::Result<_, _>>()?;
+                        self.key_groups_of(&keys, batch.num_rows())?
+                    };
+                    let keep: BooleanArray = key_groups
+                        .iter()
+                        .map(|g| Some(range.contains(*g)))
+                        .collect();
+                    arrow::compute::filter_record_batch(&batch, &keep)?
+                }
+            };
             let deleted = batch
                 .column(width)
                 .as_any()
@@ -494,6 +636,20 @@ pub fn file_event_time(body: &[u8]) -> Result<EventTimeState> {
             .and_then(|v| serde_json::from_str(v).ok())
             .unwrap_or_default(),
     })
+}
+
+/// The `maxParallelism` a state file was written with (`None` for files written before key
+/// groups existed), read without decoding its rows.
+///
+/// # Errors
+/// [`EngineError::Arrow`] when `body` is not an Arrow IPC file.
+pub fn file_max_parallelism(body: &[u8]) -> Result<Option<u32>> {
+    let reader = FileReader::try_new(Cursor::new(body), None)?;
+    Ok(reader
+        .schema()
+        .metadata()
+        .get(META_MAX_PARALLELISM)
+        .and_then(|v| v.parse().ok()))
 }
 
 fn state_file(task: u32, batch_id: u64, kind: &str) -> String {

@@ -130,3 +130,82 @@ fn prunable_state_files_keep_the_newest_snapshot_at_or_below_the_cut_and_everyth
     // No snapshot at or below the cut: nothing can go.
     assert!(prunable_state_files(&names[1..3], 5).is_empty());
 }
+
+/// A store over `word` keys with `max_parallelism` key groups, keyed by the word.
+fn keyed_store(max_parallelism: u32) -> StateStore {
+    let mut store = StateStore::new(schema(), 1, None).expect("store");
+    store
+        .set_key_groups(vec![0], max_parallelism)
+        .expect("key groups");
+    store
+}
+
+/// A restore asked for a key-group range loads exactly the groups of that range (upserts and
+/// deletes), and the ranges of a split together hold the whole state.
+#[tokio::test]
+async fn restore_range_loads_exactly_the_key_groups_of_a_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoint =
+        Checkpoint::new(Location::parse(dir.path().to_str().expect("utf8")).expect("loc"));
+    let mut store = keyed_store(8);
+    let words = [
+        "cat", "dog", "owl", "eel", "ant", "bee", "cow", "elk", "fox", "gnu", "hen", "yak",
+    ];
+    let first: Vec<(&str, i64)> = words.iter().map(|w| (*w, 1)).collect();
+    let batches: Vec<BatchChanges> = vec![(&first, &[]), (&[("cat", 2), ("yak", 5)], &["dog"])];
+    for (id, (rows, deletes)) in batches.iter().enumerate() {
+        let d = delta(&store, rows, deletes, id as i64 * 100);
+        store
+            .write(&checkpoint, 0, id as u64, &d)
+            .await
+            .expect("write");
+        store.apply(d);
+    }
+    let whole = contents(&store);
+    let mut union = Vec::new();
+    for task in 0..3 {
+        let range = key_group::range_for_task(8, 3, task).expect("range");
+        let mut part = keyed_store(8);
+        part.restore_range(&checkpoint, 0, Some(1), Some(range))
+            .await
+            .expect("restore range");
+        assert!(
+            part.iter().all(|(_, e)| range.contains(e.key_group)),
+            "task {task} holds only key groups {range}"
+        );
+        // Each group's key group is the hash of its word.
+        for (_, entry) in part.iter() {
+            let word = part.scalars(entry).expect("scalars")[0]
+                .to_array()
+                .expect("array");
+            let expected = key_group::key_groups(&[word], 1, 8).expect("group");
+            assert_eq!(vec![entry.key_group], expected);
+        }
+        union.extend(contents(&part));
+    }
+    union.sort();
+    assert_eq!(union, whole);
+    assert!(!whole.iter().any(|(w, _)| w == "dog"), "the delete applied");
+    assert_eq!(whole.len(), 11);
+}
+
+/// State files record the number of key groups; a store with another number refuses them.
+#[tokio::test]
+async fn a_state_file_of_another_max_parallelism_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoint =
+        Checkpoint::new(Location::parse(dir.path().to_str().expect("utf8")).expect("loc"));
+    let store = keyed_store(128);
+    let d = delta(&store, &[("cat", 1)], &[], 0);
+    store.write(&checkpoint, 0, 0, &d).await.expect("write");
+    let mut other = keyed_store(64);
+    let err = other
+        .restore(&checkpoint, 0, Some(0))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("maxParallelism 128, the query now has 64"),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ async fn checkpoint(dir: &std::path::Path, last: u64, committed: u64, rows: u64)
         partitions: BTreeMap::from([("events".to_string(), 1)]),
         created_ms: 0,
         stateful_operators: None,
+        max_parallelism: None,
     })
     .await
     .expect("metadata");
