@@ -519,6 +519,87 @@ fn check_schema(path: &str, schema: &[ColumnSpec]) -> Result<(), ValidationError
     Ok(())
 }
 
+/// Checks a Kafka source's or sink's `format` against `valueSchema` and `schemaRegistry` (`path`
+/// is the `kafka` object's field path). `single_topic`: whether the subject may default to
+/// `<topic>-value`.
+///
+/// # Errors
+/// A value schema or registry with a format that has none (`raw`, `json`, `csv`); `avro` with
+/// neither; `valueSchema` not exactly one of `inline`, `path`; a registry URL that is not http(s),
+/// a subject needed but not given, or credentials that are not one complete form.
+fn check_value_format(
+    path: &str,
+    format: KafkaFormat,
+    value_schema: Option<&ValueSchemaSpec>,
+    registry: Option<&SchemaRegistrySpec>,
+    single_topic: bool,
+) -> Result<(), ValidationError> {
+    if !format.has_value_schema() {
+        if value_schema.is_some() {
+            return Err(err(
+                format!("{path}.valueSchema"),
+                "only format avro takes a valueSchema",
+            ));
+        }
+        if registry.is_some() {
+            return Err(err(
+                format!("{path}.schemaRegistry"),
+                "only format avro uses a schema registry",
+            ));
+        }
+        return Ok(());
+    }
+    if value_schema.is_none() && registry.is_none() {
+        return Err(err(
+            format!("{path}.valueSchema"),
+            "format avro needs the Avro schema: set valueSchema (inline or path), \
+             schemaRegistry, or both",
+        ));
+    }
+    if let Some(schema) = value_schema
+        && usize::from(schema.inline.is_some()) + usize::from(schema.path.is_some()) != 1
+    {
+        return Err(err(
+            format!("{path}.valueSchema"),
+            "exactly one of inline, path must be set",
+        ));
+    }
+    if let Some(registry) = registry {
+        let url = registry.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(err(
+                format!("{path}.schemaRegistry.url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if registry.subject.is_none() && !single_topic && value_schema.is_none() {
+            return Err(err(
+                format!("{path}.schemaRegistry.subject"),
+                "required for the reader schema when the source reads several topics (the \
+                 default is <topic>-value); or give valueSchema",
+            ));
+        }
+        if let Some(auth) = &registry.auth {
+            let auth_path = format!("{path}.schemaRegistry.auth");
+            match (&auth.username, &auth.password, &auth.bearer_token) {
+                (Some(_), Some(password), None) => {
+                    crate::secrets::check_secret_ref(&format!("{auth_path}.password"), password)?
+                }
+                (None, None, Some(token)) => {
+                    crate::secrets::check_secret_ref(&format!("{auth_path}.bearerToken"), token)?
+                }
+                _ => {
+                    return Err(err(
+                        auth_path,
+                        "set either username with password (a secret reference) or bearerToken",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::manifest::parse_manifest;
@@ -558,7 +639,7 @@ mod tests {
         ok(&format!(", format: avro{inline}{registry}"));
         let cases = [
             (
-                format!(", format: avro"),
+                ", format: avro".to_string(),
                 "",
                 "spec.sources[0].kafka.valueSchema",
                 "needs the Avro schema",
@@ -576,29 +657,27 @@ mod tests {
                 "leave schema unset",
             ),
             (
-                format!(", format: avro, valueSchema: {{inline: x, path: /s.avsc}}"),
+                ", format: avro, valueSchema: {inline: x, path: /s.avsc}".to_string(),
                 "",
                 "spec.sources[0].kafka.valueSchema",
                 "exactly one of inline, path",
             ),
             (
-                format!(", format: avro, schemaRegistry: {{url: 'ftp://r'}}"),
+                ", format: avro, schemaRegistry: {url: 'ftp://r'}".to_string(),
                 "",
                 "spec.sources[0].kafka.schemaRegistry.url",
                 "http",
             ),
             (
-                format!(
-                    ", format: avro, schemaRegistry: {{url: 'http://r', auth: {{username: u}}}}"
-                ),
+                ", format: avro, schemaRegistry: {url: 'http://r', auth: {username: u}}"
+                    .to_string(),
                 "",
                 "spec.sources[0].kafka.schemaRegistry.auth",
                 "bearerToken",
             ),
             (
-                format!(
-                    ", format: avro, schemaRegistry: {{url: 'http://r', auth: {{bearerToken: {{}}}}}}"
-                ),
+                ", format: avro, schemaRegistry: {url: 'http://r', auth: {bearerToken: {}}}"
+                    .to_string(),
                 "",
                 "spec.sources[0].kafka.schemaRegistry.auth.bearerToken",
                 "exactly one of env, path",
@@ -799,85 +878,4 @@ mod tests {
         )))
         .expect("valid schedule");
     }
-}
-
-/// Checks a Kafka source's or sink's `format` against `valueSchema` and `schemaRegistry` (`path`
-/// is the `kafka` object's field path). `single_topic`: whether the subject may default to
-/// `<topic>-value`.
-///
-/// # Errors
-/// A value schema or registry with a format that has none (`raw`, `json`, `csv`); `avro` with
-/// neither; `valueSchema` not exactly one of `inline`, `path`; a registry URL that is not http(s),
-/// a subject needed but not given, or credentials that are not one complete form.
-fn check_value_format(
-    path: &str,
-    format: KafkaFormat,
-    value_schema: Option<&ValueSchemaSpec>,
-    registry: Option<&SchemaRegistrySpec>,
-    single_topic: bool,
-) -> Result<(), ValidationError> {
-    if !format.has_value_schema() {
-        if value_schema.is_some() {
-            return Err(err(
-                format!("{path}.valueSchema"),
-                "only format avro takes a valueSchema",
-            ));
-        }
-        if registry.is_some() {
-            return Err(err(
-                format!("{path}.schemaRegistry"),
-                "only format avro uses a schema registry",
-            ));
-        }
-        return Ok(());
-    }
-    if value_schema.is_none() && registry.is_none() {
-        return Err(err(
-            format!("{path}.valueSchema"),
-            "format avro needs the Avro schema: set valueSchema (inline or path), \
-             schemaRegistry, or both",
-        ));
-    }
-    if let Some(schema) = value_schema
-        && usize::from(schema.inline.is_some()) + usize::from(schema.path.is_some()) != 1
-    {
-        return Err(err(
-            format!("{path}.valueSchema"),
-            "exactly one of inline, path must be set",
-        ));
-    }
-    if let Some(registry) = registry {
-        let url = registry.url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(err(
-                format!("{path}.schemaRegistry.url"),
-                "must be an http:// or https:// URL",
-            ));
-        }
-        if registry.subject.is_none() && !single_topic && value_schema.is_none() {
-            return Err(err(
-                format!("{path}.schemaRegistry.subject"),
-                "required for the reader schema when the source reads several topics (the \
-                 default is <topic>-value); or give valueSchema",
-            ));
-        }
-        if let Some(auth) = &registry.auth {
-            let auth_path = format!("{path}.schemaRegistry.auth");
-            match (&auth.username, &auth.password, &auth.bearer_token) {
-                (Some(_), Some(password), None) => {
-                    crate::secrets::check_secret_ref(&format!("{auth_path}.password"), password)?
-                }
-                (None, None, Some(token)) => {
-                    crate::secrets::check_secret_ref(&format!("{auth_path}.bearerToken"), token)?
-                }
-                _ => {
-                    return Err(err(
-                        auth_path,
-                        "set either username with password (a secret reference) or bearerToken",
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
 }
