@@ -386,11 +386,7 @@ fn decimal_i128(bytes: &[u8]) -> Option<i128> {
     Some(i128::from_be_bytes(out))
 }
 
-fn build_array<'a>(
-    data_type: &DataType,
-    values: &[Option<&'a Value>],
-    path: &str,
-) -> Result<ArrayRef> {
+fn build_array(data_type: &DataType, values: &[Option<&Value>], path: &str) -> Result<ArrayRef> {
     let t = data_type;
     Ok(match data_type {
         DataType::Boolean => Arc::new(BooleanArray::from(primitive(
