@@ -330,9 +330,19 @@ pub struct KafkaSourceSpec {
     /// At most this many records per batch over all partitions of the replica (Spark's option).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_offsets_per_trigger: Option<u64>,
-    /// Decoding of `value` into `schema` columns; `raw` keeps key/value bytes.
+    /// Decoding of `value` into `schema` columns; `raw` keeps key/value bytes. `avro` takes its
+    /// columns from the Avro schema (`valueSchema` or `schemaRegistry`) instead of `schema`.
     #[serde(default)]
     pub format: KafkaFormat,
+    /// The reader schema of `format: avro` (Avro JSON), inline or from a file. Without it the
+    /// reader schema is the latest version of `schemaRegistry.subject` at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_schema: Option<ValueSchemaSpec>,
+    /// A Confluent-compatible schema registry: values are in its wire format (magic byte 0, the
+    /// 4-byte schema id, the Avro datum), each record decoded with the schema it was written with
+    /// (fetched by id) resolved into the reader schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistrySpec>,
     /// Extra librdkafka properties (`security.protocol`, `ssl.ca.location`, `sasl.mechanism`,
     /// ...); secret ones (`sasl.password`, ...) are refused here, see `secretOptions`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -363,6 +373,66 @@ pub enum KafkaFormat {
     Raw,
     Json,
     Csv,
+    /// Avro binary datums (Apache Avro 1.11 spec), plain or in the schema registry's wire format.
+    Avro,
+}
+
+impl KafkaFormat {
+    /// Whether the format's columns come from a value schema (`valueSchema`/`schemaRegistry`)
+    /// rather than the source's `schema`.
+    pub fn has_value_schema(self) -> bool {
+        matches!(self, Self::Avro)
+    }
+}
+
+/// A value schema given with the spec: exactly one of `inline`, `path`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueSchemaSpec {
+    /// The schema text (Avro JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_VALUE_SCHEMA))]
+    pub inline: Option<String>,
+    /// A file holding the schema text (e.g. a mounted ConfigMap), read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_PATH))]
+    pub path: Option<String>,
+}
+
+/// A Confluent-compatible schema registry (its REST API: `GET /schemas/ids/{id}`,
+/// `GET /subjects/{subject}/versions/latest`, `POST /subjects/{subject}/versions`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchemaRegistrySpec {
+    /// Base URL, `http://` or `https://` (e.g. `http://schema-registry:8081`).
+    #[schemars(length(min = 1, max = MAX_PATH))]
+    pub url: String,
+    /// The subject: a sink registers its schema there (or, without `valueSchema`, writes with its
+    /// latest version); a source without `valueSchema` reads with its latest version. Default
+    /// `<topic>-value` (the registry's TopicNameStrategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_SUBJECT))]
+    pub subject: Option<String>,
+    /// Credentials, by reference only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SchemaRegistryAuthSpec>,
+}
+
+/// Schema registry credentials: HTTP basic (`username` with `password`) or a bearer token. The
+/// secret parts are references, read at run time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchemaRegistryAuthSpec {
+    /// Basic-auth user name (the registry's `basic.auth.user.info` user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_NAME))]
+    pub username: Option<String>,
+    /// Basic-auth password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretRef>,
+    /// Bearer token (`Authorization: Bearer ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<SecretRef>,
 }
 
 /// Text lines from a TCP server (for testing, as Spark's socket source: not fault tolerant).
@@ -694,6 +764,15 @@ pub struct KafkaSinkSpec {
     /// encode the whole row as the value.
     #[serde(default)]
     pub format: KafkaFormat,
+    /// The writer schema of `format: avro` (Avro JSON), inline or from a file. With
+    /// `schemaRegistry` it is registered under the subject (the registry's compatibility rule
+    /// decides) and records carry its id; without `valueSchema` the subject's latest version is
+    /// used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_schema: Option<ValueSchemaSpec>,
+    /// A Confluent-compatible schema registry: records are written in its wire format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistrySpec>,
     /// Column whose value is the record key when `format` encodes the row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_IDENTIFIER))]

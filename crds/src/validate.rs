@@ -8,8 +8,9 @@ use std::collections::HashSet;
 
 use crate::duration::parse_duration;
 use crate::spec::{
-    ColumnSpec, DeltaSinkSpec, DeltaWriteMode, FileSinkSpec, OutputMode, PostgresConnectionSpec,
-    PostgresSslMode, SourceKind, StreamingQuerySpec,
+    ColumnSpec, DeltaSinkSpec, DeltaWriteMode, FileSinkSpec, KafkaFormat, OutputMode,
+    PostgresConnectionSpec, PostgresSslMode, SchemaRegistrySpec, SourceKind, StreamingQuerySpec,
+    ValueSchemaSpec,
 };
 
 pub use crate::error::ValidationError;
@@ -172,6 +173,20 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
                     &kafka.options,
                     &kafka.secret_options,
                 )?;
+                check_value_format(
+                    &format!("{path}.kafka"),
+                    kafka.format,
+                    kafka.value_schema.as_ref(),
+                    kafka.schema_registry.as_ref(),
+                    kafka.topic.is_some(),
+                )?;
+                if kafka.format.has_value_schema() && !source.schema.is_empty() {
+                    return Err(err(
+                        format!("{path}.schema"),
+                        "with kafka.format avro the columns come from the Avro schema \
+                         (kafka.valueSchema or kafka.schemaRegistry); leave schema unset",
+                    ));
+                }
             }
             SourceKind::Socket => {}
             SourceKind::Nexmark => {
@@ -204,9 +219,14 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             let is_timestamp = column
                 .and_then(|c| ColumnType::parse(&c.data_type))
                 .is_some_and(|t| t == ColumnType::Timestamp);
-            // The rate source has a built-in `timestamp` column; nexmark tables `dateTime`.
+            // The rate source has a built-in `timestamp` column; nexmark tables `dateTime`; an
+            // Avro source's columns are known only once its schema is read (the worker checks).
             let builtin = (source.rate.is_some() && watermark.column == "timestamp")
-                || (source.nexmark.is_some() && watermark.column == "dateTime");
+                || (source.nexmark.is_some() && watermark.column == "dateTime")
+                || source
+                    .kafka
+                    .as_ref()
+                    .is_some_and(|k| k.format.has_value_schema());
             if !is_timestamp && !builtin {
                 return Err(err(
                     format!("{path}.watermark.column"),
@@ -326,6 +346,13 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             "spec.sink.kafka",
             &kafka.options,
             &kafka.secret_options,
+        )?;
+        check_value_format(
+            "spec.sink.kafka",
+            kafka.format,
+            kafka.value_schema.as_ref(),
+            kafka.schema_registry.as_ref(),
+            true,
         )?;
     }
     if let Some(pg) = &spec.sink.postgres {
@@ -618,6 +645,87 @@ fn check_schema(path: &str, schema: &[ColumnSpec]) -> Result<(), ValidationError
     Ok(())
 }
 
+/// Checks a Kafka source's or sink's `format` against `valueSchema` and `schemaRegistry` (`path`
+/// is the `kafka` object's field path). `single_topic`: whether the subject may default to
+/// `<topic>-value`.
+///
+/// # Errors
+/// A value schema or registry with a format that has none (`raw`, `json`, `csv`); `avro` with
+/// neither; `valueSchema` not exactly one of `inline`, `path`; a registry URL that is not http(s),
+/// a subject needed but not given, or credentials that are not one complete form.
+fn check_value_format(
+    path: &str,
+    format: KafkaFormat,
+    value_schema: Option<&ValueSchemaSpec>,
+    registry: Option<&SchemaRegistrySpec>,
+    single_topic: bool,
+) -> Result<(), ValidationError> {
+    if !format.has_value_schema() {
+        if value_schema.is_some() {
+            return Err(err(
+                format!("{path}.valueSchema"),
+                "only format avro takes a valueSchema",
+            ));
+        }
+        if registry.is_some() {
+            return Err(err(
+                format!("{path}.schemaRegistry"),
+                "only format avro uses a schema registry",
+            ));
+        }
+        return Ok(());
+    }
+    if value_schema.is_none() && registry.is_none() {
+        return Err(err(
+            format!("{path}.valueSchema"),
+            "format avro needs the Avro schema: set valueSchema (inline or path), \
+             schemaRegistry, or both",
+        ));
+    }
+    if let Some(schema) = value_schema
+        && usize::from(schema.inline.is_some()) + usize::from(schema.path.is_some()) != 1
+    {
+        return Err(err(
+            format!("{path}.valueSchema"),
+            "exactly one of inline, path must be set",
+        ));
+    }
+    if let Some(registry) = registry {
+        let url = registry.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(err(
+                format!("{path}.schemaRegistry.url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if registry.subject.is_none() && !single_topic && value_schema.is_none() {
+            return Err(err(
+                format!("{path}.schemaRegistry.subject"),
+                "required for the reader schema when the source reads several topics (the \
+                 default is <topic>-value); or give valueSchema",
+            ));
+        }
+        if let Some(auth) = &registry.auth {
+            let auth_path = format!("{path}.schemaRegistry.auth");
+            match (&auth.username, &auth.password, &auth.bearer_token) {
+                (Some(_), Some(password), None) => {
+                    crate::secrets::check_secret_ref(&format!("{auth_path}.password"), password)?
+                }
+                (None, None, Some(token)) => {
+                    crate::secrets::check_secret_ref(&format!("{auth_path}.bearerToken"), token)?
+                }
+                _ => {
+                    return Err(err(
+                        auth_path,
+                        "set either username with password (a secret reference) or bearerToken",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::manifest::parse_manifest;
@@ -634,6 +742,107 @@ mod tests {
         parse_manifest(&manifest(tail))
             .expect_err("must be rejected")
             .to_string()
+    }
+
+    fn kafka_source(kafka_tail: &str, schema: &str) -> String {
+        format!(
+            "  sources:\n    - name: events\n      kafka: {{bootstrapServers: k:9092, topic: t{kafka_tail}}}\n{schema}"
+        )
+    }
+
+    #[test]
+    fn avro_value_schema_and_registry_combinations_are_checked_naming_the_field() {
+        let registry = ", schemaRegistry: {url: 'http://registry:8081'}";
+        let inline =
+            ", valueSchema: {inline: '{\"type\": \"record\", \"name\": \"R\", \"fields\": []}'}";
+        let sink = "  sink: {console: {}}\n";
+        let ok = |tail: &str| {
+            parse_manifest(&manifest(&format!("{}{sink}", kafka_source(tail, ""))))
+                .unwrap_or_else(|e| panic!("{tail}: {e}"));
+        };
+        ok(&format!(", format: avro{registry}"));
+        ok(&format!(", format: avro{inline}"));
+        ok(&format!(", format: avro{inline}{registry}"));
+        let cases = [
+            (
+                ", format: avro".to_string(),
+                "",
+                "spec.sources[0].kafka.valueSchema",
+                "needs the Avro schema",
+            ),
+            (
+                format!(", format: json{registry}"),
+                "      schema: [{name: v, type: long}]\n",
+                "spec.sources[0].kafka.schemaRegistry",
+                "only format avro",
+            ),
+            (
+                format!(", format: avro{registry}"),
+                "      schema: [{name: v, type: long}]\n",
+                "spec.sources[0].schema",
+                "leave schema unset",
+            ),
+            (
+                ", format: avro, valueSchema: {inline: x, path: /s.avsc}".to_string(),
+                "",
+                "spec.sources[0].kafka.valueSchema",
+                "exactly one of inline, path",
+            ),
+            (
+                ", format: avro, schemaRegistry: {url: 'ftp://r'}".to_string(),
+                "",
+                "spec.sources[0].kafka.schemaRegistry.url",
+                "http",
+            ),
+            (
+                ", format: avro, schemaRegistry: {url: 'http://r', auth: {username: u}}"
+                    .to_string(),
+                "",
+                "spec.sources[0].kafka.schemaRegistry.auth",
+                "bearerToken",
+            ),
+            (
+                ", format: avro, schemaRegistry: {url: 'http://r', auth: {bearerToken: {}}}"
+                    .to_string(),
+                "",
+                "spec.sources[0].kafka.schemaRegistry.auth.bearerToken",
+                "exactly one of env, path",
+            ),
+        ];
+        for (tail, schema, path, message) in cases {
+            let e = error_of(&format!("{}{sink}", kafka_source(&tail, schema)));
+            assert!(
+                e.contains(&format!("`{path}`")) && e.contains(message),
+                "{tail}: {e}"
+            );
+        }
+        // A password is never given inline: the field takes a reference only.
+        let e = error_of(&format!(
+            "{}{sink}",
+            kafka_source(
+                ", format: avro, schemaRegistry: {url: 'http://r', auth: {username: u, password: hunter2}}",
+                ""
+            )
+        ));
+        assert!(e.contains("password"), "{e}");
+        // Several topics: the reader schema's subject cannot default to `<topic>-value`.
+        let e = error_of(&format!(
+            "  sources:\n    - name: events\n      kafka: {{bootstrapServers: k:9092, topics: [a, b], format: avro{registry}}}\n{sink}"
+        ));
+        assert!(
+            e.contains("spec.sources[0].kafka.schemaRegistry.subject"),
+            "{e}"
+        );
+        // The sink: same rules.
+        let e = error_of(&format!(
+            "{}  sink: {{kafka: {{bootstrapServers: k:9092, topic: o, format: csv{inline}}}}}\n",
+            kafka_source(", format: avro", "")
+                .replace(", format: avro", &format!(", format: avro{registry}"))
+        ));
+        assert!(
+            e.contains("spec.sink.kafka.valueSchema") && e.contains("only format avro"),
+            "{e}"
+        );
     }
 
     #[test]

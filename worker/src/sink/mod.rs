@@ -63,7 +63,7 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
             kafka,
             &context.query,
             &context.query_id,
-        )));
+        )?));
     }
     if let Some(postgres) = &spec.postgres {
         return Ok(Box::new(postgres::PostgresSink::new(

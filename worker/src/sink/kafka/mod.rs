@@ -4,7 +4,8 @@
 //! (`List<Struct<key: Utf8, value: Binary>>`, the Kafka source's shape) and `partition` (Int32);
 //! `value`/`key` may be Binary or any type castable to Utf8. `format: json|csv` encodes the whole
 //! row as the value (JSON object / one CSV line without header) and takes the key from
-//! `keyColumn`.
+//! `keyColumn`. `format: avro` encodes the row as an Avro record of the writer schema (columns by
+//! field name, see [`crate::format`]), framed with the schema id when a `schemaRegistry` is set.
 //!
 //! Every record carries the headers [`HEADER_QUERY`], [`HEADER_QUERY_ID`], [`HEADER_TASK`],
 //! [`HEADER_BATCH`] and [`HEADER_SEQ`] (row index within the batch), so a consumer can drop
@@ -44,6 +45,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{EngineError, Result};
 use crate::fault::{PausePoint, pause_point};
+use crate::format::AvroEncoder;
 use crate::sink::Sink;
 use crate::source::kafka::client_config;
 
@@ -87,6 +89,8 @@ pub struct KafkaSink {
     /// unreachable): its records are sent, its producer kept; the next write of that batch resumes
     /// the commit.
     commit_pending: Mutex<HashMap<u32, u64>>,
+    /// `format: avro`: the value encoder.
+    avro: Option<AvroEncoder>,
 }
 
 fn sink_error(message: impl std::fmt::Display) -> EngineError {
@@ -96,15 +100,28 @@ fn sink_error(message: impl std::fmt::Display) -> EngineError {
 impl KafkaSink {
     /// A sink for `spec`; `query` (`namespace/name`) and `query_id` (the checkpoint's UUID) go
     /// into every record's headers.
-    pub fn new(spec: &KafkaSinkSpec, query: &str, query_id: &str) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] for an unreadable or invalid Avro `valueSchema`.
+    pub fn new(spec: &KafkaSinkSpec, query: &str, query_id: &str) -> Result<Self> {
+        let avro = match spec.format {
+            KafkaFormat::Avro => Some(AvroEncoder::new(
+                "sink.kafka",
+                spec.value_schema.as_ref(),
+                spec.schema_registry.as_ref(),
+                &spec.topic,
+            )?),
+            _ => None,
+        };
+        Ok(Self {
             spec: spec.clone(),
             query: query.to_string(),
             query_id: query_id.to_string(),
             shared: Mutex::new(None),
             transactional: Mutex::new(HashMap::new()),
             commit_pending: Mutex::new(HashMap::new()),
-        }
+            avro,
+        })
     }
 
     /// Whether writes use Kafka transactions (`exactlyOnce`).
@@ -199,8 +216,49 @@ impl KafkaSink {
                     self.spec.key_column.as_deref(),
                     &mut out,
                 )?,
+                KafkaFormat::Avro => {
+                    return Err(EngineError::Internal(
+                        "kafka sink: avro rows are encoded by encode_records".into(),
+                    ));
+                }
             }
         }
+        self.add_headers(task, batch_id, &mut out);
+        Ok(out)
+    }
+
+    /// The records of a batch's rows in any format (Avro needs the registry, hence async), with
+    /// the dedup headers.
+    ///
+    /// # Errors
+    /// As [`Self::records`]; for Avro, [`EngineError::InvalidQuery`] when a column does not fit
+    /// the writer schema or the registry refuses it, [`EngineError::Sink`] when it is unreachable.
+    pub async fn encode_records(
+        &self,
+        task: u32,
+        batch_id: u64,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<OutRecord>> {
+        let Some(avro) = &self.avro else {
+            return self.records(task, batch_id, batches);
+        };
+        let mut out = Vec::new();
+        for batch in batches {
+            let keys = key_values(batch, self.spec.key_column.as_deref())?;
+            for (row, value) in avro.encode(batch).await?.into_iter().enumerate() {
+                out.push(OutRecord {
+                    key: keys.as_ref().and_then(|k| k.get(row).cloned().flatten()),
+                    value: Some(value),
+                    partition: None,
+                    headers: Vec::new(),
+                });
+            }
+        }
+        self.add_headers(task, batch_id, &mut out);
+        Ok(out)
+    }
+
+    fn add_headers(&self, task: u32, batch_id: u64, out: &mut [OutRecord]) {
         for (seq, record) in out.iter_mut().enumerate() {
             record.headers.extend([
                 (
@@ -219,7 +277,6 @@ impl KafkaSink {
                 (HEADER_SEQ.to_string(), Some(seq.to_string().into_bytes())),
             ]);
         }
-        Ok(out)
     }
 
     async fn send_all(&self, producer: &FutureProducer, records: &[OutRecord]) -> Result<()> {
@@ -305,7 +362,7 @@ fn is_unsupported(e: &rdkafka::error::KafkaError) -> bool {
 #[async_trait]
 impl Sink for KafkaSink {
     async fn write(&self, task: u32, batch_id: u64, batches: &[RecordBatch]) -> Result<u64> {
-        let records = self.records(task, batch_id, batches)?;
+        let records = self.encode_records(task, batch_id, batches).await?;
         if records.is_empty() {
             return Ok(0);
         }
@@ -465,23 +522,31 @@ fn headers_type_error(found: &DataType) -> EngineError {
     ))
 }
 
-fn encoded_records(
+/// The record keys from `keyColumn`, when set.
+fn key_values(
     batch: &RecordBatch,
-    format: KafkaFormat,
     key_column: Option<&str>,
-    out: &mut Vec<OutRecord>,
-) -> Result<()> {
-    let keys = match key_column {
+) -> Result<Option<Vec<Option<Vec<u8>>>>> {
+    match key_column {
         Some(name) => {
             let i = batch.schema().index_of(name).map_err(|_| {
                 EngineError::InvalidQuery(format!(
                     "kafka sink: keyColumn `{name}` is not a column of the query's result"
                 ))
             })?;
-            Some(bytes_column(batch.column(i).as_ref(), name)?)
+            Ok(Some(bytes_column(batch.column(i).as_ref(), name)?))
         }
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+fn encoded_records(
+    batch: &RecordBatch,
+    format: KafkaFormat,
+    key_column: Option<&str>,
+    out: &mut Vec<OutRecord>,
+) -> Result<()> {
+    let keys = key_values(batch, key_column)?;
     let mut buffer = Vec::new();
     match format {
         KafkaFormat::Csv => {

@@ -8,6 +8,8 @@ fn spec(format: KafkaFormat, key_column: Option<&str>) -> KafkaSinkSpec {
         bootstrap_servers: "127.0.0.1:1".into(),
         topic: "out".into(),
         format,
+        value_schema: None,
+        schema_registry: None,
         key_column: key_column.map(str::to_string),
         exactly_once: false,
         options: Default::default(),
@@ -37,7 +39,7 @@ fn raw_rows_take_key_value_partition_and_get_dedup_headers() {
         ],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q", "id-1");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q", "id-1").expect("sink");
     let records = sink.records(2, 17, &[batch]).expect("records");
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].key.as_deref(), Some(&b"a"[..]));
@@ -59,7 +61,7 @@ fn raw_rows_without_value_are_a_user_error() {
         vec![StdArc::new(StringArray::from(vec!["a"])) as ArrayRef],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "q", "id");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "q", "id").expect("sink");
     let err = sink.records(0, 0, &[batch]).expect_err("no value");
     assert!(matches!(err, EngineError::InvalidQuery(_)), "{err}");
 }
@@ -77,7 +79,7 @@ fn json_and_csv_encode_whole_rows_with_key_column() {
         ],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("id")), "q", "id");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("id")), "q", "id").expect("sink");
     let records = sink
         .records(0, 0, std::slice::from_ref(&batch))
         .expect("json");
@@ -86,13 +88,13 @@ fn json_and_csv_encode_whole_rows_with_key_column() {
         records[0].value.as_deref(),
         Some(&br#"{"id":"d1","t":1.5}"#[..])
     );
-    let sink = KafkaSink::new(&spec(KafkaFormat::Csv, None), "q", "id");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Csv, None), "q", "id").expect("sink");
     let records = sink
         .records(0, 0, std::slice::from_ref(&batch))
         .expect("csv");
     assert_eq!(records[1].value.as_deref(), Some(&b"d2,2.0"[..]));
     assert_eq!(records[1].key, None);
-    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("missing")), "q", "id");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Json, Some("missing")), "q", "id").expect("sink");
     assert!(sink.records(0, 0, &[batch]).is_err());
 }
 
@@ -114,7 +116,7 @@ fn headers_of_the_wrong_type_are_a_user_error_not_a_panic() {
         ],
     )
     .expect("batch");
-    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q", "id-1");
+    let sink = KafkaSink::new(&spec(KafkaFormat::Raw, None), "ns/q", "id-1").expect("sink");
     let err = sink.records(0, 0, &[batch]).expect_err("wrong type");
     assert!(
         matches!(err, EngineError::InvalidQuery(_)) && err.to_string().contains("`headers`"),

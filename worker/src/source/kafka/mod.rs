@@ -25,6 +25,8 @@
 //! Int32, offset: Int64, timestamp: Timestamp(µs, UTC), headers: List<Struct<key: Utf8, value:
 //! Binary?>>` (Spark's columns). `format: json|csv`: the spec's `schema` columns, decoded from the
 //! value; records that do not decode are bad records with origin `topic/partition` and line = offset.
+//! `format: avro`: the columns of the Avro reader schema (see [`crate::format`]), with the same
+//! bad-record rule.
 //!
 //! **Backlog.** `high watermark - next offset` per owned partition, summed, refreshed at most every
 //! [`METADATA_REFRESH`]; on tansu the high watermark can be wrong, so treat it as a hint.
@@ -54,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use sluice_crds::{KafkaFormat, KafkaSourceSpec, SourceSpec};
 
 use crate::error::{EngineError, Result};
+use crate::format::{AvroDecoder, RawValue};
 use crate::schema::{arrow_schema, timestamp_type};
 use crate::source::decode::{TextFormat, decode_text};
 use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask};
@@ -227,6 +230,8 @@ pub struct KafkaSource {
     spec: KafkaSourceSpec,
     schema: SchemaRef,
     text_format: Option<TextFormat>,
+    /// `format: avro`: the value decoder (shared by the tasks).
+    avro: Option<Arc<AvroDecoder>>,
     /// Partitions at start, sorted: index = task.
     initial: Vec<TopicPartition>,
     starting: StartingOffsets,
@@ -339,6 +344,7 @@ impl KafkaSource {
     /// [`EngineError::InvalidQuery`] for a bad format/schema/startingOffsets;
     /// [`EngineError::Source`] when the brokers cannot be reached.
     pub fn new(spec: &SourceSpec, kafka: &KafkaSourceSpec) -> Result<Self> {
+        let mut avro = None;
         let (schema, text_format) = match kafka.format {
             KafkaFormat::Raw => (raw_schema(), None),
             KafkaFormat::Json => (arrow_schema(&spec.schema)?, Some(TextFormat::Json)),
@@ -349,6 +355,18 @@ impl KafkaSource {
                     delimiter: b',',
                 }),
             ),
+            KafkaFormat::Avro => {
+                let decoder = AvroDecoder::new(
+                    &format!("source `{}`: kafka", spec.name),
+                    &spec.name,
+                    kafka.value_schema.as_ref(),
+                    kafka.schema_registry.as_ref(),
+                    kafka.topic.as_deref(),
+                )?;
+                let schema = decoder.schema();
+                avro = Some(Arc::new(decoder));
+                (schema, None)
+            }
         };
         let starting = StartingOffsets::parse(&kafka.starting_offsets)?;
         let consumer = new_consumer_with(kafka, &spec.name, LastBrokerError::default())?;
@@ -368,6 +386,7 @@ impl KafkaSource {
             spec: kafka.clone(),
             schema,
             text_format,
+            avro,
             tasks: initial.len() as u32,
             initial,
             starting,
@@ -529,6 +548,7 @@ impl KafkaSource {
             spec: self.spec.clone(),
             schema: self.schema.clone(),
             text_format: self.text_format.clone(),
+            avro: self.avro.clone(),
             task,
             tasks: tasks.max(1),
             starting: self.starting.clone(),
@@ -553,6 +573,7 @@ struct KafkaTask {
     spec: KafkaSourceSpec,
     schema: SchemaRef,
     text_format: Option<TextFormat>,
+    avro: Option<Arc<AvroDecoder>>,
     task: u32,
     tasks: u32,
     starting: StartingOffsets,
@@ -850,7 +871,10 @@ impl KafkaTask {
         .map_err(|e| EngineError::Internal(format!("kafka replay task: {e}")))?
     }
 
-    fn to_batches(&self, records: &[OwnedRecord]) -> Result<ReadOutput> {
+    async fn to_batches(&self, records: &[OwnedRecord]) -> Result<ReadOutput> {
+        if let Some(avro) = &self.avro {
+            return decode_avro(&self.name, avro, records).await;
+        }
         decode_records(&self.schema, self.text_format.as_ref(), records)
     }
 }
@@ -900,6 +924,30 @@ fn decode_records(
             Ok(output)
         }
     }
+}
+
+/// Rows of `records` decoded as Avro (bad records keep their `topic/partition` and offset).
+async fn decode_avro(
+    name: &str,
+    decoder: &AvroDecoder,
+    records: &[OwnedRecord],
+) -> Result<ReadOutput> {
+    let origins: Vec<String> = records.iter().map(|r| r.partition.key()).collect();
+    let values: Vec<RawValue<'_>> = records
+        .iter()
+        .zip(&origins)
+        .map(|(r, origin)| RawValue {
+            origin,
+            offset: r.offset,
+            value: r.value.as_deref(),
+        })
+        .collect();
+    let (batches, bad_records) = decoder.decode(name, &values).await?;
+    Ok(ReadOutput {
+        batches,
+        bad_records,
+        ..ReadOutput::default()
+    })
 }
 
 fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> OwnedRecord {
@@ -1043,7 +1091,7 @@ impl SourceTask for KafkaTask {
                 records
             }
         };
-        let mut output = self.to_batches(&records)?;
+        let mut output = self.to_batches(&records).await?;
         if !parsed.lost.is_empty() {
             output.data_loss = vec![format!(
                 "source `{}`: {}",
