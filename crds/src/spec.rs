@@ -1039,6 +1039,9 @@ pub enum ConcurrencyPolicy {
     Forbid,
 }
 
+/// `checkpoint.minBatchesToRetain` when the manifest does not say (Spark's default, 100).
+pub const DEFAULT_MIN_BATCHES_TO_RETAIN: u64 = 100;
+
 /// Checkpoint location and its fate when the query is deleted.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -26,7 +26,7 @@ use crate::source::Range;
 use crate::state::prunable_state_files;
 
 /// Batches kept in a task's log when the manifest does not say (Spark's default).
-pub const DEFAULT_MIN_BATCHES_TO_RETAIN: u64 = 100;
+pub use sluice_crds::DEFAULT_MIN_BATCHES_TO_RETAIN;
 
 /// Folds and prunes one task's log as its batches commit.
 pub struct LogRetention {

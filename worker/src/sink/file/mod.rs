@@ -404,7 +404,7 @@ impl Sink for FileSink {
 }
 
 fn retention_default() -> u64 {
-    crate::engine::retention::DEFAULT_MIN_BATCHES_TO_RETAIN
+    sluice_crds::DEFAULT_MIN_BATCHES_TO_RETAIN
 }
 
 impl FileSink {
