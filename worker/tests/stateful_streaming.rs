@@ -321,7 +321,7 @@ async fn restart_with_a_changed_aggregation_is_refused() {
             output.to_str().expect("utf8"),
             ckpt.to_str().expect("utf8"),
             sql,
-            "update",
+            "append",
         );
         sluice_crds::parse_manifest(&text).expect("manifest")
     };
@@ -351,7 +351,7 @@ async fn aggregation_over_a_file_source_with_several_partitions_is_refused() {
         dir.path().join("out").to_str().expect("utf8"),
         dir.path().join("ckpt").to_str().expect("utf8"),
         SQL,
-        "update",
+        "append",
     )
     .replace("partitions: 1", "partitions: 3");
     let query = sluice_crds::parse_manifest(&text).expect("manifest");
