@@ -232,6 +232,10 @@ start_s3() {
   ]
 }
 EOF
+    # Volume count and size are fixed: by default `weed mini` derives both from the free disk space
+    # at start (1 GiB volumes, free space / 1 GiB of them), so on a machine whose disk the build has
+    # filled it has no volume left for a new bucket and answers PUTs with 500 ("No writable
+    # volumes"). Volumes are sparse files: 400 x 64 MiB reserves nothing up front.
     spawn s3 "$WEED_BIN" mini -dir="$data" \
         -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -s3.port="$S3_PORT" -s3.port.grpc=$((S3_PORT + 1)) \
@@ -240,6 +244,7 @@ EOF
         -s3.localSocket="$dir/s3.sock" \
         -master.port=$((p + 2)) -master.port.grpc=$((p + 3)) \
         -volume.port=$((p + 4)) -volume.port.grpc=$((p + 5)) \
+        -volume.max=400 -master.volumeSizeLimitMB=64 \
         -filer.port=$((p + 6)) -filer.port.grpc=$((p + 7)) \
         -filer.localSocket="$dir/filer.sock" \
         -admin.ui=false -admin.port=$((p + 8)) -admin.port.grpc=$((p + 10008)) \

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{postgres, server_env, spawn_worker};
-use kafka_util::{ReadRecord, create_topic, kafka, produce, read_topic, unique};
+use kafka_util::{
+    ReadRecord, create_topic, kafka, produce, read_topic, read_topic_isolated, unique,
+};
 use sluice_worker::engine::{Engine, QueryConfig, Shared};
 use sluice_worker::fault::{PAUSE_AT_ENV, PAUSE_FILE_ENV, PausePoint};
 
@@ -404,6 +406,53 @@ fn ids_of(records: &[ReadRecord]) -> Vec<i64> {
     ids
 }
 
+/// Which of the `want` ids `committed` lacks, and where they are in the log when read uncommitted
+/// (in an open or aborted transaction, or not written at all): what a failed wait reports.
+async fn missing_records(
+    bootstrap: &str,
+    topic: &str,
+    want: &[i64],
+    committed: &[ReadRecord],
+) -> String {
+    let got = ids_of(committed);
+    let missing: Vec<i64> = want
+        .iter()
+        .copied()
+        .filter(|i| got.binary_search(i).is_err())
+        .collect();
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    let all = tokio::task::spawn_blocking(move || {
+        read_topic_isolated(
+            &bootstrap,
+            &topic,
+            2,
+            Duration::from_secs(3),
+            "read_uncommitted",
+        )
+    })
+    .await
+    .expect("join");
+    let uncommitted: Vec<String> = all
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).ok()?;
+            let id = v["id"].as_i64()?;
+            missing.contains(&id).then(|| {
+                format!(
+                    "id {id} at {}:{} (batch {})",
+                    r.partition,
+                    r.offset,
+                    r.headers.get("sluice-batch").map_or("?", String::as_str)
+                )
+            })
+        })
+        .collect();
+    format!(
+        "missing ids {missing:?}; read uncommitted ({} records in all), the log holds {uncommitted:?}",
+        all.len()
+    )
+}
+
 /// Asserts that no two records carry the same dedup headers (query id, task, batch, seq).
 fn assert_no_duplicate_headers(records: &[ReadRecord], what: &str) {
     let mut keys: Vec<[&str; 4]> = records
@@ -479,12 +528,14 @@ async fn kafka_broker_stopped_20s_mid_run_kafka_to_kafka_exactly_once() {
                 "{what}: the query stopped; lastError {:?}",
                 shared.last_error.lock().expect("lock")
             );
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "{what}: {} records of {} after 180 s",
-                records.len(),
-                want.len()
-            );
+            if started.elapsed() >= Duration::from_secs(180) {
+                let missing = missing_records(&bootstrap, &output, want, &records).await;
+                panic!(
+                    "{what}: {} records of {} after 180 s; {missing}",
+                    records.len(),
+                    want.len()
+                );
+            }
         }
     };
 

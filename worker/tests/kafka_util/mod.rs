@@ -82,11 +82,23 @@ pub fn read_topic(
     partitions: i32,
     idle: Duration,
 ) -> Vec<ReadRecord> {
+    read_topic_isolated(bootstrap, topic, partitions, idle, "read_committed")
+}
+
+/// As [`read_topic`], with the consumer's `isolation.level` (`read_committed` or
+/// `read_uncommitted`: also records of open and aborted transactions).
+pub fn read_topic_isolated(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    idle: Duration,
+    isolation: &str,
+) -> Vec<ReadRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-test-reader")
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     let mut list = TopicPartitionList::new();
