@@ -1,7 +1,7 @@
 //! Sluice operator: runs `StreamingQuery` resources as worker pods.
 //!
 //! Reconcile = observe → validate → plan (pure, [`plan`]) → apply ([`backend`]) → status, shared
-//! by the Kubernetes backend and the local backend to come. Modules:
+//! by the Kubernetes backend and the local backend. Modules:
 //!
 //! * [`plan`] — pure decisions: spec change classification, desired workers, status, events.
 //! * [`reconcile`] — one backend-independent pass over a live query.
@@ -11,6 +11,7 @@
 //! * [`checkpoint`] — checkpoint location resolution, ownership claim, retention.
 //! * [`clients`] — `sluice-worker check`, HTTP to workers and Prometheus.
 //! * [`controller`] — the kube-runtime controller, finalizer, error policy.
+//! * [`local_operator`] — the local backend's loop over a folder of manifests.
 //! * [`leader`] — Lease-based leader election.
 //! * [`metrics`] — the operator's own `/metrics` and `/healthz`.
 //! * [`error`] — the error type, classified user / external / internal.
@@ -23,6 +24,7 @@ pub mod control_token;
 pub mod controller;
 pub mod error;
 pub mod leader;
+pub mod local_operator;
 pub mod metrics;
 pub mod plan;
 pub mod progress;

@@ -135,7 +135,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
-    use sluice_operator::backend::local::{LocalConfig, LocalOperator};
+    use sluice_operator::backend::local::LocalConfig;
+    use sluice_operator::local_operator::LocalOperator;
     let worker_bin = match args.worker_bin {
         Some(path) => path,
         None => std::env::current_exe()

@@ -12,6 +12,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod bad_record;
 pub mod check;
 pub mod checkpoint;
 pub mod confine;
@@ -21,6 +22,8 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod http;
+pub mod kafka_client;
+pub mod key_group;
 pub mod metrics;
 pub mod ml;
 pub mod postgres;
@@ -33,6 +36,7 @@ pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod state;
+pub mod state_file;
 pub mod storage;
 pub mod termination;
 

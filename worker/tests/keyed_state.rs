@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, StringArray, StructArray, UInt16Array};
 use arrow::datatypes::DataType;
-use sluice_worker::state::key_group::key_groups;
+use sluice_worker::key_group::key_groups;
 use sluice_worker::{Engine, QueryConfig, Shared};
 
 const SQL: &str = "SELECT window(ts, '1 minute') AS window, deviceId, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), deviceId";

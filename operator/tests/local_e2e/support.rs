@@ -15,8 +15,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_crds::{Phase, StreamingQueryStatus};
-use sluice_operator::backend::local::{LocalConfig, LocalOperator};
+use sluice_operator::backend::local::LocalConfig;
 use sluice_operator::checkpoint::{CheckpointManager, StoreConfig};
+use sluice_operator::local_operator::LocalOperator;
 
 /// Rows per input file of the [`FileProducer`].
 pub const ROWS_PER_FILE: u64 = 50;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Checkpoint;
 use crate::error::{EngineError, Result};
-use crate::state::key_group::KeyGroupRange;
+use crate::key_group::KeyGroupRange;
 
 /// Column holding each exchanged row's key group.
 pub const KEY_GROUP_COLUMN: &str = "__sluice_key_group";
@@ -187,7 +187,7 @@ fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::key_group::{key_groups, range_for_task};
+    use crate::key_group::{key_groups, range_for_task};
     use crate::storage::Location;
     use arrow::array::{Int64Array, StringArray};
 

@@ -30,7 +30,7 @@ use super::generation::{Generations, RESTORES_DIR, RestoreRecord};
 use super::{Checkpoint, CheckpointMetadata, CommitEntry, OffsetsEntry, SinkRecord, TaskLog};
 use crate::error::{EngineError, Result};
 use crate::sink::replay::{ReplayVerdict, replay_verdict};
-use crate::state::{file_event_time, state_file_id};
+use crate::state_file::{file_event_time, state_file_id};
 use crate::storage::Location;
 
 /// One retained batch of a task, as `checkpoint list` shows it.

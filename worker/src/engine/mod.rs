@@ -300,11 +300,11 @@ pub async fn plan_query(
 }
 
 /// The number of key groups of a stateful query (`spec.parallelism.maxParallelism`, default
-/// [`crate::state::key_group::DEFAULT_MAX_PARALLELISM`]).
+/// [`crate::key_group::DEFAULT_MAX_PARALLELISM`]).
 pub fn max_parallelism(spec: &StreamingQuerySpec) -> u32 {
     spec.parallelism
         .max_parallelism
-        .unwrap_or(crate::state::key_group::DEFAULT_MAX_PARALLELISM)
+        .unwrap_or(crate::key_group::DEFAULT_MAX_PARALLELISM)
 }
 
 async fn open_tables(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::StaticTable>> {

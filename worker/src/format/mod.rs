@@ -27,8 +27,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use sluice_crds::{SchemaRegistrySpec, ValueSchemaSpec};
 
+use crate::bad_record::BadRecord;
 use crate::error::{EngineError, Result};
-use crate::source::decode::BadRecord;
 use registry::{RegistryClient, RegistryError};
 
 /// The wire format's first byte.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use serde::Serialize;
 
+pub use crate::bad_record::{BadRecord, bad_records_jsonl, fail_on};
 use crate::error::{EngineError, Result};
 pub use crate::source::parquet::decode_parquet;
 
@@ -18,19 +18,6 @@ pub use crate::source::parquet::decode_parquet;
 pub const BATCH_ROWS: usize = 64 * 1024;
 /// Lines per retry chunk when a buffer has a malformed record.
 pub const FALLBACK_CHUNK_LINES: usize = 1024;
-
-/// A record that did not decode, with where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BadRecord {
-    /// File path or source-specific origin (e.g. `topic/partition`).
-    pub origin: String,
-    /// 1-based line number (or Kafka offset); 0 when the whole file is unreadable.
-    pub line: u64,
-    /// The raw record, lossily as UTF-8 (empty for binary files).
-    pub record: String,
-    /// Why it did not decode.
-    pub error: String,
-}
 
 /// A text record format: JSON lines or CSV.
 #[derive(Debug, Clone)]
@@ -374,27 +361,6 @@ fn join_lines(data: &[u8], lines: &[(usize, usize)]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
-}
-
-/// Serializes bad records as JSON lines for the bad-records location.
-pub fn bad_records_jsonl(records: &[BadRecord]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for record in records {
-        if let Ok(line) = serde_json::to_vec(record) {
-            out.extend_from_slice(&line);
-            out.push(b'\n');
-        }
-    }
-    out
-}
-
-/// An error for the `fail` policy, naming the first bad record.
-pub fn fail_on(record: &BadRecord) -> EngineError {
-    EngineError::BadRecord {
-        file: record.origin.clone(),
-        line: record.line,
-        message: record.error.clone(),
-    }
 }
 
 /// An empty batch of `schema` (for sources with nothing to read).

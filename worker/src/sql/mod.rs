@@ -293,7 +293,7 @@ impl BatchQuery {
                 )?;
                 store.set_key_groups(
                     planned.key_group_indices(),
-                    crate::state::key_group::DEFAULT_MAX_PARALLELISM,
+                    crate::key_group::DEFAULT_MAX_PARALLELISM,
                 )?;
                 query.streaming = Some(StreamingState {
                     mode: output_mode,

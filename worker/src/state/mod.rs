@@ -21,7 +21,6 @@
 //! applies its changes twice. Changes of a running batch are held in a [`StateDelta`] and applied
 //! to memory only after the commit.
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -38,8 +37,13 @@ use datafusion::common::{HashMap, HashSet, ScalarValue};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
+pub use crate::state_file::{EventTimeState, file_event_time, file_max_parallelism, state_file_id};
+use crate::state_file::{
+    META_MAX_EVENT, META_MAX_PARALLELISM, META_USED_WATERMARK, META_WATERMARK, event_time_of,
+    state_file,
+};
 
-pub mod key_group;
+use crate::key_group;
 
 use self::key_group::{DEFAULT_MAX_PARALLELISM, KeyGroupRange};
 
@@ -47,10 +51,6 @@ use self::key_group::{DEFAULT_MAX_PARALLELISM, KeyGroupRange};
 pub const SNAPSHOT_EVERY: u64 = 10;
 const DELETED_COLUMN: &str = "__sluice_deleted";
 const KEY_GROUP_COLUMN: &str = "__sluice_key_group";
-const META_MAX_PARALLELISM: &str = "sluice.maxParallelism";
-const META_WATERMARK: &str = "sluice.watermarkMs";
-const META_USED_WATERMARK: &str = "sluice.usedWatermarkMs";
-const META_MAX_EVENT: &str = "sluice.maxEventMs";
 
 /// One group of the state table: its full row (keys, then accumulator states) in Arrow's row
 /// format, and the group's event time. Row-encoded so that a batch's groups convert to and from
@@ -63,17 +63,6 @@ pub struct StateEntry {
     pub event_ms: Option<i64>,
     /// The group's key group, `0..maxParallelism` ([`key_group::key_groups`]).
     pub key_group: u16,
-}
-
-/// Event-time bookkeeping kept with the state.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EventTimeState {
-    /// Watermark for the NEXT batch, ms since the epoch (Spark: computed at the end of a batch).
-    pub watermark_ms: Option<i64>,
-    /// Watermark the last batch ran with.
-    pub used_watermark_ms: Option<i64>,
-    /// Max event time seen per source, ms.
-    pub max_event_ms: BTreeMap<String, i64>,
 }
 
 /// Changes of one batch, applied by [`StateStore::apply`] after the commit.
@@ -487,16 +476,7 @@ impl StateStore {
         let reader = FileReader::try_new(Cursor::new(body), None)?;
         let metadata = reader.schema().metadata().clone();
         let mut delta = StateDelta {
-            event_time: EventTimeState {
-                watermark_ms: metadata.get(META_WATERMARK).and_then(|v| v.parse().ok()),
-                used_watermark_ms: metadata
-                    .get(META_USED_WATERMARK)
-                    .and_then(|v| v.parse().ok()),
-                max_event_ms: metadata
-                    .get(META_MAX_EVENT)
-                    .and_then(|v| serde_json::from_str(v).ok())
-                    .unwrap_or_default(),
-            },
+            event_time: event_time_of(&metadata),
             ..StateDelta::default()
         };
         let width = self.schema.fields().len();
@@ -609,51 +589,6 @@ pub fn prunable_state_files(names: &[String], through: u64) -> Vec<String> {
         .filter(|name| state_file_id(name).is_some_and(|(id, _)| id < floor))
         .cloned()
         .collect()
-}
-
-/// `(batch id, is a snapshot)` of a state file name (`<batchId>.delta.arrow`,
-/// `<batchId>.snapshot.arrow`); `None` for other names.
-pub fn state_file_id(name: &str) -> Option<(u64, bool)> {
-    let (id, kind) = name.split_once('.')?;
-    Some((id.parse().ok()?, kind.starts_with("snapshot")))
-}
-
-/// The event-time bookkeeping a state file records in its schema metadata (the watermark after
-/// the batch that wrote it), read without decoding its rows.
-///
-/// # Errors
-/// [`EngineError::Arrow`] when `body` is not an Arrow IPC file.
-pub fn file_event_time(body: &[u8]) -> Result<EventTimeState> {
-    let reader = FileReader::try_new(Cursor::new(body), None)?;
-    let metadata = reader.schema().metadata().clone();
-    Ok(EventTimeState {
-        watermark_ms: metadata.get(META_WATERMARK).and_then(|v| v.parse().ok()),
-        used_watermark_ms: metadata
-            .get(META_USED_WATERMARK)
-            .and_then(|v| v.parse().ok()),
-        max_event_ms: metadata
-            .get(META_MAX_EVENT)
-            .and_then(|v| serde_json::from_str(v).ok())
-            .unwrap_or_default(),
-    })
-}
-
-/// The `maxParallelism` a state file was written with (`None` for files written before key
-/// groups existed), read without decoding its rows.
-///
-/// # Errors
-/// [`EngineError::Arrow`] when `body` is not an Arrow IPC file.
-pub fn file_max_parallelism(body: &[u8]) -> Result<Option<u32>> {
-    let reader = FileReader::try_new(Cursor::new(body), None)?;
-    Ok(reader
-        .schema()
-        .metadata()
-        .get(META_MAX_PARALLELISM)
-        .and_then(|v| v.parse().ok()))
-}
-
-fn state_file(task: u32, batch_id: u64, kind: &str) -> String {
-    format!("tasks/{task}/state/{batch_id:020}.{kind}.arrow")
 }
 
 fn corrupt(checkpoint: &Checkpoint, task: u32, message: &str) -> EngineError {

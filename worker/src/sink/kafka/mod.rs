@@ -46,8 +46,8 @@ use tokio::sync::Mutex;
 use crate::error::{EngineError, Result};
 use crate::fault::{PausePoint, pause_point};
 use crate::format::AvroEncoder;
+use crate::kafka_client::client_config;
 use crate::sink::Sink;
-use crate::source::kafka::client_config;
 
 /// Header naming the query (`namespace/name`).
 pub const HEADER_QUERY: &str = "sluice-query";

@@ -57,6 +57,7 @@ use sluice_crds::{KafkaFormat, KafkaSourceSpec, SourceSpec};
 
 use crate::error::{EngineError, Result};
 use crate::format::{AvroDecoder, RawValue};
+use crate::kafka_client::client_config;
 use crate::schema::{arrow_schema, timestamp_type};
 use crate::source::decode::{TextFormat, decode_text};
 use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask};
@@ -193,28 +194,6 @@ pub fn headers_type() -> DataType {
         DataType::Struct(header_fields()),
         false,
     )))
-}
-
-/// The librdkafka configuration of a source or sink: `bootstrap.servers`, the spec's options, and
-/// its `secretOptions` read now from their environment variables or files. TLS and SASL are
-/// librdkafka's own (`security.protocol: ssl | sasl_ssl`, `ssl.ca.location`, `sasl.mechanism`, ...).
-///
-/// # Errors
-/// [`EngineError::Manifest`] when a secret option's variable or file cannot be read.
-pub fn client_config(
-    bootstrap: &str,
-    options: &BTreeMap<String, String>,
-    secret_options: &BTreeMap<String, sluice_crds::SecretRef>,
-) -> Result<ClientConfig> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (k, v) in options {
-        config.set(k, v);
-    }
-    for (k, v) in crate::secrets::resolve_all("kafka.secretOptions", secret_options)? {
-        config.set(k, v);
-    }
-    Ok(config)
 }
 
 fn source_error(name: &str, message: impl std::fmt::Display) -> EngineError {
