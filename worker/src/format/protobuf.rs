@@ -774,6 +774,10 @@ fn set(
             ),
         ));
     };
+    // What a Protobuf writer does: a field without presence holding its default is not written.
+    if !fd.supports_presence() && value.is_default_for_field(fd) {
+        return Ok(());
+    }
     if let Some(oneof) = fd.containing_oneof().filter(|o| !o.is_synthetic())
         && let Some(other) = oneof.fields().find(|f| message.has_field(f))
     {
@@ -1394,5 +1398,104 @@ mod tests {
         let n = message("k", "f", &recursive, None).expect("N");
         let e = arrow_schema("f", &n).expect_err("recursive").to_string();
         assert!(e.contains("field `next`") && e.contains("recursive"), "{e}");
+    }
+
+    #[test]
+    fn maps_with_integer_keys_repeated_messages_and_enums_round_trip_and_a_double_oneof_is_refused()
+    {
+        let file = compile(
+            "f",
+            "syntax = \"proto3\"; import \"google/protobuf/timestamp.proto\";\n\
+             enum Color { RED = 0; BLUE = 1; }\n\
+             message P { double x = 1; }\n\
+             message M {\n\
+               map<int32, P> points = 1; repeated Color colors = 2;\n\
+               repeated google.protobuf.Timestamp times = 3; map<string, Color> named = 4;\n\
+               oneof pick { string a = 5; int64 b = 6; } P empty = 7; uint64 n = 8;\n\
+             }",
+        )
+        .expect("compiles");
+        let m = message("k", "f", &file, Some("M")).expect("M");
+        let schema = arrow_schema("f", &m).expect("schema");
+        let DataType::Map(entries, false) = schema.field(0).data_type() else {
+            panic!("points is a map: {schema:#?}");
+        };
+        let DataType::Struct(entry) = entries.data_type() else {
+            panic!("map entries are a struct");
+        };
+        assert_eq!(entry[0].data_type(), &DataType::Int32);
+        assert!(matches!(entry[1].data_type(), DataType::Struct(_)));
+        let mut first = DynamicMessage::new(m.clone());
+        let field = |name: &str| m.get_field_by_name(name).expect("field");
+        let p = message("k", "f", &file, Some("P")).expect("P");
+        let mut point = DynamicMessage::new(p.clone());
+        point.set_field_by_name("x", Value::F64(1.5));
+        first.set_field(
+            &field("points"),
+            Value::Map(HashMap::from([
+                (MapKey::I32(7), Value::Message(point)),
+                (
+                    MapKey::I32(-1),
+                    Value::Message(DynamicMessage::new(p.clone())),
+                ),
+            ])),
+        );
+        first.set_field(
+            &field("colors"),
+            Value::List(vec![
+                Value::EnumNumber(1),
+                Value::EnumNumber(0),
+                Value::EnumNumber(5),
+            ]),
+        );
+        let Kind::Message(ts) = field("times").kind() else {
+            panic!("times is a message");
+        };
+        let mut t = DynamicMessage::new(ts);
+        t.set_field_by_name("seconds", Value::I64(1_767_225_600));
+        t.set_field_by_name("nanos", Value::I32(1000));
+        first.set_field(&field("times"), Value::List(vec![Value::Message(t)]));
+        first.set_field(
+            &field("named"),
+            Value::Map(HashMap::from([(
+                MapKey::String("k".into()),
+                Value::EnumNumber(1),
+            )])),
+        );
+        first.set_field(&field("b"), Value::I64(9));
+        first.set_field(&field("n"), Value::U64(u64::MAX));
+        let second = DynamicMessage::new(m.clone());
+        // Through the wire: what a producer would send.
+        let rows: Vec<DynamicMessage> = [&first, &second]
+            .iter()
+            .map(|msg| DynamicMessage::decode(m.clone(), msg.encode_to_vec().as_slice()))
+            .collect::<std::result::Result<_, _>>()
+            .expect("decode");
+        let batch = to_batch(&schema, &m, &rows).expect("batch");
+        let table = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(&batch))
+            .expect("pretty")
+            .to_string();
+        let expected = "\
++-----------------------------+----------------+-------------------------------+-----------+---+---+-------+----------------------+
+| points                      | colors         | times                         | named     | a | b | empty | n                    |
++-----------------------------+----------------+-------------------------------+-----------+---+---+-------+----------------------+
+| {-1: {x: 0.0}, 7: {x: 1.5}} | [BLUE, RED, 5] | [2026-01-01T00:00:00.000001Z] | {k: BLUE} |   | 9 |       | 18446744073709551615 |
+| {}                          | []             | []                            | {}        |   |   |       | 0                    |
++-----------------------------+----------------+-------------------------------+-----------+---+---+-------+----------------------+";
+        assert_eq!(table, expected, "\n{table}");
+        // Back to messages: the same as what was sent, byte for byte.
+        let again = from_batch(&m, &batch).expect("encode");
+        assert_eq!(again, rows);
+        let bytes = |v: &[DynamicMessage]| v.iter().map(|m| m.encode_to_vec()).collect::<Vec<_>>();
+        assert_eq!(bytes(&again), bytes(&rows));
+        // Both members of a oneof in one row are refused naming them.
+        let mut columns = batch.columns().to_vec();
+        columns[4] = Arc::new(StringArray::from(vec![Some("x"), None]));
+        let both = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let e = from_batch(&m, &both).expect_err("two members").to_string();
+        assert!(
+            e.contains("row 0 sets both `a` and `b` of oneof `pick`"),
+            "{e}"
+        );
     }
 }
