@@ -710,10 +710,11 @@ fn cast_to(array: &dyn Array, data_type: &DataType, path: &str) -> Result<ArrayR
         .map_err(|e| encode_error(path, format!("cannot become {data_type}: {e}")))
 }
 
-/// Whether a field may be left unset without changing what a reader sees: it has presence, or
-/// it is repeated or a map (empty).
+/// Whether a field may be left unset without changing what a reader sees: it has presence (and
+/// is not a proto2 `required` field, which readers refuse to miss), or it is repeated or a map
+/// (empty).
 fn may_be_unset(fd: &FieldDescriptor) -> bool {
-    fd.supports_presence() || fd.is_list() || fd.is_map()
+    (fd.supports_presence() && !fd.is_required()) || fd.is_list() || fd.is_map()
 }
 
 /// The messages of `batch`'s rows: each field of `message` takes the column of the same name.
@@ -742,8 +743,8 @@ pub fn from_batch(message: &MessageDescriptor, batch: &RecordBatch) -> Result<Ve
                     &path,
                     format!(
                         "the query's result has no such column for the Protobuf field `{}` of \
-                         {}, which has no presence (declare it `optional` to allow leaving it \
-                         out)",
+                         {}, which cannot be left unset (a proto3 scalar without `optional`, \
+                         or `required`)",
                         fd.name(),
                         message.full_name()
                     ),
@@ -765,11 +766,15 @@ fn set(
         if may_be_unset(fd) {
             return Ok(());
         }
+        let why = if fd.is_required() {
+            "is `required`"
+        } else {
+            "has no presence (declare it `optional`)"
+        };
         return Err(encode_error(
             path,
             format!(
-                "null at row {row}, but the Protobuf field `{}` has no presence (declare it \
-                 `optional`)",
+                "null at row {row}, but the Protobuf field `{}` {why}",
                 fd.name()
             ),
         ));
@@ -851,6 +856,13 @@ fn field_values(
             .collect();
     }
     if fd.is_list() {
+        // Large and fixed-size lists (what some SQL functions return) as plain lists.
+        let array = match array.data_type() {
+            DataType::LargeList(item) | DataType::FixedSizeList(item, _) => {
+                cast_to(array, &DataType::List(item.clone()), path)?
+            }
+            _ => arrow::array::make_array(array.to_data()),
+        };
         let list = array
             .as_list_opt::<i32>()
             .ok_or_else(|| encode_error(path, format!("a {} is not a list", array.data_type())))?;
@@ -989,7 +1001,7 @@ fn kind_values(
                             &child_path,
                             format!(
                                 "the struct has no such field for the Protobuf field `{}`, \
-                                 which has no presence",
+                                 which cannot be left unset",
                                 fd.name()
                             ),
                         ));
@@ -1483,11 +1495,12 @@ mod tests {
 | {}                          | []             | []                            | {}        |   |   |       | 0                    |
 +-----------------------------+----------------+-------------------------------+-----------+---+---+-------+----------------------+";
         assert_eq!(table, expected, "\n{table}");
-        // Back to messages: the same as what was sent, byte for byte.
+        // Back to messages: the same as what was sent, no longer (defaults are not written;
+        // the bytes themselves differ only in map entry order, which Protobuf leaves open).
         let again = from_batch(&m, &batch).expect("encode");
         assert_eq!(again, rows);
-        let bytes = |v: &[DynamicMessage]| v.iter().map(|m| m.encode_to_vec()).collect::<Vec<_>>();
-        assert_eq!(bytes(&again), bytes(&rows));
+        let lengths = |v: &[DynamicMessage]| v.iter().map(|m| m.encoded_len()).collect::<Vec<_>>();
+        assert_eq!(lengths(&again), lengths(&rows));
         // Both members of a oneof in one row are refused naming them.
         let mut columns = batch.columns().to_vec();
         columns[4] = Arc::new(StringArray::from(vec![Some("x"), None]));
@@ -1495,6 +1508,53 @@ mod tests {
         let e = from_batch(&m, &both).expect_err("two members").to_string();
         assert!(
             e.contains("row 0 sets both `a` and `b` of oneof `pick`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn required_fields_take_no_null_and_large_lists_are_written_as_lists() {
+        let file = compile(
+            "f",
+            "syntax = \"proto2\"; message R { required string id = 1; repeated int64 v = 2; }",
+        )
+        .expect("compiles");
+        let m = message("k", "f", &file, None).expect("R");
+        let item = Arc::new(Field::new("item", DataType::Int64, true));
+        let values = arrow::array::LargeListArray::new(
+            item.clone(),
+            arrow::buffer::OffsetBuffer::from_lengths([2, 0]),
+            Arc::new(Int64Array::from(vec![3, 4])),
+            None,
+        );
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("v", DataType::LargeList(item), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), Some("b")])),
+                Arc::new(values.clone()),
+            ],
+        )
+        .expect("batch");
+        let rows = from_batch(&m, &batch).expect("encode");
+        assert_eq!(
+            rows[0].get_field_by_name("v").map(Cow::into_owned),
+            Some(Value::List(vec![Value::I64(3), Value::I64(4)]))
+        );
+        let nulls = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), None])),
+                Arc::new(values),
+            ],
+        )
+        .expect("batch");
+        let e = from_batch(&m, &nulls).expect_err("null id").to_string();
+        assert!(
+            e.contains("column `id`") && e.contains("null at row 1") && e.contains("`required`"),
             "{e}"
         );
     }
