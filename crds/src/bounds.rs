@@ -54,7 +54,9 @@ pub const MAX_FEATURES_PLUS_ONE: u32 = MAX_FEATURES + 1;
 pub const MAX_CENTERS: u32 = 1024;
 /// Most extra environment variables of the worker.
 pub const MAX_ENV: u32 = 128;
-/// Longest inline value schema (Avro JSON), 128 KiB.
+/// Longest inline value schema (Avro JSON or `.proto` text), 128 KiB.
 pub const MAX_VALUE_SCHEMA: u32 = 131_072;
 /// Longest schema registry subject.
 pub const MAX_SUBJECT: u32 = 255;
+/// Longest Protobuf message name (`messageType`, a fully qualified name such as `iot.v1.Reading`).
+pub const MAX_MESSAGE_TYPE: u32 = 255;

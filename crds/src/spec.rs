@@ -330,17 +330,25 @@ pub struct KafkaSourceSpec {
     /// At most this many records per batch over all partitions of the replica (Spark's option).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_offsets_per_trigger: Option<u64>,
-    /// Decoding of `value` into `schema` columns; `raw` keeps key/value bytes. `avro` takes its
-    /// columns from the Avro schema (`valueSchema` or `schemaRegistry`) instead of `schema`.
+    /// Decoding of `value` into `schema` columns; `raw` keeps key/value bytes. `avro` and
+    /// `protobuf` take their columns from the value schema (`valueSchema` or `schemaRegistry`)
+    /// instead of `schema`.
     #[serde(default)]
     pub format: KafkaFormat,
-    /// The reader schema of `format: avro` (Avro JSON), inline or from a file. Without it the
-    /// reader schema is the latest version of `schemaRegistry.subject` at start.
+    /// The reader schema of `format: avro` (Avro JSON) or `format: protobuf` (`.proto` text),
+    /// inline or from a file. Without it the reader schema is the latest version of
+    /// `schemaRegistry.subject` at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_schema: Option<ValueSchemaSpec>,
+    /// `format: protobuf`: the message of the `.proto` schema the values are (its fully qualified
+    /// name, e.g. `iot.v1.Reading`, or a name relative to the file's package). Default: the
+    /// file's first message (the schema registry's convention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_MESSAGE_TYPE))]
+    pub message_type: Option<String>,
     /// A Confluent-compatible schema registry: values are in its wire format (magic byte 0, the
-    /// 4-byte schema id, the Avro datum), each record decoded with the schema it was written with
-    /// (fetched by id) resolved into the reader schema.
+    /// 4-byte schema id, for Protobuf the message indexes, then the datum), each record decoded
+    /// with the schema it was written with (fetched by id) resolved into the reader schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_registry: Option<SchemaRegistrySpec>,
     /// Extra librdkafka properties (`security.protocol`, `ssl.ca.location`, `sasl.mechanism`,
@@ -375,13 +383,27 @@ pub enum KafkaFormat {
     Csv,
     /// Avro binary datums (Apache Avro 1.11 spec), plain or in the schema registry's wire format.
     Avro,
+    /// Protocol Buffers messages (proto2/proto3 binary encoding) of a `.proto` schema, plain or
+    /// in the schema registry's wire format.
+    Protobuf,
 }
 
 impl KafkaFormat {
     /// Whether the format's columns come from a value schema (`valueSchema`/`schemaRegistry`)
     /// rather than the source's `schema`.
     pub fn has_value_schema(self) -> bool {
-        matches!(self, Self::Avro)
+        matches!(self, Self::Avro | Self::Protobuf)
+    }
+
+    /// The format's name as written in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Json => "json",
+            Self::Csv => "csv",
+            Self::Avro => "avro",
+            Self::Protobuf => "protobuf",
+        }
     }
 }
 
@@ -389,7 +411,7 @@ impl KafkaFormat {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueSchemaSpec {
-    /// The schema text (Avro JSON).
+    /// The schema text (Avro JSON, or `.proto` text for `format: protobuf`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_VALUE_SCHEMA))]
     pub inline: Option<String>,
@@ -760,16 +782,21 @@ pub struct KafkaSinkSpec {
     pub bootstrap_servers: String,
     #[schemars(length(max = MAX_TOPIC))]
     pub topic: String,
-    /// `raw`: rows carry `key`/`value` (and optional `headers`, `partition`) columns; `json`/`csv`
-    /// encode the whole row as the value.
+    /// `raw`: rows carry `key`/`value` (and optional `headers`, `partition`) columns; `json`,
+    /// `csv`, `avro`, `protobuf` encode the whole row as the value.
     #[serde(default)]
     pub format: KafkaFormat,
-    /// The writer schema of `format: avro` (Avro JSON), inline or from a file. With
-    /// `schemaRegistry` it is registered under the subject (the registry's compatibility rule
-    /// decides) and records carry its id; without `valueSchema` the subject's latest version is
-    /// used.
+    /// The writer schema of `format: avro` (Avro JSON) or `format: protobuf` (`.proto` text),
+    /// inline or from a file. With `schemaRegistry` it is registered under the subject (the
+    /// registry's compatibility rule decides) and records carry its id; without `valueSchema` the
+    /// subject's latest version is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_schema: Option<ValueSchemaSpec>,
+    /// `format: protobuf`: the message each row is written as (fully qualified, or relative to
+    /// the file's package). Default: the file's first message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_MESSAGE_TYPE))]
+    pub message_type: Option<String>,
     /// A Confluent-compatible schema registry: records are written in its wire format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_registry: Option<SchemaRegistrySpec>,

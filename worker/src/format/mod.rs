@@ -1,21 +1,24 @@
-//! Binary value formats of Kafka sources and sinks (`format: avro`), shared by both: the schema
-//! (inline, a file, or a Confluent-compatible schema registry), the registry's wire format, and
-//! the Avro ↔ Arrow mapping ([`avro`]).
+//! Binary value formats of Kafka sources and sinks (`format: avro | protobuf`), shared by both:
+//! the schema (inline, a file, or a Confluent-compatible schema registry), the registry's wire
+//! format, the Avro ↔ Arrow mapping ([`avro`]) and Protobuf ([`protobuf`]).
 //!
 //! **Wire format.** With `schemaRegistry`, a value is Confluent's framing: magic byte `0`, the
-//! writer schema's registry id as 4 bytes big-endian, then the Avro binary datum. Without it, a
-//! value is the bare datum, written with the `valueSchema`.
+//! writer schema's registry id as 4 bytes big-endian, (for Protobuf, the message indexes,) then
+//! the Avro binary datum or the Protobuf message. Without it, a value is the bare datum or
+//! message, written with the `valueSchema`.
 //!
 //! **Schema evolution.** A source decodes each record with the schema it was written with
 //! (fetched by id, cached) *resolved* into its reader schema by Avro's resolution rules (fields
 //! added with a default, removed fields skipped, promotions int → long → float → double, ...;
 //! Avro 1.11 spec, "Schema Resolution"): records written by a newer compatible schema decode.
+//! Protobuf records decode by field number into the reader message (see [`protobuf`]).
 //! A record that cannot be read is a bad record (with its `topic/partition` and offset), as
 //! malformed JSON is: not framed, an unknown schema id (404), a writer schema that does not
 //! resolve into the reader schema, or bytes that are not a datum of the writer schema. A registry
 //! that cannot be reached fails the batch retryably instead: the records are fine.
 
 pub mod avro;
+pub mod protobuf;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -25,10 +28,11 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use sluice_crds::{SchemaRegistrySpec, ValueSchemaSpec};
+use sluice_crds::{KafkaFormat, SchemaRegistrySpec, ValueSchemaSpec};
 
 use crate::bad_record::BadRecord;
 use crate::error::{EngineError, Result};
+use protobuf::{ProtobufDecoder, ProtobufEncoder};
 use registry::{RegistryClient, RegistryError};
 
 /// The wire format's first byte.
@@ -105,6 +109,164 @@ fn hex_prefix(bytes: &[u8]) -> String {
     out
 }
 
+/// The reader schema's text and the field that names it: `value_schema`, or the subject's
+/// latest version in the registry (fetched now). `format` names the format in the error.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] when neither is given, the file cannot be read or the subject
+/// has no version; [`EngineError::Source`] when the registry cannot be reached.
+fn reader_schema_text(
+    field: &str,
+    source_name: &str,
+    format: &str,
+    value_schema: Option<&ValueSchemaSpec>,
+    registry: Option<&SchemaRegistrySpec>,
+    client: Option<&RegistryClient>,
+    topic: Option<&str>,
+) -> Result<(String, String)> {
+    match (value_schema, registry, client) {
+        (Some(spec), _, _) => Ok((
+            format!("{field}.valueSchema"),
+            schema_text(&format!("{field}.valueSchema"), spec)?,
+        )),
+        (None, Some(spec), Some(client)) => {
+            let subject = subject(&format!("{field}.schemaRegistry"), spec, topic)?;
+            let latest = registry::block_on(async {
+                client.latest(&subject).await.map_err(|e| match e {
+                    RegistryError::Unavailable(m) => EngineError::Source {
+                        source_name: source_name.to_string(),
+                        message: format!("schema registry: {m}"),
+                    },
+                    other => EngineError::InvalidQuery(format!("{field}.schemaRegistry: {other}")),
+                })
+            })?;
+            Ok((
+                format!(
+                    "{field}.schemaRegistry (subject `{subject}`, id {})",
+                    latest.id
+                ),
+                latest.schema,
+            ))
+        }
+        _ => Err(EngineError::InvalidQuery(format!(
+            "{field}: format {format} needs valueSchema or schemaRegistry"
+        ))),
+    }
+}
+
+/// The value decoder of a Kafka source whose format has a value schema.
+#[derive(Debug)]
+pub enum ValueDecoder {
+    Avro(AvroDecoder),
+    Protobuf(ProtobufDecoder),
+}
+
+impl ValueDecoder {
+    /// The decoder of `format` (`avro` or `protobuf`); see [`AvroDecoder::new`] and
+    /// [`ProtobufDecoder::new`]. `message_type` is Protobuf's `messageType`.
+    ///
+    /// # Errors
+    /// As those; [`EngineError::Internal`] for a format without a value schema.
+    pub fn new(
+        format: KafkaFormat,
+        field: &str,
+        source_name: &str,
+        value_schema: Option<&ValueSchemaSpec>,
+        message_type: Option<&str>,
+        registry: Option<&SchemaRegistrySpec>,
+        topic: Option<&str>,
+    ) -> Result<Self> {
+        match format {
+            KafkaFormat::Avro => {
+                AvroDecoder::new(field, source_name, value_schema, registry, topic).map(Self::Avro)
+            }
+            KafkaFormat::Protobuf => ProtobufDecoder::new(
+                field,
+                source_name,
+                value_schema,
+                message_type,
+                registry,
+                topic,
+            )
+            .map(Self::Protobuf),
+            other => Err(EngineError::Internal(format!(
+                "format {} has no value decoder",
+                other.name()
+            ))),
+        }
+    }
+
+    /// The Arrow schema of the decoded rows.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Self::Avro(d) => d.schema(),
+            Self::Protobuf(d) => d.schema(),
+        }
+    }
+
+    /// Decodes `records`; see [`AvroDecoder::decode`].
+    ///
+    /// # Errors
+    /// [`EngineError::Source`] (retryable) when the registry cannot be reached.
+    pub async fn decode(
+        &self,
+        source_name: &str,
+        records: &[RawValue<'_>],
+    ) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+        match self {
+            Self::Avro(d) => d.decode(source_name, records).await,
+            Self::Protobuf(d) => d.decode(source_name, records).await,
+        }
+    }
+}
+
+/// The value encoder of a Kafka sink whose format has a value schema.
+pub enum ValueEncoder {
+    // Boxed: both are large (parsed schemas, a registry client), one per sink.
+    Avro(Box<AvroEncoder>),
+    Protobuf(Box<ProtobufEncoder>),
+}
+
+impl ValueEncoder {
+    /// The encoder of `format` (`avro` or `protobuf`); see [`AvroEncoder::new`] and
+    /// [`ProtobufEncoder::new`].
+    ///
+    /// # Errors
+    /// As those; [`EngineError::Internal`] for a format without a value schema.
+    pub fn new(
+        format: KafkaFormat,
+        field: &str,
+        value_schema: Option<&ValueSchemaSpec>,
+        message_type: Option<&str>,
+        registry: Option<&SchemaRegistrySpec>,
+        topic: &str,
+    ) -> Result<Self> {
+        match format {
+            KafkaFormat::Avro => AvroEncoder::new(field, value_schema, registry, topic)
+                .map(|e| Self::Avro(Box::new(e))),
+            KafkaFormat::Protobuf => {
+                ProtobufEncoder::new(field, value_schema, message_type, registry, topic)
+                    .map(|e| Self::Protobuf(Box::new(e)))
+            }
+            other => Err(EngineError::Internal(format!(
+                "format {} has no value encoder",
+                other.name()
+            ))),
+        }
+    }
+
+    /// The encoded values of `batch`'s rows; see [`AvroEncoder::encode`].
+    ///
+    /// # Errors
+    /// As the format's encoder.
+    pub async fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Self::Avro(e) => e.encode(batch).await,
+            Self::Protobuf(e) => e.encode(batch).await,
+        }
+    }
+}
+
 /// One record value to decode, with where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct RawValue<'a> {
@@ -151,38 +313,15 @@ impl AvroDecoder {
         let client = registry
             .map(|r| RegistryClient::new(&format!("{field}.schemaRegistry"), r).map(Arc::new))
             .transpose()?;
-        let (reader_field, text) = match (value_schema, registry, &client) {
-            (Some(spec), _, _) => (
-                format!("{field}.valueSchema"),
-                schema_text(&format!("{field}.valueSchema"), spec)?,
-            ),
-            (None, Some(spec), Some(client)) => {
-                let subject = subject(&format!("{field}.schemaRegistry"), spec, topic)?;
-                let latest = registry::block_on(async {
-                    client.latest(&subject).await.map_err(|e| match e {
-                        RegistryError::Unavailable(m) => EngineError::Source {
-                            source_name: source_name.to_string(),
-                            message: format!("schema registry: {m}"),
-                        },
-                        other => {
-                            EngineError::InvalidQuery(format!("{field}.schemaRegistry: {other}"))
-                        }
-                    })
-                })?;
-                (
-                    format!(
-                        "{field}.schemaRegistry (subject `{subject}`, id {})",
-                        latest.id
-                    ),
-                    latest.schema,
-                )
-            }
-            _ => {
-                return Err(EngineError::InvalidQuery(format!(
-                    "{field}: format avro needs valueSchema or schemaRegistry"
-                )));
-            }
-        };
+        let (reader_field, text) = reader_schema_text(
+            field,
+            source_name,
+            "avro",
+            value_schema,
+            registry,
+            client.as_deref(),
+            topic,
+        )?;
         let reader = avro::parse(&reader_field, &text)?;
         let arrow = avro::arrow_schema(&reader_field, &reader)?;
         Ok(Self {

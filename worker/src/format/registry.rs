@@ -6,6 +6,8 @@
 //!   the subject's compatibility rule; an incompatible schema is refused with 409) or find the id
 //!   of an identical one already registered.
 //!
+//! A client reads and registers one kind of schema (`schemaType` AVRO, which the registry omits
+//! in answers, or PROTOBUF, `.proto` text); an answer of another kind is refused.
 //! Requests and answers use `application/vnd.schemaregistry.v1+json` (Confluent's documented
 //! media type). Credentials are HTTP basic or a bearer token, read from secret references.
 //! Fetched schemas are cached per id for the life of the client: a schema id never changes
@@ -44,12 +46,38 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// The kind of schema a client reads and registers (the registry's `schemaType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaKind {
+    /// Avro JSON; the registry omits `schemaType` for it.
+    Avro,
+    /// `.proto` text (`schemaType: PROTOBUF`).
+    Protobuf,
+}
+
+impl SchemaKind {
+    /// The registry's `schemaType` value.
+    pub fn schema_type(self) -> &'static str {
+        match self {
+            Self::Avro => "AVRO",
+            Self::Protobuf => "PROTOBUF",
+        }
+    }
+
+    fn format(self) -> &'static str {
+        match self {
+            Self::Avro => "avro",
+            Self::Protobuf => "protobuf",
+        }
+    }
+}
+
 /// A subject's schema as the registry returned it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegisteredSchema {
     /// The registry-wide schema id (the wire format's 4 bytes).
     pub id: u32,
-    /// The schema text (Avro JSON).
+    /// The schema text (Avro JSON or `.proto` text).
     pub schema: String,
 }
 
@@ -65,6 +93,7 @@ pub struct RegistryClient {
     base: url::Url,
     http: reqwest::Client,
     auth: Auth,
+    kind: SchemaKind,
     by_id: Mutex<HashMap<u32, String>>,
 }
 
@@ -106,13 +135,22 @@ struct ErrorAnswer {
 }
 
 impl RegistryClient {
-    /// A client for `spec` (`field` names the spec object in errors, e.g.
+    /// A client of Avro schemas for `spec` (`field` names the spec object in errors, e.g.
     /// `spec.sink.kafka.schemaRegistry`); reads the credentials' secret references now.
     ///
     /// # Errors
     /// [`EngineError::InvalidQuery`] for a URL that does not parse; [`EngineError::Manifest`]
     /// when a secret reference cannot be read.
     pub fn new(field: &str, spec: &SchemaRegistrySpec) -> Result<Self> {
+        Self::with_kind(field, spec, SchemaKind::Avro)
+    }
+
+    /// [`Self::new`] for schemas of `kind`: answers holding another `schemaType` are refused,
+    /// registrations carry `kind`'s.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn with_kind(field: &str, spec: &SchemaRegistrySpec, kind: SchemaKind) -> Result<Self> {
         let mut base = url::Url::parse(spec.url.trim())
             .map_err(|e| EngineError::InvalidQuery(format!("{field}.url: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -159,6 +197,7 @@ impl RegistryClient {
             base,
             http,
             auth,
+            kind,
             by_id: Mutex::new(HashMap::new()),
         })
     }
@@ -242,7 +281,7 @@ impl RegistryClient {
         let what = format!("schema id {id}");
         let url = self.endpoint(&["schemas", "ids", &id.to_string()])?;
         let answer: SchemaAnswer = self.call(&what, self.http.get(url)).await?;
-        check_avro(&what, answer.schema_type.as_deref())?;
+        check_kind(&what, self.kind, answer.schema_type.as_deref())?;
         if let Ok(mut cache) = self.by_id.lock() {
             cache.insert(id, answer.schema.clone());
         }
@@ -261,7 +300,7 @@ impl RegistryClient {
         let what = format!("latest version of subject `{subject}`");
         let url = self.endpoint(&["subjects", subject, "versions", "latest"])?;
         let answer: VersionAnswer = self.call(&what, self.http.get(url)).await?;
-        check_avro(&what, answer.schema_type.as_deref())?;
+        check_kind(&what, self.kind, answer.schema_type.as_deref())?;
         if let Ok(mut cache) = self.by_id.lock() {
             cache.insert(answer.id, answer.schema.clone());
         }
@@ -271,7 +310,8 @@ impl RegistryClient {
         })
     }
 
-    /// Registers `schema` (Avro JSON) under `subject` and returns its id (the existing id when
+    /// Registers `schema` (Avro JSON or `.proto` text, by the client's kind) under `subject` and
+    /// returns its id (the existing id when
     /// the same schema is registered already).
     ///
     /// # Errors
@@ -285,7 +325,7 @@ impl RegistryClient {
     ) -> std::result::Result<u32, RegistryError> {
         let what = format!("registering a schema under subject `{subject}`");
         let url = self.endpoint(&["subjects", subject, "versions"])?;
-        let body = serde_json::json!({ "schemaType": "AVRO", "schema": schema });
+        let body = serde_json::json!({ "schemaType": self.kind.schema_type(), "schema": schema });
         let request = self
             .http
             .post(url)
@@ -299,14 +339,21 @@ impl RegistryClient {
     }
 }
 
-/// A schema whose `schemaType` is not Avro (the registry omits it for Avro) is refused.
-fn check_avro(what: &str, schema_type: Option<&str>) -> std::result::Result<(), RegistryError> {
-    match schema_type {
-        None | Some("AVRO") => Ok(()),
-        Some(other) => Err(RegistryError::Refused(format!(
-            "{what}: the registry holds a {other} schema; format avro needs an AVRO one"
-        ))),
+/// A schema whose `schemaType` is not `kind`'s is refused (the registry omits it for Avro).
+fn check_kind(
+    what: &str,
+    kind: SchemaKind,
+    schema_type: Option<&str>,
+) -> std::result::Result<(), RegistryError> {
+    let actual = schema_type.unwrap_or("AVRO");
+    if actual == kind.schema_type() {
+        return Ok(());
     }
+    Err(RegistryError::Refused(format!(
+        "{what}: the registry holds a {actual} schema; format {} needs a {} one",
+        kind.format(),
+        kind.schema_type()
+    )))
 }
 
 /// A reqwest error's text without the URL (which could carry user info).

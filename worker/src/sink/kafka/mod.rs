@@ -4,8 +4,9 @@
 //! (`List<Struct<key: Utf8, value: Binary>>`, the Kafka source's shape) and `partition` (Int32);
 //! `value`/`key` may be Binary or any type castable to Utf8. `format: json|csv` encodes the whole
 //! row as the value (JSON object / one CSV line without header) and takes the key from
-//! `keyColumn`. `format: avro` encodes the row as an Avro record of the writer schema (columns by
-//! field name, see [`crate::format`]), framed with the schema id when a `schemaRegistry` is set.
+//! `keyColumn`. `format: avro | protobuf` encodes the row as an Avro record or a Protobuf message
+//! of the writer schema (columns by field name, see [`crate::format`]), framed with the schema id
+//! when a `schemaRegistry` is set.
 //!
 //! Every record carries the headers [`HEADER_QUERY`], [`HEADER_QUERY_ID`], [`HEADER_TASK`],
 //! [`HEADER_BATCH`] and [`HEADER_SEQ`] (row index within the batch), so a consumer can drop
@@ -45,7 +46,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{EngineError, Result};
 use crate::fault::{PausePoint, pause_point};
-use crate::format::AvroEncoder;
+use crate::format::ValueEncoder;
 use crate::kafka_client::client_config;
 use crate::sink::Sink;
 
@@ -89,8 +90,8 @@ pub struct KafkaSink {
     /// unreachable): its records are sent, its producer kept; the next write of that batch resumes
     /// the commit.
     commit_pending: Mutex<HashMap<u32, u64>>,
-    /// `format: avro`: the value encoder.
-    avro: Option<AvroEncoder>,
+    /// `format: avro | protobuf`: the value encoder.
+    values: Option<ValueEncoder>,
 }
 
 fn sink_error(message: impl std::fmt::Display) -> EngineError {
@@ -102,12 +103,14 @@ impl KafkaSink {
     /// into every record's headers.
     ///
     /// # Errors
-    /// [`EngineError::InvalidQuery`] for an unreadable or invalid Avro `valueSchema`.
+    /// [`EngineError::InvalidQuery`] for an unreadable or invalid Avro or Protobuf `valueSchema`.
     pub fn new(spec: &KafkaSinkSpec, query: &str, query_id: &str) -> Result<Self> {
-        let avro = match spec.format {
-            KafkaFormat::Avro => Some(AvroEncoder::new(
+        let values = match spec.format {
+            KafkaFormat::Avro | KafkaFormat::Protobuf => Some(ValueEncoder::new(
+                spec.format,
                 "sink.kafka",
                 spec.value_schema.as_ref(),
+                spec.message_type.as_deref(),
                 spec.schema_registry.as_ref(),
                 &spec.topic,
             )?),
@@ -120,7 +123,7 @@ impl KafkaSink {
             shared: Mutex::new(None),
             transactional: Mutex::new(HashMap::new()),
             commit_pending: Mutex::new(HashMap::new()),
-            avro,
+            values,
         })
     }
 
@@ -216,9 +219,9 @@ impl KafkaSink {
                     self.spec.key_column.as_deref(),
                     &mut out,
                 )?,
-                KafkaFormat::Avro => {
+                KafkaFormat::Avro | KafkaFormat::Protobuf => {
                     return Err(EngineError::Internal(
-                        "kafka sink: avro rows are encoded by encode_records".into(),
+                        "kafka sink: avro and protobuf rows are encoded by encode_records".into(),
                     ));
                 }
             }
@@ -227,25 +230,26 @@ impl KafkaSink {
         Ok(out)
     }
 
-    /// The records of a batch's rows in any format (Avro needs the registry, hence async), with
-    /// the dedup headers.
+    /// The records of a batch's rows in any format (Avro and Protobuf need the registry, hence
+    /// async), with the dedup headers.
     ///
     /// # Errors
-    /// As [`Self::records`]; for Avro, [`EngineError::InvalidQuery`] when a column does not fit
-    /// the writer schema or the registry refuses it, [`EngineError::Sink`] when it is unreachable.
+    /// As [`Self::records`]; for Avro and Protobuf, [`EngineError::InvalidQuery`] when a column
+    /// does not fit the writer schema or the registry refuses it, [`EngineError::Sink`] when it
+    /// is unreachable.
     pub async fn encode_records(
         &self,
         task: u32,
         batch_id: u64,
         batches: &[RecordBatch],
     ) -> Result<Vec<OutRecord>> {
-        let Some(avro) = &self.avro else {
+        let Some(encoder) = &self.values else {
             return self.records(task, batch_id, batches);
         };
         let mut out = Vec::new();
         for batch in batches {
             let keys = key_values(batch, self.spec.key_column.as_deref())?;
-            for (row, value) in avro.encode(batch).await?.into_iter().enumerate() {
+            for (row, value) in encoder.encode(batch).await?.into_iter().enumerate() {
                 out.push(OutRecord {
                     key: keys.as_ref().and_then(|k| k.get(row).cloned().flatten()),
                     value: Some(value),

@@ -9,6 +9,7 @@ fn spec(format: KafkaFormat, key_column: Option<&str>) -> KafkaSinkSpec {
         topic: "out".into(),
         format,
         value_schema: None,
+        message_type: None,
         schema_registry: None,
         key_column: key_column.map(str::to_string),
         exactly_once: false,

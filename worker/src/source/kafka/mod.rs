@@ -25,8 +25,8 @@
 //! Int32, offset: Int64, timestamp: Timestamp(µs, UTC), headers: List<Struct<key: Utf8, value:
 //! Binary?>>` (Spark's columns). `format: json|csv`: the spec's `schema` columns, decoded from the
 //! value; records that do not decode are bad records with origin `topic/partition` and line = offset.
-//! `format: avro`: the columns of the Avro reader schema (see [`crate::format`]), with the same
-//! bad-record rule.
+//! `format: avro | protobuf`: the columns of the Avro reader schema or the Protobuf reader message
+//! (see [`crate::format`]), with the same bad-record rule.
 //!
 //! **Backlog.** `high watermark - next offset` per owned partition, summed, refreshed at most every
 //! [`METADATA_REFRESH`]; on tansu the high watermark can be wrong, so treat it as a hint.
@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use sluice_crds::{KafkaFormat, KafkaSourceSpec, SourceSpec};
 
 use crate::error::{EngineError, Result};
-use crate::format::{AvroDecoder, RawValue};
+use crate::format::{RawValue, ValueDecoder};
 use crate::kafka_client::client_config;
 use crate::schema::{arrow_schema, timestamp_type};
 use crate::source::decode::{TextFormat, decode_text};
@@ -209,8 +209,8 @@ pub struct KafkaSource {
     spec: KafkaSourceSpec,
     schema: SchemaRef,
     text_format: Option<TextFormat>,
-    /// `format: avro`: the value decoder (shared by the tasks).
-    avro: Option<Arc<AvroDecoder>>,
+    /// `format: avro | protobuf`: the value decoder (shared by the tasks).
+    values: Option<Arc<ValueDecoder>>,
     /// Partitions at start, sorted: index = task.
     initial: Vec<TopicPartition>,
     starting: StartingOffsets,
@@ -323,7 +323,7 @@ impl KafkaSource {
     /// [`EngineError::InvalidQuery`] for a bad format/schema/startingOffsets;
     /// [`EngineError::Source`] when the brokers cannot be reached.
     pub fn new(spec: &SourceSpec, kafka: &KafkaSourceSpec) -> Result<Self> {
-        let mut avro = None;
+        let mut values = None;
         let (schema, text_format) = match kafka.format {
             KafkaFormat::Raw => (raw_schema(), None),
             KafkaFormat::Json => (arrow_schema(&spec.schema)?, Some(TextFormat::Json)),
@@ -334,16 +334,18 @@ impl KafkaSource {
                     delimiter: b',',
                 }),
             ),
-            KafkaFormat::Avro => {
-                let decoder = AvroDecoder::new(
+            KafkaFormat::Avro | KafkaFormat::Protobuf => {
+                let decoder = ValueDecoder::new(
+                    kafka.format,
                     &format!("source `{}`: kafka", spec.name),
                     &spec.name,
                     kafka.value_schema.as_ref(),
+                    kafka.message_type.as_deref(),
                     kafka.schema_registry.as_ref(),
                     kafka.topic.as_deref(),
                 )?;
                 let schema = decoder.schema();
-                avro = Some(Arc::new(decoder));
+                values = Some(Arc::new(decoder));
                 (schema, None)
             }
         };
@@ -365,7 +367,7 @@ impl KafkaSource {
             spec: kafka.clone(),
             schema,
             text_format,
-            avro,
+            values,
             tasks: initial.len() as u32,
             initial,
             starting,
@@ -527,7 +529,7 @@ impl KafkaSource {
             spec: self.spec.clone(),
             schema: self.schema.clone(),
             text_format: self.text_format.clone(),
-            avro: self.avro.clone(),
+            values: self.values.clone(),
             task,
             tasks: tasks.max(1),
             starting: self.starting.clone(),
@@ -552,7 +554,7 @@ struct KafkaTask {
     spec: KafkaSourceSpec,
     schema: SchemaRef,
     text_format: Option<TextFormat>,
-    avro: Option<Arc<AvroDecoder>>,
+    values: Option<Arc<ValueDecoder>>,
     task: u32,
     tasks: u32,
     starting: StartingOffsets,
@@ -851,8 +853,8 @@ impl KafkaTask {
     }
 
     async fn to_batches(&self, records: &[OwnedRecord]) -> Result<ReadOutput> {
-        if let Some(avro) = &self.avro {
-            return decode_avro(&self.name, avro, records).await;
+        if let Some(decoder) = &self.values {
+            return decode_values(&self.name, decoder, records).await;
         }
         decode_records(&self.schema, self.text_format.as_ref(), records)
     }
@@ -905,10 +907,11 @@ fn decode_records(
     }
 }
 
-/// Rows of `records` decoded as Avro (bad records keep their `topic/partition` and offset).
-async fn decode_avro(
+/// Rows of `records` decoded as Avro or Protobuf (bad records keep their `topic/partition` and
+/// offset).
+async fn decode_values(
     name: &str,
-    decoder: &AvroDecoder,
+    decoder: &ValueDecoder,
     records: &[OwnedRecord],
 ) -> Result<ReadOutput> {
     let origins: Vec<String> = records.iter().map(|r| r.partition.key()).collect();
