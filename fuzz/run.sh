@@ -25,7 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-45}
-TARGETS=${FUZZ_TARGETS:-manifest duration decode_json decode_csv sql_plan}
+TARGETS=${FUZZ_TARGETS:-manifest duration decode_json decode_csv scan_json sql_plan}
 WORK=${FUZZ_WORK_DIR:-${TMPDIR:-/tmp}/sluice-fuzz}
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
 SLUICE_CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}

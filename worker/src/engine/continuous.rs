@@ -306,6 +306,7 @@ async fn process(
         };
         let policy = input.on_bad_record;
         let location = parts.bad_records.clone();
+        let read_rows = output.input_rows();
         let records = output.bad_records;
         if context
             .retry(|| handle_bad_records(&location, task, name, policy, batch_id, &records))
@@ -315,13 +316,7 @@ async fn process(
             return Ok(false);
         }
         epoch.bad_records += records.len() as u64;
-        output_read = Some(
-            output
-                .batches
-                .iter()
-                .map(|b| b.num_rows() as u64)
-                .sum::<u64>(),
-        );
+        output_read = Some(read_rows);
         rows.push(output.batches);
     }
     let input_rows = output_read.unwrap_or(0);

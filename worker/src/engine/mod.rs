@@ -397,6 +397,14 @@ impl Engine {
         )?)
         .await?;
         let mut sources = sources;
+        // Projection and filter pushdown into the scans; learned models train on whole rows.
+        if spec.models.is_empty() {
+            for source in &mut sources {
+                if let Some(pushdown) = first.scan_pushdown(source.name()).await? {
+                    source.set_pushdown(pushdown);
+                }
+            }
+        }
         if let Some(stored) = checkpoint.stored_metadata().await? {
             for source in &mut sources {
                 if let Some(&tasks) = stored.partitions.get(source.name()) {

@@ -251,7 +251,7 @@ impl TaskRunner {
                 continue;
             };
             let output = input.reader.read(range).await?;
-            let count: u64 = output.batches.iter().map(|b| b.num_rows() as u64).sum();
+            let count = output.input_rows();
             rows_per_source.insert(input.name.clone(), count);
             bad_total += output.bad_records.len() as u64;
             lost_offsets += output.lost_offsets;
@@ -390,7 +390,7 @@ impl TaskRunner {
             let Some(range) = entry.sources.get(&input.name) else {
                 continue;
             };
-            let rows = match input.reader.read(range).await {
+            let rows = match input.reader.read_whole(range).await {
                 Ok(output) => Ok(output.batches),
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => Err(e.to_string()),

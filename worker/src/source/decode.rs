@@ -13,6 +13,8 @@ use arrow::datatypes::SchemaRef;
 pub use crate::bad_record::{BadRecord, bad_records_jsonl, fail_on};
 use crate::error::{EngineError, Result};
 pub use crate::source::parquet::decode_parquet;
+use crate::source::scan::ScanPushdown;
+use crate::source::scan::json::JsonScan;
 
 /// Rows per decoded Arrow batch.
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -64,6 +66,10 @@ pub struct TextFileDecoder {
     skipping: bool,
     batches: Vec<RecordBatch>,
     bad: Vec<BadRecord>,
+    /// The validating scan for JSON lines (`None`: arrow-json / arrow-csv decode everything).
+    json: Option<JsonScan>,
+    /// Rows the scan's pushed predicates dropped.
+    filtered: u64,
 }
 
 impl TextFileDecoder {
@@ -77,6 +83,10 @@ impl TextFileDecoder {
     /// A decoder for one file (`origin` names it in bad records).
     pub fn new(schema: SchemaRef, format: TextFormat, origin: String) -> Self {
         let header_pending = matches!(format, TextFormat::Csv { header: true, .. });
+        let json = match format {
+            TextFormat::Json => JsonScan::new(&schema, None),
+            TextFormat::Csv { .. } => None,
+        };
         Self {
             schema,
             format,
@@ -90,7 +100,19 @@ impl TextFileDecoder {
             skipping: false,
             batches: Vec::new(),
             bad: Vec::new(),
+            json,
+            filtered: 0,
         }
+    }
+
+    /// The same decoder reading only what `pushdown` asks for (JSON lines; see
+    /// [`crate::source::scan`]): unread columns come back as nulls, rows failing its predicates
+    /// are validated and counted ([`TextFileDecoder::finish_counted`]), not returned.
+    pub fn with_pushdown(mut self, pushdown: Option<&ScanPushdown>) -> Self {
+        if matches!(self.format, TextFormat::Json) {
+            self.json = JsonScan::new(&self.schema, pushdown);
+        }
+        self
     }
 
     /// The same decoder with another chunk size (tests cross chunk boundaries with small ones).
@@ -193,10 +215,20 @@ impl TextFileDecoder {
     ///
     /// # Errors
     /// As [`decode_text`].
-    pub fn finish(mut self) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+    pub fn finish(self) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+        let (batches, bad, _) = self.finish_counted()?;
+        Ok((batches, bad))
+    }
+
+    /// As [`TextFileDecoder::finish`], with the count of valid rows that the pushed predicates
+    /// dropped (input rows all the same).
+    ///
+    /// # Errors
+    /// As [`decode_text`].
+    pub fn finish_counted(mut self) -> Result<(Vec<RecordBatch>, Vec<BadRecord>, u64)> {
         let len = self.pending.len();
         self.decode_through(len)?;
-        Ok((self.batches, self.bad))
+        Ok((self.batches, self.bad, self.filtered))
     }
 
     /// Decodes `pending[..end]` (whole lines) and drops it from the buffer.
@@ -223,13 +255,20 @@ impl TextFileDecoder {
                 self.pending.len()
             ))
         })?;
-        let (batches, bad) = decode_lines(
-            &self.schema,
-            &self.format,
-            &self.origin,
-            body,
-            self.next_line,
-        )?;
+        let (batches, bad) = match &mut self.json {
+            Some(scan) => {
+                let decoded = scan.decode_lines(&self.origin, body, self.next_line)?;
+                self.filtered += decoded.filtered;
+                (decoded.batches, decoded.bad)
+            }
+            None => decode_lines(
+                &self.schema,
+                &self.format,
+                &self.origin,
+                body,
+                self.next_line,
+            )?,
+        };
         self.batches.extend(batches);
         self.bad.extend(bad);
         self.next_line += memchr::memchr_iter(b'\n', body).count() as u64;
@@ -238,8 +277,12 @@ impl TextFileDecoder {
     }
 }
 
-/// Decodes whole lines (no header) whose first line is line `first_line` of the file.
-fn decode_lines(
+/// Decodes whole lines (no header) whose first line is line `first_line` of the file, with the
+/// reference decoders alone (arrow-json, arrow-csv): the good rows in order and the bad records.
+///
+/// # Errors
+/// As [`decode_text`].
+pub fn decode_lines(
     schema: &SchemaRef,
     format: &TextFormat,
     origin: &str,
@@ -282,7 +325,12 @@ fn decode_lines(
     Ok((batches, bad))
 }
 
-fn decode_all(schema: &SchemaRef, format: &TextFormat, data: &[u8]) -> Result<Vec<RecordBatch>> {
+/// Decodes `data` with arrow-json or arrow-csv (the reference decoders), failing on any bad record.
+pub(crate) fn decode_all(
+    schema: &SchemaRef,
+    format: &TextFormat,
+    data: &[u8],
+) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     // The decoders allocate buffers for a whole batch up front (arrow-csv: offsets for
     // rows × columns, zeroed), so a decoder sized for BATCH_ROWS costs megabytes even for the one
@@ -338,7 +386,7 @@ fn memchr_newline(data: &[u8], from: usize) -> Option<usize> {
 }
 
 /// `(start, end)` byte ranges of the lines, without their `\n` (and `\r`).
-fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
+pub(crate) fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
     let mut lines = Vec::new();
     let mut start = 0;
     while start < data.len() {
@@ -354,7 +402,8 @@ fn split_lines(data: &[u8]) -> Vec<(usize, usize)> {
     lines
 }
 
-fn join_lines(data: &[u8], lines: &[(usize, usize)]) -> Vec<u8> {
+/// The given lines of `data`, each ended by `\n`.
+pub(crate) fn join_lines(data: &[u8], lines: &[(usize, usize)]) -> Vec<u8> {
     let mut out = Vec::new();
     for &(start, end) in lines {
         out.extend_from_slice(data.get(start..end).unwrap_or_default());

@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod nexmark;
 pub mod parquet;
 pub mod rate;
+pub mod scan;
 pub mod socket;
 
 use arrow::datatypes::SchemaRef;
@@ -50,6 +51,20 @@ pub struct ReadOutput {
     pub data_loss: Vec<String>,
     pub lost_ranges: u64,
     pub lost_offsets: u64,
+    /// Valid rows read and dropped by the query's filter pushed into the scan
+    /// ([`Source::set_pushdown`]); input rows all the same.
+    pub filtered_rows: u64,
+}
+
+impl ReadOutput {
+    /// Input rows read: the rows returned and the rows the pushed filter dropped.
+    pub fn input_rows(&self) -> u64 {
+        self.batches
+            .iter()
+            .map(|b| b.num_rows() as u64)
+            .sum::<u64>()
+            + self.filtered_rows
+    }
 }
 
 /// A configured source: knows its schema and partition count, opens one reader per task.
@@ -65,6 +80,9 @@ pub trait Source: Send + Sync {
     /// grow (Kafka) keeps that task count and spreads the new partitions over the tasks. Others
     /// ignore it (the checkpoint then refuses a changed count).
     fn fit_task_count(&mut self, _tasks: u32) {}
+    /// What the query needs of this source's rows (`source::scan`); called before any
+    /// [`Source::open`]. A source that cannot use it ignores it and returns whole rows.
+    fn set_pushdown(&mut self, _pushdown: scan::ScanPushdown) {}
     /// Opens the reader of partition `task`, given every range already logged for it (in batch
     /// order), so that it can continue after them.
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>>;
@@ -79,6 +97,11 @@ pub trait SourceTask: Send {
     async fn plan(&mut self, limit: PlanLimit) -> Result<Option<Range>>;
     /// Reads exactly `range` (planned now or logged before a crash).
     async fn read(&mut self, range: &Range) -> Result<ReadOutput>;
+    /// As [`SourceTask::read`], with every column of every row, whatever the pushdown (a
+    /// quarantined batch's input is kept whole).
+    async fn read_whole(&mut self, range: &Range) -> Result<ReadOutput> {
+        self.read(range).await
+    }
     /// The range was committed: resources for it may be released.
     fn committed(&mut self, _range: &Range) {}
     /// One range covering `earlier` and the range planned right after it; `None` when the source

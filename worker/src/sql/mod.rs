@@ -35,6 +35,7 @@ use crate::error::{EngineError, Result};
 use crate::state::{StateDelta, StateStore};
 
 pub mod guard;
+pub mod pushdown;
 pub mod stream_join;
 pub mod streaming;
 pub mod tables;
@@ -351,6 +352,43 @@ impl BatchQuery {
         }
         let plan = self.plan(rows).await?;
         Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
+    }
+
+    /// What the query needs of source `source`'s rows, for its scan (`source::scan`): the columns
+    /// it reads and, for a stateless query, the pushable conjuncts of a filter right above the
+    /// source. `None` when the source's rows must come whole: a stream–stream join (its buffers
+    /// keep rows), or a source the query does not have. A streaming aggregation gets the columns
+    /// only (its watermark is the maximum over every row), its watermark column among them.
+    ///
+    /// # Errors
+    /// As planning in [`BatchQuery::new`].
+    pub async fn scan_pushdown(
+        &self,
+        source: &str,
+    ) -> Result<Option<crate::source::scan::ScanPushdown>> {
+        if self.join.is_some() {
+            return Ok(None);
+        }
+        let Some((_, schema)) = self.inputs.iter().find(|(name, _)| name == source) else {
+            return Ok(None);
+        };
+        let plan = self.plan(Vec::new()).await?;
+        let optimized = self.ctx.state().optimize(&plan)?;
+        let stateless = self.streaming.is_none();
+        let mut pushdown = pushdown::scan_pushdown(&optimized, source, schema, stateless);
+        if let Some(streaming) = &self.streaming {
+            for watermark in streaming.watermarks.iter().filter(|w| w.source == source) {
+                match schema.index_of(&watermark.column) {
+                    Ok(i) => {
+                        if let Some(read) = pushdown.columns.get_mut(i) {
+                            *read = true;
+                        }
+                    }
+                    Err(_) => return Ok(None),
+                }
+            }
+        }
+        Ok(Some(pushdown))
     }
 
     /// The logical plan of the query over empty inputs (for inspection: operators, grouping).

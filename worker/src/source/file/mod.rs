@@ -29,6 +29,7 @@ use crate::error::{EngineError, Result};
 use crate::schema::arrow_schema;
 use crate::source::decode::{BadRecord, TextFileDecoder, TextFormat, decode_parquet};
 use crate::source::parquet::ObjectChunkReader;
+use crate::source::scan::ScanPushdown;
 use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 use crate::storage::Location;
 
@@ -62,6 +63,8 @@ struct FileConfig {
     max_files_per_trigger: Option<usize>,
     /// Longest JSON/CSV record (`maxRecordBytes`).
     max_record_bytes: usize,
+    /// What the query needs of the rows (JSON lines only; `source::scan`).
+    pushdown: Option<ScanPushdown>,
 }
 
 impl FileSource {
@@ -92,6 +95,7 @@ impl FileSource {
                 .map_or(TextFileDecoder::MAX_RECORD_BYTES, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+            pushdown: None,
         };
         Ok(Self {
             config: Arc::new(config),
@@ -121,6 +125,16 @@ impl Source for FileSource {
 
     fn partitions(&self) -> u32 {
         self.config.partitions
+    }
+
+    fn set_pushdown(&mut self, pushdown: ScanPushdown) {
+        // Before `open`, the config is not shared yet.
+        if let Some(config) = Arc::get_mut(&mut self.config)
+            && config.format == FileFormat::Json
+            && !pushdown.is_everything()
+        {
+            config.pushdown = Some(pushdown);
+        }
     }
 
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
@@ -238,6 +252,29 @@ impl FileTask {
     }
 }
 
+impl FileTask {
+    /// Decodes the range's files a few at a time (see [`files_decoded_at_once`]); batches and
+    /// bad records come out in the range's file order whatever order the files finish in.
+    async fn read_files(&self, range: &Range, pushdown: bool) -> Result<ReadOutput> {
+        let range: FileRange = decode_range(&self.source.name, range)?;
+        let reads = range.files.into_iter().map(|file| {
+            let config = Arc::clone(&self.source);
+            async move { read_file(&config, &file, pushdown).await }
+        });
+        let decoded: Vec<_> = futures::stream::iter(reads)
+            .buffered(files_decoded_at_once())
+            .try_collect()
+            .await?;
+        let mut output = ReadOutput::default();
+        for (batches, bad, filtered) in decoded {
+            output.batches.extend(batches);
+            output.bad_records.extend(bad);
+            output.filtered_rows += filtered;
+        }
+        Ok(output)
+    }
+}
+
 #[async_trait]
 impl SourceTask for FileTask {
     async fn freeze(&mut self) -> Result<()> {
@@ -276,21 +313,11 @@ impl SourceTask for FileTask {
     /// Decodes the range's files a few at a time (see [`files_decoded_at_once`]); batches and
     /// bad records come out in the range's file order whatever order the files finish in.
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
-        let range: FileRange = decode_range(&self.source.name, range)?;
-        let reads = range.files.into_iter().map(|file| {
-            let config = Arc::clone(&self.source);
-            async move { read_file(&config, &file).await }
-        });
-        let decoded: Vec<_> = futures::stream::iter(reads)
-            .buffered(files_decoded_at_once())
-            .try_collect()
-            .await?;
-        let mut output = ReadOutput::default();
-        for (batches, bad) in decoded {
-            output.batches.extend(batches);
-            output.bad_records.extend(bad);
-        }
-        Ok(output)
+        self.read_files(range, true).await
+    }
+
+    async fn read_whole(&mut self, range: &Range) -> Result<ReadOutput> {
+        self.read_files(range, false).await
     }
 
     fn backlog(&self) -> Option<u64> {
@@ -314,11 +341,12 @@ fn files_decoded_at_once() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// Reads and decodes one file of a range into batches of the source schema and bad records.
-async fn read_file(
-    config: &FileConfig,
-    file: &FileEntry,
-) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+/// Batches, bad records and the count of rows the pushed filter dropped, of one file.
+type Decoded = (Vec<RecordBatch>, Vec<BadRecord>, u64);
+
+/// Reads and decodes one file of a range into batches of the source schema and bad records
+/// (with the query's pushdown when `pushdown`).
+async fn read_file(config: &FileConfig, file: &FileEntry, pushdown: bool) -> Result<Decoded> {
     let location = &config.location;
     let path = location.child(&file.path);
     let schema = config.schema.clone();
@@ -333,12 +361,12 @@ async fn read_file(
             tokio::runtime::Handle::current(),
         );
         let failure = reader.failure();
-        let decoded = blocking(move || decode_parquet(&schema, &origin, reader)).await?;
+        let (batches, bad) = blocking(move || decode_parquet(&schema, &origin, reader)).await?;
         // A store that failed mid-file is an outage to retry, not a bad file.
         if let Some(error) = ObjectChunkReader::take_failure(&failure, path.as_ref()) {
             return Err(error);
         }
-        return Ok(decoded);
+        return Ok((batches, bad, 0));
     }
     let object = location
         .store
@@ -347,7 +375,8 @@ async fn read_file(
         .map_err(|e| EngineError::storage(path.to_string(), e))?;
     // Text is decoded a run of lines at a time as it arrives, never whole.
     let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin)
-        .with_max_record_bytes(config.max_record_bytes);
+        .with_max_record_bytes(config.max_record_bytes)
+        .with_pushdown(config.pushdown.as_ref().filter(|_| pushdown));
     let range = object.range.clone();
     match object.payload {
         GetResultPayload::File(file, _) => {
@@ -365,7 +394,7 @@ fn decode_local_file(
     mut file: std::fs::File,
     range: std::ops::Range<u64>,
     name: &str,
-) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+) -> Result<Decoded> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |e: std::io::Error| {
         let error = object_store::Error::Generic {
@@ -392,7 +421,7 @@ fn decode_local_file(
             decoder.decode_ready()?;
         }
     }
-    decoder.finish()
+    decoder.finish_counted()
 }
 
 /// Decodes a streamed object (S3): pieces are buffered, whole lines decoded on the blocking pool.
@@ -400,7 +429,7 @@ async fn decode_stream(
     mut decoder: TextFileDecoder,
     mut pieces: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
     name: &str,
-) -> Result<(Vec<RecordBatch>, Vec<BadRecord>)> {
+) -> Result<Decoded> {
     while let Some(piece) = pieces
         .try_next()
         .await
@@ -415,7 +444,7 @@ async fn decode_stream(
             .await?;
         }
     }
-    blocking(move || decoder.finish()).await
+    blocking(move || decoder.finish_counted()).await
 }
 
 /// Runs CPU-bound decoding on tokio's blocking pool.
