@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod nexmark;
 pub mod parquet;
 pub mod rate;
+pub mod reference;
 pub mod scan;
 pub mod socket;
 

@@ -25,8 +25,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 
+use crate::bad_record::BadRecord;
 use crate::error::{EngineError, Result};
-use crate::source::decode::{BATCH_ROWS, BadRecord};
+use crate::source::reference::BATCH_ROWS;
 
 /// Decodes one Parquet file, a row group at a time, taking the schema's columns by name (see the
 /// module docs for the casts allowed). An unreadable file or a column of the wrong type is one bad

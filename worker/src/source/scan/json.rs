@@ -31,9 +31,10 @@ use arrow::compute::kernels::cast_utils::string_to_datetime;
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
 use super::{FieldValue, ScanPredicate, ScanPushdown};
+use crate::bad_record::BadRecord;
 use crate::error::{EngineError, Result};
-use crate::source::decode::{
-    BATCH_ROWS, BadRecord, FALLBACK_CHUNK_LINES, TextFormat, decode_all, join_lines, split_lines,
+use crate::source::reference::{
+    BATCH_ROWS, FALLBACK_CHUNK_LINES, TextFormat, decode_all, join_lines, split_lines,
 };
 
 /// The environment variable that switches the scan off (`arrow`: every record through arrow-json,
@@ -980,7 +981,7 @@ pub fn compare_with_reference(
         return Ok(());
     };
     let (expected, expected_bad) =
-        crate::source::decode::decode_lines(schema, &TextFormat::Json, "f", body, 1)
+        crate::source::reference::decode_lines(schema, &TextFormat::Json, "f", body, 1)
             .map_err(|e| format!("reference failed: {e}"))?;
     let decoded = scan
         .decode_lines("f", body, 1)
