@@ -1,15 +1,16 @@
-//! The differential test: the scan against arrow-json (the reference decoder of `decode.rs`) over
+//! The differential test: the scan against arrow-json (the reference decoder, `reference.rs`) over
 //! hand-written edge cases and seeded random records; identical rows and identical bad records.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch, Scalar, StringArray};
+use arrow::array::{BooleanArray, RecordBatch, Scalar, StringArray};
 use arrow::compute::kernels::cmp;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::json::JsonScan;
 use super::{CompareOp, ScanPredicate, ScanPushdown, ScanTest, ScanValue};
-use crate::source::decode::{BadRecord, TextFormat, decode_lines};
+use crate::bad_record::BadRecord;
+use crate::source::reference::{TextFormat, decode_lines};
 
 fn schema(nullable_key: bool) -> SchemaRef {
     Arc::new(Schema::new(vec![
