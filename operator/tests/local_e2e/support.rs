@@ -551,7 +551,7 @@ impl KafkaProducer {
 }
 
 /// Every `part-*.parquet` under `dir` (recursively), sorted by file name: for the file sink that
-/// is (task, batch id) order.
+/// is (task, batch id) order. Files deleted while they are read are skipped.
 pub fn parquet_batches(dir: &Path) -> Vec<RecordBatch> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -569,7 +569,14 @@ pub fn parquet_batches(dir: &Path) -> Vec<RecordBatch> {
     files.sort();
     let mut batches = Vec::new();
     for (_, path) in files {
-        let bytes = bytes::Bytes::from(std::fs::read(&path).expect("read parquet"));
+        // A running query's file sink with `overwrite: partitions` deletes the files a newer
+        // version superseded: one listed a moment ago may be gone, and the next poll sees its
+        // successor.
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes::Bytes::from(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", path.display()),
+        };
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
             .expect("parquet")
             .build()
