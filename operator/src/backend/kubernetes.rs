@@ -553,16 +553,7 @@ pub fn observe_reports(observed: &mut WorkersObservation, reports: &[(i32, JobRe
         {
             observed.poison = Some(line);
         }
-        let message = report.message.lines().last().unwrap_or_default();
-        observed.last_exit = Some(format!(
-            "replica {ordinal} exited with code {}{}",
-            report.exit_code,
-            if message.is_empty() {
-                String::new()
-            } else {
-                format!(": {message}")
-            }
-        ));
+        observed.last_exit = Some(reports::exit_line(*ordinal, report));
         if report.starts.unwrap_or(1) >= crate::plan::CRASH_LOOP_EXITS {
             observed.recent_exits = crate::plan::CRASH_LOOP_EXITS;
         }
@@ -654,17 +645,17 @@ impl KubernetesBackend {
                 });
             let subdomain = reports::jobs_service_name(&name);
             let completions = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(1);
-            let mut read = Vec::new();
-            for index in 0..completions.max(0) {
-                let host = format!("{job_name}-{index}");
-                if let Some(report) = self
-                    .reports
-                    .read(&self.report_url, &host, &subdomain, &namespace)
-                    .await
-                {
-                    read.push((index, report));
-                }
-            }
+            let hosts: Vec<String> = (0..completions.max(0))
+                .map(|index| format!("{job_name}-{index}"))
+                .collect();
+            let read = reports::read_all(
+                &self.report_url,
+                &hosts,
+                &subdomain,
+                &namespace,
+                Some(&self.reports),
+            )
+            .await;
             observed.run = Some(run_job::observe_run(job, &read));
         }
         Ok(Some(observed))
@@ -818,15 +809,10 @@ impl Backend for KubernetesBackend {
         // an error serves one until read, then restarts.
         if observed.ready_replicas < observed.replicas {
             let child = child_name(&name);
-            let mut read = Vec::new();
-            for ordinal in 0..observed.replicas.max(0) {
-                let host = format!("{child}-{ordinal}");
-                if let Some(report) =
-                    reports::fetch(&self.report_url, &host, &child, &namespace).await
-                {
-                    read.push((ordinal, report));
-                }
-            }
+            let hosts: Vec<String> = (0..observed.replicas.max(0))
+                .map(|ordinal| format!("{child}-{ordinal}"))
+                .collect();
+            let read = reports::read_all(&self.report_url, &hosts, &child, &namespace, None).await;
             observe_reports(&mut observed, &read);
         }
         Ok(Some(observed))

@@ -22,12 +22,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
 use sluice_crds::StreamingQuery;
 use sluice_crds::contract::{ENV_REPORT_HOLD_SECONDS, JobReport, REPORT_PORT, STARTS_FILE};
 
-use super::{env_var, labels};
-use crate::error::{Error, Result};
+use super::{env_var, metadata, name_and_namespace};
+use crate::error::Result;
 use crate::plan::child_name;
 
 /// Label on the pods of a query's check, restore and run Jobs (value: the query's name): the
@@ -42,6 +41,42 @@ pub const JOB_REPORT_HOLD_SECONDS: u64 = 120;
 /// restarted: the report is read within one reconcile (at most a minute apart while a replica is
 /// not Ready), and the wait doubles as a restart backoff.
 pub const WORKER_REPORT_HOLD_SECONDS: u64 = 60;
+/// How a worker that reported a non-zero exit ended, for conditions and `status.lastRun`:
+/// `replica <index> exited with code <code>[: <last line of its message>]`.
+pub fn exit_line(index: i32, report: &JobReport) -> String {
+    match report.message.lines().last().filter(|l| !l.is_empty()) {
+        Some(line) => format!(
+            "replica {index} exited with code {}: {line}",
+            report.exit_code
+        ),
+        None => format!("replica {index} exited with code {}", report.exit_code),
+    }
+}
+
+/// Reads the reports of `hosts` under `subdomain` at once (each within [`REPORT_TIMEOUT`]):
+/// `(index in hosts, report)` of those that answered. With a `cache`, reports read before are
+/// taken from it and new ones kept there.
+pub async fn read_all(
+    url: &ReportUrl,
+    hosts: &[String],
+    subdomain: &str,
+    namespace: &str,
+    cache: Option<&ReportCache>,
+) -> Vec<(i32, JobReport)> {
+    let reads = hosts.iter().enumerate().map(|(index, host)| async move {
+        let report = match cache {
+            Some(cache) => cache.read(url, host, subdomain, namespace).await,
+            None => fetch(url, host, subdomain, namespace).await,
+        };
+        report.map(|r| (i32::try_from(index).unwrap_or(i32::MAX), r))
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// How long one `GET /report` may take.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -67,27 +102,12 @@ pub fn jobs_service_name(query_name: &str) -> String {
 /// # Errors
 /// [`Error::MissingField`] without name, namespace or uid.
 pub fn jobs_service(query: &StreamingQuery) -> Result<Service> {
-    let name = query
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("name"))?;
-    let namespace = query
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingField("namespace"))?;
-    let owner = query
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingField("uid"))?;
+    let (name, _) = name_and_namespace(query)?;
+    // The query's children's metadata (namespace, labels, owner), under this Service's name.
+    let mut metadata = metadata(query)?;
+    metadata.name = Some(jobs_service_name(&name));
     Ok(Service {
-        metadata: ObjectMeta {
-            name: Some(jobs_service_name(&name)),
-            namespace: Some(namespace),
-            labels: Some(labels(&name)),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
+        metadata,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(BTreeMap::from([(REPORT_LABEL.to_string(), name)])),

@@ -261,18 +261,10 @@ pub fn observe_run(job: &Job, read: &[(i32, JobReport)]) -> RunObservation {
             reports.push(found);
         }
         if report.exit_code != 0 && message.is_none() {
-            message = Some(poison_line(&report.message).unwrap_or_else(|| {
-                let line = report.message.lines().last().unwrap_or_default();
-                format!(
-                    "replica {index} exited with code {}{}",
-                    report.exit_code,
-                    if line.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {line}")
-                    }
-                )
-            }));
+            message = Some(
+                poison_line(&report.message)
+                    .unwrap_or_else(|| super::reports::exit_line(*index, report)),
+            );
         }
     }
     if succeeded == Some(false) && message.is_none() {
