@@ -277,6 +277,19 @@ pub struct RawValue<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+impl RawValue<'_> {
+    /// This value as a bad record: origin `topic/partition`, line = the offset, record = the
+    /// value's first bytes as hex (a binary value has no readable text).
+    pub fn bad(&self, error: String) -> BadRecord {
+        BadRecord {
+            origin: self.origin.to_string(),
+            line: u64::try_from(self.offset).unwrap_or(0),
+            record: self.value.map(hex_prefix).unwrap_or_default(),
+            error,
+        }
+    }
+}
+
 /// Decodes Avro record values of a Kafka source into rows of its reader schema.
 pub struct AvroDecoder {
     /// The reader schema with decimals as their bytes ([`avro::plain_decimals`]).
@@ -387,12 +400,7 @@ impl AvroDecoder {
         for record in records {
             match self.decode_one(source_name, record.value).await? {
                 Ok(value) => good.push(value),
-                Err(error) => bad.push(BadRecord {
-                    origin: record.origin.to_string(),
-                    line: u64::try_from(record.offset).unwrap_or(0),
-                    record: record.value.map(hex_prefix).unwrap_or_default(),
-                    error,
-                }),
+                Err(error) => bad.push(record.bad(error)),
             }
         }
         let batches = if good.is_empty() {

@@ -60,7 +60,7 @@ use prost_reflect::{
 use sluice_crds::{SchemaRegistrySpec, ValueSchemaSpec};
 
 use super::registry::{RegistryClient, RegistryError, SchemaKind};
-use super::{RawValue, frame, hex_prefix, reader_schema_text, schema_text, subject, unframe};
+use super::{RawValue, frame, reader_schema_text, schema_text, subject, unframe};
 use crate::bad_record::BadRecord;
 use crate::error::{EngineError, Result};
 use crate::schema::timestamp_type;
@@ -1167,12 +1167,7 @@ impl ProtobufDecoder {
         for record in records {
             match self.decode_one(source_name, record.value).await? {
                 Ok(message) => good.push(message),
-                Err(error) => bad.push(BadRecord {
-                    origin: record.origin.to_string(),
-                    line: u64::try_from(record.offset).unwrap_or(0),
-                    record: record.value.map(hex_prefix).unwrap_or_default(),
-                    error,
-                }),
+                Err(error) => bad.push(record.bad(error)),
             }
         }
         let batches = if good.is_empty() {
