@@ -491,7 +491,8 @@ fn alive(pid: u32) -> bool {
 /// `POST /stop` on a local worker needs the deployment's control token (issue 16): the operator
 /// gives each worker process `SLUICE_CONTROL_TOKEN`; without it or with another token the answer
 /// is 401 and the worker keeps running; with it the worker stops at a batch boundary (and the
-/// operator, not having asked, restarts it); the output stays exactly once.
+/// operator, not having asked, restarts it); the output stays exactly once, and no file the
+/// operator or its workers wrote (status, events, logs) holds the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs real servers and the worker binary: run e2e/local/run.sh"]
 async fn stop_needs_the_control_token() {
@@ -556,6 +557,12 @@ async fn stop_needs_the_control_token() {
         .await;
     let rows = producer.finish().await;
     assert_exactly_once(&io.output, rows, secs(60)).await;
+    // The token is a secret: no status, event, resolved query or worker log holds it.
+    let leaked = fixture.files_containing(&token);
+    assert!(
+        leaked.is_empty(),
+        "the control token was written to {leaked:?}"
+    );
     fixture.shutdown().await;
 }
 

@@ -183,6 +183,30 @@ impl Fixture {
         }
     }
 
+    /// Every file under the fixture's folder (manifests, status and events files, the resolved
+    /// queries and worker logs under `.sluice/`, inputs and outputs) whose bytes contain
+    /// `needle`: where a secret must never be written.
+    pub fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, needle: &[u8], found: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, needle, found);
+                } else if std::fs::read(&path)
+                    .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                {
+                    found.push(path);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(self.dir.path(), needle.as_bytes(), &mut found);
+        found
+    }
+
     /// Stops the operator, which stops every worker at a batch boundary.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
