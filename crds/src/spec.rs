@@ -626,7 +626,7 @@ pub struct PostgresTableSpec {
 /// Where result rows go. Exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("(has(self.console) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.memory) ? 1 : 0) + (has(self.delta) ? 1 : 0) == 1").message("exactly one of console, file, kafka, postgres, memory, delta must be set"))]
+#[x_kube(validation = Rule::new("(has(self.console) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.kafka) ? 1 : 0) + (has(self.postgres) ? 1 : 0) + (has(self.memory) ? 1 : 0) + (has(self.delta) ? 1 : 0) + (has(self.noop) ? 1 : 0) == 1").message("exactly one of console, file, kafka, postgres, memory, delta, noop must be set"))]
 pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleSinkSpec>,
@@ -640,6 +640,8 @@ pub struct SinkSpec {
     pub memory: Option<MemorySinkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<DeltaSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noop: Option<NoopSinkSpec>,
 }
 
 /// The kind of a sink, for messages and dispatch.
@@ -651,6 +653,7 @@ pub enum SinkKind {
     Postgres,
     Memory,
     Delta,
+    Noop,
 }
 
 impl SinkSpec {
@@ -674,6 +677,9 @@ impl SinkSpec {
         }
         if self.delta.is_some() {
             kinds.push(SinkKind::Delta);
+        }
+        if self.noop.is_some() {
+            kinds.push(SinkKind::Noop);
         }
         kinds
     }
@@ -896,6 +902,29 @@ pub enum PostgresWriteMode {
     Upsert,
     /// `INSERT ... ON CONFLICT (keys) DO UPDATE SET v = table.v + excluded.v` (running counters).
     Accumulate,
+}
+
+/// Rows counted and dropped (Spark's `noop` format, Flink's `blackhole` connector): a benchmark
+/// measures the query without a sink's cost. No options.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NoopSinkSpec {}
+
+/// An object without fields. Written by hand: the derived schema of an empty struct with
+/// `deny_unknown_fields` is `additionalProperties: false`, which a Kubernetes API server refuses
+/// in a CRD; locally serde still refuses any field.
+impl JsonSchema for NoopSinkSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NoopSinkSpec".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Rows counted and dropped (Spark's `noop` format, Flink's `blackhole` connector): a benchmark measures the query without a sink's cost. No options.",
+            "type": "object",
+            "properties": {}
+        })
+    }
 }
 
 /// Rows kept in process memory, for tests.

@@ -320,7 +320,7 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
     if spec.sink.kinds().len() != 1 {
         return Err(err(
             "spec.sink",
-            "exactly one of console, file, kafka, postgres, memory, delta must be set",
+            "exactly one of console, file, kafka, postgres, memory, delta, noop must be set",
         ));
     }
     if let Some(delta) = &spec.sink.delta {

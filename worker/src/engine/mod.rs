@@ -1081,6 +1081,8 @@ pub fn describe_sink(sink: &sluice_crds::SinkSpec) -> String {
         format!("PostgresSink[{}]", pg.table)
     } else if let Some(delta) = &sink.delta {
         format!("DeltaSink[{}]", delta.path)
+    } else if sink.noop.is_some() {
+        "NoopSink".into()
     } else {
         "Sink".into()
     }

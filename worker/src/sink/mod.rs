@@ -12,6 +12,7 @@ pub mod delta;
 pub mod file;
 pub mod kafka;
 pub mod memory;
+pub mod noop;
 pub mod postgres;
 pub mod replay;
 
@@ -96,6 +97,9 @@ pub fn build(spec: &SinkSpec, context: &SinkContext) -> Result<Box<dyn Sink>> {
     }
     if let Some(memory) = &spec.memory {
         return Ok(Box::new(memory::MemorySink::new(&memory.name)));
+    }
+    if spec.noop.is_some() {
+        return Ok(Box::new(noop::NoopSink));
     }
     Err(EngineError::InvalidQuery(
         "this sink kind is not supported yet".into(),
