@@ -273,7 +273,7 @@ fn main() -> anyhow::Result<()> {
 
     let report = Report {
         date: sluice_bench::rfc3339_ms(now_ms()),
-        machine: machine(),
+        machine: sluice_bench::machine(),
         data_set: format!(
             "{} JSON-lines files x {} rows (seed {}), {}",
             args.files,
@@ -791,38 +791,6 @@ fn version_of(worker: &Path) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-/// `2 cores (model), 23.4 GiB, Linux 6.1, load 0.52`.
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default();
-    format!(
-        "{cores} cores ({model}), {memory}, Linux {}, load average {load} at the end",
-        kernel.trim()
-    )
 }
 
 #[cfg(test)]

@@ -175,6 +175,39 @@ pub fn events(seed: u64, files: u64, rows: u64) -> impl Iterator<Item = Event> {
     (0..files).flat_map(move |f| (0..rows).map(move |r| event(seed, f, r, rows)))
 }
 
+/// `<cores> cores (<CPU model>), <memory>, Linux <kernel>, load average <1 min> at the end`, from
+/// `/proc`: the machine line of every benchmark report.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {memory}, Linux {}, load average {load} at the end",
+        kernel.trim()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

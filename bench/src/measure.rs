@@ -59,6 +59,9 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     /// Peak resident memory (see the module doc), bytes.
     pub peak_rss: u64,
+    /// CPU time (user + system) of the root process and the children it waited for, from
+    /// `wait4(2)`'s `rusage`: the cores a one-process engine used, times the wall time.
+    pub cpu: Duration,
     /// Every output line, in arrival order.
     pub lines: Vec<Line>,
     /// Whether the watcher asked for [`Action::Kill`].
@@ -178,10 +181,14 @@ pub fn run(
     let exit_code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     // std's Child would wait again on drop only if asked; it is not.
     drop(child);
+    let seconds = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
     Ok(Outcome {
         wall,
         exit_code,
         peak_rss: root_peak.max(peak_tree),
+        cpu: seconds(rusage.ru_utime) + seconds(rusage.ru_stime),
         lines,
         killed,
     })

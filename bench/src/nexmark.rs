@@ -118,6 +118,54 @@ pub fn write_files(dir: &Path, events: u64, events_per_second: u64) -> std::io::
     })
 }
 
+/// The three tables' folder names, in table order (as [`FILES`] without `.json`).
+pub const TABLES: [&str; 3] = ["person", "auction", "bid"];
+
+/// Writes events `0..events` as `dir/<table>/part-<k>.json` (JSON lines as in [`write_files`]),
+/// `parts` files per table: part `k` holds the table's events among `k * events / parts ..
+/// (k + 1) * events / parts`, so each file is in event-time order and a file source with `p`
+/// partitions (files dealt to tasks) gets a share of every table. For engines that read a
+/// folder per table (`bench-nexmark`). Each file is written under a hidden name and renamed.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_parts(
+    dir: &Path,
+    events: u64,
+    events_per_second: u64,
+    parts: u64,
+) -> std::io::Result<Counts> {
+    let parts = parts.max(1);
+    let mut counts = [0u64; 3];
+    for k in 0..parts {
+        let (from, to) = (k * events / parts, (k + 1) * events / parts);
+        let mut outs = Vec::new();
+        for table in TABLES {
+            let folder = dir.join(table);
+            std::fs::create_dir_all(&folder)?;
+            let hidden = folder.join(format!(".part-{k:05}.json.tmp"));
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&hidden)?);
+            outs.push((out, hidden, folder.join(format!("part-{k:05}.json"))));
+        }
+        for n in from..to {
+            let (file, line) = json_line(n, events_per_second);
+            outs[file].0.write_all(line.as_bytes())?;
+            outs[file].0.write_all(b"\n")?;
+            counts[file] += 1;
+        }
+        for (mut out, hidden, path) in outs {
+            out.flush()?;
+            drop(out);
+            std::fs::rename(hidden, path)?;
+        }
+    }
+    Ok(Counts {
+        persons: counts[0],
+        auctions: counts[1],
+        bids: counts[2],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::BufReader;
@@ -158,6 +206,32 @@ mod tests {
             assert_eq!(batches.len(), 1, "{file}");
             let expected = table_batch(table, Some(1000), 0..events).expect("batch");
             assert_eq!(batches[0], expected, "{file}");
+        }
+    }
+
+    /// The parts of a table, read in part order, are that table's single file.
+    #[test]
+    fn parts_split_each_table_in_event_order() {
+        let (whole, split) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let counts = write_files(whole.path(), 777, 1000).expect("write");
+        assert_eq!(
+            write_parts(split.path(), 777, 1000, 4).expect("parts"),
+            counts
+        );
+        for (table, file) in TABLES.into_iter().zip(FILES) {
+            let joined: String = (0..4)
+                .map(|k| {
+                    std::fs::read_to_string(
+                        split.path().join(table).join(format!("part-{k:05}.json")),
+                    )
+                    .expect("part")
+                })
+                .collect();
+            let one = std::fs::read_to_string(whole.path().join(file)).expect("file");
+            assert_eq!(joined, one, "{table}");
         }
     }
 }
