@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_bench::engines::run_sluice;
 use sluice_bench::measure::{self, Action};
 use sluice_bench::nexmark::{TABLES, write_parts};
@@ -106,10 +106,13 @@ struct Args {
     /// Skip Flink even when PyFlink is installed.
     #[arg(long)]
     no_flink: bool,
+    /// Print the table of a saved `nexmark.json` and exit (nothing is run).
+    #[arg(long)]
+    render: Option<PathBuf>,
 }
 
 /// One engine's figures for one query, or why there are none.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Figures {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,7 +149,7 @@ impl Figures {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct QueryResult {
     query: String,
@@ -162,7 +165,7 @@ struct QueryResult {
     first_stage_only: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Results {
     date: String,
@@ -175,6 +178,11 @@ struct Results {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(saved) = &args.render {
+        let report: Results = serde_json::from_str(&std::fs::read_to_string(saved)?)?;
+        println!("{}", table(&report));
+        return Ok(());
+    }
     let worker = match &args.worker {
         Some(path) => path.clone(),
         None => sluice_bench::sibling_binary("sluice-worker")?,
@@ -341,13 +349,15 @@ fn run_sluice_query(
         Err(e) => return SluiceOutcome::Failed(format!("spawn: {e}")),
     };
     if let Some(failure) = run.failure() {
-        // Exit 2: the query was refused before it ran (a user error: the engine says why).
-        let verdict = if run.outcome.exit_code == Some(2) {
-            "refused"
-        } else {
-            "failed"
-        };
+        // A user error (exit 2, or the worker's "fix the manifest, SQL or data" prefix): the
+        // engine refused the query before it ran and says why.
+        let prefix = "fix the manifest, SQL or data: ";
         let failure = failure.trim_start_matches("error: ");
+        let (verdict, failure) = match failure.strip_prefix(prefix) {
+            Some(reason) => ("refused", reason),
+            None if run.outcome.exit_code == Some(2) => ("refused", failure),
+            None => ("failed", failure),
+        };
         eprintln!("   {verdict}: {failure}");
         return SluiceOutcome::Failed(format!("{verdict}: {failure}"));
     }
@@ -573,7 +583,7 @@ fn table(report: &Results) -> String {
         _ => "—".into(),
     };
     let mut out = format!(
-        "Nexmark, {} events, {}\n\n| query | tasks | Sluice gen events/s | per core | Sluice files events/s | per core | RSS | Flink files events/s | per core | RSS | files: Sluice/Flink per core | Flink published per core | DBSP published per core |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "Nexmark, {} events, {}\n\n| query | tasks | Sluice gen events/s | per core | RSS | Sluice files events/s | per core | RSS | Flink files events/s | per core | RSS | files: Sluice/Flink per core | Flink published per core | DBSP published per core |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         report.events, report.machine
     );
     for q in &report.queries {
@@ -582,18 +592,21 @@ fn table(report: &Results) -> String {
         } else {
             q.query.clone()
         };
+        // A refusal's reason is long and the same for several queries: the README lists them.
         let note = |f: &Figures, value: String| match (&f.note, f.events_per_second) {
+            (Some(note), None) if note.starts_with("refused") => "refused".to_string(),
             (Some(note), None) => note.chars().take(60).collect(),
             _ => value,
         };
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             q.tasks,
             note(
                 &q.sluice_generator,
                 rate(q.sluice_generator.events_per_second)
             ),
             rate(q.sluice_generator.events_per_core_second),
+            rss(&q.sluice_generator),
             note(&q.sluice_files, rate(q.sluice_files.events_per_second)),
             rate(q.sluice_files.events_per_core_second),
             rss(&q.sluice_files),
