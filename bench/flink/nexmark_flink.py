@@ -82,7 +82,9 @@ QUERIES = {
                 CASE WHEN HOUR(`dateTime`) >= 8 AND HOUR(`dateTime`) <= 18 THEN 'dayTime'
                      WHEN HOUR(`dateTime`) <= 6 OR HOUR(`dateTime`) >= 20 THEN 'nightTime'
                      ELSE 'otherTime' END AS bidTimeType,
-                `dateTime`, extra
+                `dateTime`, extra,
+                -- nexmark-flink's count_char UDF, as built-in expressions (no Java UDF jar here)
+                CAST(CHAR_LENGTH(extra) - CHAR_LENGTH(REPLACE(extra, 'c', '')) AS BIGINT) AS c_counts
               FROM bid WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000""",
     "q15": f"""SELECT window_start AS `day`,
                  count(*) AS total_bids,

@@ -199,7 +199,8 @@ const CASES: &[Case] = &[
         reference: r#"SELECT auction, bidder, 0.908 * price AS price,
               CASE WHEN date_part('hour', "dateTime") BETWEEN 8 AND 18 THEN 'dayTime'
                    WHEN date_part('hour', "dateTime") <= 6 OR date_part('hour', "dateTime") >= 20 THEN 'nightTime'
-                   ELSE 'otherTime' END AS bidTimeType, "dateTime", extra
+                   ELSE 'otherTime' END AS bidTimeType, "dateTime", extra,
+              CAST(character_length(extra) - character_length(replace(extra, 'c', '')) AS BIGINT)
             FROM bid WHERE price * 0.908 > 1000000 AND price * 0.908 < 50000000"#,
     },
     Case {

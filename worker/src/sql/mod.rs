@@ -34,6 +34,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{EngineError, Result};
 use crate::state::{StateDelta, StateStore};
 
+pub mod functions;
 pub mod guard;
 pub mod pushdown;
 pub mod stream_join;
@@ -180,7 +181,10 @@ impl BatchQuery {
         let mut config = SessionConfig::new().with_target_partitions(1);
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let ctx = SessionContext::new_with_config(config);
-        for udf in window::window_udfs() {
+        for udf in window::window_udfs()
+            .into_iter()
+            .chain(functions::scalar_udfs())
+        {
             ctx.register_udf(udf);
         }
         for function in extensions.functions {
