@@ -30,7 +30,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +68,36 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// within seconds and aborts nothing.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A transaction whose commit timed out: its batch, where its records were delivered, and
+/// whether a resumed commit has since succeeded.
+///
+/// Why the check after a resumed commit: librdkafka's contract is that a retriable commit error
+/// may be retried to finish the same transaction, and a broker that keeps its log does finish it.
+/// A broker restarted in between may have lost the open transaction's records (tansu on S3 does:
+/// the CI outage test saw a resumed commit succeed and one batch's records never appear, even
+/// uncommitted). So after a resumed commit the sink reads back the last record it delivered to
+/// each partition: there and carrying this (query id, task, batch) → done; a gap or another
+/// record at that offset → the transaction is lost, and the batch is sent again in a new one (no
+/// duplicate: nothing of it is in the log); no answer → checked again on the batch's next try.
+#[derive(Debug, Clone, PartialEq)]
+struct PendingCommit {
+    batch_id: u64,
+    /// Per partition, the offset of the last record of the transaction (delivery reports).
+    last_offsets: BTreeMap<i32, i64>,
+    committed: bool,
+}
+
+/// What reading back a resumed transaction's last records found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    Yes,
+    Lost,
+    Unknown,
+}
+
+/// How long reading back one partition's last record may wait.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// One record to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutRecord {
@@ -88,8 +118,8 @@ pub struct KafkaSink {
     transactional: Mutex<HashMap<u32, Arc<FutureProducer>>>,
     /// Per task, the batch whose transaction's commit failed retriably (timed out with the broker
     /// unreachable): its records are sent, its producer kept; the next write of that batch resumes
-    /// the commit.
-    commit_pending: Mutex<HashMap<u32, u64>>,
+    /// the commit, then checks that the records are there (see [`PendingCommit`]).
+    commit_pending: Mutex<HashMap<u32, PendingCommit>>,
     /// `format: avro | protobuf`: the value encoder.
     values: Option<ValueEncoder>,
 }
@@ -283,7 +313,13 @@ impl KafkaSink {
         }
     }
 
-    async fn send_all(&self, producer: &FutureProducer, records: &[OutRecord]) -> Result<()> {
+    /// Sends `records` and waits for every delivery; returns, per partition, the offset of the
+    /// last record delivered there.
+    async fn send_all(
+        &self,
+        producer: &FutureProducer,
+        records: &[OutRecord],
+    ) -> Result<BTreeMap<i32, i64>> {
         let sends = records.iter().map(|r| {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (key, value) in &r.headers {
@@ -305,12 +341,95 @@ impl KafkaSink {
             }
             producer.send(record, SEND_TIMEOUT)
         });
+        let mut last_offsets = BTreeMap::new();
         for result in join_all(sends).await {
-            if let Err((e, _)) = result {
-                return Err(sink_error(format!("delivery: {e}")));
+            match result {
+                Ok(delivery) => {
+                    let last = last_offsets
+                        .entry(delivery.partition)
+                        .or_insert(delivery.offset);
+                    *last = (*last).max(delivery.offset);
+                }
+                Err((e, _)) => return Err(sink_error(format!("delivery: {e}"))),
             }
         }
-        Ok(())
+        Ok(last_offsets)
+    }
+
+    /// Whether the records of `task`'s transaction for `batch_id` are in the log: the record at
+    /// each partition's last delivered offset is read (`read_committed`) and must carry this
+    /// query id, task and batch. See [`PendingCommit`].
+    async fn landed(&self, task: u32, batch_id: u64, last_offsets: &BTreeMap<i32, i64>) -> Landed {
+        let Ok(mut config) = client_config(
+            &self.spec.bootstrap_servers,
+            &self.spec.options,
+            &self.spec.secret_options,
+        ) else {
+            return Landed::Unknown;
+        };
+        config
+            .set("group.id", "sluice-sink-check")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10");
+        let (topic, query_id) = (self.spec.topic.clone(), self.query_id.clone());
+        let offsets = last_offsets.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            use rdkafka::message::{Headers, Message};
+            let consumer: BaseConsumer = config.create().ok()?;
+            let mut landed = Landed::Yes;
+            for (partition, offset) in offsets {
+                let mut list = rdkafka::TopicPartitionList::new();
+                list.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset))
+                    .ok()?;
+                consumer.assign(&list).ok()?;
+                let deadline = std::time::Instant::now() + VERIFY_TIMEOUT;
+                let found = loop {
+                    match consumer.poll(Duration::from_millis(200)) {
+                        Some(Ok(message)) if message.partition() == partition => {
+                            break Some(message.detach());
+                        }
+                        Some(_) => {}
+                        None if std::time::Instant::now() >= deadline => break None,
+                        None => {}
+                    }
+                };
+                let Some(message) = found else {
+                    // Nothing readable at the offset: lost when the log ends before it, else
+                    // unknown (the broker may be slow to expose the commit).
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, partition, VERIFY_TIMEOUT)
+                        .ok()?;
+                    if high <= offset {
+                        landed = Landed::Lost;
+                        continue;
+                    }
+                    return None;
+                };
+                let header = |name: &str| {
+                    message.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == name)
+                            .and_then(|h| h.value)
+                            .map(|v| String::from_utf8_lossy(v).to_string())
+                    })
+                };
+                let ours = message.offset() == offset
+                    && header(HEADER_QUERY_ID).as_deref() == Some(query_id.as_str())
+                    && header(HEADER_TASK) == Some(task.to_string())
+                    && header(HEADER_BATCH) == Some(batch_id.to_string());
+                if !ours {
+                    landed = Landed::Lost;
+                }
+            }
+            Some(landed)
+        })
+        .await;
+        match checked {
+            Ok(Some(landed)) => landed,
+            _ => Landed::Unknown,
+        }
     }
 }
 
@@ -318,7 +437,13 @@ impl KafkaSink {
     /// Commits the task's open transaction. A retriable failure (the broker did not answer within
     /// [`COMMIT_TIMEOUT`]) keeps the producer and marks `batch_id` as pending, so the batch's retry
     /// resumes this commit; any other failure aborts and drops the producer.
-    async fn commit(&self, task: u32, batch_id: u64, producer: Arc<FutureProducer>) -> Result<()> {
+    async fn commit(
+        &self,
+        task: u32,
+        batch_id: u64,
+        last_offsets: BTreeMap<i32, i64>,
+        producer: Arc<FutureProducer>,
+    ) -> Result<()> {
         let p = Arc::clone(&producer);
         let committed = tokio::task::spawn_blocking(move || p.commit_transaction(COMMIT_TIMEOUT))
             .await
@@ -327,7 +452,14 @@ impl KafkaSink {
             return Ok(());
         };
         if is_resumable(&e) {
-            self.commit_pending.lock().await.insert(task, batch_id);
+            self.commit_pending.lock().await.insert(
+                task,
+                PendingCommit {
+                    batch_id,
+                    last_offsets,
+                    committed: false,
+                },
+            );
         } else {
             let p = Arc::clone(&producer);
             let _ = tokio::task::spawn_blocking(move || p.abort_transaction(SEND_TIMEOUT)).await;
@@ -383,14 +515,43 @@ impl Sink for KafkaSink {
             Some(producer) => {
                 let pending = self.commit_pending.lock().await.remove(&task);
                 match pending {
-                    Some(pending) if pending == batch_id => {
-                        tracing::info!(
-                            task,
-                            batch_id,
-                            "kafka: resuming the batch's transaction commit"
-                        );
-                        self.commit(task, batch_id, producer).await?;
-                        return Ok(records.len() as u64);
+                    Some(mut pending) if pending.batch_id == batch_id => {
+                        if !pending.committed {
+                            tracing::info!(
+                                task,
+                                batch_id,
+                                "kafka: resuming the batch's transaction commit"
+                            );
+                            let offsets = pending.last_offsets.clone();
+                            self.commit(task, batch_id, offsets, Arc::clone(&producer))
+                                .await?;
+                            pending.committed = true;
+                        }
+                        match self.landed(task, batch_id, &pending.last_offsets).await {
+                            Landed::Yes => return Ok(records.len() as u64),
+                            Landed::Unknown => {
+                                self.commit_pending.lock().await.insert(task, pending);
+                                return Err(sink_error(format!(
+                                    "batch {batch_id}: the resumed transaction commit succeeded \
+                                     but its records could not be read back yet; checking again"
+                                )));
+                            }
+                            Landed::Lost => {
+                                // Nothing of the batch is in the log: send it again, in a new
+                                // transaction of a new producer.
+                                tracing::warn!(
+                                    task,
+                                    batch_id,
+                                    "kafka: the broker lost the resumed transaction; sending the batch again"
+                                );
+                                self.transactional.lock().await.remove(&task);
+                                return Err(sink_error(format!(
+                                    "batch {batch_id}: the broker lost the transaction whose \
+                                     commit was resumed (its records are not in the log); the \
+                                     batch is sent again"
+                                )));
+                            }
+                        }
                     }
                     Some(other) => {
                         // Not the batch that is pending (cannot happen while the engine replays
@@ -398,7 +559,7 @@ impl Sink for KafkaSink {
                         tracing::warn!(
                             task,
                             batch_id,
-                            pending = other,
+                            pending = other.batch_id,
                             "kafka: aborting another batch's pending transaction"
                         );
                         let p = Arc::clone(&producer);
@@ -418,16 +579,20 @@ impl Sink for KafkaSink {
                 producer
                     .begin_transaction()
                     .map_err(|e| sink_error(format!("begin transaction: {e}")))?;
-                if let Err(e) = self.send_all(&producer, &records).await {
-                    let p = Arc::clone(&producer);
-                    let _ = tokio::task::spawn_blocking(move || p.abort_transaction(SEND_TIMEOUT))
-                        .await;
-                    // A producer in an unknown transaction state is rebuilt next time.
-                    self.transactional.lock().await.remove(&task);
-                    return Err(e);
-                }
+                let last_offsets = match self.send_all(&producer, &records).await {
+                    Ok(last_offsets) => last_offsets,
+                    Err(e) => {
+                        let p = Arc::clone(&producer);
+                        let _ =
+                            tokio::task::spawn_blocking(move || p.abort_transaction(SEND_TIMEOUT))
+                                .await;
+                        // A producer in an unknown transaction state is rebuilt next time.
+                        self.transactional.lock().await.remove(&task);
+                        return Err(e);
+                    }
+                };
                 pause_point(PausePoint::BeforeSinkCommit, batch_id).await;
-                self.commit(task, batch_id, producer).await?;
+                self.commit(task, batch_id, last_offsets, producer).await?;
             }
         }
         Ok(records.len() as u64)
