@@ -406,11 +406,11 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction() {
+async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction_and_reads_it_back() {
     use arrow::array::{ArrayRef, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use sluice_worker::sink::Sink;
-    let test = "kafka_sink_exactly_once_writes_each_batch_in_a_transaction";
+    let test = "kafka_sink_exactly_once_writes_each_batch_in_a_transaction_and_reads_it_back";
     let Some(bootstrap) = kafka(test) else {
         return;
     };
@@ -452,11 +452,22 @@ async fn kafka_sink_exactly_once_writes_each_batch_in_a_transaction() {
             .expect("batch 1"),
         1
     );
-    let values: Vec<String> = read_topic(&bootstrap, &topic, 1, Duration::from_secs(2))
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
+    let records = read_topic(&bootstrap, &topic, 1, Duration::from_secs(2));
+    let values: Vec<&str> = records.iter().map(|r| r.value.as_str()).collect();
     assert_eq!(values, vec!["a", "b", "c"]);
+
+    // Reading a transaction back (what the sink does after a resumed commit): the last record of
+    // each batch is found with its (query id, task, batch); another batch's record, another query
+    // id or an offset past the log's end is a lost transaction.
+    use sluice_worker::sink::kafka::verify::{Landed, landed};
+    let at = |offset: i64| BTreeMap::from([(0, offset)]);
+    let (b, c) = (records[1].offset, records[2].offset);
+    assert_eq!(landed(&spec, "id", 0, 0, &at(b)).await, Landed::Yes);
+    assert_eq!(landed(&spec, "id", 0, 1, &at(c)).await, Landed::Yes);
+    assert_eq!(landed(&spec, "id", 0, 1, &at(b)).await, Landed::Lost);
+    assert_eq!(landed(&spec, "other", 0, 1, &at(c)).await, Landed::Lost);
+    assert_eq!(landed(&spec, "id", 1, 1, &at(c)).await, Landed::Lost);
+    assert_eq!(landed(&spec, "id", 0, 1, &at(c + 100)).await, Landed::Lost);
 }
 
 /// A query relaying the `value` of every topic matching `<prefix>-.*` to `output`

@@ -29,6 +29,7 @@
 
 #[cfg(test)]
 mod tests;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use crate::fault::{PausePoint, pause_point};
 use crate::format::ValueEncoder;
 use crate::kafka_client::client_config;
 use crate::sink::Sink;
+use verify::{Landed, landed};
 
 /// Header naming the query (`namespace/name`).
 pub const HEADER_QUERY: &str = "sluice-query";
@@ -76,9 +78,10 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A broker restarted in between may have lost the open transaction's records (tansu on S3 does:
 /// the CI outage test saw a resumed commit succeed and one batch's records never appear, even
 /// uncommitted). So after a resumed commit the sink reads back the last record it delivered to
-/// each partition: there and carrying this (query id, task, batch) → done; a gap or another
-/// record at that offset → the transaction is lost, and the batch is sent again in a new one (no
-/// duplicate: nothing of it is in the log); no answer → checked again on the batch's next try.
+/// each partition ([`verify::landed`]): there and carrying this (query id, task, batch) → done;
+/// a gap or another record at that offset → the transaction is lost, and the batch is sent again
+/// in a new one (no duplicate: nothing of it is in the log); no answer → checked again on the
+/// batch's next try.
 #[derive(Debug, Clone, PartialEq)]
 struct PendingCommit {
     batch_id: u64,
@@ -86,17 +89,6 @@ struct PendingCommit {
     last_offsets: BTreeMap<i32, i64>,
     committed: bool,
 }
-
-/// What reading back a resumed transaction's last records found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Landed {
-    Yes,
-    Lost,
-    Unknown,
-}
-
-/// How long reading back one partition's last record may wait.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One record to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,82 +347,6 @@ impl KafkaSink {
         }
         Ok(last_offsets)
     }
-
-    /// Whether the records of `task`'s transaction for `batch_id` are in the log: the record at
-    /// each partition's last delivered offset is read (`read_committed`) and must carry this
-    /// query id, task and batch. See [`PendingCommit`].
-    async fn landed(&self, task: u32, batch_id: u64, last_offsets: &BTreeMap<i32, i64>) -> Landed {
-        let Ok(mut config) = client_config(
-            &self.spec.bootstrap_servers,
-            &self.spec.options,
-            &self.spec.secret_options,
-        ) else {
-            return Landed::Unknown;
-        };
-        config
-            .set("group.id", "sluice-sink-check")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "10");
-        let (topic, query_id) = (self.spec.topic.clone(), self.query_id.clone());
-        let offsets = last_offsets.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            use rdkafka::consumer::{BaseConsumer, Consumer};
-            use rdkafka::message::{Headers, Message};
-            let consumer: BaseConsumer = config.create().ok()?;
-            let mut landed = Landed::Yes;
-            for (partition, offset) in offsets {
-                let mut list = rdkafka::TopicPartitionList::new();
-                list.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset))
-                    .ok()?;
-                consumer.assign(&list).ok()?;
-                let deadline = std::time::Instant::now() + VERIFY_TIMEOUT;
-                let found = loop {
-                    match consumer.poll(Duration::from_millis(200)) {
-                        Some(Ok(message)) if message.partition() == partition => {
-                            break Some(message.detach());
-                        }
-                        Some(_) => {}
-                        None if std::time::Instant::now() >= deadline => break None,
-                        None => {}
-                    }
-                };
-                let Some(message) = found else {
-                    // Nothing readable at the offset: lost when the log ends before it, else
-                    // unknown (the broker may be slow to expose the commit).
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, partition, VERIFY_TIMEOUT)
-                        .ok()?;
-                    if high <= offset {
-                        landed = Landed::Lost;
-                        continue;
-                    }
-                    return None;
-                };
-                let header = |name: &str| {
-                    message.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == name)
-                            .and_then(|h| h.value)
-                            .map(|v| String::from_utf8_lossy(v).to_string())
-                    })
-                };
-                let ours = message.offset() == offset
-                    && header(HEADER_QUERY_ID).as_deref() == Some(query_id.as_str())
-                    && header(HEADER_TASK) == Some(task.to_string())
-                    && header(HEADER_BATCH) == Some(batch_id.to_string());
-                if !ours {
-                    landed = Landed::Lost;
-                }
-            }
-            Some(landed)
-        })
-        .await;
-        match checked {
-            Ok(Some(landed)) => landed,
-            _ => Landed::Unknown,
-        }
-    }
 }
 
 impl KafkaSink {
@@ -527,7 +443,15 @@ impl Sink for KafkaSink {
                                 .await?;
                             pending.committed = true;
                         }
-                        match self.landed(task, batch_id, &pending.last_offsets).await {
+                        let found = landed(
+                            &self.spec,
+                            &self.query_id,
+                            task,
+                            batch_id,
+                            &pending.last_offsets,
+                        )
+                        .await;
+                        match found {
                             Landed::Yes => return Ok(records.len() as u64),
                             Landed::Unknown => {
                                 self.commit_pending.lock().await.insert(task, pending);
