@@ -124,12 +124,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("spark/spark_bench.py");
-    let python = args.python.clone().or_else(|| {
-        let venv = std::env::var_os("HOME")
-            .map(PathBuf::from)?
-            .join(".cache/sluice/bench-venv/bin/python");
-        venv.exists().then_some(venv)
-    });
+    let python = sluice_bench::venv_python(args.python.as_deref(), "bench-venv");
     let spark_version = if args.no_spark {
         None
     } else {
@@ -272,7 +267,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let report = Report {
-        date: sluice_bench::rfc3339_ms(now_ms()),
+        date: sluice_bench::rfc3339_ms(sluice_bench::now_ms()),
         machine: sluice_bench::machine(),
         data_set: format!(
             "{} JSON-lines files x {} rows (seed {}), {}",
@@ -324,21 +319,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn fresh(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
-    Ok(dir.to_path_buf())
-}
-
 fn rss(outcome: &Outcome) -> Cell {
     Cell::value(outcome.peak_rss as f64)
 }
@@ -347,7 +327,7 @@ fn rss(outcome: &Outcome) -> Cell {
 fn sluice_file(ctx: &Setup, name: &str) -> anyhow::Result<Vec<Cell>> {
     let mut measured = Vec::new();
     for run in 0..ctx.args.runs.max(1) {
-        let work = fresh(&ctx.args.work.join(format!("sluice-{name}-{run}")))?;
+        let work = sluice_bench::fresh(&ctx.args.work.join(format!("sluice-{name}-{run}")))?;
         let (output, checkpoint) = (work.join("out"), work.join("checkpoint"));
         let (partitions, max_files) = (ctx.args.partitions, ctx.args.max_files_per_trigger);
         let manifest = if name == "filter" {
@@ -430,7 +410,7 @@ fn spark_file(ctx: &Setup, name: &str) -> anyhow::Result<Vec<Cell>> {
     let python = ctx.python.as_deref().context("no python")?;
     let mut measured = Vec::new();
     for run in 0..ctx.args.runs.max(1) {
-        let work = fresh(&ctx.args.work.join(format!("spark-{name}-{run}")))?;
+        let work = sluice_bench::fresh(&ctx.args.work.join(format!("spark-{name}-{run}")))?;
         let args = vec![
             "--input".to_string(),
             ctx.data.display().to_string(),
@@ -579,7 +559,7 @@ fn rate_watch(
 }
 
 fn sluice_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
-    let work = fresh(&ctx.args.work.join("sluice-rate"))?;
+    let work = sluice_bench::fresh(&ctx.args.work.join("sluice-rate"))?;
     let seconds = Duration::from_secs(ctx.args.rate_seconds);
     let manifest = rate_manifest(rate, ctx.args.partitions, &work.join("checkpoint"));
     let result = run_sluice(
@@ -603,7 +583,7 @@ fn sluice_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
 
 fn spark_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
     let python = ctx.python.as_deref().context("no python")?;
-    let work = fresh(&ctx.args.work.join("spark-rate"))?;
+    let work = sluice_bench::fresh(&ctx.args.work.join("spark-rate"))?;
     let args = vec![
         "--checkpoint".to_string(),
         work.join("checkpoint").display().to_string(),
@@ -634,7 +614,7 @@ fn spark_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
 
 /// Scenario 4 with Sluice: `[ms to the first batch, idle RSS]`.
 fn sluice_startup(ctx: &Setup) -> anyhow::Result<Vec<Cell>> {
-    let work = fresh(&ctx.args.work.join("sluice-startup"))?;
+    let work = sluice_bench::fresh(&ctx.args.work.join("sluice-startup"))?;
     let manifest = startup_manifest(&ctx.small, &work.join("out"), &work.join("checkpoint"));
     let idle = Duration::from_secs(ctx.args.idle_seconds);
     let mut idle_rss = None;
@@ -677,7 +657,7 @@ fn sluice_startup(ctx: &Setup) -> anyhow::Result<Vec<Cell>> {
 /// Scenario 4 with Spark: `[ms to the first batch, idle RSS]`.
 fn spark_startup(ctx: &Setup) -> anyhow::Result<Vec<Cell>> {
     let python = ctx.python.as_deref().context("no python")?;
-    let work = fresh(&ctx.args.work.join("spark-startup"))?;
+    let work = sluice_bench::fresh(&ctx.args.work.join("spark-startup"))?;
     let args = vec![
         "--input".to_string(),
         ctx.small.display().to_string(),

@@ -195,12 +195,7 @@ fn main() -> anyhow::Result<()> {
     }
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("nexmark");
     let flink_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("flink/nexmark_flink.py");
-    let python = args.flink_python.clone().or_else(|| {
-        let venv = std::env::var_os("HOME")
-            .map(PathBuf::from)?
-            .join(".cache/sluice/flink-venv/bin/python");
-        venv.exists().then_some(venv)
-    });
+    let python = sluice_bench::venv_python(args.flink_python.as_deref(), "flink-venv");
     let flink_version = if args.no_flink {
         None
     } else {
@@ -247,7 +242,7 @@ fn main() -> anyhow::Result<()> {
             .filter_map(|s| s.nexmark.as_ref().map(|n| n.partitions))
             .max()
             .unwrap_or(1);
-        let work = fresh(&args.work.join(name))?;
+        let work = sluice_bench::fresh(&args.work.join(name))?;
         eprintln!("== {name}: Sluice, generator ({} events)", args.events);
         let generator = run_sluice_query(
             &worker,
@@ -298,7 +293,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let report = Results {
-        date: sluice_bench::rfc3339_ms(now_ms()),
+        date: sluice_bench::rfc3339_ms(sluice_bench::now_ms()),
         machine: sluice_bench::machine(),
         events: args.events,
         sluice_worker: worker.display().to_string(),
@@ -622,19 +617,4 @@ fn table(report: &Results) -> String {
         ));
     }
     out
-}
-
-fn fresh(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
-    Ok(dir.to_path_buf())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -175,6 +175,38 @@ pub fn events(seed: u64, files: u64, rows: u64) -> impl Iterator<Item = Event> {
     (0..files).flat_map(move |f| (0..rows).map(move |r| event(seed, f, r, rows)))
 }
 
+/// `dir`, emptied: removed if it exists, then created.
+///
+/// # Errors
+/// I/O errors.
+pub fn fresh(dir: &Path) -> std::io::Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The Python of `explicit`, else of the runner's venv `~/.cache/sluice/<venv>` when it exists.
+pub fn venv_python(explicit: Option<&Path>, venv: &str) -> Option<PathBuf> {
+    explicit.map(Path::to_path_buf).or_else(|| {
+        let python = std::env::var_os("HOME")
+            .map(PathBuf::from)?
+            .join(".cache/sluice")
+            .join(venv)
+            .join("bin/python");
+        python.exists().then_some(python)
+    })
+}
+
 /// `<cores> cores (<CPU model>), <memory>, Linux <kernel>, load average <1 min> at the end`, from
 /// `/proc`: the machine line of every benchmark report.
 pub fn machine() -> String {
