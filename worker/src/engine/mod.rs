@@ -258,7 +258,7 @@ pub(crate) fn check_stateful_partitioning(
                 .is_some_and(|k| keys.contains(k));
         if !routes_by_key {
             return Err(EngineError::InvalidQuery(format!(
-                "source `{}` has {} partitions, but a streaming aggregation, dedup or stream–stream join keeps state per task and \
+                "source `{}` has {} partitions, but a streaming aggregation, dedup, stream–stream join or window function keeps state per task and \
                  needs every row of a group in one task: set its `partitions: 1`, or (for a source that \
                  routes rows by key) a `partitionKey` that is one of the grouping columns [{}]",
                 spec_source.name,

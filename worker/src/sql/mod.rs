@@ -10,8 +10,9 @@
 //! functions, `unnest`, `UNION ALL`) or has one streaming aggregation (`GROUP BY`, optionally over
 //! Spark's `window(ts, size[, slide])`), run incrementally with a per-task state store (see
 //! [`streaming`]), or one stream–stream inner join with watermarks and an event-time range
-//! condition (see [`stream_join`]). Other joins of two streams, `DISTINCT`, window functions, `LIMIT` and sorts (other than above an
-//! aggregation in `complete` mode) are refused; `SELECT DISTINCT` is a streaming dedup
+//! condition (see [`stream_join`]), or window functions partitioned by an event-time window (see
+//! [`window_function`]). Other joins of two streams, other window functions, `LIMIT` and sorts
+//! (other than above an aggregation in `complete` mode) are refused; `SELECT DISTINCT` is a streaming dedup
 //! (Spark's `dropDuplicates`: each distinct row is emitted once, state bounded by the watermark
 //! when the event-time column is among the columns). Other operators with a message, never answered wrongly. With
 //! `sqlScope: microBatch` the SQL runs over each batch alone, so anything DataFusion supports works.
@@ -41,6 +42,7 @@ pub mod stream_join;
 pub mod streaming;
 pub mod tables;
 pub mod window;
+pub mod window_function;
 
 pub use tables::{LookupProgress, StaticTable};
 
@@ -69,6 +71,9 @@ pub struct BatchQuery {
     tables: Vec<StaticTable>,
     /// A stream–stream join (its buffers live in `streaming`), see [`stream_join`].
     join: Option<stream_join::JoinPlan>,
+    /// Window functions per event-time window (their buffered rows live in `streaming`), see
+    /// [`window_function`].
+    window_function: Option<window_function::WindowFunctionPlan>,
     /// What the last batch's lookups fetched, per PostgreSQL table.
     lookups: Vec<LookupProgress>,
 }
@@ -212,6 +217,7 @@ impl BatchQuery {
             distinct_as_grouping: scope == SqlScope::Stream,
             tables,
             join: None,
+            window_function: None,
             lookups: Vec::new(),
         };
         query.register_tables()?;
@@ -250,6 +256,25 @@ impl BatchQuery {
             }
             query.streaming = Some(join.streaming_state(watermarks.clone())?);
             query.join = Some(join);
+        }
+        if scope == SqlScope::Stream
+            && stateful.contains(&"window function")
+            && let Some(planned) = window_function::WindowFunctionPlan::new(
+                &plan,
+                &query.inputs,
+                &watermarks,
+                output_mode,
+            )?
+        {
+            stateful.retain(|op| *op != "window function");
+            if let Some(other) = stateful.first() {
+                return Err(EngineError::InvalidQuery(format!(
+                    "a window function over a stream with {other} in the same query is not supported \
+                     yet; write one query's rows to a sink and read them in a second query"
+                )));
+            }
+            query.streaming = Some(planned.streaming_state(watermarks.clone())?);
+            query.window_function = Some(planned);
         }
         if scope == SqlScope::Stream && !stateful.is_empty() {
             let unsupported: Vec<&str> = stateful
@@ -312,7 +337,10 @@ impl BatchQuery {
                 });
             }
         }
-        if output_mode == OutputMode::Complete && stateful.iter().all(|op| *op != "aggregation") {
+        if output_mode == OutputMode::Complete
+            && query.window_function.is_none()
+            && stateful.iter().all(|op| *op != "aggregation")
+        {
             return Err(EngineError::InvalidQuery(
                 "outputMode `complete` needs an aggregation (Spark: \"Complete output mode not supported \
                  when there are no streaming aggregations\")"
@@ -350,6 +378,9 @@ impl BatchQuery {
         self.look_up(&rows).await?;
         if self.join.is_some() {
             return self.run_stream_join(rows).await;
+        }
+        if self.window_function.is_some() {
+            return self.run_window_function(rows).await;
         }
         if self.streaming.is_some() {
             return self.run_aggregation(rows).await;

@@ -4,10 +4,10 @@ use super::*;
 use arrow::array::{Array, Int64Array, StringArray, StructArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
-const MINUTE: i64 = 60_000;
+pub(super) const MINUTE: i64 = 60_000;
 const NOON: i64 = 12 * 60 * MINUTE;
 
-fn words_schema() -> SchemaRef {
+pub(super) fn words_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(
             "timestamp",
@@ -19,7 +19,7 @@ fn words_schema() -> SchemaRef {
 }
 
 /// Rows `("12:07", "owl")`.
-fn words(rows: &[(&str, &str)]) -> Vec<RecordBatch> {
+pub(super) fn words(rows: &[(&str, &str)]) -> Vec<RecordBatch> {
     let ts: Vec<i64> = rows
         .iter()
         .map(|(t, _)| {
@@ -45,7 +45,7 @@ fn hhmm(ms: i64) -> String {
 }
 
 /// Output rows as `"12:00-12:10 cat 2"`, sorted.
-fn lines(out: &[RecordBatch]) -> Vec<String> {
+pub(super) fn lines(out: &[RecordBatch]) -> Vec<String> {
     let mut lines = Vec::new();
     for batch in out {
         let windows = batch
@@ -81,7 +81,7 @@ fn lines(out: &[RecordBatch]) -> Vec<String> {
 const WINDOWED_COUNTS: &str = "SELECT window(timestamp, '10 minutes', '5 minutes') AS window, word, count(*) AS count \
      FROM words GROUP BY window(timestamp, '10 minutes', '5 minutes'), word";
 
-fn watermark(delay_minutes: i64) -> Vec<SourceWatermark> {
+pub(super) fn watermark(delay_minutes: i64) -> Vec<SourceWatermark> {
     vec![SourceWatermark {
         input: 0,
         source: "words".into(),
@@ -109,7 +109,7 @@ async fn step(q: &mut BatchQuery, rows: &[(&str, &str)]) -> Vec<String> {
     lines(&out)
 }
 
-fn s(v: &[&str]) -> Vec<String> {
+pub(super) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
