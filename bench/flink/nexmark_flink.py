@@ -106,13 +106,16 @@ QUERIES = {
                  min(price) AS min_price, max(price) AS max_price,
                  avg(price) AS avg_price, sum(price) AS sum_price
                FROM {DAY} GROUP BY auction, window_start, window_end""",
-    "q18": """SELECT auction, bidder, price, channel, url, `dateTime`, extra FROM (
-                SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY `dateTime` DESC) AS rank_number
-                FROM bid) T
+    # Flink's Window Top-N over a 2-second tumbling window, as the Sluice manifests (q18 with N = 1).
+    "q18": """SELECT auction, bidder, price, channel, url, `dateTime`, extra, window_start, window_end FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, bidder, auction
+                                             ORDER BY `dateTime` DESC, price DESC, extra DESC) AS rank_number
+                FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '2' SECOND))) T
               WHERE rank_number <= 1""",
-    "q19": """SELECT * FROM (
-                SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rank_number
-                FROM bid) T
+    "q19": """SELECT auction, bidder, price, channel, url, `dateTime`, extra, window_start, window_end, rank_number FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, auction
+                                             ORDER BY price DESC, `dateTime`, extra) AS rank_number
+                FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '2' SECOND))) T
               WHERE rank_number <= 10""",
     "q20": """SELECT B.auction, B.bidder, B.price, B.channel, B.url, B.`dateTime` AS bid_time, B.extra AS bid_extra,
                 A.itemName, A.description, A.initialBid, A.reserve, A.`dateTime` AS auction_time, A.expires, A.seller, A.category

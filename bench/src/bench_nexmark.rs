@@ -1,26 +1,29 @@
-//! `bench-nexmark`: the Nexmark suite (`bench/nexmark/q*.yaml`) on Sluice and on Flink, side by
-//! side on the same events and cores (issue 20; docs/bench.md, "Nexmark"). `bench/run.sh --nexmark`
+//! `bench-nexmark`: the Nexmark suite (`bench/nexmark/q*.yaml`) on Sluice, Flink and Spark, side
+//! by side on the same events and cores (issue 20; docs/bench.md, "Nexmark"). `bench/run.sh --nexmark`
 //! runs it.
 //!
 //! For `--events` N (default 10 M) it writes the events of the `nexmark` source once as JSON lines,
 //! `<cache>/nexmark-<N>/<table>/part-<k>.json` ([`sluice_bench::nexmark::write_parts`]), then runs
-//! every query three ways:
+//! every query four ways:
 //! - **Sluice, generator**: the manifest as committed with `maxEvents: N` and the `noop` sink, the
 //!   events made in process — the setting of the published per-core figures (Flink's and DBSP's
 //!   Nexmark sources generate in process too);
 //! - **Sluice, files**: the same query with each `nexmark` source replaced by a `file` source over
 //!   the JSON lines (the source's own Arrow schema as the file schema), `noop` sink;
 //! - **Flink** (PyFlink, `bench/flink/nexmark_flink.py`): the same query in Flink SQL over the same
-//!   files into a `blackhole` sink, parallelism 2.
+//!   files into a `blackhole` sink, parallelism 2;
+//! - **Spark** (PySpark Structured Streaming, `bench/spark/nexmark_spark.py`): the same query in
+//!   Spark SQL over the same files into the `noop` sink, `local[2]`, `availableNow`. A query Spark
+//!   cannot run on a stream is refused by Spark's own analysis, and its reason is the figure.
 //!
 //! Figures, all measured here:
-//! - events/s = N / seconds. Sluice: worker spawn to exit (start-up included). Flink: job
-//!   submission to its end, minus the same query's run over an empty input (the MiniCluster's
-//!   start and the job's deployment, ~5-10 s: left out in Flink's favour, as Spark's JVM start is
-//!   in `bench`);
+//! - events/s = N / seconds. Sluice: worker spawn to exit (start-up included). Flink and Spark:
+//!   the query's submission to its end, minus the same query's run over an empty input (the
+//!   MiniCluster's start and the job's deployment, ~5-10 s; Spark's first batch's planning and
+//!   code generation: left out in the JVM engines' favour);
 //! - events/s per core = N / CPU seconds (user + system): Sluice the worker process's
-//!   (`wait4`), Flink the gateway JVM's over the job (minus the empty run's), so an engine that
-//!   keeps both cores busy is not credited twice. The published figures are the same ratio
+//!   (`wait4`), Flink's and Spark's the JVM's over the query (minus the empty run's), so an engine
+//!   that keeps both cores busy is not credited twice. The published figures are the same ratio
 //!   (nexmark/nexmark: events / (cores × time));
 //! - peak RSS of the process tree.
 //!
@@ -77,7 +80,7 @@ const DBSP_PUBLISHED: [(&str, f64); 3] = [("q0", 860_000.0), ("q4", 740_000.0), 
 const FIRST_STAGE: [&str; 2] = ["q5", "q7"];
 
 #[derive(Parser)]
-#[command(about = "The Nexmark suite on Sluice and Flink, side by side")]
+#[command(about = "The Nexmark suite on Sluice, Flink and Spark, side by side")]
 struct Args {
     /// Events of the stream (all three tables), each engine's input.
     #[arg(long, default_value_t = 10_000_000)]
@@ -106,6 +109,12 @@ struct Args {
     /// Skip Flink even when PyFlink is installed.
     #[arg(long)]
     no_flink: bool,
+    /// Python with PySpark (`bench/run.sh --install-spark` makes one).
+    #[arg(long, env = "SLUICE_BENCH_PYTHON")]
+    spark_python: Option<PathBuf>,
+    /// Skip Spark even when PySpark is installed.
+    #[arg(long)]
+    no_spark: bool,
     /// Print the table of a saved `nexmark.json` and exit (nothing is run).
     #[arg(long)]
     render: Option<PathBuf>,
@@ -158,6 +167,9 @@ struct QueryResult {
     sluice_generator: Figures,
     sluice_files: Figures,
     flink: Figures,
+    /// Absent in reports written before the Spark side existed.
+    #[serde(default)]
+    spark: Figures,
     #[serde(skip_serializing_if = "Option::is_none")]
     flink_published_per_core: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +185,8 @@ struct Results {
     events: u64,
     sluice_worker: String,
     flink_version: Option<String>,
+    #[serde(default)]
+    spark_version: Option<String>,
     queries: Vec<QueryResult>,
 }
 
@@ -194,18 +208,22 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("nexmark");
-    let flink_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("flink/nexmark_flink.py");
-    let python = sluice_bench::venv_python(args.flink_python.as_deref(), "flink-venv");
-    let flink_version = if args.no_flink {
-        None
-    } else {
-        python.as_deref().and_then(flink_version)
-    };
-    let flink_missing = match (&flink_version, args.no_flink) {
-        (_, true) => Some("skipped (--no-flink)"),
-        (None, false) => Some("PyFlink not installed (bench/run.sh --install-flink)"),
-        (Some(_), false) => None,
-    };
+    let flink = Jvm::find(
+        "Flink",
+        "flink/nexmark_flink.py",
+        sluice_bench::venv_python(args.flink_python.as_deref(), "flink-venv"),
+        "apache-flink",
+        args.no_flink,
+        "PyFlink not installed (bench/run.sh --nexmark --install-flink)",
+    );
+    let spark = Jvm::find(
+        "Spark",
+        "spark/nexmark_spark.py",
+        sluice_bench::venv_python(args.spark_python.as_deref(), "bench-venv"),
+        "pyspark",
+        args.no_spark,
+        "PySpark not installed (bench/run.sh --nexmark --install-spark)",
+    );
 
     let cache = args
         .cache
@@ -255,13 +273,8 @@ fn main() -> anyhow::Result<()> {
             &work.join("files"),
             &files_manifest(&query, &data, &work.join("files/checkpoint")),
         );
-        let flink = match (flink_missing, python.as_deref()) {
-            (None, Some(python)) => {
-                eprintln!("== {name}: Flink");
-                run_flink(python, &flink_script, name, &data, &empty)
-            }
-            (why, _) => Figures::missing(why.unwrap_or("no PyFlink")),
-        };
+        let flink_figures = flink.run(name, &data, &empty, &work);
+        let spark_figures = spark.run(name, &data, &empty, &work);
         let _ = std::fs::remove_dir_all(&work);
         let published = |table: &[(&str, f64)]| {
             table
@@ -274,10 +287,11 @@ fn main() -> anyhow::Result<()> {
             _ => f.note.clone().unwrap_or_default(),
         };
         eprintln!(
-            "   generator {} | files {} | flink {}",
+            "   generator {} | files {} | flink {} | spark {}",
             figures(&with_events(generator.clone(), args.events)),
             figures(&with_events(files.clone(), args.events)),
-            figures(&flink)
+            figures(&flink_figures),
+            figures(&spark_figures)
         );
         results.push(QueryResult {
             query: name.clone(),
@@ -285,7 +299,8 @@ fn main() -> anyhow::Result<()> {
             tasks,
             sluice_generator: with_events(generator, args.events),
             sluice_files: with_events(files, args.events),
-            flink: flink.clone(),
+            flink: flink_figures,
+            spark: spark_figures,
             flink_published_per_core: published(&FLINK_PUBLISHED),
             dbsp_published_per_core: published(&DBSP_PUBLISHED),
             first_stage_only: FIRST_STAGE.contains(&name.as_str()),
@@ -297,7 +312,8 @@ fn main() -> anyhow::Result<()> {
         machine: sluice_bench::machine(),
         events: args.events,
         sluice_worker: worker.display().to_string(),
-        flink_version,
+        flink_version: flink.version.clone(),
+        spark_version: spark.version.clone(),
         queries: results,
     };
     println!("{}", table(&report));
@@ -469,71 +485,146 @@ fn cached_events(cache: &Path, events: u64, parts: u64) -> anyhow::Result<PathBu
     Ok(dir)
 }
 
-/// The query on Flink over `data`, less its run over `empty` (Flink's fixed start cost).
-fn run_flink(python: &Path, script: &Path, query: &str, data: &Path, empty: &Path) -> Figures {
-    let full = match flink_once(python, script, query, data) {
-        Ok(run) => run,
-        Err(e) => return Figures::missing(format!("failed: {e:#}")),
-    };
-    let base = match flink_once(python, script, query, empty) {
-        Ok(run) => run,
-        Err(e) => return Figures::missing(format!("failed on the empty input: {e:#}")),
-    };
-    let events = events_of(data);
-    eprintln!(
-        "   {:.2}s ({:.2} CPU s), empty input {:.2}s ({:.2} CPU s), peak RSS {} MiB",
-        full.0,
-        full.1,
-        base.0,
-        base.1,
-        full.2 >> 20
-    );
-    Figures::measured(events, full.0 - base.0, full.1 - base.1, full.2)
+/// A JVM engine driven by a Python script (PyFlink or PySpark) in its venv.
+struct Jvm {
+    name: &'static str,
+    script: PathBuf,
+    python: Option<PathBuf>,
+    /// The installed package's version; `None` when it is not installed or skipped.
+    version: Option<String>,
+    /// Why the engine does not run, when it does not.
+    missing: Option<&'static str>,
+    /// The script takes `--checkpoint <dir>` (Spark's query needs one; Flink's keeps none).
+    takes_checkpoint: bool,
 }
 
-/// One Flink run: `(seconds, CPU seconds, peak RSS of the python + JVM tree)`.
-fn flink_once(
-    python: &Path,
-    script: &Path,
-    query: &str,
-    data: &Path,
-) -> anyhow::Result<(f64, f64, u64)> {
-    let mut command = Command::new(python);
-    command
-        .arg(script)
-        .arg(query)
-        .arg("--data")
-        .arg(data)
-        .env("PYFLINK_CLIENT_EXECUTABLE", python);
-    let mut done = None;
-    let outcome = measure::run(&mut command, |probe| {
-        if let Some(line) = probe.line
-            && let Some(rest) = line.text.strip_prefix("DONE ")
-        {
-            let field = |name: &str| {
-                rest.split(' ')
-                    .find_map(|f| f.strip_prefix(name))
-                    .and_then(|v| v.parse::<f64>().ok())
-            };
-            done = field("seconds=").zip(field("cpu="));
-        }
-        if probe.elapsed > Duration::from_secs(3600) || probe.tree_rss > 16 * GIB {
-            Action::Kill
+impl Jvm {
+    fn find(
+        name: &'static str,
+        script: &str,
+        python: Option<PathBuf>,
+        package: &str,
+        skip: bool,
+        not_installed: &'static str,
+    ) -> Self {
+        let version = if skip {
+            None
         } else {
-            Action::Continue
+            python.as_deref().and_then(|p| package_version(p, package))
+        };
+        let missing = match (&version, skip) {
+            (_, true) => Some("skipped"),
+            (None, false) => Some(not_installed),
+            (Some(_), false) => None,
+        };
+        Self {
+            name,
+            script: Path::new(env!("CARGO_MANIFEST_DIR")).join(script),
+            python,
+            version,
+            missing,
+            takes_checkpoint: name == "Spark",
         }
-    })?;
-    match (outcome.exit_code, done) {
-        (Some(0), Some((seconds, cpu))) => Ok((seconds, cpu, outcome.peak_rss)),
-        _ => {
-            let why = outcome
-                .lines
-                .iter()
-                .rev()
-                .find(|l| l.text.contains("Exception:") || l.text.contains("Error:"))
-                .map(|l| l.text.clone())
-                .unwrap_or_else(|| outcome.tail(3));
-            bail!("{why}")
+    }
+
+    /// The query over `data`, less its run over `empty` (the engine's fixed start cost).
+    fn run(&self, query: &str, data: &Path, empty: &Path, work: &Path) -> Figures {
+        let python = match (&self.python, self.missing) {
+            (Some(python), None) => python,
+            (_, why) => return Figures::missing(why.unwrap_or("not installed")),
+        };
+        eprintln!("== {query}: {}", self.name);
+        let full = match self.once(python, query, data, &work.join("full")) {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("   {e:#}");
+                return Figures::missing(format!("{e:#}"));
+            }
+        };
+        let base = match self.once(python, query, empty, &work.join("empty")) {
+            Ok(run) => run,
+            Err(e) => return Figures::missing(format!("failed on the empty input: {e:#}")),
+        };
+        eprintln!(
+            "   {:.2}s ({:.2} CPU s), empty input {:.2}s ({:.2} CPU s), peak RSS {} MiB",
+            full.0,
+            full.1,
+            base.0,
+            base.1,
+            full.2 >> 20
+        );
+        Figures::measured(events_of(data), full.0 - base.0, full.1 - base.1, full.2)
+    }
+
+    /// One run: `(seconds, CPU seconds, peak RSS of the python + JVM tree)`. The script prints
+    /// `DONE seconds=<s> cpu=<c>`, or `UNSUPPORTED <reason>` when the engine refuses the query.
+    fn once(
+        &self,
+        python: &Path,
+        query: &str,
+        data: &Path,
+        checkpoint: &Path,
+    ) -> anyhow::Result<(f64, f64, u64)> {
+        let _ = std::fs::remove_dir_all(checkpoint);
+        let mut command = Command::new(python);
+        command
+            .arg(&self.script)
+            .arg(query)
+            .arg("--data")
+            .arg(data)
+            .env("PYFLINK_CLIENT_EXECUTABLE", python)
+            .env("PYSPARK_PYTHON", python);
+        if self.takes_checkpoint {
+            command.arg("--checkpoint").arg(checkpoint);
+        }
+        let mut done = None;
+        let mut unsupported = None;
+        let outcome = measure::run(&mut command, |probe| {
+            if let Some(line) = probe.line {
+                if let Some(rest) = line.text.strip_prefix("DONE ") {
+                    let field = |name: &str| {
+                        rest.split(' ')
+                            .find_map(|f| f.strip_prefix(name))
+                            .and_then(|v| v.parse::<f64>().ok())
+                    };
+                    done = field("seconds=").zip(field("cpu="));
+                } else if let Some(reason) = line.text.strip_prefix("UNSUPPORTED ") {
+                    unsupported = Some(reason.to_string());
+                }
+            }
+            if probe.elapsed > Duration::from_secs(3600) || probe.tree_rss > 16 * GIB {
+                Action::Kill
+            } else {
+                Action::Continue
+            }
+        })?;
+        if let Some(reason) = unsupported {
+            bail!("refused: {reason}");
+        }
+        match (outcome.exit_code, done) {
+            (Some(0), Some((seconds, cpu))) => Ok((seconds, cpu, outcome.peak_rss)),
+            _ => {
+                // A JVM that ran out of heap says so first; the Python side then only sees the
+                // gateway's connection drop.
+                let line = |needle: &str| {
+                    outcome
+                        .lines
+                        .iter()
+                        .find(|l| l.text.contains(needle))
+                        .map(|l| l.text.clone())
+                };
+                let why = line("java.lang.OutOfMemoryError")
+                    .or_else(|| {
+                        outcome
+                            .lines
+                            .iter()
+                            .rev()
+                            .find(|l| l.text.contains("Exception:") || l.text.contains("Error:"))
+                            .map(|l| l.text.clone())
+                    })
+                    .unwrap_or_else(|| outcome.tail(3));
+                bail!("failed: {why}")
+            }
         }
     }
 }
@@ -548,11 +639,12 @@ fn events_of(data: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn flink_version(python: &Path) -> Option<String> {
+/// The version of a Python package installed in `python`'s environment.
+fn package_version(python: &Path, package: &str) -> Option<String> {
     let output = Command::new(python)
         .args([
             "-c",
-            "import importlib.metadata as m; print(m.version('apache-flink'))",
+            &format!("import importlib.metadata as m; print(m.version('{package}'))"),
         ])
         .output()
         .ok()?;
@@ -578,7 +670,7 @@ fn table(report: &Results) -> String {
         _ => "—".into(),
     };
     let mut out = format!(
-        "Nexmark, {} events, {}\n\n| query | tasks | Sluice gen events/s | per core | RSS | Sluice files events/s | per core | RSS | Flink files events/s | per core | RSS | files: Sluice/Flink per core | Flink published per core | DBSP published per core |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "Nexmark, {} events, {}\n\n| query | tasks | Sluice gen events/s | per core | RSS | Sluice files events/s | per core | RSS | Flink files events/s | per core | RSS | Spark files events/s | per core | RSS | files: Sluice/Flink per core | files: Sluice/Spark per core | Flink published per core | DBSP published per core |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         report.events, report.machine
     );
     for q in &report.queries {
@@ -594,7 +686,7 @@ fn table(report: &Results) -> String {
             _ => value,
         };
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             q.tasks,
             note(
                 &q.sluice_generator,
@@ -608,9 +700,16 @@ fn table(report: &Results) -> String {
             note(&q.flink, rate(q.flink.events_per_second)),
             rate(q.flink.events_per_core_second),
             rss(&q.flink),
+            note(&q.spark, rate(q.spark.events_per_second)),
+            rate(q.spark.events_per_core_second),
+            rss(&q.spark),
             ratio(
                 q.sluice_files.events_per_core_second,
                 q.flink.events_per_core_second
+            ),
+            ratio(
+                q.sluice_files.events_per_core_second,
+                q.spark.events_per_core_second
             ),
             rate(q.flink_published_per_core),
             rate(q.dbsp_published_per_core),
