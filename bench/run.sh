@@ -3,7 +3,8 @@
 #
 #   bench/run.sh [--install-spark] [bench options]      e.g. bench/run.sh --install-spark
 #   bench/run.sh --help                                  all options of the runner
-#   bench/run.sh --nexmark [--install-flink] [options]   the Nexmark suite beside Flink (bench-nexmark;
+#   bench/run.sh --nexmark [--install-flink] [--install-spark] [options]
+#                                                        the Nexmark suite beside Flink and Spark (bench-nexmark;
 #                                                        --help lists its options, e.g. --events)
 #
 # Builds the worker as shipped (cargo profile `dist`: fat LTO, one codegen unit, packed relocations
