@@ -259,6 +259,14 @@ impl BatchQuery {
         }
         if scope == SqlScope::Stream
             && stateful.contains(&"window function")
+            && stateful.contains(&"aggregation")
+        {
+            // Above the aggregation: run by the aggregation's upper plan over its emitted rows.
+            window_function::check_above_aggregation(&plan, output_mode, &watermarks)?;
+            stateful.retain(|op| *op != "window function");
+        }
+        if scope == SqlScope::Stream
+            && stateful.contains(&"window function")
             && let Some(planned) = window_function::WindowFunctionPlan::new(
                 &plan,
                 &query.inputs,

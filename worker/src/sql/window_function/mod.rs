@@ -359,6 +359,121 @@ impl BatchQuery {
     }
 }
 
+/// Checks window functions that sit above the query's streaming aggregation (Nexmark q5's "the
+/// auctions with the most bids of each window"). They run over the rows the aggregation emits in
+/// a batch, and need no state of their own when those rows are whole partitions: in `complete`
+/// mode every batch emits the whole result table; in `append` mode a window's groups all close
+/// at the same watermark, so they are emitted in one batch, and a function partitioned by that
+/// window sees each window whole.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] for a window function below the aggregation, `update` mode, or
+/// (in `append`) one not partitioned by the aggregation's `window(...)` key over a watermarked
+/// column.
+pub fn check_above_aggregation(
+    plan: &LogicalPlan,
+    output_mode: OutputMode,
+    watermarks: &[SourceWatermark],
+) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(EngineError::InvalidQuery(format!(
+            "a window function over a streaming aggregation {why} (supported: in `complete` mode, any; \
+             in `append` mode, one partitioned by the aggregation's window column, e.g. \
+             `max(num) OVER (PARTITION BY w)` over `SELECT count(*) AS num, window(ts, '10 seconds') AS w \
+             ... GROUP BY window(ts, '10 seconds'), ...`, as every group of a window is emitted in one batch)"
+        )))
+    };
+    let watermarked: Vec<&str> = watermarks.iter().map(|w| w.column.as_str()).collect();
+    for window in window_nodes(plan) {
+        let mut above = false;
+        let _ = window.input.apply(|node| {
+            if matches!(node, LogicalPlan::Aggregate(_)) {
+                above = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        if !above {
+            return refuse("must sit above the aggregation, not below it");
+        }
+        match output_mode {
+            OutputMode::Complete => continue,
+            OutputMode::Update => {
+                return refuse(
+                    "needs outputMode `append` or `complete` (update emits a window's groups piecemeal)",
+                );
+            }
+            OutputMode::Append => {}
+        }
+        for expr in &window.window_expr {
+            let Expr::WindowFunction(function) = expr.clone().unalias() else {
+                return refuse("must be a plain window function call");
+            };
+            let by_window = function.params.partition_by.iter().any(|e| match e {
+                Expr::Column(column) => aggregate_window_key(column, &window.input, &watermarked),
+                _ => false,
+            });
+            if !by_window {
+                return refuse(
+                    "in `append` mode must be partitioned by the aggregation's window column",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `column` of `plan`'s output is the `window(<watermarked column>, ...)` grouping key of
+/// the aggregation below, through projections, aliases and filters.
+fn aggregate_window_key(column: &Column, plan: &LogicalPlan, watermarked: &[&str]) -> bool {
+    let matches = |q: Option<&datafusion::common::TableReference>, name: &str| {
+        name == column.name && (column.relation.is_none() || column.relation.as_ref() == q)
+    };
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            let found = projection
+                .schema
+                .iter()
+                .position(|(q, f)| matches(q, f.name()));
+            match found
+                .and_then(|i| projection.expr.get(i))
+                .map(|e| e.clone().unalias())
+            {
+                Some(Expr::Column(inner)) => {
+                    aggregate_window_key(&inner, &projection.input, watermarked)
+                }
+                _ => false,
+            }
+        }
+        LogicalPlan::SubqueryAlias(alias) => aggregate_window_key(
+            &Column::new_unqualified(&column.name),
+            &alias.input,
+            watermarked,
+        ),
+        LogicalPlan::Filter(filter) => aggregate_window_key(column, &filter.input, watermarked),
+        LogicalPlan::Aggregate(aggregate) => {
+            let found = aggregate
+                .schema
+                .iter()
+                .position(|(q, f)| matches(q, f.name()));
+            let Some(group) = found.and_then(|i| aggregate.group_expr.get(i)) else {
+                return false;
+            };
+            match group.clone().unalias() {
+                Expr::ScalarFunction(call) if call.name() == "window" => {
+                    match call.args.first().map(|a| a.clone().unalias()) {
+                        Some(Expr::Column(time)) => source_column(&time, &aggregate.input)
+                            .is_some_and(|c| watermarked.contains(&c.as_str())),
+                        _ => false,
+                    }
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// Each row's window end (ms since the epoch; null without a window).
 fn window_ends(event: &dyn PhysicalExpr, batch: &RecordBatch) -> Result<Int64Array> {
     let window = event.evaluate(batch)?.into_array(batch.num_rows())?;

@@ -181,11 +181,74 @@ async fn window_functions_outside_the_rules_are_refused_with_the_rule() {
              WHERE rn <= 2 GROUP BY w",
             OutputMode::Append,
             watermark(5),
-            "with aggregation in the same query is not supported",
+            "must sit above the aggregation, not below it",
         ),
     ];
     for (sql, mode, watermarks, expected) in cases {
         let message = refusal(query(sql, mode, watermarks).await);
         assert!(message.contains(expected), "{sql}: {message}");
     }
+}
+
+/// The most frequent words of each 10-minute window (Nexmark q5's shape): a window function over
+/// the rows the aggregation emits.
+const MOST_FREQUENT: &str = "SELECT w, word, n FROM (
+      SELECT w, word, n, max(n) OVER (PARTITION BY w) AS top FROM (
+        SELECT window(timestamp, '10 minutes') AS w, word, count(*) AS n
+        FROM words GROUP BY window(timestamp, '10 minutes'), word) counts) ranked
+    WHERE n = top";
+
+/// In `append` mode a window's groups are emitted in one batch, when the watermark passes its
+/// end, so a function partitioned by the window sees each window whole.
+#[tokio::test]
+async fn window_functions_over_an_append_aggregation_see_each_window_whole() {
+    let mut q = query(MOST_FREQUENT, OutputMode::Append, watermark(5))
+        .await
+        .expect("plan");
+    let batches: [&[(&str, &str)]; 4] = [
+        &[
+            ("12:01", "cat"),
+            ("12:03", "dog"),
+            ("12:05", "cat"),
+            ("12:12", "owl"),
+        ],
+        &[
+            ("12:08", "dog"),
+            ("12:02", "cat"),
+            ("12:14", "owl"),
+            ("12:15", "eel"),
+        ],
+        &[("12:25", "cat")],
+        &[],
+    ];
+    // 12:15 moves the watermark to 12:10 for batch 2, which closes [12:00, 12:10) (cat 3, dog 2);
+    // 12:25 moves it to 12:20 for the no-data batch, which closes [12:10, 12:20) (owl 2, eel 1).
+    let expected: [&[&str]; 4] = [&[], &[], &["12:00-12:10 cat 3"], &["12:10-12:20 owl 2"]];
+    for (i, (batch, want)) in batches.iter().zip(expected).enumerate() {
+        assert_eq!(step(&mut q, batch).await, s(want), "batch {i}");
+    }
+
+    let refusals = [
+        (
+            MOST_FREQUENT.to_string(),
+            OutputMode::Update,
+            "needs outputMode `append` or `complete`",
+        ),
+        (
+            MOST_FREQUENT.replace("PARTITION BY w", "PARTITION BY word"),
+            OutputMode::Append,
+            "must be partitioned by the aggregation's window column",
+        ),
+    ];
+    for (sql, mode, expected) in refusals {
+        let message = refusal(query(&sql, mode, watermark(5)).await);
+        assert!(message.contains(expected), "{sql}: {message}");
+    }
+    // In complete mode every batch holds the whole table: any partitioning is whole.
+    let complete = MOST_FREQUENT.replace("PARTITION BY w", "PARTITION BY word");
+    assert!(
+        query(&complete, OutputMode::Complete, watermark(5))
+            .await
+            .is_ok()
+    );
 }
