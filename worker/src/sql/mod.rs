@@ -849,6 +849,20 @@ fn replace_aggregate(
     Ok(transformed.data)
 }
 
+/// The stream inputs scanned by `plan`, once per scan.
+fn scanned_streams(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && streams.contains(&scan.table_name.table())
+        {
+            found.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// Whether `plan` reads one of the stream inputs.
 fn reads_stream(plan: &LogicalPlan, streams: &[&str]) -> bool {
     let mut found = false;

@@ -149,9 +149,9 @@ impl JoinPlan {
                 join.join_type
             )));
         }
-        let left_streams = scanned_streams(&join.left, &streams);
-        let right_streams = scanned_streams(&join.right, &streams);
-        let all_streams = scanned_streams(&optimized, &streams);
+        let left_streams = super::scanned_streams(&join.left, &streams);
+        let right_streams = super::scanned_streams(&join.right, &streams);
+        let all_streams = super::scanned_streams(&optimized, &streams);
         let (Some(left), Some(right)) = (left_streams.first(), right_streams.first()) else {
             return Err(EngineError::Internal("join sides without streams".into()));
         };
@@ -508,20 +508,6 @@ fn stream_joins(plan: &LogicalPlan, streams: &[&str]) -> Vec<Join> {
             && super::reads_stream(&join.right, streams)
         {
             found.push(join.clone());
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
-}
-
-/// The stream inputs scanned by `plan`, once per scan.
-fn scanned_streams(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
-    let mut found = Vec::new();
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && streams.contains(&scan.table_name.table())
-        {
-            found.push(scan.table_name.table().to_string());
         }
         Ok(TreeNodeRecursion::Continue)
     });

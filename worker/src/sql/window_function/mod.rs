@@ -97,7 +97,7 @@ impl WindowFunctionPlan {
             return refuse("runs in outputMode `append` only");
         }
         let streams: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
-        let scanned = scanned_streams(&window.input, &streams);
+        let scanned = super::scanned_streams(&window.input, &streams);
         if scanned.len() != 1 {
             return refuse("must read exactly one stream below it");
         }
@@ -536,20 +536,6 @@ fn window_nodes(plan: &LogicalPlan) -> Vec<Window> {
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::Window(window) = node {
             found.push(window.clone());
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
-}
-
-/// The stream inputs scanned by `plan`, once per scan.
-fn scanned_streams(plan: &LogicalPlan, streams: &[&str]) -> Vec<String> {
-    let mut found = Vec::new();
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && streams.contains(&scan.table_name.table())
-        {
-            found.push(scan.table_name.table().to_string());
         }
         Ok(TreeNodeRecursion::Continue)
     });
