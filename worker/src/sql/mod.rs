@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::logical_expr::{Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -91,6 +91,32 @@ struct StreamingState {
     /// Changes of the batch run but not committed yet.
     pending: Option<StateDelta>,
     last: StateProgress,
+}
+
+impl StreamingState {
+    /// The state of an operator that buffers rows until the watermark releases or evicts them
+    /// (a stream–stream join, window functions per window): append mode, event time on, no
+    /// grouping columns.
+    fn append_buffer(
+        store: StateStore,
+        watermarks: Vec<SourceWatermark>,
+        fingerprint: String,
+        operator: &'static str,
+    ) -> Self {
+        Self {
+            mode: OutputMode::Append,
+            watermarks,
+            store,
+            has_event_key: true,
+            fingerprint,
+            key_columns: Vec::new(),
+            pending: None,
+            last: StateProgress {
+                operator,
+                ..StateProgress::default()
+            },
+        }
+    }
 }
 
 /// State figures after a batch (for metrics and `stateOperators` in progress).
@@ -808,19 +834,43 @@ fn replace_aggregate(
     rows: &RecordBatch,
     planned: &streaming::AggregatePlan,
 ) -> Result<LogicalPlan> {
+    let replacement = scan_as(rows, &planned.aggregate.schema, "__sluice_aggregate", true)?;
+    replace_nodes(
+        plan,
+        |node| matches!(node, LogicalPlan::Aggregate(_)),
+        replacement,
+    )
+}
+
+/// A scan of `rows` whose output has `names`' column names and qualifiers (column `i` of `rows`
+/// is field `i` of `names`), to stand in for a plan node with that output. Columns keep the
+/// types of `rows`, and are declared nullable when `all_nullable` or when `rows` says so.
+///
+/// # Errors
+/// Arrow or DataFusion errors when `rows` does not fit (e.g. fewer columns than `names`).
+fn scan_as(
+    rows: &RecordBatch,
+    names: &DFSchema,
+    table: &str,
+    all_nullable: bool,
+) -> Result<LogicalPlan> {
     let renamed: Vec<Field> = rows
         .schema()
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .map(|(i, f)| {
+            Field::new(
+                format!("c{i}"),
+                f.data_type().clone(),
+                all_nullable || f.is_nullable(),
+            )
+        })
         .collect();
     let schema = Arc::new(Schema::new(renamed));
     let batch = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())?;
-    let table = MemTable::try_new(schema, vec![vec![batch]])?;
-    let projection: Vec<Expr> = planned
-        .aggregate
-        .schema
+    let provider = MemTable::try_new(schema, vec![vec![batch]])?;
+    let projection: Vec<Expr> = names
         .iter()
         .enumerate()
         .map(|(i, (qualifier, field))| {
@@ -828,15 +878,22 @@ fn replace_aggregate(
                 .alias_qualified(qualifier.cloned(), field.name())
         })
         .collect();
-    let replacement = LogicalPlanBuilder::scan(
-        "__sluice_aggregate",
-        provider_as_source(Arc::new(table)),
-        None,
-    )?
-    .project(projection)?
-    .build()?;
+    Ok(
+        LogicalPlanBuilder::scan(table, provider_as_source(Arc::new(provider)), None)?
+            .project(projection)?
+            .build()?,
+    )
+}
+
+/// `plan` with every node for which `is_target` holds replaced by `replacement` (whose subtree
+/// is not searched again).
+fn replace_nodes(
+    plan: LogicalPlan,
+    is_target: impl Fn(&LogicalPlan) -> bool,
+    replacement: LogicalPlan,
+) -> Result<LogicalPlan> {
     let transformed = plan.transform_down(|node| {
-        if matches!(node, LogicalPlan::Aggregate(_)) {
+        if is_target(&node) {
             Ok(Transformed::new(
                 replacement.clone(),
                 true,
@@ -847,6 +904,17 @@ fn replace_aggregate(
         }
     })?;
     Ok(transformed.data)
+}
+
+/// `name: type, ...` of a state table's columns: the shape part of a stateful operator's
+/// fingerprint in `metadata.json` (fixed: a change would refuse existing checkpoints).
+fn state_fields(schema: &Schema) -> String {
+    let fields: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    fields.join(", ")
 }
 
 /// The stream inputs scanned by `plan`, once per scan.

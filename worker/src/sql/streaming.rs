@@ -189,13 +189,10 @@ impl AggregatePlan {
     /// # Errors
     /// Planning errors.
     pub fn fingerprint(&self) -> Result<String> {
-        let schema = self.state_schema()?;
-        let fields: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
-            .collect();
-        Ok(format!("aggregation state({})", fields.join(", ")))
+        Ok(format!(
+            "aggregation state({})",
+            super::state_fields(self.state_schema()?.as_ref())
+        ))
     }
 
     fn partial(&self, batches: Vec<RecordBatch>) -> Result<Arc<dyn ExecutionPlan>> {

@@ -103,10 +103,19 @@ async fn windowed(mode: OutputMode, watermarks: Vec<SourceWatermark>) -> BatchQu
 }
 
 /// Runs one batch and commits its state (as the task runner does).
-async fn step(q: &mut BatchQuery, rows: &[(&str, &str)]) -> Vec<String> {
+pub(super) async fn step(q: &mut BatchQuery, rows: &[(&str, &str)]) -> Vec<String> {
     let out = q.run(vec![words(rows)]).await.expect("run");
     q.commit_state();
     lines(&out)
+}
+
+/// The message of an [`EngineError::InvalidQuery`]; panics on any other outcome.
+pub(super) fn refusal(result: Result<BatchQuery>) -> String {
+    match result {
+        Err(EngineError::InvalidQuery(message)) => message,
+        Err(other) => panic!("expected InvalidQuery, got {other:?}"),
+        Ok(_) => panic!("expected a refusal"),
+    }
 }
 
 pub(super) fn s(v: &[&str]) -> Vec<String> {

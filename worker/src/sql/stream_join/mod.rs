@@ -53,6 +53,8 @@ use crate::state::{StateDelta, StateStore, timestamp_millis};
 const SIDE_COLUMN: &str = "__sluice_side";
 const SEQ_COLUMN: &str = "__sluice_seq";
 const KEY_COLUMNS: usize = 2;
+/// Spark's `operatorName` in progress.
+const OPERATOR: &str = "symmetricHashJoin";
 
 /// One input of the join.
 #[derive(Clone, Debug)]
@@ -206,33 +208,20 @@ impl JoinPlan {
         &self,
         watermarks: Vec<SourceWatermark>,
     ) -> Result<StreamingState> {
-        Ok(StreamingState {
-            mode: OutputMode::Append,
+        Ok(StreamingState::append_buffer(
+            StateStore::new(self.state_schema.clone(), KEY_COLUMNS, None)?,
             watermarks,
-            store: StateStore::new(self.state_schema.clone(), KEY_COLUMNS, None)?,
-            has_event_key: true,
-            fingerprint: self.fingerprint(),
-            key_columns: Vec::new(),
-            pending: None,
-            last: StateProgress {
-                operator: "symmetricHashJoin",
-                ..StateProgress::default()
-            },
-        })
+            self.fingerprint(),
+            OPERATOR,
+        ))
     }
 
     /// What must not change across restarts of a checkpoint: the buffered rows' shape and the
     /// range condition that decides their eviction.
     fn fingerprint(&self) -> String {
-        let fields: Vec<String> = self
-            .state_schema
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
-            .collect();
         format!(
             "stream-stream join state({}) range({}.{} - {}.{} in [{} ms, {} ms])",
-            fields.join(", "),
+            super::state_fields(&self.state_schema),
             self.left.source,
             self.left.schema.field(self.left.time_index).name(),
             self.right.source,
@@ -492,7 +481,7 @@ impl BatchQuery {
             state_file_bytes: 0,
             late_rows_dropped: late_left + late_right,
             watermark_ms: delta.event_time.watermark_ms,
-            operator: "symmetricHashJoin",
+            operator: OPERATOR,
         };
         state.pending = Some(delta);
         Ok(output)

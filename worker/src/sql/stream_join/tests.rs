@@ -7,7 +7,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sluice_crds::{OutputMode, SqlScope};
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{EngineError, Result};
+use crate::error::Result;
+use crate::sql::streaming_tests::refusal;
 use crate::sql::{BatchQuery, SourceWatermark};
 use crate::storage::Location;
 
@@ -320,14 +321,6 @@ async fn restored_state_continues_exactly() {
             "c 12:10 12:40"
         ])
     );
-}
-
-fn refusal(result: Result<BatchQuery>) -> String {
-    match result {
-        Err(EngineError::InvalidQuery(message)) => message,
-        Err(other) => panic!("expected InvalidQuery, got {other:?}"),
-        Ok(_) => panic!("expected a refusal"),
-    }
 }
 
 /// Joins of two streams that would need unbounded state, or outputs Spark does not allow, are

@@ -34,10 +34,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchemaRef};
-use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Window};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, DFSchemaRef};
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection, Window};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_crds::OutputMode;
 
@@ -159,33 +158,20 @@ impl WindowFunctionPlan {
         &self,
         watermarks: Vec<SourceWatermark>,
     ) -> Result<StreamingState> {
-        Ok(StreamingState {
-            mode: OutputMode::Append,
+        Ok(StreamingState::append_buffer(
+            StateStore::new(self.state_schema.clone(), 1, None)?,
             watermarks,
-            store: StateStore::new(self.state_schema.clone(), 1, None)?,
-            has_event_key: true,
-            fingerprint: self.fingerprint(),
-            key_columns: Vec::new(),
-            pending: None,
-            last: StateProgress {
-                operator: OPERATOR,
-                ..StateProgress::default()
-            },
-        })
+            self.fingerprint(),
+            OPERATOR,
+        ))
     }
 
     /// What must not change across restarts of a checkpoint: the buffered rows' shape and the
     /// window that closes them.
     fn fingerprint(&self) -> String {
-        let fields: Vec<String> = self
-            .state_schema
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
-            .collect();
         format!(
             "window function state({}) window({})",
-            fields.join(", "),
+            super::state_fields(&self.state_schema),
             self.window
         )
     }
@@ -426,25 +412,13 @@ pub fn check_above_aggregation(
 /// Whether `column` of `plan`'s output is the `window(<watermarked column>, ...)` grouping key of
 /// the aggregation below, through projections, aliases and filters.
 fn aggregate_window_key(column: &Column, plan: &LogicalPlan, watermarked: &[&str]) -> bool {
-    let matches = |q: Option<&datafusion::common::TableReference>, name: &str| {
-        name == column.name && (column.relation.is_none() || column.relation.as_ref() == q)
-    };
     match plan {
-        LogicalPlan::Projection(projection) => {
-            let found = projection
-                .schema
-                .iter()
-                .position(|(q, f)| matches(q, f.name()));
-            match found
-                .and_then(|i| projection.expr.get(i))
-                .map(|e| e.clone().unalias())
-            {
-                Some(Expr::Column(inner)) => {
-                    aggregate_window_key(&inner, &projection.input, watermarked)
-                }
-                _ => false,
+        LogicalPlan::Projection(projection) => match projected_expr(column, projection) {
+            Some(Expr::Column(inner)) => {
+                aggregate_window_key(&inner, &projection.input, watermarked)
             }
-        }
+            _ => false,
+        },
         LogicalPlan::SubqueryAlias(alias) => aggregate_window_key(
             &Column::new_unqualified(&column.name),
             &alias.input,
@@ -452,10 +426,7 @@ fn aggregate_window_key(column: &Column, plan: &LogicalPlan, watermarked: &[&str
         ),
         LogicalPlan::Filter(filter) => aggregate_window_key(column, &filter.input, watermarked),
         LogicalPlan::Aggregate(aggregate) => {
-            let found = aggregate
-                .schema
-                .iter()
-                .position(|(q, f)| matches(q, f.name()));
+            let found = column_index(&aggregate.schema, column);
             let Some(group) = found.and_then(|i| aggregate.group_expr.get(i)) else {
                 return false;
             };
@@ -487,47 +458,16 @@ fn replace_window_input(
     window: &Window,
     rows: RecordBatch,
 ) -> Result<LogicalPlan> {
-    let schema = window.input.schema();
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
-        .collect();
-    let renamed = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(renamed.clone(), rows.columns().to_vec())?;
-    let table = MemTable::try_new(renamed, vec![vec![batch]])?;
-    let projection: Vec<Expr> = schema
-        .iter()
-        .enumerate()
-        .map(|(i, (qualifier, field))| {
-            Expr::Column(Column::new_unqualified(format!("c{i}")))
-                .alias_qualified(qualifier.cloned(), field.name())
-        })
-        .collect();
-    let input = LogicalPlanBuilder::scan(
-        "__sluice_window_rows",
-        provider_as_source(Arc::new(table)),
-        None,
-    )?
-    .project(projection)?
-    .build()?;
+    let input = super::scan_as(&rows, window.input.schema(), "__sluice_window_rows", false)?;
     let replacement = LogicalPlan::Window(Window::try_new(
         window.window_expr.clone(),
         Arc::new(input),
     )?);
-    let transformed = plan.transform_down(|node| {
-        if matches!(node, LogicalPlan::Window(_)) {
-            Ok(Transformed::new(
-                replacement.clone(),
-                true,
-                TreeNodeRecursion::Jump,
-            ))
-        } else {
-            Ok(Transformed::no(node))
-        }
-    })?;
-    Ok(transformed.data)
+    super::replace_nodes(
+        plan,
+        |node| matches!(node, LogicalPlan::Window(_)),
+        replacement,
+    )
 }
 
 /// The `Window` nodes of `plan`.
@@ -562,21 +502,30 @@ fn tumbling_window_over(expr: &Expr, plan: &LogicalPlan, watermarked: &[&str]) -
     }
 }
 
+/// Index of `column` among `schema`'s fields: same name, and same qualifier unless `column` has
+/// none.
+fn column_index(schema: &DFSchema, column: &Column) -> Option<usize> {
+    schema.iter().position(|(qualifier, field)| {
+        field.name() == &column.name
+            && (column.relation.is_none() || column.relation.as_ref() == qualifier)
+    })
+}
+
+/// The expression (alias removed) that `projection` computes `column` of its output with.
+fn projected_expr(column: &Column, projection: &Projection) -> Option<Expr> {
+    let i = column_index(&projection.schema, column)?;
+    Some(projection.expr.get(i)?.clone().unalias())
+}
+
 /// The expression a column of `plan`'s output is computed by, and the plan whose output that
 /// expression reads: through filters, aliases and plain column projections down to the
 /// projection that computes it (`None` for a column read straight from a source).
 fn defining_expr<'a>(column: &Column, plan: &'a LogicalPlan) -> Option<(Expr, &'a LogicalPlan)> {
     match plan {
-        LogicalPlan::Projection(projection) => {
-            let (i, _) = projection.schema.iter().enumerate().find(|(_, (q, f))| {
-                f.name() == &column.name
-                    && (column.relation.is_none() || column.relation.as_ref() == *q)
-            })?;
-            match projection.expr.get(i)?.clone().unalias() {
-                Expr::Column(inner) => defining_expr(&inner, &projection.input),
-                other => Some((other, projection.input.as_ref())),
-            }
-        }
+        LogicalPlan::Projection(projection) => match projected_expr(column, projection)? {
+            Expr::Column(inner) => defining_expr(&inner, &projection.input),
+            other => Some((other, projection.input.as_ref())),
+        },
         LogicalPlan::SubqueryAlias(alias) => {
             defining_expr(&Column::new_unqualified(&column.name), &alias.input)
         }
@@ -589,16 +538,10 @@ fn defining_expr<'a>(column: &Column, plan: &'a LogicalPlan) -> Option<(Expr, &'
 fn source_column(column: &Column, plan: &LogicalPlan) -> Option<String> {
     match plan {
         LogicalPlan::TableScan(_) => Some(column.name.clone()),
-        LogicalPlan::Projection(projection) => {
-            let (i, _) = projection.schema.iter().enumerate().find(|(_, (q, f))| {
-                f.name() == &column.name
-                    && (column.relation.is_none() || column.relation.as_ref() == *q)
-            })?;
-            match projection.expr.get(i)?.clone().unalias() {
-                Expr::Column(inner) => source_column(&inner, &projection.input),
-                _ => None,
-            }
-        }
+        LogicalPlan::Projection(projection) => match projected_expr(column, projection)? {
+            Expr::Column(inner) => source_column(&inner, &projection.input),
+            _ => None,
+        },
         LogicalPlan::SubqueryAlias(alias) => {
             source_column(&Column::new_unqualified(&column.name), &alias.input)
         }

@@ -4,8 +4,8 @@
 use sluice_crds::{OutputMode, SqlScope};
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{EngineError, Result};
-use crate::sql::streaming_tests::{lines, s, watermark, words, words_schema};
+use crate::error::Result;
+use crate::sql::streaming_tests::{refusal, s, step, watermark, words, words_schema};
 use crate::sql::{BatchQuery, SourceWatermark};
 use crate::storage::Location;
 
@@ -42,14 +42,6 @@ async fn top_2(sql: &str) -> BatchQuery {
     query(sql, OutputMode::Append, watermark(5))
         .await
         .expect("plan")
-}
-
-/// Runs one batch and commits its state (as the task runner does); output as
-/// `"12:00-12:10 word rank"`.
-async fn step(q: &mut BatchQuery, rows: &[(&str, &str)]) -> Vec<String> {
-    let out = q.run(vec![words(rows)]).await.expect("run");
-    q.commit_state();
-    lines(&out)
 }
 
 /// The batches of the tests: watermark delay 5 minutes.
@@ -133,14 +125,6 @@ async fn restored_state_continues_exactly() {
         emitted.extend(step(&mut restarted, batch).await);
     }
     assert_eq!(emitted, closed_windows());
-}
-
-fn refusal(result: Result<BatchQuery>) -> String {
-    match result {
-        Err(EngineError::InvalidQuery(message)) => message,
-        Err(other) => panic!("expected InvalidQuery, got {other:?}"),
-        Ok(_) => panic!("expected a refusal"),
-    }
 }
 
 /// What the engine cannot run as a window function over a stream is refused at start, naming
