@@ -105,6 +105,11 @@ pub struct CheckReport {
     /// `None` for a stateless query.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// How a stateful query's rows reach its state: `single` (one task per group, or no
+    /// state), `partitionKey` (sources route rows by a grouping column) or `exchange` (a source
+    /// stage and a stateful stage with a keyed exchange between them).
+    #[serde(default)]
+    pub plan: String,
 }
 
 /// The outcome of a check as one JSON document: what a check Job writes to its termination

@@ -546,6 +546,13 @@ pub struct WatermarkSpec {
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 64))]
     pub delay: String,
+    /// With several source tasks and a keyed exchange: a source task that has read no rows for
+    /// this long no longer holds the query's watermark back (Flink's `withIdleness`), e.g. `30s`.
+    /// Default 1 minute (docs/keyed-exchange.md, "Watermark across tasks").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 64))]
+    pub idle_timeout: Option<String>,
 }
 
 /// Handling of records that do not decode (Spark's PERMISSIVE/DROPMALFORMED/FAILFAST).

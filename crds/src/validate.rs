@@ -242,6 +242,10 @@ pub fn validate_spec(spec: &StreamingQuerySpec) -> Result<(), ValidationError> {
             }
             parse_duration(&watermark.delay)
                 .map_err(|m| err(format!("{path}.watermark.delay"), m))?;
+            if let Some(idle) = &watermark.idle_timeout {
+                parse_duration(idle)
+                    .map_err(|m| err(format!("{path}.watermark.idleTimeout"), m))?;
+            }
         }
     }
     for (i, table) in spec.tables.iter().enumerate() {

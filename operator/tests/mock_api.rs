@@ -386,6 +386,7 @@ async fn invalid_spec_degrades_and_leaves_the_running_generation_alone() {
     q.spec.sources[0].watermark = Some(sluice_crds::WatermarkSpec {
         column: "value".into(),
         delay: "10s".into(),
+        idle_timeout: None,
     });
     let (client, api) = start(q.clone(), Some(set.clone()));
     let ctx = fixture.context(client);

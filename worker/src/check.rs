@@ -43,9 +43,12 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
         .collect();
     let planned =
         crate::engine::plan_query(spec, &inputs, &TaskModels::new(&spec.models, None)?).await?;
-    if let Some(keys) = planned.grouping_columns() {
-        crate::engine::check_stateful_partitioning(spec, &sources, &keys)?;
-    }
+    let layout = crate::engine::exchange::stateful_layout(
+        spec,
+        &sources,
+        planned.grouping_columns().as_deref(),
+        planned.splits_over_exchange(),
+    )?;
     let context = crate::sink::SinkContext {
         query: query.metadata.name.clone().unwrap_or_default(),
         query_id: "check".into(),
@@ -72,6 +75,7 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
             .collect(),
         tasks: sources.iter().map(|s| s.partitions()).max().unwrap_or(1),
         fingerprint,
+        plan: layout.name().to_string(),
     };
     if let Some(location) = checkpoint {
         let checkpoint =
@@ -160,6 +164,7 @@ spec:
                 partition_keys: BTreeMap::from([("events".into(), "deviceId".into())]),
                 tasks: 8,
                 fingerprint: None,
+                plan: "single".into(),
             }
         );
     }

@@ -41,6 +41,10 @@ pub enum CrashPoint {
     MidSinkCleanup,
     /// A file-sink compaction round wrote a merged file but not its log entry.
     MidCompaction,
+    /// A source-stage task of a keyed exchange wrote its batch's exchange objects, not its
+    /// commit (docs/keyed-exchange.md, "Crash points"). Not in [`CrashPoint::ALL`]: only an
+    /// exchange query reaches it.
+    AfterExchangeWrite,
 }
 
 impl CrashPoint {
@@ -73,6 +77,7 @@ impl CrashPoint {
             CrashPoint::MidRetention => "mid-retention",
             CrashPoint::MidSinkCleanup => "mid-sink-cleanup",
             CrashPoint::MidCompaction => "mid-compaction",
+            CrashPoint::AfterExchangeWrite => "after-exchange-write",
         }
     }
 }

@@ -74,6 +74,17 @@ impl std::fmt::Display for KeyGroupRange {
     }
 }
 
+/// Task ids of stateful-stage tasks start here, above any source task id, so that a sink's
+/// idempotence on (task, batch id) and the metrics' `task` label never mix the two stages.
+pub const STATEFUL_TASK_BASE: u32 = 1 << 20;
+
+/// The task id of the stateful task owning `range`: [`STATEFUL_TASK_BASE`] + its first key group.
+/// Unique within one plan's ranges; ranges of different parallelisms that start at the same key
+/// group share it, which is why their batch ids never overlap (a rescale continues the plan ids).
+pub fn stateful_task_id(range: KeyGroupRange) -> u32 {
+    STATEFUL_TASK_BASE + u32::from(range.start)
+}
+
 /// Checks `maxParallelism` is in `1..=32768`.
 ///
 /// # Errors

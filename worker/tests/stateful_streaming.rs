@@ -343,7 +343,7 @@ async fn restart_with_a_changed_aggregation_is_refused() {
 }
 
 #[tokio::test]
-async fn aggregation_over_a_file_source_with_several_partitions_is_refused() {
+async fn aggregation_over_a_file_source_with_several_partitions_runs_over_the_keyed_exchange() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = manifest(
         "window-partitions",
@@ -355,13 +355,12 @@ async fn aggregation_over_a_file_source_with_several_partitions_is_refused() {
     )
     .replace("partitions: 1", "partitions: 3");
     let query = sluice_crds::parse_manifest(&text).expect("manifest");
-    let err = Engine::start(QueryConfig::local(query), Shared::new())
+    let engine = Engine::start(QueryConfig::local(query), Shared::new())
         .await
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(
-        err.contains("has 3 partitions") && err.contains("[deviceId]"),
-        "{err}"
+        .expect("an aggregation over 3 partitions starts (docs/keyed-exchange.md)");
+    // Three source-stage tasks and one stateful task owning every key group.
+    assert_eq!(
+        engine.tasks(),
+        vec![0, 1, 2, sluice_worker::key_group::STATEFUL_TASK_BASE]
     );
 }

@@ -8,6 +8,7 @@
 //! for another parallelism (before a rescale) are read correctly, and objects of a failed attempt
 //! that the commit does not list are never read.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -44,6 +45,37 @@ impl ExchangeObject {
             end: self.end,
         }
     }
+}
+
+/// What a source-stage batch handed to the stateful stage: the `exchange` field of its commit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeCommit {
+    /// The objects written, one per key-group range that got rows.
+    pub objects: Vec<ExchangeObject>,
+    /// Max event time (ms) per watermarked source in the batch's rows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_event_ms: BTreeMap<String, i64>,
+    /// The task had read everything available when the batch committed (its sources' backlog
+    /// was 0, or unknown): only such a task can become idle. A task that is behind is slow, not
+    /// idle, however long since its last rows (a restart, a busy machine).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub caught_up: bool,
+    /// The task read everything it will ever read in this run (a bounded trigger drained it):
+    /// it no longer holds the watermark back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
+}
+
+/// Path of stateful plan `batch_id` (docs/keyed-exchange.md, "Stateful plans").
+pub fn plan_path(batch_id: u64) -> String {
+    format!("stateful/plans/{batch_id:020}")
+}
+
+/// The sub-checkpoint holding the task log, sink records and state of the stateful task that
+/// owns `range`: `stateful/ranges/<start>-<end>/`.
+pub fn range_checkpoint(checkpoint: &Checkpoint, range: KeyGroupRange) -> Checkpoint {
+    checkpoint.sub(&format!("stateful/ranges/{range}"))
 }
 
 /// Path of the object of `range` for batch `batch_id` of source task `source_task`.

@@ -89,6 +89,10 @@ pub struct CommitEntry {
     /// error it failed with. The batch is committed as skipped: the sink never saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// Set by a source-stage task of a keyed exchange: what the batch handed to the stateful
+    /// stage (docs/keyed-exchange.md, "Source task, per batch").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<exchange::ExchangeCommit>,
 }
 
 /// One `sinks/<batchId>` entry: the sink accepted the batch.
@@ -337,6 +341,74 @@ impl Checkpoint {
             offsets,
             last_committed,
         })
+    }
+
+    /// Committed batch ids of `task` (not compacted ones), unordered.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure.
+    pub async fn commit_ids(&self, task: u32) -> Result<Vec<u64>> {
+        self.batch_ids(&format!("tasks/{task}/commits")).await
+    }
+
+    /// The commit entry of batch `batch_id` of `task`, if written.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure, [`EngineError::Checkpoint`] when unreadable.
+    pub async fn read_commit(&self, task: u32, batch_id: u64) -> Result<Option<CommitEntry>> {
+        let path = self
+            .location
+            .child(&format!("tasks/{task}/commits/{}", batch_name(batch_id)));
+        self.get_json(&path).await
+    }
+
+    /// A sub-checkpoint rooted at `relative` (a stateful range's own task log).
+    pub fn sub(&self, relative: &str) -> Checkpoint {
+        Checkpoint::new(self.location.sub(relative))
+    }
+
+    /// Creates the JSON object `relative` unless it exists; returns what is stored afterwards
+    /// (ours, or the value another writer created first).
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure, [`EngineError::Checkpoint`] when the stored
+    /// value is unreadable.
+    pub async fn create_or_read<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        relative: &str,
+        value: T,
+    ) -> Result<T> {
+        let path = self.location.child(relative);
+        let body = serde_json::to_vec(&value).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .location
+            .store
+            .put_opts(&path, PutPayload::from(body), options)
+            .await
+        {
+            Ok(_) => Ok(value),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => self
+                .get_json(&path)
+                .await?
+                .ok_or_else(|| self.corrupt(&format!("{path} exists but cannot be read"))),
+            Err(e) => Err(EngineError::storage(path.to_string(), e)),
+        }
+    }
+
+    /// Reads the JSON object `relative`, if present.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] on store failure, [`EngineError::Checkpoint`] when unreadable.
+    pub async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        relative: &str,
+    ) -> Result<Option<T>> {
+        self.get_json(&self.location.child(relative)).await
     }
 
     /// The batch ids named by the files directly under `relative` (other names are skipped).
@@ -616,6 +688,7 @@ mod tests {
             output_rows: 1,
             epoch: None,
             quarantined: None,
+            exchange: None,
         };
         checkpoint.write_commit(0, &commit).await.expect("commit 0");
         checkpoint

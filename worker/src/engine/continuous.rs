@@ -359,6 +359,7 @@ async fn commit_epoch(
         output_rows: epoch.output_rows,
         epoch: None,
         quarantined: None,
+        exchange: None,
     };
     let checkpoint = parts.checkpoint.clone();
     let task = parts.task;

@@ -8,6 +8,7 @@
 //! errors stop the query with the error.
 
 pub mod continuous;
+pub mod exchange;
 pub mod quarantine;
 pub mod retention;
 mod stop;
@@ -234,42 +235,6 @@ impl Shared {
     }
 }
 
-/// State is per task, so every row of a group must reach one task: a source with several
-/// partitions must route rows by a `partitionKey` that is one of the grouping columns (Spark
-/// shuffles by the grouping keys instead). File and rate sources partition by path / row number,
-/// never by key, so they need `partitions: 1` under a stateful query.
-///
-/// # Errors
-/// [`EngineError::InvalidQuery`] naming the source and the fix.
-pub(crate) fn check_stateful_partitioning(
-    spec: &StreamingQuerySpec,
-    sources: &[Box<dyn Source>],
-    keys: &[String],
-) -> Result<()> {
-    for (source, spec_source) in sources.iter().zip(&spec.sources) {
-        if source.partitions() <= 1 {
-            continue;
-        }
-        let routes_by_key = spec_source.file.is_none()
-            && spec_source.rate.is_none()
-            && spec_source
-                .partition_key
-                .as_ref()
-                .is_some_and(|k| keys.contains(k));
-        if !routes_by_key {
-            return Err(EngineError::InvalidQuery(format!(
-                "source `{}` has {} partitions, but a streaming aggregation, dedup, stream–stream join or window function keeps state per task and \
-                 needs every row of a group in one task: set its `partitions: 1`, or (for a source that \
-                 routes rows by key) a `partitionKey` that is one of the grouping columns [{}]",
-                spec_source.name,
-                source.partitions(),
-                keys.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Reads the spec's static tables (each task holds its own copy, refreshed on its own).
 ///
 /// # Errors
@@ -388,8 +353,18 @@ impl Engine {
         // Plan once up front so a bad query fails before anything is written.
         let first = plan_query(spec, &inputs, &TaskModels::new(&spec.models, None)?).await?;
 
-        if let Some(keys) = first.grouping_columns() {
-            check_stateful_partitioning(spec, &sources, &keys)?;
+        let layout = exchange::stateful_layout(
+            spec,
+            &sources,
+            first.grouping_columns().as_deref(),
+            first.splits_over_exchange(),
+        )?;
+        let exchanged = layout == exchange::StatefulLayout::Exchange;
+        if exchanged && !spec.models.is_empty() {
+            return Err(EngineError::InvalidQuery(
+                "models train on a task's rows, which the keyed exchange does not keep whole:                  a stateful query with models needs `partitions: 1`"
+                    .into(),
+            ));
         }
         // The current generation: a restored one when `checkpoint restore` ran.
         let checkpoint = crate::checkpoint::generation::open_current(Location::parse(
@@ -430,7 +405,11 @@ impl Engine {
             query_id: metadata.query_id.clone(),
             output_mode: spec.output_mode,
             grouping_columns: first.grouping_columns(),
-            tasks: sources.iter().map(|s| s.partitions()).max().unwrap_or(1),
+            tasks: if exchanged {
+                config.replicas.max(1)
+            } else {
+                sources.iter().map(|s| s.partitions()).max().unwrap_or(1)
+            },
             maintenance_failures: Some(
                 shared
                     .metrics
@@ -471,6 +450,10 @@ impl Engine {
         };
         let task_count = sources.iter().map(|s| s.partitions()).max().unwrap_or(1);
         let replicas = config.replicas.max(1);
+        // The stateful stage's parallelism: one key-group range per replica.
+        let max_parallelism = first.max_parallelism().unwrap_or(1);
+        let parallelism = replicas.min(max_parallelism);
+        let exchange_ranges = exchange::ranges(max_parallelism, parallelism)?;
         let mut runners = Vec::new();
         for task in (0..task_count).filter(|t| t % replicas == config.replica) {
             let log = checkpoint.read_task_log(task).await?;
@@ -501,9 +484,14 @@ impl Engine {
             };
             let models = TaskModels::new(&spec.models, restored)?;
             let mut query = plan_query(spec, &inputs, &models).await?;
-            query
-                .restore_state(&checkpoint, task, log.last_committed)
-                .await?;
+            if exchanged {
+                // A source-stage task keeps no state: its batches end in the exchange.
+                query.set_stage(crate::sql::Stage::Source)?;
+            } else {
+                query
+                    .restore_state(&checkpoint, task, log.last_committed)
+                    .await?;
+            }
             if let Some(entry) = log.uncommitted() {
                 tracing::info!(
                     task,
@@ -511,14 +499,35 @@ impl Engine {
                     "replaying uncommitted batch"
                 );
             }
-            runners.push(TaskRunner::new(
-                task,
-                task_inputs,
-                query,
-                targets.clone(),
-                &log,
-                models,
-            ));
+            let runner = TaskRunner::new(task, task_inputs, query, targets.clone(), &log, models);
+            runners.push(if exchanged {
+                runner.with_exchange(task::ExchangeTarget {
+                    ranges: exchange_ranges.clone(),
+                    bounded: trigger.is_bounded(),
+                })
+            } else {
+                runner
+            });
+        }
+        if exchanged {
+            runners.extend(
+                exchange::StatefulRunners {
+                    spec,
+                    inputs: &inputs,
+                    targets: &targets,
+                    config: crate::source::exchange::ExchangeConfig {
+                        checkpoint: checkpoint.clone(),
+                        max_parallelism,
+                        parallelism,
+                        source_tasks: task_count,
+                        watermarks: exchange::planned_watermarks(spec, &sources)?,
+                    },
+                    replica: config.replica,
+                    replicas,
+                }
+                .build()
+                .await?,
+            );
         }
         if trigger.is_bounded() {
             // `once` / `availableNow`: what exists now is what this run drains.

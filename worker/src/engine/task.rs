@@ -52,6 +52,17 @@ pub struct TaskTargets {
     pub epoch: Epoch,
 }
 
+/// Where a source-stage task of a keyed exchange hands its batches (docs/keyed-exchange.md):
+/// instead of the sink, one exchange object per key-group range.
+#[derive(Clone, Debug)]
+pub struct ExchangeTarget {
+    /// The ranges rows are split by: the stateful tasks of the current parallelism.
+    pub ranges: Vec<crate::key_group::KeyGroupRange>,
+    /// A bounded trigger (`availableNow`, `once`): a drained task marks its last commit
+    /// `finished`, so it no longer holds the watermark back.
+    pub bounded: bool,
+}
+
 /// What a finished batch reports.
 #[derive(Debug, Clone)]
 pub struct BatchOutcome {
@@ -106,6 +117,8 @@ pub struct TaskRunner {
     models: TaskModels,
     retention: LogRetention,
     epoch: Epoch,
+    /// Set for a source-stage task of a keyed exchange.
+    exchange: Option<ExchangeTarget>,
 }
 
 fn now_ms() -> i64 {
@@ -143,7 +156,15 @@ impl TaskRunner {
             models,
             retention: LogRetention::new(task, targets.min_batches_to_retain, log),
             epoch: targets.epoch,
+            exchange: None,
         }
+    }
+
+    /// Makes this a source-stage task of a keyed exchange: its batches go to `target`, not to
+    /// the sink, and it keeps no state.
+    pub fn with_exchange(mut self, target: ExchangeTarget) -> Self {
+        self.exchange = Some(target);
+        self
     }
 
     /// Takes the runner apart (the `continuous` trigger drives the pieces itself).
@@ -209,7 +230,10 @@ impl TaskRunner {
             }
             // A stateful query also runs a batch without input when the watermark moved (Spark's
             // no-data batch): append mode emits the windows it closed, state is evicted.
-            if sources.is_empty() && !self.query.wants_no_data_batch() {
+            // A source-stage task of a keyed exchange commits once even with nothing to read,
+            // so that the stateful stage knows it holds no older events (`next_plan`).
+            let first_exchange_batch = self.exchange.is_some() && self.next_batch_id == 0;
+            if sources.is_empty() && !self.query.wants_no_data_batch() && !first_exchange_batch {
                 return Ok(None);
             }
             let entry = OffsetsEntry {
@@ -245,6 +269,7 @@ impl TaskRunner {
         let mut lost_offsets = 0u64;
         let mut lost_ranges = 0u64;
         let mut data_loss = Vec::new();
+        let mut upstream_watermark = None;
         for input in &mut self.inputs {
             let Some(range) = entry.sources.get(&input.name) else {
                 rows.push(Vec::new());
@@ -257,6 +282,7 @@ impl TaskRunner {
             lost_offsets += output.lost_offsets;
             lost_ranges += output.lost_ranges;
             data_loss.extend(output.data_loss);
+            upstream_watermark = upstream_watermark.or(output.upstream_watermark_ms);
             handle_bad_records(
                 &self.bad_records,
                 self.task,
@@ -286,27 +312,65 @@ impl TaskRunner {
             } else {
                 Vec::new()
             };
-        let output = self.query.run(rows).await?;
+        self.query.set_upstream_watermark(upstream_watermark);
+        let (output, exchange) = match &self.exchange {
+            None => (self.query.run(rows).await?, None),
+            Some(target) => {
+                let staged = self.query.run_source_stage(rows).await?;
+                let objects = match &staged.rows {
+                    Some(rows) => {
+                        crate::checkpoint::exchange::write_batch(
+                            &self.checkpoint,
+                            self.task,
+                            entry.batch_id,
+                            rows,
+                            &staged.key_groups,
+                            &target.ranges,
+                        )
+                        .await?
+                    }
+                    None => Vec::new(),
+                };
+                let caught_up = self
+                    .inputs
+                    .iter()
+                    .all(|i| i.reader.backlog().is_none_or(|b| b == 0));
+                let exchange = crate::checkpoint::exchange::ExchangeCommit {
+                    objects,
+                    max_event_ms: staged.max_event_ms,
+                    caught_up,
+                    finished: target.bounded && caught_up,
+                };
+                (Vec::new(), Some(exchange))
+            }
+        };
         for (source, batches) in &training {
             self.models.train(source, batches)?;
         }
         durations.query_planning_and_execution = elapsed_ms(phase);
 
-        // Sink, once per batch: a batch the sink accepted before (this process knows, or the
-        // checkpoint's sink record says) is not written again.
         let phase = Instant::now();
-        let written = self.write_sink(entry.batch_id, &output).await?;
-        durations.add_batch = elapsed_ms(phase);
-        delay_point(CrashPoint::AfterSinkWrite, entry.batch_id).await;
-        crash_point(CrashPoint::AfterSinkWrite, entry.batch_id);
+        let written = if exchange.is_some() {
+            // The exchange objects are the batch's output; the stateful stage writes the sink.
+            crash_point(CrashPoint::AfterExchangeWrite, entry.batch_id);
+            0
+        } else {
+            // Sink, once per batch: a batch the sink accepted before (this process knows, or
+            // the checkpoint's sink record says) is not written again.
+            let written = self.write_sink(entry.batch_id, &output).await?;
+            delay_point(CrashPoint::AfterSinkWrite, entry.batch_id).await;
+            crash_point(CrashPoint::AfterSinkWrite, entry.batch_id);
 
-        // State and learned models before the commit: a restart loads the state of the last
-        // committed batch, so every committed batch must have it on record.
-        self.query
-            .write_state(&self.checkpoint, self.task, entry.batch_id)
-            .await?;
-        delay_point(CrashPoint::MidStateWrite, entry.batch_id).await;
-        crash_point(CrashPoint::MidStateWrite, entry.batch_id);
+            // State and learned models before the commit: a restart loads the state of the
+            // last committed batch, so every committed batch must have it on record.
+            self.query
+                .write_state(&self.checkpoint, self.task, entry.batch_id)
+                .await?;
+            delay_point(CrashPoint::MidStateWrite, entry.batch_id).await;
+            crash_point(CrashPoint::MidStateWrite, entry.batch_id);
+            written
+        };
+        durations.add_batch = elapsed_ms(phase);
 
         // Commit.
         let phase = Instant::now();
@@ -323,6 +387,7 @@ impl TaskRunner {
             output_rows: written,
             epoch: Some(self.epoch.clone()),
             quarantined: None,
+            exchange,
         };
         self.checkpoint.check_epoch(self.task, &self.epoch).await?;
         delay_point(CrashPoint::BeforeCommit, entry.batch_id).await;
@@ -351,7 +416,12 @@ impl TaskRunner {
             progress: TaskProgress {
                 task: self.task,
                 batch_id: entry.batch_id,
-                num_input_rows: input_rows,
+                // A stateful task's input is the source stage's rows, counted there already.
+                num_input_rows: if self.query.stage() == crate::sql::Stage::Merge {
+                    0
+                } else {
+                    input_rows
+                },
                 num_output_rows: written,
                 num_bad_records: bad_total,
                 replayed,
@@ -413,10 +483,12 @@ impl TaskRunner {
             &message,
         )
         .await?;
-        self.query.stage_unchanged_state();
-        self.query
-            .write_state(&self.checkpoint, self.task, entry.batch_id)
-            .await?;
+        if self.exchange.is_none() {
+            self.query.stage_unchanged_state();
+            self.query
+                .write_state(&self.checkpoint, self.task, entry.batch_id)
+                .await?;
+        }
         if self.models.has_learned_models() {
             self.checkpoint
                 .write_models(self.task, entry.batch_id, &self.models.learned_state()?)
@@ -429,6 +501,11 @@ impl TaskRunner {
             output_rows: 0,
             epoch: Some(self.epoch.clone()),
             quarantined: Some(error.to_string()),
+            // Skipped: nothing handed over, but the stateful stage must see the batch committed.
+            exchange: self
+                .exchange
+                .as_ref()
+                .map(|_| crate::checkpoint::exchange::ExchangeCommit::default()),
         };
         self.checkpoint.check_epoch(self.task, &self.epoch).await?;
         self.checkpoint.write_commit(self.task, &commit).await?;

@@ -10,6 +10,7 @@
 //! tests; the manifest types are in `sluice_crds`.
 
 pub mod decode;
+pub mod exchange;
 pub mod file;
 pub mod kafka;
 pub mod nexmark;
@@ -55,6 +56,9 @@ pub struct ReadOutput {
     /// Valid rows read and dropped by the query's filter pushed into the scan
     /// ([`Source::set_pushdown`]); input rows all the same.
     pub filtered_rows: u64,
+    /// The watermark an upstream stage fixed for this batch (the keyed exchange's stateful
+    /// plan), ms since the epoch; `None` for sources whose rows carry event time themselves.
+    pub upstream_watermark_ms: Option<i64>,
 }
 
 impl ReadOutput {

@@ -38,6 +38,7 @@ use crate::state::{StateDelta, StateStore};
 pub mod functions;
 pub mod guard;
 pub mod pushdown;
+pub mod stage;
 pub mod stream_join;
 pub mod streaming;
 pub mod tables;
@@ -46,6 +47,7 @@ pub mod window_function;
 
 pub use tables::{LookupProgress, StaticTable};
 
+pub use stage::{Stage, StagedRows};
 pub use streaming::SourceWatermark;
 
 /// Extra functions and tables a query can use besides its sources (e.g. the models of
@@ -76,6 +78,10 @@ pub struct BatchQuery {
     window_function: Option<window_function::WindowFunctionPlan>,
     /// What the last batch's lookups fetched, per PostgreSQL table.
     lookups: Vec<LookupProgress>,
+    /// Which part of a streaming aggregation this task runs (a keyed exchange splits it).
+    stage: Stage,
+    /// The watermark of the running batch in the [`Stage::Merge`] stage (the stateful plan's).
+    upstream_watermark_ms: Option<i64>,
 }
 
 /// A streaming aggregation's per-task state and the running batch's changes.
@@ -245,6 +251,8 @@ impl BatchQuery {
             join: None,
             window_function: None,
             lookups: Vec::new(),
+            stage: Stage::Whole,
+            upstream_watermark_ms: None,
         };
         query.register_tables()?;
         for table in &query.tables {
@@ -400,16 +408,7 @@ impl BatchQuery {
     /// # Errors
     /// [`EngineError::Sql`] for runtime failures (e.g. a cast that fails on a value).
     pub async fn run(&mut self, rows: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
-        let mut reloaded = false;
-        for table in &mut self.tables {
-            if let StaticTable::File(file) = table {
-                reloaded |= file.refresh_if_due().await?;
-            }
-        }
-        if reloaded {
-            self.register_tables()?;
-        }
-        self.look_up(&rows).await?;
+        self.prepare_tables(&rows).await?;
         if self.join.is_some() {
             return self.run_stream_join(rows).await;
         }
@@ -417,7 +416,13 @@ impl BatchQuery {
             return self.run_window_function(rows).await;
         }
         if self.streaming.is_some() {
-            return self.run_aggregation(rows).await;
+            return match self.stage {
+                Stage::Whole => self.run_aggregation(rows).await,
+                Stage::Merge => self.run_merge(rows).await,
+                Stage::Source => Err(EngineError::Internal(
+                    "a source-stage task runs run_source_stage, not run".into(),
+                )),
+            };
         }
         let plan = self.plan(rows).await?;
         Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
@@ -489,13 +494,10 @@ impl BatchQuery {
             return Err(EngineError::Internal("no streaming state".into()));
         };
         let batch_max = streaming::max_event_times(&state.watermarks, &rows)?;
-        let plan = self.plan(rows).await?;
-        let aggregate = aggregates_of(&plan)
-            .into_iter()
-            .next()
-            .ok_or_else(|| EngineError::Internal("aggregation vanished".into()))?;
-        let planned =
-            streaming::AggregatePlan::new(&self.ctx, &aggregate, &state.watermarks).await?;
+        let (plan, planned) = self.plan_aggregation(rows).await?;
+        let Some(state) = self.streaming.as_ref() else {
+            return Err(EngineError::Internal("no streaming state".into()));
+        };
         let outcome = streaming::run_batch(
             &self.ctx,
             &planned,
@@ -505,10 +507,39 @@ impl BatchQuery {
             &state.watermarks,
         )
         .await?;
+        self.finish_aggregation(plan, &planned, outcome).await
+    }
+
+    /// The query's plan over `rows`, and its streaming aggregation planned for this batch.
+    async fn plan_aggregation(
+        &self,
+        rows: Vec<Vec<RecordBatch>>,
+    ) -> Result<(LogicalPlan, streaming::AggregatePlan)> {
+        let Some(state) = self.streaming.as_ref() else {
+            return Err(EngineError::Internal("no streaming state".into()));
+        };
+        let plan = self.plan(rows).await?;
+        let aggregate = aggregates_of(&plan)
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("aggregation vanished".into()))?;
+        let planned =
+            streaming::AggregatePlan::new(&self.ctx, &aggregate, &state.watermarks).await?;
+        Ok((plan, planned))
+    }
+
+    /// Runs the part of the plan above the aggregate over its output rows and stages the state
+    /// changes (applied by [`BatchQuery::commit_state`]).
+    async fn finish_aggregation(
+        &mut self,
+        plan: LogicalPlan,
+        planned: &streaming::AggregatePlan,
+        outcome: streaming::AggregateOutcome,
+    ) -> Result<Vec<RecordBatch>> {
         let output = match &outcome.rows {
             None => Vec::new(),
             Some(rows) => {
-                let upper = replace_aggregate(plan, rows, &planned)?;
+                let upper = replace_aggregate(plan, rows, planned)?;
                 self.ctx
                     .execute_logical_plan(upper)
                     .await?
@@ -539,6 +570,20 @@ impl BatchQuery {
         };
         state.pending = Some(outcome.delta);
         Ok(output)
+    }
+
+    /// Refreshes the static file tables when due and looks up this batch's keys in PostgreSQL.
+    async fn prepare_tables(&mut self, rows: &[Vec<RecordBatch>]) -> Result<()> {
+        let mut reloaded = false;
+        for table in &mut self.tables {
+            if let StaticTable::File(file) = table {
+                reloaded |= file.refresh_if_due().await?;
+            }
+        }
+        if reloaded {
+            self.register_tables()?;
+        }
+        self.look_up(rows).await
     }
 
     /// Registers the file tables' rows (lookup tables are registered per batch by `look_up`).
@@ -743,12 +788,13 @@ impl BatchQuery {
     /// Whether a batch without new input must run: the watermark moved since the last batch and
     /// state may be waiting for it (Spark's no-data batches: append emits, eviction).
     pub fn wants_no_data_batch(&self) -> bool {
-        self.streaming.as_ref().is_some_and(|s| {
-            s.has_event_key
-                && s.mode != OutputMode::Complete
-                && !s.store.is_empty()
-                && s.store.event_time.watermark_ms != s.store.event_time.used_watermark_ms
-        })
+        self.stage == Stage::Whole
+            && self.streaming.as_ref().is_some_and(|s| {
+                s.has_event_key
+                    && s.mode != OutputMode::Complete
+                    && !s.store.is_empty()
+                    && s.store.event_time.watermark_ms != s.store.event_time.used_watermark_ms
+            })
     }
 
     /// State figures of the last batch (`None` for a stateless query).

@@ -323,37 +323,96 @@ pub async fn run_batch(
     watermarks: &[SourceWatermark],
 ) -> Result<AggregateOutcome> {
     let watermark = store.event_time.watermark_ms;
+    let (partial, late_rows) = partial_rows(ctx, plan, store.schema(), watermark).await?;
+    let (rows, mut delta) = apply_partial(
+        plan,
+        store,
+        mode,
+        partial.as_ref(),
+        watermark,
+        store.event_time.used_watermark_ms,
+    )?;
+    delta.event_time = next_watermark(&store.event_time, batch_max, watermarks);
+    Ok(AggregateOutcome {
+        rows,
+        delta,
+        late_rows,
+    })
+}
+
+/// Steps 2–4, the combiner: the batch's rows (the plan's input, already registered) as partial
+/// state rows in `schema` (the state table's shape: keys, then accumulator states; one row per
+/// group, or more when DataFusion skipped partial aggregation). With `watermark`, (row, group)
+/// pairs at or below it are dropped first and counted. `None` when no row is left.
+///
+/// # Errors
+/// Execution errors of DataFusion or Arrow.
+pub async fn partial_rows(
+    ctx: &SessionContext,
+    plan: &AggregatePlan,
+    schema: &SchemaRef,
+    watermark: Option<i64>,
+) -> Result<(Option<RecordBatch>, u64)> {
     let input = collect(plan.input.clone(), ctx.task_ctx()).await?;
     let mut late_rows = 0u64;
     let mut kept = Vec::with_capacity(input.len());
     for batch in input {
-        match (plan.event_key, watermark) {
-            (Some(key), Some(w)) => {
-                let times = event_millis(batch.column(key.input_column))?;
-                let keep: BooleanArray = times
-                    .iter()
-                    .map(|t| Some(t.is_none_or(|t| t > w)))
-                    .collect();
-                let filtered = filter_record_batch(&batch, &keep)?;
-                late_rows += (batch.num_rows() - filtered.num_rows()) as u64;
-                if filtered.num_rows() > 0 {
-                    kept.push(filtered);
-                }
-            }
-            _ => {
-                if batch.num_rows() > 0 {
-                    kept.push(batch);
-                }
-            }
+        let (batch, late) = drop_late(plan.event_key.map(|k| k.input_column), batch, watermark)?;
+        late_rows += late;
+        if batch.num_rows() > 0 {
+            kept.push(batch);
         }
     }
+    if kept.is_empty() {
+        return Ok((None, late_rows));
+    }
+    let partial = collect(plan.partial(kept)?, ctx.task_ctx()).await?;
+    let partial = concat_batches(schema, &partial)?;
+    Ok(((partial.num_rows() > 0).then_some(partial), late_rows))
+}
+
+/// The rows of `batch` whose event time (`column`, a timestamp or a window struct whose end is
+/// compared) is above `watermark`, and how many were dropped. Without a column or a watermark,
+/// every row is kept.
+///
+/// # Errors
+/// [`EngineError::Internal`] when the column is not an event time.
+pub fn drop_late(
+    column: Option<usize>,
+    batch: RecordBatch,
+    watermark: Option<i64>,
+) -> Result<(RecordBatch, u64)> {
+    let (Some(column), Some(w)) = (column, watermark) else {
+        return Ok((batch, 0));
+    };
+    let times = event_millis(batch.column(column))?;
+    let keep: BooleanArray = times
+        .iter()
+        .map(|t| Some(t.is_none_or(|t| t > w)))
+        .collect();
+    let filtered = filter_record_batch(&batch, &keep)?;
+    let late = (batch.num_rows() - filtered.num_rows()) as u64;
+    Ok((filtered, late))
+}
+
+/// Steps 5–6 for a batch's partial state rows (`partial`, the state table's shape), given the
+/// watermark the batch runs with and the one the previous batch ran with (`used`; eviction only
+/// runs when it moved): the output rows in the aggregate's shape, and the state changes (their
+/// `event_time` left for the caller).
+///
+/// # Errors
+/// Execution errors of DataFusion or Arrow.
+pub fn apply_partial(
+    plan: &AggregatePlan,
+    store: &StateStore,
+    mode: OutputMode,
+    partial: Option<&RecordBatch>,
+    watermark: Option<i64>,
+    used: Option<i64>,
+) -> Result<(Option<RecordBatch>, StateDelta)> {
     let mut delta = StateDelta::default();
-    if !kept.is_empty() {
-        let partial = collect(plan.partial(kept)?, ctx.task_ctx()).await?;
-        let partial = concat_batches(store.schema(), &partial)?;
-        if partial.num_rows() > 0 {
-            merge_into_delta(plan, store, &partial, &mut delta)?;
-        }
+    if let Some(partial) = partial.filter(|p| p.num_rows() > 0) {
+        merge_into_delta(plan, store, partial, &mut delta)?;
     }
 
     if let Some(session) = plan.session_index {
@@ -394,7 +453,7 @@ pub async fn run_batch(
     }
     // Groups at or below the watermark were evicted when it was first used, and this batch's
     // input at or below it was dropped: only a new watermark can close more groups.
-    let watermark_moved = watermark != store.event_time.used_watermark_ms;
+    let watermark_moved = watermark != used;
     if mode != OutputMode::Complete && plan.event_key.is_some() && watermark_moved {
         let mut evicted = Vec::new();
         for (key, row) in delta.upserts.iter().chain(
@@ -418,17 +477,12 @@ pub async fn run_batch(
         delta.deletes.sort();
     }
     emitted.sort_by(|a, b| a.0.cmp(&b.0));
-    delta.event_time = next_watermark(&store.event_time, batch_max, watermarks);
     let rows = if emitted.is_empty() {
         None
     } else {
         Some(final_rows(plan, store, &emitted)?)
     };
-    Ok(AggregateOutcome {
-        rows,
-        delta,
-        late_rows,
-    })
+    Ok((rows, delta))
 }
 
 /// Step 5, vectorised: merges the batch's partial-state rows (`partial`, state-table shape; a key

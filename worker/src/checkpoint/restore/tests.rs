@@ -52,6 +52,7 @@ async fn checkpoint(dir: &std::path::Path, last: u64, committed: u64, rows: u64)
                     output_rows: rows,
                     epoch: None,
                     quarantined: None,
+                    exchange: None,
                 },
             )
             .await

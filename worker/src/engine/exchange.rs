@@ -1,0 +1,242 @@
+//! How a stateful query's tasks are laid out, and the stateful stage's runners of a keyed
+//! exchange (docs/keyed-exchange.md).
+//!
+//! With [`StatefulLayout::Exchange`], a replica runs two kinds of [`TaskRunner`]:
+//! - source-stage tasks (one per source partition `t` with `t % replicas == replica`), whose
+//!   batches end in exchange objects instead of the sink;
+//! - stateful tasks (one per key-group range `i` of `P` with `i % replicas == replica`), each a
+//!   runner whose one input is the [`ExchangeReader`] of its range and whose log, sink records and
+//!   state live in `stateful/ranges/<start>-<end>/`.
+//!
+//! Both are ordinary runners, so the batch protocol (offsets before reading, idempotent sink,
+//! state before commit, epochs) is the one every task follows.
+
+use serde::{Deserialize, Serialize};
+use sluice_crds::{BadRecordPolicy, StreamingQuerySpec, duration::parse_duration};
+
+use super::task::{TaskInput, TaskRunner, TaskTargets};
+use crate::checkpoint::Checkpoint;
+use crate::checkpoint::exchange::range_checkpoint;
+use crate::error::{EngineError, Result};
+use crate::key_group::{KeyGroupRange, range_for_task, stateful_task_id};
+use crate::ml::TaskModels;
+use crate::source::Source;
+use crate::source::exchange::plan::{PlannedWatermark, StatefulPlan};
+use crate::source::exchange::{EXCHANGE_SOURCE, ExchangeConfig, ExchangeReader};
+use crate::sql::Stage;
+
+/// Default of `spec.sources[].watermark.idleTimeout`, ms (1 minute).
+pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
+
+/// How a stateful query's rows reach its state (`check` reports it as `plan`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StatefulLayout {
+    /// One task per source partition holds all of a group's rows: one partition, or no state.
+    Single,
+    /// Every multi-partition source routes rows by a grouping column (`partitionKey`).
+    PartitionKey,
+    /// A source stage and a stateful stage with a keyed exchange between them.
+    Exchange,
+}
+
+impl StatefulLayout {
+    /// The name `check` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatefulLayout::Single => "single",
+            StatefulLayout::PartitionKey => "partitionKey",
+            StatefulLayout::Exchange => "exchange",
+        }
+    }
+}
+
+/// The layout of a stateful query grouping on `keys` (`None`: no state). State is per task, so
+/// every row of a group must reach one task: with one partition per source it does; with a
+/// `partitionKey` among the grouping columns the source routes it; otherwise a streaming
+/// aggregation or dedup (`splittable`) runs over a keyed exchange (Spark and Flink shuffle).
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] naming the source and the fix, for a stream–stream join or window
+/// functions over several partitions (not over the exchange yet).
+pub fn stateful_layout(
+    spec: &StreamingQuerySpec,
+    sources: &[Box<dyn Source>],
+    keys: Option<&[String]>,
+    splittable: bool,
+) -> Result<StatefulLayout> {
+    let Some(keys) = keys else {
+        return Ok(StatefulLayout::Single);
+    };
+    let mut layout = StatefulLayout::Single;
+    for (source, spec_source) in sources.iter().zip(&spec.sources) {
+        if source.partitions() <= 1 {
+            continue;
+        }
+        let routes_by_key = spec_source.file.is_none()
+            && spec_source.rate.is_none()
+            && spec_source
+                .partition_key
+                .as_ref()
+                .is_some_and(|k| keys.contains(k));
+        if routes_by_key {
+            if layout == StatefulLayout::Single {
+                layout = StatefulLayout::PartitionKey;
+            }
+            continue;
+        }
+        if splittable {
+            return Ok(StatefulLayout::Exchange);
+        }
+        return Err(EngineError::InvalidQuery(format!(
+            "source `{}` has {} partitions, but a stream–stream join or window function keeps its \
+             rows per task and needs every row of a key in one task (only aggregations and dedup \
+             run over the keyed exchange yet): set its `partitions: 1`, or (for a source that \
+             routes rows by key) a `partitionKey` that is one of the keys [{}]",
+            spec_source.name,
+            source.partitions(),
+            keys.join(", ")
+        )));
+    }
+    Ok(layout)
+}
+
+/// The planner's view of the spec's watermarks (delay and idle timeout per source).
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] for a duration that does not parse.
+pub fn planned_watermarks(
+    spec: &StreamingQuerySpec,
+    sources: &[Box<dyn Source>],
+) -> Result<Vec<PlannedWatermark>> {
+    spec.sources
+        .iter()
+        .zip(sources)
+        .enumerate()
+        .filter_map(|(i, (s, built))| s.watermark.as_ref().map(|w| (i, s, built, w)))
+        .map(|(i, source, built, w)| {
+            let ms = |text: &str, field: &str| {
+                parse_duration(text)
+                    .map(|d| d.as_millis() as i64)
+                    .map_err(|m| {
+                        EngineError::InvalidQuery(format!("sources[{i}].watermark.{field}: {m}"))
+                    })
+            };
+            Ok(PlannedWatermark {
+                source: source.name.clone(),
+                delay_ms: ms(&w.delay, "delay")?,
+                idle_timeout_ms: match &w.idle_timeout {
+                    Some(text) => ms(text, "idleTimeout")?,
+                    None => DEFAULT_IDLE_TIMEOUT_MS,
+                },
+                tasks: built.partitions(),
+            })
+        })
+        .collect()
+}
+
+/// The key-group ranges of `parallelism` stateful tasks.
+///
+/// # Errors
+/// [`EngineError::InvalidQuery`] when `parallelism` exceeds `max_parallelism`.
+pub fn ranges(max_parallelism: u32, parallelism: u32) -> Result<Vec<KeyGroupRange>> {
+    (0..parallelism)
+        .map(|i| range_for_task(max_parallelism, parallelism, i))
+        .collect()
+}
+
+/// The newest stateful plan in the checkpoint, if any.
+///
+/// # Errors
+/// Storage and checkpoint errors.
+pub async fn newest_plan(checkpoint: &Checkpoint) -> Result<Option<StatefulPlan>> {
+    let newest = checkpoint
+        .list_names("stateful/plans")
+        .await?
+        .iter()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .max();
+    match newest {
+        Some(n) => {
+            checkpoint
+                .read_json(&crate::checkpoint::exchange::plan_path(n))
+                .await
+        }
+        None => Ok(None),
+    }
+}
+
+/// What the stateful runners of a replica are built from.
+pub struct StatefulRunners<'a> {
+    pub spec: &'a StreamingQuerySpec,
+    pub inputs: &'a [(String, arrow::datatypes::SchemaRef)],
+    pub targets: &'a TaskTargets,
+    pub config: ExchangeConfig,
+    pub replica: u32,
+    pub replicas: u32,
+}
+
+impl StatefulRunners<'_> {
+    /// The runners of this replica's key-group ranges, each restored as of its last commit.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidQuery`] when the checkpoint's stateful stage runs another parallelism
+    /// (rescale is not built yet); storage, fencing and planning errors.
+    pub async fn build(self) -> Result<Vec<TaskRunner>> {
+        let parallelism = self.config.parallelism;
+        if let Some(plan) = newest_plan(&self.config.checkpoint).await?
+            && plan.parallelism != parallelism
+        {
+            return Err(EngineError::InvalidQuery(format!(
+                "the checkpoint's stateful stage runs {} stateful tasks and this run has {} \
+                 replicas: moving key groups between a different number of tasks (rescale) is \
+                 not built yet; run with {} replicas",
+                plan.parallelism, parallelism, plan.parallelism
+            )));
+        }
+        let mut runners = Vec::new();
+        for (i, range) in ranges(self.config.max_parallelism, parallelism)?
+            .into_iter()
+            .enumerate()
+        {
+            if i as u32 % self.replicas != self.replica {
+                continue;
+            }
+            let task = stateful_task_id(range);
+            let checkpoint = range_checkpoint(&self.config.checkpoint, range);
+            let log = checkpoint.read_task_log(task).await?;
+            checkpoint
+                .claim_task(
+                    task,
+                    &self.targets.epoch,
+                    log.compacted.as_ref().and_then(|c| c.epoch.as_ref()),
+                )
+                .await?;
+            let reader =
+                ExchangeReader::open(self.config.clone(), range, &log.ranges(EXCHANGE_SOURCE))?;
+            let models = TaskModels::new(&self.spec.models, None)?;
+            let mut query = super::plan_query(self.spec, self.inputs, &models).await?;
+            query.set_stage(Stage::Merge)?;
+            query
+                .restore_state(&checkpoint, task, log.last_committed)
+                .await?;
+            let targets = TaskTargets {
+                checkpoint,
+                ..self.targets.clone()
+            };
+            runners.push(TaskRunner::new(
+                task,
+                vec![TaskInput {
+                    name: EXCHANGE_SOURCE.to_string(),
+                    reader: Box::new(reader),
+                    on_bad_record: BadRecordPolicy::Fail,
+                }],
+                query,
+                targets,
+                &log,
+                models,
+            ));
+        }
+        Ok(runners)
+    }
+}

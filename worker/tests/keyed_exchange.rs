@@ -1,0 +1,332 @@
+//! Stateful queries over several tasks through the keyed exchange (docs/keyed-exchange.md), each
+//! compared with the one-task result on the same input:
+//!
+//! - a windowed count per device (append) and a `SELECT DISTINCT` with a watermark over a file
+//!   source with 8 partitions, in one process;
+//! - the windowed count on 2 and on 3 worker processes sharing one checkpoint;
+//! - the windowed count with SIGKILL at random points and at the exchange's crash points.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, RecordBatch, StructArray};
+use arrow::datatypes::DataType;
+use sluice_worker::storage::Location;
+use sluice_worker::{Engine, QueryConfig, Shared};
+
+const WINDOWED: &str = "SELECT window(ts, '1 minute') AS window, deviceId, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), deviceId";
+const DISTINCT: &str = "SELECT DISTINCT deviceId, ts FROM events";
+
+/// `files` files of 90 rows, 6 devices, event time rising through the files (3 minutes per file,
+/// one row every 2 s; every third row a duplicate of the one before).
+fn write_input(dir: &Path, files: u32) -> PathBuf {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time");
+    for file in 0..files {
+        let mut body = String::new();
+        for row in 0..90u32 {
+            let second = i64::from(file * 180 + row * 2);
+            // Every third row repeats the row before it (the same device and time): duplicates.
+            let device = (row / 3) % 6;
+            let second = if row % 3 == 2 { second - 2 } else { second };
+            let ts = start + chrono::Duration::seconds(second);
+            body.push_str(&format!(
+                "{{\"deviceId\":\"d{device}\",\"ts\":\"{}\"}}\n",
+                ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        std::fs::write(input.join(format!("part-{file:02}.json")), body).expect("write");
+    }
+    input
+}
+
+fn manifest(
+    name: &str,
+    dir: &Path,
+    sql: &str,
+    partitions: u32,
+    sink: &str,
+    trigger: &str,
+) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamingQuery
+metadata: {{name: {name}}}
+spec:
+  sources:
+    - name: events
+      file: {{path: "{input}", format: json, maxFilesPerTrigger: 1, partitions: {partitions}}}
+      schema:
+        - {{name: deviceId, type: string}}
+        - {{name: ts, type: timestamp}}
+      watermark: {{column: ts, delay: 5 minutes, idleTimeout: 1s}}
+  sql: "{sql}"
+  outputMode: append
+  sink:
+    {sink}
+  {trigger}
+  checkpoint: {{location: "{checkpoint}"}}
+"#,
+        input = dir.join("input").display(),
+        checkpoint = dir.join(format!("checkpoint-{name}")).display(),
+    )
+}
+
+/// Output rows as text, counted (a multiset: a row written twice counts twice).
+type Rows = BTreeMap<String, usize>;
+
+fn rows_of(batches: &[RecordBatch]) -> Rows {
+    let mut out = Rows::new();
+    for batch in batches {
+        let columns: Vec<Vec<String>> = batch
+            .columns()
+            .iter()
+            .map(|c| {
+                let c = match c.as_any().downcast_ref::<StructArray>() {
+                    Some(window) => window.column(0).clone(),
+                    None => c.clone(),
+                };
+                let text = arrow::compute::cast(&c, &DataType::Utf8).expect("cast");
+                let text = text
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("utf8");
+                (0..text.len()).map(|r| text.value(r).to_string()).collect()
+            })
+            .collect();
+        for r in 0..batch.num_rows() {
+            let row: Vec<&str> = columns.iter().map(|c| c[r].as_str()).collect();
+            *out.entry(row.join("|")).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Runs `manifest` in this process to the end (`availableNow`) and returns its memory sink's rows.
+async fn run_in_process(manifest: &str, sink: &str) -> Rows {
+    let query = sluice_crds::parse_manifest(manifest).expect("manifest");
+    let engine = Engine::start(QueryConfig::local(query), Shared::new())
+        .await
+        .expect("start");
+    engine.run(|_| {}).await.expect("run");
+    let batches: Vec<RecordBatch> = sluice_worker::sink::memory::read_table(sink)
+        .into_values()
+        .flatten()
+        .collect();
+    rows_of(&batches)
+}
+
+async fn one_task_and_eight(sql: &str, name: &str) -> (Rows, Rows) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_input(dir.path(), 16);
+    let available_now = "trigger: {availableNow: true}";
+    let single_sink = format!("{name}-single");
+    let single = run_in_process(
+        &manifest(
+            "single",
+            dir.path(),
+            sql,
+            1,
+            &format!("memory: {{name: {single_sink}}}"),
+            available_now,
+        ),
+        &single_sink,
+    )
+    .await;
+    let exchange_sink = format!("{name}-exchange");
+    let exchanged = run_in_process(
+        &manifest(
+            "exchange",
+            dir.path(),
+            sql,
+            8,
+            &format!("memory: {{name: {exchange_sink}}}"),
+            available_now,
+        ),
+        &exchange_sink,
+    )
+    .await;
+    // The stateful stage kept its state per key-group range, not per source task.
+    assert!(
+        dir.path()
+            .join("checkpoint-exchange/stateful/ranges/0-127")
+            .is_dir(),
+        "no stateful range directory"
+    );
+    (single, exchanged)
+}
+
+#[tokio::test]
+async fn a_windowed_count_over_eight_partitions_equals_the_one_task_result() {
+    let (single, exchanged) = one_task_and_eight(WINDOWED, "exchange-windowed").await;
+    // 48 minutes of events, the last at 47:56; the watermark ends at 42:56, which closes the 42
+    // windows ending by 42:00, each with all 6 devices.
+    assert_eq!(single.values().sum::<usize>(), 42 * 6, "{single:?}");
+    assert_eq!(exchanged, single);
+}
+
+#[tokio::test]
+async fn distinct_with_a_watermark_over_eight_partitions_equals_the_one_task_result() {
+    let (single, exchanged) = one_task_and_eight(DISTINCT, "exchange-distinct").await;
+    // 16 × 90 rows, every third a duplicate.
+    assert_eq!(single.values().sum::<usize>(), 16 * 60);
+    assert!(single.values().all(|n| *n == 1));
+    assert_eq!(exchanged, single);
+}
+
+/// Starts `replicas` worker processes on one manifest (`--replica i --replicas n`).
+fn spawn_replicas(manifest: &Path, replicas: u32) -> Vec<std::process::Child> {
+    (0..replicas)
+        .map(|replica| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+                .arg("run")
+                .arg(manifest)
+                .args(["--replica", &replica.to_string()])
+                .args(["--replicas", &replicas.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect()
+}
+
+async fn parquet_rows(output: &Path) -> Rows {
+    let location = Location::parse(output.to_str().expect("utf8")).expect("location");
+    let batches: Vec<RecordBatch> = common::read_parquet_dir(&location)
+        .await
+        .into_values()
+        .flatten()
+        .collect();
+    rows_of(&batches)
+}
+
+/// Waits until `output` holds `expected` rows in total, then for half a second more (so that a
+/// duplicate would show), and returns what it holds.
+async fn settled_rows(
+    output: &Path,
+    expected: usize,
+    children: &mut [std::process::Child],
+) -> Rows {
+    let started = Instant::now();
+    loop {
+        for child in children.iter_mut() {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("a worker exited early: {status}");
+            }
+        }
+        let rows = parquet_rows(output).await;
+        if rows.values().sum::<usize>() >= expected {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return parquet_rows(output).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "after 120 s the output holds {} of {expected} rows",
+            rows.values().sum::<usize>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_and_three_worker_processes_share_one_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_input(dir.path(), 16);
+    let single = run_in_process(
+        &manifest(
+            "single",
+            dir.path(),
+            WINDOWED,
+            1,
+            "memory: {name: exchange-processes-single}",
+            "trigger: {availableNow: true}",
+        ),
+        "exchange-processes-single",
+    )
+    .await;
+    let expected = single.values().sum::<usize>();
+    for replicas in [2u32, 3] {
+        let name = format!("replicas{replicas}");
+        let output = dir.path().join(format!("out-{replicas}"));
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            manifest(
+                &name,
+                dir.path(),
+                WINDOWED,
+                8,
+                &format!("file: {{path: \"{}\", format: parquet}}", output.display()),
+                "",
+            ),
+        )
+        .expect("manifest");
+        let mut children = spawn_replicas(&path, replicas);
+        let rows = settled_rows(&output, expected, &mut children).await;
+        for child in &mut children {
+            child.kill().expect("kill");
+            child.wait().expect("reap");
+        }
+        assert_eq!(rows, single, "{replicas} replicas");
+        let ranges = std::fs::read_dir(
+            dir.path()
+                .join(format!("checkpoint-{name}/stateful/ranges")),
+        )
+        .expect("ranges")
+        .count();
+        assert_eq!(ranges, replicas as usize, "one key-group range per replica");
+    }
+}
+
+#[tokio::test]
+async fn sigkill_at_random_points_and_at_the_exchange_crash_points_keeps_the_output_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_input(dir.path(), 64);
+    let single = run_in_process(
+        &manifest(
+            "single",
+            dir.path(),
+            WINDOWED,
+            1,
+            "memory: {name: exchange-crash-single}",
+            "trigger: {availableNow: true}",
+        ),
+        "exchange-crash-single",
+    )
+    .await;
+    // Armed crash points: a source task after its exchange objects (batch 0), the stateful task
+    // after the sink (plan 0), mid-state and before its commit (plan 1); then random SIGKILLs.
+    let output = dir.path().join("out");
+    let path = dir.path().join("crash.yaml");
+    std::fs::write(
+        &path,
+        manifest(
+            "crash",
+            dir.path(),
+            WINDOWED,
+            8,
+            &format!("file: {{path: \"{}\", format: parquet}}", output.display()),
+            "trigger: {availableNow: true}",
+        ),
+    )
+    .expect("manifest");
+    for point in [
+        "after-exchange-write:0",
+        "after-sink-write:0",
+        "mid-state-write:1",
+        "before-commit:1",
+    ] {
+        let status = common::spawn_worker(&path, &[("SLUICE_CRASH_AT", point)])
+            .wait()
+            .expect("wait");
+        assert!(!status.success(), "{point}: the worker did not crash");
+    }
+    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 200..1_200, None);
+    assert_eq!(parquet_rows(&output).await, single);
+}
