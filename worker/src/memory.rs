@@ -188,12 +188,17 @@ pub struct ReadSizes {
 
 impl ReadSizes {
     /// The sizes for `share` bytes of budget for one task's batch of one source, on `cores` cores:
-    /// a quarter of the share ([`BYTES_PER_INPUT_BYTE`]) is input; a sixteenth is the decoder's
-    /// chunk (within [`MIN_CHUNK_BYTES`] and `max_chunk`); files are decoded at once as long as
-    /// their read buffers (about two chunks each) stay within another quarter.
+    /// a quarter of the share ([`BYTES_PER_INPUT_BYTE`]) is input; a 64th is the decoder's chunk
+    /// (within [`MIN_CHUNK_BYTES`] and `max_chunk`); files are decoded at once as long as their
+    /// read buffers (about two chunks each) stay within another quarter.
+    ///
+    /// The chunk is kept small because glibc's allocator keeps freed buffers of a chunk's size in
+    /// the arena of the thread that freed them (its mmap threshold rises to the largest freed
+    /// block), and a task's decodes run on a different blocking thread from batch to batch: with
+    /// 8 MiB chunks, many small batches left more memory resident than one large batch did.
     pub fn for_share(share: u64, cores: usize, max_chunk: usize) -> Self {
         let batch_bytes = (share / BYTES_PER_INPUT_BYTE).max(MIN_BATCH_INPUT_BYTES);
-        let chunk_bytes = usize::try_from(share / 16)
+        let chunk_bytes = usize::try_from(share / 64)
             .unwrap_or(usize::MAX)
             .clamp(MIN_CHUNK_BYTES.min(max_chunk), max_chunk.max(1));
         let buffers = 2 * chunk_bytes as u64;

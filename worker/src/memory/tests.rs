@@ -128,7 +128,7 @@ fn read_sizes_follow_the_share() {
         ReadSizes::for_share(128 * MIB, 2, max_chunk),
         ReadSizes {
             batch_bytes: 32 * MIB,
-            chunk_bytes: 8 << 20,
+            chunk_bytes: 2 << 20,
             files_at_once: 2,
         }
     );
