@@ -457,6 +457,8 @@ struct RateTrial {
     sustained: bool,
     /// Processed rows/s after the warm-up.
     processed: f64,
+    /// Peak RSS of the step's run (bytes; 0 until measured).
+    peak_rss: u64,
 }
 
 /// Whether `triggers` kept up with `rate` after a warm-up of `warmup` from the first trigger.
@@ -465,6 +467,7 @@ fn kept_up(triggers: &[Trigger], rate: u64, warmup: Duration) -> RateTrial {
         return RateTrial {
             sustained: false,
             processed: 0.0,
+            peak_rss: 0,
         };
     };
     let start = first.at + warmup;
@@ -476,6 +479,7 @@ fn kept_up(triggers: &[Trigger], rate: u64, warmup: Duration) -> RateTrial {
         return RateTrial {
             sustained: false,
             processed: 0.0,
+            peak_rss: 0,
         };
     };
     let window = &triggers[index..];
@@ -483,6 +487,7 @@ fn kept_up(triggers: &[Trigger], rate: u64, warmup: Duration) -> RateTrial {
         return RateTrial {
             sustained: false,
             processed: 0.0,
+            peak_rss: 0,
         };
     };
     let seconds = (last.at - before.at).as_secs_f64();
@@ -496,6 +501,7 @@ fn kept_up(triggers: &[Trigger], rate: u64, warmup: Duration) -> RateTrial {
     RateTrial {
         sustained: window.len() >= 2 && processed >= 0.9 * rate as f64 && slowest <= 2000,
         processed,
+        peak_rss: 0,
     }
 }
 
@@ -512,9 +518,10 @@ fn ladder(args: &Args, mut attempt: impl FnMut(u64) -> anyhow::Result<RateTrial>
             Err(e) => return Cell::missing(format!("error: {e:#}")),
         };
         eprintln!(
-            "   {} rows/s: processed {:.0} rows/s -> {}",
+            "   {} rows/s: processed {:.0} rows/s, peak RSS {} MiB -> {}",
             rate,
             trial.processed,
+            trial.peak_rss >> 20,
             if trial.sustained {
                 "sustained"
             } else {
@@ -578,6 +585,7 @@ fn sluice_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
     }
     let mut trial = kept_up(&result.triggers, rate, seconds / 3);
     trial.sustained &= !result.outcome.killed;
+    trial.peak_rss = result.outcome.peak_rss;
     Ok(trial)
 }
 
@@ -609,6 +617,7 @@ fn spark_rate(ctx: &Setup, rate: u64) -> anyhow::Result<RateTrial> {
     let warm_up = Duration::from_secs(ctx.args.rate_seconds / 3 + SPARK_WARM_UP_SECONDS);
     let mut trial = kept_up(&triggers, rate, warm_up);
     trial.sustained &= !outcome.killed;
+    trial.peak_rss = outcome.peak_rss;
     Ok(trial)
 }
 
@@ -825,6 +834,7 @@ mod tests {
             Ok(RateTrial {
                 sustained: rate <= capacity,
                 processed: rate.min(capacity) as f64,
+                peak_rss: 0,
             })
         });
         assert_eq!(cell, Cell::value(4_000_000.0));
@@ -835,6 +845,7 @@ mod tests {
             Ok(RateTrial {
                 sustained: rate <= 300_000,
                 processed: 0.0,
+                peak_rss: 0,
             })
         });
         assert_eq!(cell, Cell::value(250_000.0));

@@ -24,6 +24,10 @@ pub enum EngineError {
     /// A rule broken by the query itself, e.g. an unsupported SQL construct.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A worker setting (a flag, its environment variable, or what the worker reads of its
+    /// container, e.g. the cgroup memory limit) is invalid.
+    #[error("invalid setting: {0}")]
+    Config(String),
     /// DataFusion refused to plan or run the SQL.
     #[error("SQL error: {0}")]
     Sql(#[from] datafusion::error::DataFusionError),
@@ -98,7 +102,10 @@ impl EngineError {
     /// The error's class (see [`ErrorClass`]).
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Manifest(_) | Self::InvalidQuery(_) | Self::BadRecord { .. } => ErrorClass::User,
+            Self::Manifest(_)
+            | Self::InvalidQuery(_)
+            | Self::Config(_)
+            | Self::BadRecord { .. } => ErrorClass::User,
             // The root cause decides: DataFusion wraps errors in `Context` / `Diagnostic` layers.
             Self::Sql(e) => match e.find_root() {
                 datafusion::error::DataFusionError::Plan(_)

@@ -24,6 +24,7 @@ pub mod format;
 pub mod http;
 pub mod kafka_client;
 pub mod key_group;
+pub mod memory;
 pub mod metrics;
 pub mod ml;
 pub mod postgres;

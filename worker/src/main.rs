@@ -39,6 +39,7 @@ use sluice_crds::contract;
 use sluice_crds::contract::JobReport;
 use sluice_worker::control::ControlAuth;
 use sluice_worker::engine::describe_sink;
+use sluice_worker::memory;
 use sluice_worker::report;
 use sluice_worker::termination;
 use sluice_worker::{Engine, ErrorClass, QueryConfig, Shared};
@@ -82,7 +83,15 @@ struct RunArgs {
     /// <rows> rows` line to this file (a Job's `/dev/termination-log`).
     #[arg(long)]
     termination_log: Option<PathBuf>,
+    /// Memory the worker sizes its batches' reads within, in bytes with an optional K, M, G or T
+    /// suffix (powers of 1024), e.g. `512M`. Default: half of the container's memory limit
+    /// (cgroup), or 256M without one.
+    #[arg(long, env = ENV_MEMORY_BUDGET, value_parser = parse_memory_budget)]
+    memory_budget: Option<u64>,
 }
+
+/// The environment variable of `--memory-budget`.
+const ENV_MEMORY_BUDGET: &str = "SLUICE_MEMORY_BUDGET";
 
 #[derive(Subcommand)]
 enum Command {
@@ -129,6 +138,9 @@ enum Command {
         /// As for `run`.
         #[arg(long)]
         termination_log: Option<PathBuf>,
+        /// As for `run` (the pod's memory limit is read from its cgroup).
+        #[arg(long, env = ENV_MEMORY_BUDGET, value_parser = parse_memory_budget)]
+        memory_budget: Option<u64>,
     },
 }
 
@@ -258,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             control_token_file,
             allowed_paths,
             termination_log,
+            memory_budget,
         } => {
             // The report of a crash says how often this pod's worker has started.
             let _ = report::count_start();
@@ -277,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 allowed_paths,
                 max_batch_duration: None,
                 termination_log,
+                memory_budget,
             };
             (manifest, args, auth)
         }
@@ -293,6 +307,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.replica = args.replica;
     config.max_batch_duration = args.max_batch_duration;
     config.replicas = args.replicas.max(1);
+    let (budget, origin) = match args.memory_budget {
+        Some(bytes) => (bytes, memory::BudgetOrigin::Configured),
+        None => memory::default_budget(),
+    };
+    config.memory_budget = Some(budget);
+    tracing::info!(
+        "memory budget {} MiB ({})",
+        budget >> 20,
+        match origin {
+            memory::BudgetOrigin::Configured => "--memory-budget".to_string(),
+            memory::BudgetOrigin::ContainerLimit(limit) =>
+                format!("half of the container's {} MiB limit", limit >> 20),
+            memory::BudgetOrigin::Default => "no container memory limit found".to_string(),
+        }
+    );
     if let Some(micros) = std::env::var("SLUICE_ROW_COST_MICROS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -507,6 +536,11 @@ fn parse_max_batch_duration(value: &str) -> Result<std::time::Duration, String> 
         d if d.is_zero() => Err("must be positive".into()),
         d => Ok(d),
     }
+}
+
+/// `--memory-budget` value: bytes with an optional K, M, G or T suffix (`memory::parse_budget`).
+fn parse_memory_budget(value: &str) -> Result<u64, String> {
+    memory::parse_budget(value).map_err(|e| e.to_string())
 }
 
 /// `--http` value: a bare port binds 127.0.0.1 (local runs are not exposed to the network unless

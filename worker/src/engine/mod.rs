@@ -108,6 +108,10 @@ pub struct QueryConfig {
     pub row_cost: Duration,
     /// Overrides `spec.health.maxBatchDuration` (`--max-batch-duration`).
     pub max_batch_duration: Option<Duration>,
+    /// Bytes of memory this replica sizes its batches' reads within (`--memory-budget`; see
+    /// [`crate::memory`]): shared evenly by this replica's tasks and the query's sources.
+    /// `None`: no budget, batches bounded only by the sources' own options.
+    pub memory_budget: Option<u64>,
 }
 
 impl QueryConfig {
@@ -131,6 +135,7 @@ impl QueryConfig {
             replicas: 1,
             row_cost: Duration::ZERO,
             max_batch_duration: None,
+            memory_budget: None,
         }
     }
 
@@ -303,6 +308,15 @@ fn source_watermarks(spec: &StreamingQuerySpec) -> Result<Vec<crate::sql::Source
         .collect()
 }
 
+/// One task's share of the replica's memory budget for one source's batch (bytes): the tasks of
+/// this replica run their batches at the same time, and a task reads every source in a batch.
+fn budget_share(budget: u64, sources: &[Box<dyn Source>], replica: u32, replicas: u32) -> u64 {
+    let task_count = sources.iter().map(|s| s.partitions()).max().unwrap_or(1);
+    let replicas = replicas.max(1);
+    let tasks_here = (0..task_count).filter(|t| t % replicas == replica).count();
+    budget / (tasks_here.max(1) as u64 * sources.len().max(1) as u64)
+}
+
 /// A query ready to run.
 pub struct Engine {
     config: QueryConfig,
@@ -385,6 +399,12 @@ impl Engine {
                 if let Some(&tasks) = stored.partitions.get(source.name()) {
                     source.fit_task_count(tasks);
                 }
+            }
+        }
+        if let Some(budget) = config.memory_budget {
+            let share = budget_share(budget, &sources, config.replica, config.replicas);
+            for source in &mut sources {
+                source.set_memory_budget(share);
             }
         }
         let metadata = checkpoint
@@ -1094,5 +1114,41 @@ pub fn describe_sink(sink: &sluice_crds::SinkSpec) -> String {
         "NoopSink".into()
     } else {
         "Sink".into()
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    fn rate(name: &str, partitions: u32) -> Box<dyn Source> {
+        Box::new(crate::source::rate::RateSource::new(
+            name,
+            &sluice_crds::RateSourceSpec {
+                rows_per_second: 1,
+                partitions,
+            },
+        ))
+    }
+
+    #[test]
+    fn the_budget_is_shared_by_this_replicas_tasks_and_the_sources() {
+        const MIB: u64 = 1 << 20;
+        let one = vec![rate("a", 2)];
+        assert_eq!(budget_share(256 * MIB, &one, 0, 1), 128 * MIB, "2 tasks");
+        assert_eq!(
+            budget_share(256 * MIB, &one, 1, 2),
+            256 * MIB,
+            "1 of 2 tasks here"
+        );
+        // Tasks of the source with the most partitions; every task reads both sources.
+        let two = vec![rate("a", 3), rate("b", 1)];
+        assert_eq!(budget_share(240 * MIB, &two, 0, 1), 40 * MIB);
+        assert_eq!(
+            budget_share(240 * MIB, &two, 0, 2),
+            60 * MIB,
+            "tasks 0 and 2"
+        );
+        assert_eq!(budget_share(240 * MIB, &[], 0, 1), 240 * MIB);
     }
 }

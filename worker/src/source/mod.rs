@@ -88,6 +88,10 @@ pub trait Source: Send + Sync {
     /// What the query needs of this source's rows (`source::scan`); called before any
     /// [`Source::open`]. A source that cannot use it ignores it and returns whole rows.
     fn set_pushdown(&mut self, _pushdown: scan::ScanPushdown) {}
+    /// `bytes`: this source's share of the worker's memory budget (`--memory-budget`) for one
+    /// task's batch, in bytes; called before any [`Source::open`]. A source that sizes its batches
+    /// by it (the file source) keeps each batch's input within it; others ignore it.
+    fn set_memory_budget(&mut self, _bytes: u64) {}
     /// Opens the reader of partition `task`, given every range already logged for it (in batch
     /// order), so that it can continue after them.
     async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>>;

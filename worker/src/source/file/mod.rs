@@ -6,39 +6,54 @@
 //! replicas split a directory without coordination. Within a task, new files are taken oldest first
 //! (by modification time, then path), at most `maxFilesPerTrigger` per batch.
 //!
+//! With a memory budget ([`Source::set_memory_budget`], the worker's `--memory-budget`), a batch
+//! also takes at most [`crate::memory::ReadSizes::batch_bytes`] of input, at least one file: a
+//! JSON-lines file larger than that is read in pieces, one batch each, which the offsets log lists
+//! with their byte offsets (`split.rs`); CSV and Parquet files are taken whole.
+//!
 //! Names starting with `.` or `_` are ignored, so writers can create a file under a hidden name and
 //! rename it when complete (the usual way to publish files atomically). A directory written by
 //! Sluice's file sink has a commit log (`_sluice_log/`): then only the files its entries list are
 //! read, so a query reading another query's output never sees a batch that is not committed.
 
+mod split;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{GetResultPayload, ObjectMeta, ObjectStoreExt};
+use object_store::{GetOptions, GetResultPayload, ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sluice_crds::{FileFormat, FileSourceSpec, SourceSpec};
 
 use crate::error::{EngineError, Result};
+use crate::memory::ReadSizes;
 use crate::schema::arrow_schema;
 use crate::source::decode::{BadRecord, TextFileDecoder, TextFormat, decode_parquet};
 use crate::source::parquet::ObjectChunkReader;
 use crate::source::scan::ScanPushdown;
 use crate::source::{PlanLimit, Range, ReadOutput, Source, SourceTask, decode_range, encode_range};
 use crate::storage::Location;
+use split::{LineSplit, Pending, reaches_end, take_batch};
 
-/// One file of a range, by its path relative to the source directory.
+/// One file of a range, by its path relative to the source directory, or a piece of it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct FileEntry {
     pub path: String,
-    /// Bytes.
+    /// Size of the whole file, bytes.
     pub size: u64,
+    /// A piece of a JSON-lines file: the lines that begin at byte offsets `start..end`
+    /// (`split.rs`). Both absent (and not written to the offsets log) for the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// End of the piece (exclusive), bytes; see `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
 }
 
 /// A file source range: the files of one batch.
@@ -65,6 +80,12 @@ struct FileConfig {
     max_record_bytes: usize,
     /// What the query needs of the rows (JSON lines only; `source::scan`).
     pushdown: Option<ScanPushdown>,
+    /// Input bytes one batch of a task takes (from the memory budget; `None`: no cap).
+    max_batch_bytes: Option<u64>,
+    /// Bytes the text decoder buffers before decoding a run of lines.
+    chunk_bytes: usize,
+    /// Files of one range decoded at the same time.
+    files_at_once: usize,
 }
 
 impl FileSource {
@@ -96,6 +117,9 @@ impl FileSource {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
             pushdown: None,
+            max_batch_bytes: None,
+            chunk_bytes: TextFileDecoder::CHUNK_BYTES,
+            files_at_once: cores(),
         };
         Ok(Self {
             config: Arc::new(config),
@@ -137,29 +161,46 @@ impl Source for FileSource {
         }
     }
 
-    async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
-        let mut seen = HashSet::new();
-        for range in logged {
-            let range: FileRange = decode_range(&self.config.name, range)?;
-            seen.extend(range.files.into_iter().map(|f| f.path));
+    /// Sizes each batch's input, the decoder's chunk and the files decoded at once by `bytes`, a
+    /// task's share of the memory budget for this source (bytes; [`ReadSizes::for_share`]).
+    fn set_memory_budget(&mut self, bytes: u64) {
+        // Before `open`, the config is not shared yet.
+        if let Some(config) = Arc::get_mut(&mut self.config) {
+            let sizes = ReadSizes::for_share(bytes, cores(), TextFileDecoder::CHUNK_BYTES);
+            config.max_batch_bytes = Some(sizes.batch_bytes);
+            config.chunk_bytes = sizes.chunk_bytes;
+            config.files_at_once = sizes.files_at_once;
         }
-        Ok(Box::new(FileTask {
+    }
+
+    async fn open(&self, task: u32, logged: &[Range]) -> Result<Box<dyn SourceTask>> {
+        let mut reader = FileTask {
             source: self.config.clone(),
             task,
-            seen,
+            seen: HashSet::new(),
+            partial: HashMap::new(),
             frozen: None,
             backlog: 0,
             committed: HashSet::new(),
             log_entries_read: HashSet::new(),
-        }))
+        };
+        for range in logged {
+            let range: FileRange = decode_range(&self.config.name, range)?;
+            for entry in &range.files {
+                reader.planned(entry);
+            }
+        }
+        Ok(Box::new(reader))
     }
 }
 
 struct FileTask {
     source: Arc<FileConfig>,
     task: u32,
-    /// Relative paths already planned (from the log and from this run).
+    /// Relative paths planned to their end (from the log and from this run).
     seen: HashSet<String>,
+    /// Files planned in part (pieces of JSON lines): the offset the next piece starts at, bytes.
+    partial: HashMap<String, u64>,
     /// Files available when frozen (`availableNow` / `once`).
     frozen: Option<Vec<FileEntryWithTime>>,
     backlog: u64,
@@ -176,6 +217,20 @@ struct FileEntryWithTime {
 }
 
 impl FileTask {
+    /// Notes a planned or logged entry: its file is done, or continues at the piece's end.
+    fn planned(&mut self, entry: &FileEntry) {
+        match entry.end {
+            Some(end) if !reaches_end(entry) => {
+                let next = self.partial.entry(entry.path.clone()).or_default();
+                *next = (*next).max(end);
+            }
+            _ => {
+                self.partial.remove(&entry.path);
+                self.seen.insert(entry.path.clone());
+            }
+        }
+    }
+
     fn relative(&self, meta: &ObjectMeta) -> Option<String> {
         let prefix = self.source.location.prefix.as_ref();
         let full = meta.location.as_ref();
@@ -241,6 +296,8 @@ impl FileTask {
                         entry: FileEntry {
                             path,
                             size: meta.size,
+                            start: None,
+                            end: None,
                         },
                         modified_ms: meta.last_modified.timestamp_millis(),
                     }
@@ -253,7 +310,7 @@ impl FileTask {
 }
 
 impl FileTask {
-    /// Decodes the range's files a few at a time (see [`files_decoded_at_once`]); batches and
+    /// Decodes the range's files a few at a time (see [`cores`]); batches and
     /// bad records come out in the range's file order whatever order the files finish in.
     async fn read_files(&self, range: &Range, pushdown: bool) -> Result<ReadOutput> {
         let range: FileRange = decode_range(&self.source.name, range)?;
@@ -262,7 +319,7 @@ impl FileTask {
             async move { read_file(&config, &file, pushdown).await }
         });
         let decoded: Vec<_> = futures::stream::iter(reads)
-            .buffered(files_decoded_at_once())
+            .buffered(self.source.files_at_once.max(1))
             .try_collect()
             .await?;
         let mut output = ReadOutput::default();
@@ -292,25 +349,36 @@ impl SourceTask for FileTask {
             Some(frozen) => frozen.clone(),
             None => self.list().await?,
         };
-        let new: Vec<FileEntry> = available
+        let pending: Vec<Pending> = available
             .into_iter()
             .filter(|f| !self.seen.contains(&f.entry.path))
-            .map(|f| f.entry)
+            .map(|f| Pending {
+                from: self.partial.get(&f.entry.path).copied().unwrap_or(0),
+                file: f.entry,
+            })
             .collect();
-        let take = match (limit, self.source.max_files_per_trigger) {
-            (PlanLimit::PerTrigger, Some(max)) => max.min(new.len()),
-            _ => new.len(),
+        // `once` takes everything in one batch, as in Spark (the budget cannot bound it).
+        let (max_files, max_bytes) = match limit {
+            PlanLimit::PerTrigger => (
+                self.source.max_files_per_trigger,
+                self.source.max_batch_bytes,
+            ),
+            PlanLimit::Unbounded => (None, None),
         };
-        self.backlog = (new.len() - take) as u64;
-        if take == 0 {
+        let splittable = self.source.format == FileFormat::Json;
+        let files = take_batch(&pending, max_files, max_bytes, splittable);
+        let finished = files.iter().filter(|f| reaches_end(f)).count();
+        self.backlog = pending.len().saturating_sub(finished) as u64;
+        if files.is_empty() {
             return Ok(None);
         }
-        let files: Vec<FileEntry> = new.into_iter().take(take).collect();
-        self.seen.extend(files.iter().map(|f| f.path.clone()));
+        for file in &files {
+            self.planned(file);
+        }
         encode_range(&FileRange { files }).map(Some)
     }
 
-    /// Decodes the range's files a few at a time (see [`files_decoded_at_once`]); batches and
+    /// Decodes the range's files a few at a time (see [`cores`]); batches and
     /// bad records come out in the range's file order whatever order the files finish in.
     async fn read(&mut self, range: &Range) -> Result<ReadOutput> {
         self.read_files(range, true).await
@@ -324,7 +392,8 @@ impl SourceTask for FileTask {
         Some(self.backlog)
     }
 
-    /// The files of both ranges, in order (each file is planned once, so no path repeats).
+    /// The files of both ranges, in order (a path repeats only for consecutive pieces of one file,
+    /// which read in order as they did apart).
     fn merge(&self, earlier: &Range, later: &Range) -> Option<Range> {
         let mut merged: FileRange = serde_json::from_value(earlier.clone()).ok()?;
         let later: FileRange = serde_json::from_value(later.clone()).ok()?;
@@ -333,11 +402,12 @@ impl SourceTask for FileTask {
     }
 }
 
-/// How many files of one range a task decodes at the same time: the cores this process may use
-/// (at most 4). A task with `maxFilesPerTrigger` > 1 then uses idle cores, e.g. a stateful query,
-/// which runs as one task (README, "Stateful streaming"). Memory grows by one 8 MiB read buffer
-/// per extra file; the decoded batches are held until the batch's SQL runs either way.
-fn files_decoded_at_once() -> usize {
+/// How many files of one range a task decodes at the same time without a memory budget: the cores
+/// this process may use (at most 4). A task with `maxFilesPerTrigger` > 1 then uses idle cores,
+/// e.g. a stateful query, which runs as one task (README, "Stateful streaming"). Memory grows by
+/// one read buffer per extra file; the decoded batches are held until the batch's SQL runs either
+/// way. A budget may lower it ([`ReadSizes::files_at_once`]).
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
@@ -350,7 +420,28 @@ async fn read_file(config: &FileConfig, file: &FileEntry, pushdown: bool) -> Res
     let location = &config.location;
     let path = location.child(&file.path);
     let schema = config.schema.clone();
-    let origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
+    let mut origin = format!("{}/{}", location.url.trim_end_matches('/'), file.path);
+    // A piece's bad records count lines from the piece's first line.
+    let split = match (file.start, file.end) {
+        (None, None) => None,
+        (Some(start), Some(end)) if config.format == FileFormat::Json => {
+            if start > 0 {
+                origin = format!("{origin} from byte {start}");
+            }
+            Some(LineSplit::new(start, end))
+        }
+        _ => {
+            // A checkpoint written while the source's format was JSON lines.
+            return Err(EngineError::Checkpoint {
+                location: origin,
+                message: format!(
+                    "the offsets log of source `{}` names a piece ({:?}..{:?}) of this file, \
+                     which only a JSON-lines source reads",
+                    config.name, file.start, file.end
+                ),
+            });
+        }
+    };
     // Decoding is CPU-bound: keep it off the async worker threads.
     if config.format == FileFormat::Parquet {
         // A row group at a time, fetched as the reader reaches it (`source/parquet.rs`).
@@ -368,31 +459,43 @@ async fn read_file(config: &FileConfig, file: &FileEntry, pushdown: bool) -> Res
         }
         return Ok((batches, bad, 0));
     }
-    let object = location
-        .store
-        .get(&path)
-        .await
-        .map_err(|e| EngineError::storage(path.to_string(), e))?;
+    let object = match &split {
+        None => location.store.get(&path).await,
+        Some(split) => {
+            let options = GetOptions::new().with_range(Some(split.read_from()..));
+            location.store.get_opts(&path, options).await
+        }
+    }
+    .map_err(|e| EngineError::storage(path.to_string(), e))?;
     // Text is decoded a run of lines at a time as it arrives, never whole.
     let decoder = TextFileDecoder::new(schema, config.text_format.clone(), origin)
+        .with_chunk_bytes(config.chunk_bytes.max(1))
         .with_max_record_bytes(config.max_record_bytes)
         .with_pushdown(config.pushdown.as_ref().filter(|_| pushdown));
     let range = object.range.clone();
     match object.payload {
         GetResultPayload::File(file, _) => {
             let name = path.to_string();
-            blocking(move || decode_local_file(decoder, file, range, &name)).await
+            let chunk_bytes = config.chunk_bytes.max(1);
+            blocking(move || decode_local_file(decoder, file, range, split, chunk_bytes, &name))
+                .await
         }
-        GetResultPayload::Stream(pieces) => decode_stream(decoder, pieces, path.as_ref()).await,
+        GetResultPayload::Stream(pieces) => {
+            decode_stream(decoder, pieces, split, path.as_ref()).await
+        }
     }
 }
 
 /// Decodes a local file with large reads on the calling (blocking) thread: object_store's own
 /// stream of a local file hops threads every 8 KiB, which cost more than the decoding.
+/// With `split`, only the lines of that piece (`range` then starts at its
+/// [`LineSplit::read_from`]).
 fn decode_local_file(
     mut decoder: TextFileDecoder,
     mut file: std::fs::File,
     range: std::ops::Range<u64>,
+    mut split: Option<LineSplit>,
+    chunk_bytes: usize,
     name: &str,
 ) -> Result<Decoded> {
     use std::io::{Read, Seek, SeekFrom};
@@ -405,7 +508,7 @@ fn decode_local_file(
     };
     file.seek(SeekFrom::Start(range.start)).map_err(io)?;
     let mut remaining = range.end.saturating_sub(range.start);
-    let mut buffer = vec![0u8; TextFileDecoder::CHUNK_BYTES.min(remaining as usize)];
+    let mut buffer = vec![0u8; chunk_bytes.min(remaining as usize)];
     while remaining > 0 {
         let want = buffer.len().min(remaining as usize);
         let Some(window) = buffer.get_mut(..want) else {
@@ -416,18 +519,28 @@ fn decode_local_file(
             break;
         }
         remaining -= read as u64;
-        decoder.push(buffer.get(..read).unwrap_or_default())?;
+        let bytes = buffer.get(..read).unwrap_or_default();
+        match &mut split {
+            Some(split) => decoder.push(split.take(bytes))?,
+            None => decoder.push(bytes)?,
+        }
         if decoder.ready() {
             decoder.decode_ready()?;
+        }
+        if split.as_ref().is_some_and(LineSplit::done) {
+            break;
         }
     }
     decoder.finish_counted()
 }
 
 /// Decodes a streamed object (S3): pieces are buffered, whole lines decoded on the blocking pool.
+/// With `split`, only the lines of that piece (the stream then starts at its
+/// [`LineSplit::read_from`]) and the stream is dropped once they are read.
 async fn decode_stream(
     mut decoder: TextFileDecoder,
     mut pieces: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    mut split: Option<LineSplit>,
     name: &str,
 ) -> Result<Decoded> {
     while let Some(piece) = pieces
@@ -435,13 +548,19 @@ async fn decode_stream(
         .await
         .map_err(|e| EngineError::storage(name.to_string(), e))?
     {
-        decoder.push(&piece)?;
+        match &mut split {
+            Some(split) => decoder.push(split.take(&piece))?,
+            None => decoder.push(&piece)?,
+        }
         if decoder.ready() {
             decoder = blocking(move || {
                 decoder.decode_ready()?;
                 Ok(decoder)
             })
             .await?;
+        }
+        if split.as_ref().is_some_and(LineSplit::done) {
+            break;
         }
     }
     blocking(move || decoder.finish_counted()).await

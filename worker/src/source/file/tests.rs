@@ -1,3 +1,4 @@
+use super::split::{MIN_PIECE_BYTES, Pending, take_batch};
 use super::*;
 use arrow::array::{Array, StringArray};
 use sluice_crds::ColumnSpec;
@@ -193,4 +194,293 @@ async fn a_range_reads_in_file_order_though_files_decode_concurrently() {
         }
     }
     assert_eq!(ids, expected, "rows in the range's file order {order:?}");
+}
+
+fn whole(path: &str, size: u64) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        size,
+        start: None,
+        end: None,
+    }
+}
+
+fn piece(path: &str, size: u64, start: u64, end: u64) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        size,
+        start: Some(start),
+        end: Some(end),
+    }
+}
+
+fn pending(files: &[(&str, u64, u64)]) -> Vec<Pending> {
+    files
+        .iter()
+        .map(|&(path, size, from)| Pending {
+            file: whole(path, size),
+            from,
+        })
+        .collect()
+}
+
+#[test]
+fn without_a_cap_a_batch_takes_whole_files_up_to_max_files() {
+    let files = pending(&[("a", 100, 0), ("b", 200, 0), ("c", 300, 0)]);
+    assert_eq!(
+        take_batch(&files, None, None, true),
+        vec![whole("a", 100), whole("b", 200), whole("c", 300)]
+    );
+    assert_eq!(
+        take_batch(&files, Some(2), None, true),
+        vec![whole("a", 100), whole("b", 200)]
+    );
+    assert!(take_batch(&[], Some(2), Some(10), true).is_empty());
+}
+
+#[test]
+fn a_byte_cap_takes_whole_files_that_fit_and_cuts_json_lines() {
+    const MIB: u64 = 1 << 20;
+    let files = pending(&[("a", MIB, 0), ("b", MIB, 0), ("c", 3 * MIB, 0)]);
+    // Two files fit, the third is cut to fill the cap.
+    assert_eq!(
+        take_batch(&files, None, Some(3 * MIB), true),
+        vec![
+            whole("a", MIB),
+            whole("b", MIB),
+            piece("c", 3 * MIB, 0, MIB)
+        ]
+    );
+    // maxFilesPerTrigger still counts entries.
+    assert_eq!(
+        take_batch(&files, Some(1), Some(3 * MIB), true),
+        vec![whole("a", MIB)]
+    );
+    // A file larger than the cap, alone: pieces of the cap, then the rest.
+    let big = pending(&[("c", 3 * MIB, 0)]);
+    assert_eq!(
+        take_batch(&big, None, Some(2 * MIB), true),
+        vec![piece("c", 3 * MIB, 0, 2 * MIB)]
+    );
+    let rest = pending(&[("c", 3 * MIB, 2 * MIB), ("d", 10, 0)]);
+    assert_eq!(
+        take_batch(&rest, None, Some(2 * MIB), true),
+        vec![piece("c", 3 * MIB, 2 * MIB, 3 * MIB), whole("d", 10)]
+    );
+}
+
+#[test]
+fn a_byte_cap_takes_unsplittable_files_whole_and_one_at_least() {
+    const MIB: u64 = 1 << 20;
+    let files = pending(&[("a", 5 * MIB, 0), ("b", MIB, 0)]);
+    // CSV / Parquet: the first file whole though it is over the cap, and nothing after it.
+    assert_eq!(
+        take_batch(&files, None, Some(2 * MIB), false),
+        vec![whole("a", 5 * MIB)]
+    );
+    let files = pending(&[("b", MIB, 0), ("a", 5 * MIB, 0)]);
+    assert_eq!(
+        take_batch(&files, None, Some(2 * MIB), false),
+        vec![whole("b", MIB)],
+        "a file that does not fit waits for the next batch"
+    );
+}
+
+#[test]
+fn a_byte_cap_does_not_cut_a_sliver_after_other_files() {
+    let small = MIN_PIECE_BYTES / 2;
+    let files = pending(&[("a", 10 * small, 0), ("b", 10 * small, 0)]);
+    // Left for b: half of the smallest piece, so b waits.
+    assert_eq!(
+        take_batch(&files, None, Some(11 * small), true),
+        vec![whole("a", 10 * small)]
+    );
+    // Left for b: the smallest piece exactly.
+    assert_eq!(
+        take_batch(&files, None, Some(12 * small), true),
+        vec![whole("a", 10 * small), piece("b", 10 * small, 0, 2 * small)]
+    );
+    // A zero cap still makes progress.
+    assert_eq!(
+        take_batch(&files, None, Some(0), true),
+        vec![piece("a", 10 * small, 0, 1)]
+    );
+}
+
+/// Cuts `text` at `cuts` and feeds each piece to a [`LineSplit`] in chunks of `chunk` bytes
+/// from its `read_from`, as the reader does.
+fn read_pieces(text: &[u8], cuts: &[u64], chunk: usize) -> Vec<u8> {
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(text.len() as u64);
+    let mut out = Vec::new();
+    for pair in bounds.windows(2) {
+        let mut split = LineSplit::new(pair[0], pair[1]);
+        let from = split.read_from() as usize;
+        for bytes in text[from..].chunks(chunk) {
+            if split.done() {
+                break;
+            }
+            out.extend_from_slice(split.take(bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn pieces_cut_anywhere_hold_every_line_once() {
+    // Empty lines, a long line, no newline at the end.
+    let text = b"a\n\nbbbbbbbbbbbbbbb\ncc\nd\n\n\neeeeee\nf";
+    let len = text.len() as u64;
+    for chunk in [1, 2, 3, 7, text.len()] {
+        for first in 0..=len {
+            assert_eq!(
+                read_pieces(text, &[first], chunk),
+                text,
+                "cut at {first}, chunks of {chunk}"
+            );
+            for second in first..=len {
+                assert_eq!(
+                    read_pieces(text, &[first, second], chunk),
+                    text,
+                    "cuts at {first} and {second}, chunks of {chunk}"
+                );
+            }
+        }
+    }
+    // A piece inside one line holds nothing; the line belongs to the piece it begins in.
+    let line = b"0123456789\n";
+    assert!(read_pieces(line, &[3, 6], 4).starts_with(line));
+    let mut split = LineSplit::new(3, 6);
+    let from = split.read_from() as usize;
+    assert!(split.take(&line[from..]).is_empty());
+    assert!(split.done());
+}
+
+/// Writes `files` JSON-lines files of `rows` rows each (`id` = `<file>-<row>`), one malformed line
+/// in the middle of the first.
+fn write_rows(dir: &std::path::Path, files: usize, rows: usize) {
+    for f in 0..files {
+        let mut text = String::new();
+        for r in 0..rows {
+            if f == 0 && r == rows / 2 {
+                text.push_str("{\"id\": not json}\n");
+            }
+            text.push_str(&format!("{{\"id\":\"{f}-{r:05}\"}}\n"));
+        }
+        std::fs::write(dir.join(format!("f{f}.json")), text).expect("write");
+    }
+}
+
+/// Plans every batch (`PerTrigger`) and reads each: the ranges, their rows and bad-record lines.
+async fn drain(task: &mut Box<dyn SourceTask>) -> (Vec<Range>, Vec<String>, Vec<String>) {
+    let mut ranges = Vec::new();
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    while let Some(range) = task.plan(PlanLimit::PerTrigger).await.expect("plan") {
+        let output = task.read(&range).await.expect("read");
+        rows.extend(ids(&output));
+        bad.extend(output.bad_records.iter().map(|b| b.record.clone()));
+        ranges.push(range);
+    }
+    (ranges, rows, bad)
+}
+
+#[tokio::test]
+async fn a_byte_cap_splits_files_into_more_batches_with_the_same_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_rows(dir.path(), 3, 200);
+    let (spec, file) = spec(dir.path(), None, 1);
+    let whole_source = FileSource::new(&spec, &file).expect("source");
+    let mut whole_task = whole_source.open(0, &[]).await.expect("open");
+    let (ranges, expected, expected_bad) = drain(&mut whole_task).await;
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(expected.len(), 600);
+    assert_eq!(expected_bad.len(), 1);
+    assert!(
+        !ranges[0].to_string().contains("start"),
+        "whole files are logged as before: {}",
+        ranges[0]
+    );
+
+    // Files of 3,418 bytes, batches of at most 1,000 bytes: four pieces of each file (a piece
+    // never fills a batch's last 582 bytes: under the smallest piece).
+    let mut capped = FileSource::new(&spec, &file).expect("source");
+    Arc::get_mut(&mut capped.config)
+        .expect("unshared")
+        .max_batch_bytes = Some(1_000);
+    let mut task = capped.open(0, &[]).await.expect("open");
+    let (ranges, rows, bad) = drain(&mut task).await;
+    assert_eq!(ranges.len(), 12);
+    assert_eq!(rows, expected, "the same rows in the same order");
+    assert_eq!(bad, expected_bad, "the bad record once");
+
+    // A restart after the first 5 logged batches continues with the sixth piece; replaying a
+    // logged batch reads exactly its rows again.
+    let mut restarted = capped.open(0, &ranges[..5]).await.expect("open");
+    let mut again: Vec<String> = Vec::new();
+    for range in &ranges[..5] {
+        again.extend(ids(&restarted.read(range).await.expect("replay")));
+    }
+    let (rest, rest_rows, _) = drain(&mut restarted).await;
+    assert_eq!(rest, ranges[5..], "the same ranges after the restart");
+    again.extend(rest_rows);
+    assert_eq!(again, expected);
+}
+
+#[tokio::test]
+async fn a_memory_budget_bounds_a_batch_of_a_large_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One file of 100,000 rows (≈ 1.9 MB).
+    write_rows(dir.path(), 1, 100_000);
+    let size = std::fs::metadata(dir.path().join("f0.json"))
+        .expect("size")
+        .len();
+    let (spec, file) = spec(dir.path(), None, 1);
+    let mut source = FileSource::new(&spec, &file).expect("source");
+    // 4 MiB of budget for this task: batches of 1 MiB of input.
+    source.set_memory_budget(4 << 20);
+    let mut task = source.open(0, &[]).await.expect("open");
+    task.freeze().await.expect("freeze");
+    assert_eq!(task.backlog(), Some(1));
+    let (ranges, rows, bad) = drain(&mut task).await;
+    assert_eq!(ranges.len() as u64, size.div_ceil(1 << 20));
+    let first: FileRange = serde_json::from_value(ranges[0].clone()).expect("range");
+    assert_eq!(first.files, vec![piece("f0.json", size, 0, 1 << 20)]);
+    assert_eq!(rows.len(), 100_000);
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "in file order");
+    assert_eq!(bad.len(), 1);
+    assert_eq!(task.backlog(), Some(0));
+}
+
+#[tokio::test]
+async fn once_ignores_the_byte_cap_and_takes_the_rest_of_a_cut_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_rows(dir.path(), 2, 200);
+    let (spec, file) = spec(dir.path(), None, 1);
+    let mut source = FileSource::new(&spec, &file).expect("source");
+    Arc::get_mut(&mut source.config)
+        .expect("unshared")
+        .max_batch_bytes = Some(1_000);
+    let mut task = source.open(0, &[]).await.expect("open");
+    let first = task
+        .plan(PlanLimit::PerTrigger)
+        .await
+        .expect("plan")
+        .expect("a piece");
+    let rest = task
+        .plan(PlanLimit::Unbounded)
+        .await
+        .expect("plan")
+        .expect("the rest");
+    let rest_range: FileRange = serde_json::from_value(rest.clone()).expect("range");
+    assert_eq!(rest_range.files.len(), 2);
+    assert_eq!(rest_range.files[0].start, Some(1_000));
+    assert_eq!(rest_range.files[1].start, None);
+    let mut rows = ids(&task.read(&first).await.expect("read"));
+    rows.extend(ids(&task.read(&rest).await.expect("read")));
+    assert_eq!(rows.len(), 400);
+    // Merged (checkpoint retention, continuous epochs), the two ranges read the same rows.
+    let merged = task.merge(&first, &rest).expect("merge");
+    assert_eq!(ids(&task.read(&merged).await.expect("read")), rows);
 }
