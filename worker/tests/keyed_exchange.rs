@@ -4,7 +4,8 @@
 //! - a windowed count per device (append) and a `SELECT DISTINCT` with a watermark over a file
 //!   source with 8 partitions, in one process;
 //! - the windowed count on 2 and on 3 worker processes sharing one checkpoint;
-//! - the windowed count with SIGKILL at random points and at the exchange's crash points.
+//! - the windowed count with SIGKILL at random points and at the exchange's crash points;
+//! - the windowed count rescaled 1 → 3 → 2 replicas mid-stream (each step after a SIGKILL).
 
 mod common;
 
@@ -39,7 +40,8 @@ fn write_input(dir: &Path, files: u32) -> PathBuf {
                 ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ));
         }
-        std::fs::write(input.join(format!("part-{file:02}.json")), body).expect("write");
+        // Names sort in event-time order: files written within one mtime tick are taken by name.
+        std::fs::write(input.join(format!("part-{file:04}.json")), body).expect("write");
     }
     input
 }
@@ -104,6 +106,23 @@ fn rows_of(batches: &[RecordBatch]) -> Rows {
         }
     }
     out
+}
+
+/// Asserts `got == want`, naming the rows that differ (not the whole tables).
+fn assert_same(got: &Rows, want: &Rows) {
+    let keys: std::collections::BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    let differ: Vec<String> = keys
+        .into_iter()
+        .filter(|k| got.get(*k) != want.get(*k))
+        .map(|k| format!("{k}: got {:?}, want {:?}", got.get(k), want.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {} rows differ: {:?}",
+        differ.len(),
+        want.len(),
+        &differ[..differ.len().min(20)]
+    );
 }
 
 /// Runs `manifest` in this process to the end (`availableNow`) and returns its memory sink's rows.
@@ -287,7 +306,7 @@ async fn two_and_three_worker_processes_share_one_checkpoint() {
 #[tokio::test]
 async fn sigkill_at_random_points_and_at_the_exchange_crash_points_keeps_the_output_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_input(dir.path(), 64);
+    write_input(dir.path(), 192);
     let single = run_in_process(
         &manifest(
             "single",
@@ -327,6 +346,137 @@ async fn sigkill_at_random_points_and_at_the_exchange_crash_points_keeps_the_out
             .expect("wait");
         assert!(!status.success(), "{point}: the worker did not crash");
     }
-    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 200..1_200, None);
-    assert_eq!(parquet_rows(&output).await, single);
+    // 192 files over 8 tasks: ~24 rounds, so that random kills land mid-run.
+    common::run_with_crashes(|| common::spawn_worker(&path, &[]), 6, 150..900, None);
+    assert_same(&parquet_rows(&output).await, &single);
+}
+
+/// The stateful plans written so far: (plan id, parallelism), in id order.
+fn plans(checkpoint: &Path) -> Vec<(u64, u32)> {
+    let Ok(entries) = std::fs::read_dir(checkpoint.join("stateful/plans")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, u32)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let id = path.file_name()?.to_str()?.parse().ok()?;
+            let body: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            Some((id, body["parallelism"].as_u64()? as u32))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until `done` holds for the plans, checking that no worker exited.
+async fn until_plans(
+    checkpoint: &Path,
+    children: &mut [std::process::Child],
+    what: &str,
+    done: impl Fn(&[(u64, u32)]) -> bool,
+) {
+    let started = Instant::now();
+    while !done(&plans(checkpoint)) {
+        for child in children.iter_mut() {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("{what}: a worker exited early: {status}");
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{what}: not reached in 120 s; plans {:?}",
+            plans(checkpoint)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn kill_all(children: &mut [std::process::Child]) {
+    for child in children {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+}
+
+#[tokio::test]
+async fn rescale_one_to_three_to_two_replicas_moves_the_state_and_keeps_the_output_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_input(dir.path(), 64);
+    let single = run_in_process(
+        &manifest(
+            "single",
+            dir.path(),
+            WINDOWED,
+            1,
+            "memory: {name: exchange-rescale-single}",
+            "trigger: {availableNow: true}",
+        ),
+        "exchange-rescale-single",
+    )
+    .await;
+    let expected = single.values().sum::<usize>();
+    let output = dir.path().join("out");
+    let path = dir.path().join("rescale.yaml");
+    std::fs::write(
+        &path,
+        manifest(
+            "rescale",
+            dir.path(),
+            WINDOWED,
+            8,
+            &format!("file: {{path: \"{}\", format: parquet}}", output.display()),
+            "",
+        ),
+    )
+    .expect("manifest");
+    let checkpoint = dir.path().join("checkpoint-rescale");
+    // One replica: killed (SIGKILL, mid-plan or not) after 3 plans.
+    let mut one = spawn_replicas(&path, 1);
+    until_plans(&checkpoint, &mut one, "1 replica", |p| p.len() >= 3).await;
+    kill_all(&mut one);
+    let before = plans(&checkpoint).last().map(|(id, _)| *id).expect("plans");
+    // Three replicas: continue from there, killed after 3 plans with 3 ranges.
+    let mut three = spawn_replicas(&path, 3);
+    until_plans(&checkpoint, &mut three, "3 replicas", |p| {
+        p.iter()
+            .filter(|(_, parallelism)| *parallelism == 3)
+            .count()
+            >= 3
+    })
+    .await;
+    kill_all(&mut three);
+    // Two replicas to the end.
+    let mut two = spawn_replicas(&path, 2);
+    let rows = settled_rows(&output, expected, &mut two).await;
+    kill_all(&mut two);
+    assert_eq!(rows, single, "1 → 3 → 2 replicas");
+
+    let all = plans(&checkpoint);
+    // Plan ids continue across the rescales: one sequence, no restart from 0.
+    assert!(
+        all.iter().enumerate().all(|(i, (id, _))| *id == i as u64),
+        "{all:?}"
+    );
+    let parallelisms: Vec<u32> = all.iter().map(|(_, p)| *p).collect();
+    let first_three = parallelisms.iter().position(|p| *p == 3).expect("3 ranges");
+    let first_two = parallelisms.iter().position(|p| *p == 2).expect("2 ranges");
+    // The 3-replica run wrote the plan after the 1-replica run's last, the 2-replica run later.
+    assert_eq!(first_three as u64, before + 1, "{all:?}");
+    assert!(first_two > first_three, "{all:?}");
+    // The state moved: each new range started from a snapshot seeded at the plan before its
+    // first one, from the old ranges' state (not from the input).
+    for (range, first) in [("0-42", first_three), ("64-127", first_two)] {
+        let task = 1_048_576
+            + range
+                .split('-')
+                .next()
+                .and_then(|s| s.parse::<u32>().ok())
+                .expect("start");
+        let seeded = checkpoint.join(format!(
+            "stateful/ranges/{range}/tasks/{task}/state/{:020}.snapshot.arrow",
+            first - 1
+        ));
+        assert!(seeded.is_file(), "{} is missing", seeded.display());
+    }
 }

@@ -22,7 +22,7 @@ use crate::key_group::{KeyGroupRange, range_for_task, stateful_task_id};
 use crate::ml::TaskModels;
 use crate::source::Source;
 use crate::source::exchange::plan::{PlannedWatermark, StatefulPlan};
-use crate::source::exchange::{EXCHANGE_SOURCE, ExchangeConfig, ExchangeReader};
+use crate::source::exchange::{EXCHANGE_SOURCE, ExchangeConfig, ExchangeReader, plan_committed};
 use crate::sql::Stage;
 
 /// Default of `spec.sources[].watermark.idleTimeout`, ms (1 minute).
@@ -179,64 +179,180 @@ pub struct StatefulRunners<'a> {
 impl StatefulRunners<'_> {
     /// The runners of this replica's key-group ranges, each restored as of its last commit.
     ///
+    /// A run whose replica count differs from the newest plan's parallelism **rescales** at that
+    /// plan's boundary (docs/keyed-exchange.md, "Rescale"): this replica first finishes its share
+    /// of the old ranges' pending work (old range `i` runs on replica `i % replicas`), waits until
+    /// every old range committed the newest plan `n`, then seeds each of its new ranges whose log
+    /// is behind `n`: the groups of its key groups, moved whole from the old ranges' state as of
+    /// `n`, written as the snapshot of `n`, and a compacted log entry standing for plans `..=n`,
+    /// so it continues with plan `n + 1`. No state is recomputed from the input.
+    ///
     /// # Errors
-    /// [`EngineError::InvalidQuery`] when the checkpoint's stateful stage runs another parallelism
-    /// (rescale is not built yet); storage, fencing and planning errors.
+    /// Storage, fencing and planning errors.
     pub async fn build(self) -> Result<Vec<TaskRunner>> {
         let parallelism = self.config.parallelism;
-        if let Some(plan) = newest_plan(&self.config.checkpoint).await?
-            && plan.parallelism != parallelism
-        {
-            return Err(EngineError::InvalidQuery(format!(
-                "the checkpoint's stateful stage runs {} stateful tasks and this run has {} \
-                 replicas: moving key groups between a different number of tasks (rescale) is \
-                 not built yet; run with {} replicas",
-                plan.parallelism, parallelism, plan.parallelism
-            )));
+        let max_parallelism = self.config.max_parallelism;
+        let rescale = newest_plan(&self.config.checkpoint)
+            .await?
+            .filter(|plan| plan.parallelism != parallelism);
+        if let Some(plan) = &rescale {
+            tracing::info!(
+                from = plan.parallelism,
+                to = parallelism,
+                after_plan = plan.batch_id,
+                "rescaling the stateful stage"
+            );
+            self.finish_old_ranges(plan).await?;
         }
         let mut runners = Vec::new();
-        for (i, range) in ranges(self.config.max_parallelism, parallelism)?
+        for (i, range) in ranges(max_parallelism, parallelism)?
             .into_iter()
             .enumerate()
         {
             if i as u32 % self.replicas != self.replica {
                 continue;
             }
-            let task = stateful_task_id(range);
-            let checkpoint = range_checkpoint(&self.config.checkpoint, range);
-            let log = checkpoint.read_task_log(task).await?;
-            checkpoint
-                .claim_task(
-                    task,
-                    &self.targets.epoch,
-                    log.compacted.as_ref().and_then(|c| c.epoch.as_ref()),
-                )
-                .await?;
-            let reader =
-                ExchangeReader::open(self.config.clone(), range, &log.ranges(EXCHANGE_SOURCE))?;
-            let models = TaskModels::new(&self.spec.models, None)?;
-            let mut query = super::plan_query(self.spec, self.inputs, &models).await?;
-            query.set_stage(Stage::Merge)?;
-            query
-                .restore_state(&checkpoint, task, log.last_committed)
-                .await?;
-            let targets = TaskTargets {
-                checkpoint,
-                ..self.targets.clone()
-            };
-            runners.push(TaskRunner::new(
-                task,
-                vec![TaskInput {
-                    name: EXCHANGE_SOURCE.to_string(),
-                    reader: Box::new(reader),
-                    on_bad_record: BadRecordPolicy::Fail,
-                }],
-                query,
-                targets,
-                &log,
-                models,
-            ));
+            if let Some(plan) = &rescale {
+                self.seed(range, plan).await?;
+            }
+            runners.push(self.runner(range, None).await?);
         }
         Ok(runners)
+    }
+
+    /// The runner of `range`, restored as of its last commit; with `last`, it only finishes the
+    /// plans up to `last`.
+    async fn runner(&self, range: KeyGroupRange, last: Option<u64>) -> Result<TaskRunner> {
+        let task = stateful_task_id(range);
+        let checkpoint = range_checkpoint(&self.config.checkpoint, range);
+        let log = checkpoint.read_task_log(task).await?;
+        checkpoint
+            .claim_task(
+                task,
+                &self.targets.epoch,
+                log.compacted.as_ref().and_then(|c| c.epoch.as_ref()),
+            )
+            .await?;
+        let mut reader =
+            ExchangeReader::open(self.config.clone(), range, &log.ranges(EXCHANGE_SOURCE))?;
+        if let Some(last) = last {
+            reader = reader.retiring_after(last);
+        }
+        let models = TaskModels::new(&self.spec.models, None)?;
+        let mut query = super::plan_query(self.spec, self.inputs, &models).await?;
+        query.set_stage(Stage::Merge)?;
+        query
+            .restore_state(&checkpoint, task, log.last_committed)
+            .await?;
+        let targets = TaskTargets {
+            checkpoint,
+            ..self.targets.clone()
+        };
+        Ok(TaskRunner::new(
+            task,
+            vec![TaskInput {
+                name: EXCHANGE_SOURCE.to_string(),
+                reader: Box::new(reader),
+                on_bad_record: BadRecordPolicy::Fail,
+            }],
+            query,
+            targets,
+            &log,
+            models,
+        ))
+    }
+
+    /// Runs this replica's share of the old ranges up to `plan`, then waits until every old
+    /// range committed it (the other replicas run theirs).
+    async fn finish_old_ranges(&self, plan: &StatefulPlan) -> Result<()> {
+        let checkpoint = &self.config.checkpoint;
+        let old = ranges(self.config.max_parallelism, plan.parallelism)?;
+        for (i, range) in old.into_iter().enumerate() {
+            if i as u32 % self.replicas != self.replica {
+                continue;
+            }
+            let log = range_checkpoint(checkpoint, range)
+                .read_task_log(stateful_task_id(range))
+                .await?;
+            if log.last_committed.is_some_and(|c| c >= plan.batch_id) {
+                continue;
+            }
+            let mut runner = self.runner(range, Some(plan.batch_id)).await?;
+            let mut failures = 0;
+            loop {
+                match runner.run_once(crate::source::PlanLimit::PerTrigger).await {
+                    Ok(Some(outcome)) if outcome.progress.batch_id >= plan.batch_id => break,
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(EngineError::Internal(format!(
+                            "range {range} stopped before plan {}",
+                            plan.batch_id
+                        )));
+                    }
+                    Err(e) if e.is_retryable() => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "finishing range {range} before the rescale");
+                        tokio::time::sleep(crate::error::backoff(
+                            failures,
+                            super::MAX_RETRY_BACKOFF,
+                        ))
+                        .await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut waited = 0u32;
+        while !plan_committed(checkpoint, self.config.max_parallelism, plan).await? {
+            if waited.is_multiple_of(50) {
+                tracing::info!(
+                    plan = plan.batch_id,
+                    "waiting for the other replicas to finish the old ranges before the rescale"
+                );
+            }
+            waited += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// Seeds `range` from the ranges of `plan` unless its log already reaches `plan`.
+    async fn seed(&self, range: KeyGroupRange, plan: &StatefulPlan) -> Result<()> {
+        let task = stateful_task_id(range);
+        let checkpoint = range_checkpoint(&self.config.checkpoint, range);
+        let log = checkpoint.read_task_log(task).await?;
+        if log.last_committed.is_some_and(|c| c >= plan.batch_id) {
+            return Ok(());
+        }
+        let old: Vec<(Checkpoint, u32)> = ranges(self.config.max_parallelism, plan.parallelism)?
+            .into_iter()
+            .filter(|old| old.overlaps(&range))
+            .map(|old| {
+                (
+                    range_checkpoint(&self.config.checkpoint, old),
+                    stateful_task_id(old),
+                )
+            })
+            .collect();
+        let models = TaskModels::new(&self.spec.models, None)?;
+        let mut query = super::plan_query(self.spec, self.inputs, &models).await?;
+        query.set_stage(Stage::Merge)?;
+        // State first, then the log entry that makes the range start after `plan`: a crash
+        // between the two seeds again.
+        query
+            .seed_range_state(&old, plan.batch_id, range, &checkpoint, task)
+            .await?;
+        let entry = crate::checkpoint::OffsetsEntry {
+            batch_id: plan.batch_id,
+            planned_ms: plan.planned_ms,
+            sources: std::collections::BTreeMap::from([(
+                EXCHANGE_SOURCE.to_string(),
+                crate::source::encode_range(&crate::source::exchange::ExchangeRange {
+                    plan: plan.batch_id,
+                })?,
+            )]),
+            epoch: Some(self.targets.epoch.clone()),
+        };
+        checkpoint.write_compacted(task, &entry).await
     }
 }

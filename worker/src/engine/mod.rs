@@ -374,6 +374,13 @@ impl Engine {
             first.splits_over_exchange(),
         )?;
         let exchanged = layout == exchange::StatefulLayout::Exchange;
+        if exchanged && matches!(trigger, Trigger::Continuous(_)) {
+            return Err(EngineError::InvalidQuery(
+                "the continuous trigger runs each task's rows whole and has no keyed exchange: a \
+                 stateful query with it needs `partitions: 1`"
+                    .into(),
+            ));
+        }
         if exchanged && !spec.models.is_empty() {
             return Err(EngineError::InvalidQuery(
                 "models train on a task's rows, which the keyed exchange does not keep whole:                  a stateful query with models needs `partitions: 1`"

@@ -81,6 +81,28 @@ impl BatchQuery {
         self.upstream_watermark_ms = watermark_ms;
     }
 
+    /// Seeds the state of a stateful task that takes over `range` after a rescale: the groups of
+    /// `range` as of plan `plan` in the old ranges' state (`old`: each old range's checkpoint and
+    /// task id), written as the snapshot of `plan` under `checkpoint`/`task`, and loaded.
+    ///
+    /// # Errors
+    /// Restore and storage errors.
+    pub async fn seed_range_state(
+        &mut self,
+        old: &[(crate::checkpoint::Checkpoint, u32)],
+        plan: u64,
+        range: crate::key_group::KeyGroupRange,
+        checkpoint: &crate::checkpoint::Checkpoint,
+        task: u32,
+    ) -> Result<()> {
+        let Some(state) = self.streaming.as_mut() else {
+            return Err(EngineError::Internal("no streaming state".into()));
+        };
+        state.store.restore_from(old, plan, range).await?;
+        state.store.write_snapshot(checkpoint, task, plan).await?;
+        Ok(())
+    }
+
     /// The [`Stage::Source`] batch: `rows[i]` are input `i`'s rows; no state is read or kept.
     ///
     /// # Errors

@@ -315,6 +315,53 @@ impl StateStore {
         Ok(size)
     }
 
+    /// Loads, as of batch `last`, the groups of `range` from the state of several tasks: the
+    /// key-group ranges a rescale splits or merges (docs/keyed-exchange.md, "Rescale"). Each
+    /// group is moved whole with its key group, never re-hashed; the ranges of one parallelism are
+    /// disjoint, so no group comes twice. The event time is the first source's (every range of a
+    /// stateful plan runs with the same watermark).
+    ///
+    /// # Errors
+    /// As [`StateStore::restore_range`].
+    pub async fn restore_from(
+        &mut self,
+        sources: &[(Checkpoint, u32)],
+        last: u64,
+        range: KeyGroupRange,
+    ) -> Result<()> {
+        let mut groups = HashMap::default();
+        let mut event_time = None;
+        for (checkpoint, task) in sources {
+            self.restore_range(checkpoint, *task, Some(last), Some(range))
+                .await?;
+            groups.extend(self.groups.drain());
+            event_time.get_or_insert_with(|| self.event_time.clone());
+        }
+        self.groups = groups;
+        self.event_time = event_time.unwrap_or_default();
+        Ok(())
+    }
+
+    /// Writes the whole state as the snapshot of batch `batch_id` (a rescaled range's first state
+    /// file, so its restores never go back to the old ranges' files). Returns its size, bytes.
+    ///
+    /// # Errors
+    /// Storage or encoding failures.
+    pub async fn write_snapshot(
+        &self,
+        checkpoint: &Checkpoint,
+        task: u32,
+        batch_id: u64,
+    ) -> Result<u64> {
+        let rows: Vec<&StateEntry> = self.groups.values().collect();
+        let body = self.encode(&rows, &[], &self.event_time)?;
+        let size = body.len() as u64;
+        checkpoint
+            .put(&state_file(task, batch_id, "snapshot"), body)
+            .await?;
+        Ok(size)
+    }
+
     /// Loads the state as of `last_committed` (nothing when `None`).
     ///
     /// # Errors

@@ -56,6 +56,9 @@ pub struct ExchangeReader {
     range: KeyGroupRange,
     /// The next plan this task runs.
     next: u64,
+    /// The last plan this task may run: set for a range of the parallelism before a rescale,
+    /// which only finishes the plans already written.
+    last: Option<u64>,
 }
 
 impl ExchangeReader {
@@ -72,27 +75,18 @@ impl ExchangeReader {
             config,
             range,
             next,
+            last: None,
         })
+    }
+
+    /// This reader runs no plan after `last` and writes none (a range retiring at a rescale).
+    pub fn retiring_after(mut self, last: u64) -> Self {
+        self.last = Some(last);
+        self
     }
 
     async fn read_plan(&self, batch_id: u64) -> Result<Option<StatefulPlan>> {
         self.config.checkpoint.read_json(&plan_path(batch_id)).await
-    }
-
-    /// Whether every range of `plan` committed it.
-    async fn all_committed(&self, plan: &StatefulPlan) -> Result<bool> {
-        for i in 0..plan.parallelism {
-            let range = range_for_task(self.config.max_parallelism, plan.parallelism, i)?;
-            let log = range_checkpoint(&self.config.checkpoint, range);
-            if log
-                .read_commit(stateful_task_id(range), plan.batch_id)
-                .await?
-                .is_none()
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Per source task, its commits after `previous`'s, gap-free and in order.
@@ -146,6 +140,28 @@ impl ExchangeReader {
     }
 }
 
+/// Whether every range of `plan` committed it.
+///
+/// # Errors
+/// Storage and checkpoint errors.
+pub async fn plan_committed(
+    checkpoint: &Checkpoint,
+    max_parallelism: u32,
+    plan: &StatefulPlan,
+) -> Result<bool> {
+    for i in 0..plan.parallelism {
+        let range = range_for_task(max_parallelism, plan.parallelism, i)?;
+        if range_checkpoint(checkpoint, range)
+            .read_commit(stateful_task_id(range), plan.batch_id)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[async_trait]
 impl SourceTask for ExchangeReader {
     /// Nothing to freeze: the stateful stage follows whatever the source stage commits.
@@ -155,7 +171,13 @@ impl SourceTask for ExchangeReader {
 
     async fn plan(&mut self, _limit: PlanLimit) -> Result<Option<Range>> {
         let n = self.next;
+        if self.last.is_some_and(|last| n > last) {
+            return Ok(None);
+        }
         if self.read_plan(n).await?.is_none() {
+            if self.last.is_some() {
+                return Ok(None);
+            }
             let previous = match n.checked_sub(1) {
                 Some(p) => {
                     Some(
@@ -170,7 +192,12 @@ impl SourceTask for ExchangeReader {
                 None => None,
             };
             if let Some(previous) = &previous
-                && !self.all_committed(previous).await?
+                && !plan_committed(
+                    &self.config.checkpoint,
+                    self.config.max_parallelism,
+                    previous,
+                )
+                .await?
             {
                 return Ok(None);
             }
