@@ -110,6 +110,11 @@ pub struct CheckReport {
     /// stage and a stateful stage with a keyed exchange between them).
     #[serde(default)]
     pub plan: String,
+    /// The key of a stateful query's state: its grouping columns besides the `window(...)` /
+    /// `session_window(...)` one (dedup: all its columns). Empty for a global aggregate, whose
+    /// state is one key group and cannot be split over tasks.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// The outcome of a check as one JSON document: what a check Job writes to its termination

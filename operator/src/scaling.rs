@@ -455,8 +455,9 @@ mod tests {
             tasks: 8,
             ..CheckReport::default()
         };
+        let message = |r: &CheckReport| scaling_limit(r, &sources).map(|(_, m)| m);
         assert_eq!(
-            scaling_limit(&report, &sources).as_deref(),
+            message(&report).as_deref(),
             Some(
                 "stateful query over source `events` without a partitionKey: held at 1 replica; \
                  set partitionKey of source `events` to a GROUP BY column (region, window) to scale"
@@ -466,7 +467,7 @@ mod tests {
             .partition_keys
             .insert("events".into(), "deviceId".into());
         assert_eq!(
-            scaling_limit(&report, &sources).as_deref(),
+            message(&report).as_deref(),
             Some(
                 "GROUP BY key (region, window) does not contain the partition key `deviceId` of \
                  source `events`: held at 1 replica; add deviceId to GROUP BY or set partitionKey \
@@ -478,6 +479,33 @@ mod tests {
         report.stateful = false;
         report.partition_keys.clear();
         assert_eq!(scaling_limit(&report, &sources), None);
+    }
+
+    #[test]
+    fn over_the_keyed_exchange_only_a_global_aggregate_is_held() {
+        let sources = vec!["events".to_string()];
+        // A count per device and window over 8 file partitions: no partitionKey needed.
+        let mut report = CheckReport {
+            stateful: true,
+            group_by: vec!["ts".into(), "deviceId".into()],
+            keys: vec!["deviceId".into()],
+            plan: "exchange".into(),
+            tasks: 8,
+            ..CheckReport::default()
+        };
+        assert_eq!(scaling_limit(&report, &sources), None);
+        // A count per window alone: one key group.
+        report.keys.clear();
+        report.group_by = vec!["ts".into()];
+        assert_eq!(
+            scaling_limit(&report, &sources),
+            Some((
+                "StatefulWithoutKey",
+                "stateful query without a grouping key besides its window (GROUP BY ts): its \
+                 state is one key group, held at 1 replica; group by a key column too to scale"
+                    .to_string()
+            ))
+        );
     }
 
     #[test]

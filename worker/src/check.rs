@@ -76,6 +76,7 @@ pub async fn check(query: &StreamingQuery, checkpoint: Option<&str>) -> Result<C
         tasks: sources.iter().map(|s| s.partitions()).max().unwrap_or(1),
         fingerprint,
         plan: layout.name().to_string(),
+        keys: planned.grouping_columns().unwrap_or_default(),
     };
     if let Some(location) = checkpoint {
         let checkpoint =
@@ -165,6 +166,7 @@ spec:
                 tasks: 8,
                 fingerprint: None,
                 plan: "single".into(),
+                keys: Vec::new(),
             }
         );
     }

@@ -480,3 +480,50 @@ async fn rescale_one_to_three_to_two_replicas_moves_the_state_and_keeps_the_outp
         assert!(seeded.is_file(), "{} is missing", seeded.display());
     }
 }
+
+#[tokio::test]
+async fn exchange_objects_are_deleted_once_every_range_committed_past_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_input(dir.path(), 16);
+    let single = run_in_process(
+        &manifest(
+            "single",
+            dir.path(),
+            WINDOWED,
+            1,
+            "memory: {name: exchange-gc-single}",
+            "trigger: {availableNow: true}",
+        ),
+        "exchange-gc-single",
+    )
+    .await;
+    let text = manifest(
+        "gc",
+        dir.path(),
+        WINDOWED,
+        8,
+        "memory: {name: exchange-gc}",
+        "trigger: {availableNow: true}",
+    )
+    .replace(
+        "checkpoint-gc\"}",
+        "checkpoint-gc\", minBatchesToRetain: 1}",
+    );
+    assert!(text.contains("minBatchesToRetain: 1"), "{text}");
+    assert_eq!(run_in_process(&text, "exchange-gc").await, single);
+    // Source batches hold 16 files; with one plan retained, only what the newest plans read
+    // can be left (each a directory of objects per source task and batch).
+    let exchange = dir.path().join("checkpoint-gc/exchange");
+    let left: usize = std::fs::read_dir(&exchange)
+        .expect("exchange dir")
+        .filter_map(|task| std::fs::read_dir(task.ok()?.path()).ok())
+        .flat_map(|batches| batches.filter_map(|b| b.ok()))
+        .filter(|batch| {
+            std::fs::read_dir(batch.path()).is_ok_and(|mut objects| objects.next().is_some())
+        })
+        .count();
+    assert!(
+        left < 16,
+        "{left} source batches still have exchange objects"
+    );
+}

@@ -1027,12 +1027,12 @@ pub fn plan(
         .filter(|c| c.status == "True")
         .map(|c| c.message.clone());
     match &limit {
-        Some(message) => {
+        Some((reason, message)) => {
             conditions::set(
                 conditions,
                 SCALING_LIMITED,
                 true,
-                "StatefulWithoutPartitionKey",
+                reason,
                 message,
                 generation,
                 now.clone(),

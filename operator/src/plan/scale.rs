@@ -28,27 +28,50 @@ pub fn may_scale_out(spec: &StreamingQuerySpec) -> bool {
     parallelism.replicas > 1 || parallelism.autoscale.as_ref().is_some_and(|a| a.enabled)
 }
 
-/// The rule of issue 6: a stateful query scales only when every source's `partitionKey` is one of
-/// the GROUP BY columns (then each key's state lives in exactly one task). Returns the reason
-/// when it must stay at one replica, with what to change to scale.
-pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<String> {
+/// Whether a stateful query may run on more than one replica; when not, the `ScalingLimited`
+/// reason and message (saying what to change to scale).
+///
+/// - Over the keyed exchange (`check` reports `plan: exchange`; docs/keyed-exchange.md), state is
+///   split by key group, so the query scales unless it has no key (a global aggregate, e.g.
+///   `GROUP BY window(ts, ...)` alone: all its state is one key group).
+/// - Otherwise (issue 6), every multi-partition source must route rows by a `partitionKey` that
+///   is a GROUP BY column, so that each key's state lives in exactly one task.
+pub fn scaling_limit(report: &CheckReport, sources: &[String]) -> Option<(&'static str, String)> {
     if !report.stateful {
         return None;
     }
     let group_by = report.group_by.join(", ");
+    if report.plan == "exchange" {
+        if report.keys.is_empty() {
+            return Some((
+                "StatefulWithoutKey",
+                format!(
+                    "stateful query without a grouping key besides its window (GROUP BY {group_by}): \
+                     its state is one key group, held at 1 replica; group by a key column too to scale"
+                ),
+            ));
+        }
+        return None;
+    }
     for source in sources {
         match report.partition_keys.get(source) {
             None => {
-                return Some(format!(
-                    "stateful query over source `{source}` without a partitionKey: held at 1 replica; \
-                     set partitionKey of source `{source}` to a GROUP BY column ({group_by}) to scale"
+                return Some((
+                    "StatefulWithoutPartitionKey",
+                    format!(
+                        "stateful query over source `{source}` without a partitionKey: held at 1 replica; \
+                         set partitionKey of source `{source}` to a GROUP BY column ({group_by}) to scale"
+                    ),
                 ));
             }
             Some(key) if !report.group_by.contains(key) => {
-                return Some(format!(
-                    "GROUP BY key ({group_by}) does not contain the partition key `{key}` of source \
-                     `{source}`: held at 1 replica; add {key} to GROUP BY or set partitionKey to a \
-                     GROUP BY column"
+                return Some((
+                    "StatefulWithoutPartitionKey",
+                    format!(
+                        "GROUP BY key ({group_by}) does not contain the partition key `{key}` of source \
+                         `{source}`: held at 1 replica; add {key} to GROUP BY or set partitionKey to a \
+                         GROUP BY column"
+                    ),
                 ));
             }
             Some(_) => {}

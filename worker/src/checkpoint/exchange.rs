@@ -78,9 +78,14 @@ pub fn range_checkpoint(checkpoint: &Checkpoint, range: KeyGroupRange) -> Checkp
     checkpoint.sub(&format!("stateful/ranges/{range}"))
 }
 
+/// Directory of the objects of batch `batch_id` of source task `source_task`.
+pub fn batch_dir(source_task: u32, batch_id: u64) -> String {
+    format!("exchange/{source_task}/{batch_id:020}")
+}
+
 /// Path of the object of `range` for batch `batch_id` of source task `source_task`.
 pub fn object_path(source_task: u32, batch_id: u64, range: KeyGroupRange) -> String {
-    format!("exchange/{source_task}/{batch_id:020}/{range}.arrow")
+    format!("{}/{range}.arrow", batch_dir(source_task, batch_id))
 }
 
 /// Writes `rows` (whose key groups are `key_groups`, one per row) as one object per range of

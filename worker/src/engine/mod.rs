@@ -548,6 +548,7 @@ impl Engine {
                         parallelism,
                         source_tasks: task_count,
                         watermarks: exchange::planned_watermarks(spec, &sources)?,
+                        retain_plans: targets.min_batches_to_retain,
                     },
                     replica: config.replica,
                     replicas,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use self::plan::{PlannedWatermark, SourceBatch, StatefulPlan, next_plan};
 use crate::checkpoint::Checkpoint;
-use crate::checkpoint::exchange::{plan_path, range_checkpoint, read_batch};
+use crate::checkpoint::exchange::{batch_dir, plan_path, range_checkpoint, read_batch};
 use crate::error::{EngineError, Result};
 use crate::key_group::{KeyGroupRange, range_for_task, stateful_task_id};
 use crate::source::{PlanLimit, Range, ReadOutput, SourceTask, decode_range, encode_range};
@@ -48,6 +48,9 @@ pub struct ExchangeConfig {
     /// Source-stage tasks.
     pub source_tasks: u32,
     pub watermarks: Vec<PlannedWatermark>,
+    /// Plans whose exchange objects are kept after every range committed them
+    /// (`checkpoint.minBatchesToRetain`): older ones are deleted.
+    pub retain_plans: u64,
 }
 
 /// The reader of one stateful task (one key-group range).
@@ -87,6 +90,24 @@ impl ExchangeReader {
 
     async fn read_plan(&self, batch_id: u64) -> Result<Option<StatefulPlan>> {
         self.config.checkpoint.read_json(&plan_path(batch_id)).await
+    }
+
+    /// Deletes the exchange objects of the source batches plan `plan` consumed (every range
+    /// committed it). Idempotent: several ranges may collect the same plan.
+    async fn collect_garbage(&self, plan: u64) -> Result<()> {
+        let checkpoint = &self.config.checkpoint;
+        let Some(plan) = self.read_plan(plan).await? else {
+            return Ok(());
+        };
+        for (task, (from, to)) in &plan.sources {
+            for id in *from..=*to {
+                let dir = batch_dir(*task, id);
+                for name in checkpoint.list_names(&dir).await? {
+                    checkpoint.delete(&format!("{dir}/{name}")).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Per source task, its commits after `previous`'s, gap-free and in order.
@@ -216,6 +237,11 @@ impl SourceTask for ExchangeReader {
                 .checkpoint
                 .create_or_read(&plan_path(n), plan)
                 .await?;
+            // Every range committed plan `n − 1`: what plans up to it read is done with, once
+            // the retained plans are past it.
+            if let Some(old) = n.checked_sub(1 + self.config.retain_plans) {
+                self.collect_garbage(old).await?;
+            }
         }
         self.next = n + 1;
         Ok(Some(encode_range(&ExchangeRange { plan: n })?))
