@@ -6,6 +6,11 @@
 //!
 //! Aim (issue 3): more than 1,000,000 rows/s on one core. Run it in release:
 //! `cargo run --release -p sluice-bench --bin bench-window -- --files 20 --rows 500000`.
+//!
+//! With `--partitions N` (N > 1) the query runs over the keyed exchange (docs/keyed-exchange.md):
+//! N source-stage tasks and one stateful task; `--threads` sets the runtime's worker threads
+//! (1: a current-thread runtime, as before). The exchange's overhead is the difference between
+//! `--partitions 1` and `--partitions 2` at the same `--threads` on the same input.
 
 use std::time::Instant;
 
@@ -30,11 +35,17 @@ struct Args {
     /// Work directory (default: a temporary directory, removed at the end).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// File source partitions: more than 1 runs the query over the keyed exchange.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Runtime worker threads (1: a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 const SQL: &str = "SELECT window(timestamp, '1 minute') AS window, deviceId, avg(temperature) AS avgTemp, count(*) AS n FROM events GROUP BY window(timestamp, '1 minute'), deviceId";
 
-fn manifest(dir: &std::path::Path, files_per_trigger: u64) -> String {
+fn manifest(dir: &std::path::Path, files_per_trigger: u64, partitions: u32) -> String {
     let path = |p: &str| dir.join(p).display().to_string();
     format!(
         r#"apiVersion: sluice.dev/v1alpha1
@@ -43,7 +54,7 @@ metadata: {{name: bench-window}}
 spec:
   sources:
     - name: events
-      file: {{path: "{input}", format: json, maxFilesPerTrigger: {files_per_trigger}, partitions: 1}}
+      file: {{path: "{input}", format: json, maxFilesPerTrigger: {files_per_trigger}, partitions: {partitions}}}
       schema:
         - {{name: deviceId, type: string}}
         - {{name: temperature, type: double}}
@@ -86,10 +97,18 @@ fn main() -> anyhow::Result<()> {
         generated.elapsed().as_secs_f64()
     );
     let query =
-        sluice_crds::parse_manifest(&manifest(&dir, args.files_per_trigger)).context("manifest")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+        sluice_crds::parse_manifest(&manifest(&dir, args.files_per_trigger, args.partitions))
+            .context("manifest")?;
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
+    };
     let started = Instant::now();
     let summary = runtime.block_on(async {
         let engine = sluice_worker::Engine::start(
@@ -101,7 +120,14 @@ fn main() -> anyhow::Result<()> {
     })?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "bench-window: {} rows in {} batches, {} windows out, {:.2}s, {:.0} rows/s, peak RSS {} bytes",
+        "bench-window: {} partitions ({}), {} threads: {} rows in {} batches, {} windows out, {:.2}s, {:.0} rows/s, peak RSS {} bytes",
+        args.partitions,
+        if args.partitions > 1 {
+            "keyed exchange"
+        } else {
+            "one task"
+        },
+        args.threads,
         summary.input_rows,
         summary.batches,
         summary.output_rows,

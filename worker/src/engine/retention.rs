@@ -118,6 +118,13 @@ pub struct Compaction {
     folded: usize,
 }
 
+impl Compaction {
+    /// The last batch id the compaction folds.
+    pub fn through(&self) -> u64 {
+        self.entry.batch_id
+    }
+}
+
 /// One entry standing for `compacted` (if any) and then `entries` (committed, in batch order):
 /// per source, the fold of its ranges with `merge`; the batch id and time of the last entry.
 /// `None` when there is nothing to fold or `merge` refuses a pair.

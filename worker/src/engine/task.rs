@@ -403,7 +403,19 @@ impl TaskRunner {
         self.pending = None;
         self.next_batch_id = entry.batch_id + 1;
         if let Some(due) = self.retention.record(&entry, merge_with(&self.inputs)) {
-            self.retention.compact(&self.checkpoint, due).await;
+            // A source-stage task keeps the commits the stateful stage has not planned yet: the
+            // planner reads their exchange records.
+            let planned = match &self.exchange {
+                None => true,
+                Some(_) => crate::source::exchange::planned_through(&self.checkpoint, self.task)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|through| due.through() <= through),
+            };
+            if planned {
+                self.retention.compact(&self.checkpoint, due).await;
+            }
         }
         durations.trigger_execution = elapsed_ms(started);
 

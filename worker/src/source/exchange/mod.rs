@@ -27,6 +27,28 @@ use crate::error::{EngineError, Result};
 use crate::key_group::{KeyGroupRange, range_for_task, stateful_task_id};
 use crate::source::{PlanLimit, Range, ReadOutput, SourceTask, decode_range, encode_range};
 
+/// The id of the newest stateful plan (a hint, see [`planned_through`]).
+pub const LATEST_PLAN: &str = "stateful/latest";
+
+/// The highest batch of source task `task` that a stateful plan consumed (so its commit, whose
+/// exchange objects the plan copied, may be folded by log retention); `None` before any plan.
+///
+/// # Errors
+/// Storage and checkpoint errors.
+pub async fn planned_through(checkpoint: &Checkpoint, task: u32) -> Result<Option<u64>> {
+    let Some(latest) = checkpoint.get_relative(LATEST_PLAN).await? else {
+        return Ok(None);
+    };
+    let Some(n) = std::str::from_utf8(&latest)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    else {
+        return Ok(None);
+    };
+    let plan: Option<StatefulPlan> = checkpoint.read_json(&plan_path(n)).await?;
+    Ok(plan.and_then(|p| p.progress.get(&task).map(|t| t.last_batch)))
+}
+
 /// Name of the exchange input in a stateful task's offsets log.
 pub const EXCHANGE_SOURCE: &str = "exchange";
 
@@ -237,6 +259,12 @@ impl SourceTask for ExchangeReader {
                 .checkpoint
                 .create_or_read(&plan_path(n), plan)
                 .await?;
+            // Where the source tasks' log retention looks for what is planned (a slow writer
+            // may set an older id after a newer one: retention then waits a little longer).
+            self.config
+                .checkpoint
+                .put(LATEST_PLAN, n.to_string().into_bytes())
+                .await?;
             // Every range committed plan `n − 1`: what plans up to it read is done with, once
             // the retained plans are past it.
             if let Some(old) = n.checked_sub(1 + self.config.retain_plans) {
@@ -258,21 +286,9 @@ impl SourceTask for ExchangeReader {
                 message: format!("stateful plan {n} is logged but missing"),
             })?;
         let mut batches = Vec::new();
-        for (task, (from, to)) in &plan.sources {
-            for id in *from..=*to {
-                let objects = checkpoint
-                    .read_commit(*task, id)
-                    .await?
-                    .and_then(|c| c.exchange)
-                    .map(|e| e.objects)
-                    .ok_or_else(|| EngineError::Checkpoint {
-                        location: checkpoint.location().url.clone(),
-                        message: format!(
-                            "stateful plan {n} lists batch {id} of source task {task}, whose \
-                             commit (with its exchange record) is missing"
-                        ),
-                    })?;
-                batches.extend(read_batch(checkpoint, *task, id, &objects, self.range).await?);
+        for (task, per_batch) in &plan.objects {
+            for (id, objects) in per_batch {
+                batches.extend(read_batch(checkpoint, *task, *id, objects, self.range).await?);
             }
         }
         Ok(ReadOutput {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::exchange::ExchangeCommit;
+use crate::checkpoint::exchange::{ExchangeCommit, ExchangeObject};
 
 /// One batch of the stateful stage, shared by all its key-group ranges.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -20,6 +20,11 @@ pub struct StatefulPlan {
     pub parallelism: u32,
     /// Per source task, the committed batch ids `[from, to]` this batch consumes.
     pub sources: BTreeMap<u32, (u64, u64)>,
+    /// Per source task and batch id, the exchange objects its commit lists: copied here so that
+    /// reading (and replaying) the plan does not need the source commits, which the source
+    /// tasks' log retention may fold away once they are planned.
+    #[serde(default)]
+    pub objects: BTreeMap<u32, BTreeMap<u64, Vec<ExchangeObject>>>,
     /// The watermark this batch runs with, ms since the epoch: from the input of the batches
     /// before it (Spark: a batch's watermark comes from earlier batches).
     pub watermark_ms: Option<i64>,
@@ -102,6 +107,7 @@ pub fn next_plan(
     }
     let mut progress = before.clone();
     let mut sources = BTreeMap::new();
+    let mut objects: BTreeMap<u32, BTreeMap<u64, Vec<ExchangeObject>>> = BTreeMap::new();
     for (task, batches) in new {
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
             continue;
@@ -109,6 +115,12 @@ pub fn next_plan(
         sources.insert(*task, (first.batch_id, last.batch_id));
         let entry = progress.entry(*task).or_default();
         for batch in batches {
+            if !batch.exchange.objects.is_empty() {
+                objects
+                    .entry(*task)
+                    .or_default()
+                    .insert(batch.batch_id, batch.exchange.objects.clone());
+            }
             entry.last_batch = batch.batch_id;
             for (source, max) in &batch.exchange.max_event_ms {
                 let slot = entry.max_event_ms.entry(source.clone()).or_insert(*max);
@@ -125,6 +137,7 @@ pub fn next_plan(
         batch_id: previous.map_or(0, |p| p.batch_id + 1),
         parallelism,
         sources,
+        objects,
         watermark_ms,
         progress,
         planned_ms: now_ms,

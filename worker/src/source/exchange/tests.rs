@@ -71,6 +71,8 @@ fn the_first_plan_consumes_every_new_commit_without_a_watermark() {
     assert_eq!(first.watermark_ms, None);
     assert_eq!(first.progress[&0].max_event_ms["events"], 130_000);
     assert_eq!(first.progress[&0].last_batch, 1);
+    // No batch wrote objects (the test's commits list none): nothing to read.
+    assert!(first.objects.is_empty());
 }
 
 #[test]
