@@ -139,23 +139,27 @@ async fn run_in_process(manifest: &str, sink: &str) -> Rows {
     rows_of(&batches)
 }
 
+/// The one-task result (`partitions: 1`, `availableNow`) of `sql` over the input in `dir`,
+/// through the memory sink `sink`.
+async fn one_task_result(dir: &Path, sql: &str, sink: &str) -> Rows {
+    run_in_process(
+        &manifest(
+            "single",
+            dir,
+            sql,
+            1,
+            &format!("memory: {{name: {sink}}}"),
+            "trigger: {availableNow: true}",
+        ),
+        sink,
+    )
+    .await
+}
+
 async fn one_task_and_eight(sql: &str, name: &str) -> (Rows, Rows) {
     let dir = tempfile::tempdir().expect("tempdir");
     write_input(dir.path(), 16);
-    let available_now = "trigger: {availableNow: true}";
-    let single_sink = format!("{name}-single");
-    let single = run_in_process(
-        &manifest(
-            "single",
-            dir.path(),
-            sql,
-            1,
-            &format!("memory: {{name: {single_sink}}}"),
-            available_now,
-        ),
-        &single_sink,
-    )
-    .await;
+    let single = one_task_result(dir.path(), sql, &format!("{name}-single")).await;
     let exchange_sink = format!("{name}-exchange");
     let exchanged = run_in_process(
         &manifest(
@@ -164,7 +168,7 @@ async fn one_task_and_eight(sql: &str, name: &str) -> (Rows, Rows) {
             sql,
             8,
             &format!("memory: {{name: {exchange_sink}}}"),
-            available_now,
+            "trigger: {availableNow: true}",
         ),
         &exchange_sink,
     )
@@ -257,18 +261,7 @@ async fn settled_rows(
 async fn two_and_three_worker_processes_share_one_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_input(dir.path(), 16);
-    let single = run_in_process(
-        &manifest(
-            "single",
-            dir.path(),
-            WINDOWED,
-            1,
-            "memory: {name: exchange-processes-single}",
-            "trigger: {availableNow: true}",
-        ),
-        "exchange-processes-single",
-    )
-    .await;
+    let single = one_task_result(dir.path(), WINDOWED, "exchange-processes-single").await;
     let expected = single.values().sum::<usize>();
     for replicas in [2u32, 3] {
         let name = format!("replicas{replicas}");
@@ -288,10 +281,7 @@ async fn two_and_three_worker_processes_share_one_checkpoint() {
         .expect("manifest");
         let mut children = spawn_replicas(&path, replicas);
         let rows = settled_rows(&output, expected, &mut children).await;
-        for child in &mut children {
-            child.kill().expect("kill");
-            child.wait().expect("reap");
-        }
+        kill_all(&mut children);
         assert_eq!(rows, single, "{replicas} replicas");
         let ranges = std::fs::read_dir(
             dir.path()
@@ -307,18 +297,7 @@ async fn two_and_three_worker_processes_share_one_checkpoint() {
 async fn sigkill_at_random_points_and_at_the_exchange_crash_points_keeps_the_output_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_input(dir.path(), 192);
-    let single = run_in_process(
-        &manifest(
-            "single",
-            dir.path(),
-            WINDOWED,
-            1,
-            "memory: {name: exchange-crash-single}",
-            "trigger: {availableNow: true}",
-        ),
-        "exchange-crash-single",
-    )
-    .await;
+    let single = one_task_result(dir.path(), WINDOWED, "exchange-crash-single").await;
     // Armed crash points: a source task after its exchange objects (batch 0), the stateful task
     // after the sink (plan 0), mid-state and before its commit (plan 1); then random SIGKILLs.
     let output = dir.path().join("out");
@@ -403,18 +382,7 @@ fn kill_all(children: &mut [std::process::Child]) {
 async fn rescale_one_to_three_to_two_replicas_moves_the_state_and_keeps_the_output_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_input(dir.path(), 64);
-    let single = run_in_process(
-        &manifest(
-            "single",
-            dir.path(),
-            WINDOWED,
-            1,
-            "memory: {name: exchange-rescale-single}",
-            "trigger: {availableNow: true}",
-        ),
-        "exchange-rescale-single",
-    )
-    .await;
+    let single = one_task_result(dir.path(), WINDOWED, "exchange-rescale-single").await;
     let expected = single.values().sum::<usize>();
     let output = dir.path().join("out");
     let path = dir.path().join("rescale.yaml");
@@ -485,18 +453,7 @@ async fn rescale_one_to_three_to_two_replicas_moves_the_state_and_keeps_the_outp
 async fn exchange_objects_are_deleted_once_every_range_committed_past_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_input(dir.path(), 16);
-    let single = run_in_process(
-        &manifest(
-            "single",
-            dir.path(),
-            WINDOWED,
-            1,
-            "memory: {name: exchange-gc-single}",
-            "trigger: {availableNow: true}",
-        ),
-        "exchange-gc-single",
-    )
-    .await;
+    let single = one_task_result(dir.path(), WINDOWED, "exchange-gc-single").await;
     let text = manifest(
         "gc",
         dir.path(),

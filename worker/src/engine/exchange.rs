@@ -101,7 +101,8 @@ pub fn stateful_layout(
     Ok(layout)
 }
 
-/// The planner's view of the spec's watermarks (delay and idle timeout per source).
+/// The planner's view of the spec's watermarks: each source's delay (as the engine parses it,
+/// [`super::source_watermarks`]), idle timeout and task count.
 ///
 /// # Errors
 /// [`EngineError::InvalidQuery`] for a duration that does not parse.
@@ -109,27 +110,30 @@ pub fn planned_watermarks(
     spec: &StreamingQuerySpec,
     sources: &[Box<dyn Source>],
 ) -> Result<Vec<PlannedWatermark>> {
-    spec.sources
-        .iter()
-        .zip(sources)
-        .enumerate()
-        .filter_map(|(i, (s, built))| s.watermark.as_ref().map(|w| (i, s, built, w)))
-        .map(|(i, source, built, w)| {
-            let ms = |text: &str, field: &str| {
-                parse_duration(text)
+    super::source_watermarks(spec)?
+        .into_iter()
+        .map(|w| {
+            let idle = spec
+                .sources
+                .get(w.input)
+                .and_then(|s| s.watermark.as_ref())
+                .and_then(|wm| wm.idle_timeout.as_deref());
+            let idle_timeout_ms = match idle {
+                Some(text) => parse_duration(text)
                     .map(|d| d.as_millis() as i64)
                     .map_err(|m| {
-                        EngineError::InvalidQuery(format!("sources[{i}].watermark.{field}: {m}"))
-                    })
+                        EngineError::InvalidQuery(format!(
+                            "sources[{}].watermark.idleTimeout: {m}",
+                            w.input
+                        ))
+                    })?,
+                None => DEFAULT_IDLE_TIMEOUT_MS,
             };
             Ok(PlannedWatermark {
-                source: source.name.clone(),
-                delay_ms: ms(&w.delay, "delay")?,
-                idle_timeout_ms: match &w.idle_timeout {
-                    Some(text) => ms(text, "idleTimeout")?,
-                    None => DEFAULT_IDLE_TIMEOUT_MS,
-                },
-                tasks: built.partitions(),
+                source: w.source,
+                delay_ms: w.delay_ms,
+                idle_timeout_ms,
+                tasks: sources.get(w.input).map_or(1, |s| s.partitions()),
             })
         })
         .collect()
@@ -220,6 +224,13 @@ impl StatefulRunners<'_> {
         Ok(runners)
     }
 
+    /// The query of a stateful task (the merge stage), before its state is restored or seeded.
+    async fn merge_query(&self, models: &TaskModels) -> Result<crate::sql::BatchQuery> {
+        let mut query = super::plan_query(self.spec, self.inputs, models).await?;
+        query.set_stage(Stage::Merge)?;
+        Ok(query)
+    }
+
     /// The runner of `range`, restored as of its last commit; with `last`, it only finishes the
     /// plans up to `last`.
     async fn runner(&self, range: KeyGroupRange, last: Option<u64>) -> Result<TaskRunner> {
@@ -239,8 +250,7 @@ impl StatefulRunners<'_> {
             reader = reader.retiring_after(last);
         }
         let models = TaskModels::new(&self.spec.models, None)?;
-        let mut query = super::plan_query(self.spec, self.inputs, &models).await?;
-        query.set_stage(Stage::Merge)?;
+        let mut query = self.merge_query(&models).await?;
         query
             .restore_state(&checkpoint, task, log.last_committed)
             .await?;
@@ -334,9 +344,9 @@ impl StatefulRunners<'_> {
                 )
             })
             .collect();
-        let models = TaskModels::new(&self.spec.models, None)?;
-        let mut query = super::plan_query(self.spec, self.inputs, &models).await?;
-        query.set_stage(Stage::Merge)?;
+        let mut query = self
+            .merge_query(&TaskModels::new(&self.spec.models, None)?)
+            .await?;
         // State first, then the log entry that makes the range start after `plan`: a crash
         // between the two seeds again.
         query
